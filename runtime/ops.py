@@ -1,0 +1,49 @@
+"""The closed vocabulary of primitive ops that the compiler lowers to and the runtime runs.
+
+Every backend is an explicit table ``{Op: kernel}`` (see ``numpy_backend.KERNELS``), and a
+test checks that each table covers every member here. Keep the set small: a new layer kind
+should lower to these primitives unless it truly needs a kernel of its own.
+
+Calling convention shared by every kernel table: data inputs and parameter arrays are
+positional, attributes are keywords.
+
+==============  ==========================================================================
+op              kernel signature
+==============  ==========================================================================
+CONV2D          ``(x, w, b=None, *, stride, pad, dilation, groups, act)``
+MAXPOOL2D       ``(x, *, kernel, stride, pad, dilation, ceil)``
+AVGPOOL2D       ``(x, *, kernel, stride, pad, ceil, count_pad)``
+GLOBAL_AVGPOOL  ``(x)``
+GLOBAL_MAXPOOL  ``(x)``
+LRN             ``(x, *, size, alpha, beta, k)``
+BATCHNORM       ``(x, weight, bias, running_mean, running_var, *, eps)``
+ACTIVATION      ``(x, weight=None, *, name, alpha, beta)``; ``weight`` is prelu's slopes
+SOFTMAX         ``(x, *, axis=1)``
+MAXOUT          ``(x, *, k)``
+DENSE           ``(x, w, b=None, *, act)``
+FLATTEN         ``(x)``
+CONCAT          ``(*xs, axis=1)``
+ADD             ``(*xs)``
+DROPOUT         ``(x, *, p)``; identity at inference
+==============  ==========================================================================
+"""
+
+import enum
+
+
+class Op(enum.Enum):
+    CONV2D = "conv2d"
+    MAXPOOL2D = "maxpool2d"
+    AVGPOOL2D = "avgpool2d"
+    GLOBAL_AVGPOOL = "global_avgpool"
+    GLOBAL_MAXPOOL = "global_maxpool"
+    LRN = "lrn"
+    BATCHNORM = "batchnorm"
+    ACTIVATION = "activation"
+    SOFTMAX = "softmax"
+    MAXOUT = "maxout"
+    DENSE = "dense"
+    FLATTEN = "flatten"
+    CONCAT = "concat"
+    ADD = "add"
+    DROPOUT = "dropout"
