@@ -1,0 +1,132 @@
+"""2-D convolution (forward, inference): im2col over a strided view, then GEMM.
+
+The input is padded once; ``as_strided`` turns it into a read-only window view
+``(N, C, kh, kw, Ho, Wo)`` without copying. The batch is cut into chunks whose column
+matrix fits a small workspace (so it is still in cache when the GEMM reads it), and each
+chunk is one batched matmul over the groups. A 1x1, stride-1, unpadded convolution is
+already a matmul over the input as it lies, so it skips im2col. The bias and the
+activation are applied in place to each chunk of the output while it is hot.
+"""
+
+from ..shapes import checked_out, pads4, pair
+from ..xp import float_dtype, get_array_module
+from .activation import apply_act_
+
+# Bytes of column matrix per chunk: big enough for a wide GEMM, small enough for L2/L3.
+WORKSPACE_BYTES = 4 << 20
+
+
+def _check_conv_shapes(x, w, b, groups):
+    if x.ndim != 4:
+        raise ValueError(f"conv2d: input must be [N, C, H, W], got shape {tuple(x.shape)}")
+    if w.ndim != 4:
+        raise ValueError(
+            f"conv2d: weight must be [out, C/groups, kh, kw], got shape {tuple(w.shape)}"
+        )
+    channels = x.shape[1]
+    out_channels, group_channels = w.shape[:2]
+    if groups < 1 or channels % groups != 0 or out_channels % groups != 0:
+        raise ValueError(
+            f"conv2d: input channels ({channels}) and output channels ({out_channels}) "
+            f"must both divide by groups ({groups})"
+        )
+    if group_channels * groups != channels:
+        raise ValueError(
+            f"conv2d: weight {tuple(w.shape)} expects {group_channels * groups} input "
+            f"channels with groups={groups}, input has {channels}"
+        )
+    if b is not None and tuple(b.shape) != (out_channels,):
+        raise ValueError(f"conv2d: bias must be [{out_channels}], got {tuple(b.shape)}")
+
+
+def _padded(x, pads, xp):
+    """Zero-pad H and W by ``(top, bottom, left, right)``; ``x`` itself when all are 0."""
+    top, bottom, left, right = pads
+    if top == bottom == left == right == 0:
+        return x
+    n, c, h, w = x.shape
+    xpad = xp.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
+    xpad[:, :, top:top + h, left:left + w] = x
+    return xpad
+
+
+def window_view(xpad, kernel, stride, dilation, out_hw, xp):
+    """Read-only view ``(N, C, kh, kw, Ho, Wo)`` of every window of ``xpad``; no copy."""
+    n, c = xpad.shape[:2]
+    kh, kw = kernel
+    sh, sw = stride
+    dh, dw = dilation
+    ho, wo = out_hw
+    s_n, s_c, s_h, s_w = xpad.strides
+    shape = (n, c, kh, kw, ho, wo)
+    strides = (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw)
+    return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=strides)
+
+
+def _epilogue_(slab, b, act):
+    """Bias and activation, in place, on a chunk ``(n, O, Ho*Wo)`` of the output."""
+    if b is not None:
+        slab += b.reshape(-1, 1)
+    apply_act_(slab, act)
+
+
+def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None):
+    """Convolve ``x (N, C, H, W)`` with ``w (O, C/groups, kh, kw)``; returns ``(N, O, Ho, Wo)``.
+
+    ``pad`` is ``p``, ``(ph, pw)`` or ``(top, bottom, left, right)``; ``stride`` and
+    ``dilation`` are an integer or a pair. ``act`` is a fused activation: None, a name,
+    or ``(name, params)``. Float32 inputs give a float32 result; the output is contiguous.
+    """
+    xp = get_array_module(x, w)
+    dtype = float_dtype(xp, x, w)
+    x = xp.asarray(x, dtype=dtype)
+    w = xp.asarray(w, dtype=dtype)
+    if b is not None:
+        b = xp.asarray(b, dtype=dtype)
+    _check_conv_shapes(x, w, b, groups)
+    sh, sw = pair(stride, "stride")
+    dh, dw = pair(dilation, "dilation")
+    pads = pads4(pad)
+    if min(sh, sw, dh, dw) < 1 or min(pads) < 0:
+        raise ValueError(
+            f"conv2d: stride and dilation must be >= 1 and pad >= 0, got "
+            f"stride={(sh, sw)}, dilation={(dh, dw)}, pad={pads}"
+        )
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    ho = checked_out(h, kh, sh, pads[:2], dh, False, "conv2d height")
+    wo = checked_out(wd, kw, sw, pads[2:], dw, False, "conv2d width")
+    og = o // groups
+    spatial = ho * wo
+    wg = w.reshape(groups, og, cg * kh * kw)  # (G, O/G, C/G*kh*kw)
+    out = xp.empty((n, o, spatial), dtype=dtype)  # (N, O, Ho*Wo)
+
+    pointwise = kh == kw == 1 and sh == sw == 1 and max(pads) == 0
+    if pointwise:
+        xg = x.reshape(n, groups, cg, spatial)  # (N, G, C/G, H*W)
+        col_bytes = c * spatial * x.itemsize
+    else:
+        view = window_view(_padded(x, pads, xp), (kh, kw), (sh, sw), (dh, dw), (ho, wo), xp)
+        col_bytes = c * kh * kw * spatial * x.itemsize
+    chunk = max(1, WORKSPACE_BYTES // col_bytes)
+
+    for n0 in range(0, n, chunk):
+        n1 = min(n, n0 + chunk)
+        nb = n1 - n0
+        slab = out[n0:n1]  # (nb, O, Ho*Wo)
+        slab_g = slab.reshape(nb, groups, og, spatial)  # (nb, G, O/G, Ho*Wo)
+        if pointwise:
+            xp.matmul(wg, xg[n0:n1], out=slab_g)
+        elif nb == 1:
+            col = view[n0].reshape(groups, cg * kh * kw, spatial)  # (G, C/G*kh*kw, Ho*Wo)
+            xp.matmul(wg, col, out=slab_g[0])
+        else:
+            # Several small images: one wide GEMM per group over the whole chunk.
+            win = view[n0:n1].reshape(nb, groups, cg, kh, kw, ho, wo)
+            win = win.transpose(1, 2, 3, 4, 0, 5, 6)  # (G, C/G, kh, kw, nb, Ho, Wo)
+            col = win.reshape(groups, cg * kh * kw, nb * spatial)  # (G, C/G*kh*kw, nb*Ho*Wo)
+            y = xp.matmul(wg, col)  # (G, O/G, nb*Ho*Wo)
+            y = y.reshape(groups, og, nb, spatial).transpose(2, 0, 1, 3)
+            slab_g[...] = y
+        _epilogue_(slab, b, act)
+    return out.reshape(n, o, ho, wo)

@@ -1,0 +1,26 @@
+"""Fully connected layer (forward, inference)."""
+
+from ..xp import float_dtype, get_array_module
+from .activation import apply_act_
+
+
+def dense(x, w, b=None, *, act=None):
+    """``x (N, F) @ w.T + b`` with ``w (O, F)``, ``b (O,)``; returns ``(N, O)``.
+
+    ``act`` is a fused activation applied in place: None, a name, or ``(name, params)``.
+    """
+    xp = get_array_module(x, w)
+    dtype = float_dtype(xp, x, w)
+    x = xp.asarray(x, dtype=dtype)
+    w = xp.asarray(w, dtype=dtype)
+    if x.ndim != 2 or w.ndim != 2 or w.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"dense: input must be [N, F] and weight [O, F]; got input {tuple(x.shape)}, "
+            f"weight {tuple(w.shape)}"
+        )
+    y = xp.matmul(x, w.T)  # (N, O)
+    if b is not None:
+        if tuple(b.shape) != (w.shape[0],):
+            raise ValueError(f"dense: bias must be [{w.shape[0]}], got {tuple(b.shape)}")
+        y += xp.asarray(b, dtype=dtype)
+    return apply_act_(y, act)

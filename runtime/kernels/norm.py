@@ -1,0 +1,64 @@
+"""Normalisation layers (forward, inference): batch norm with running statistics and
+local response normalisation across channels."""
+
+from ..xp import floating, get_array_module
+
+
+def _per_channel(v, x):
+    """A ``(C,)`` vector shaped to broadcast along axis 1 of ``x``."""
+    return v.reshape((x.shape[1],) + (1,) * (x.ndim - 2))
+
+
+def batchnorm(x, weight, bias, running_mean, running_var, *, eps=1e-5):
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` per channel (axis 1).
+
+    Folded into one scale and one shift per channel; ``weight``/``bias`` may be None
+    (no affine part). Works on ``(N, C)`` and ``(N, C, H, W)``.
+    """
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    channels = x.shape[1]
+    for label, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                     ("running_var", running_var)):
+        if v is not None and tuple(v.shape) != (channels,):
+            raise ValueError(
+                f"batchnorm: {label} must be [{channels}] for input {tuple(x.shape)}, "
+                f"got {tuple(v.shape)}"
+            )
+    scale = 1.0 / xp.sqrt(xp.asarray(running_var, dtype=xp.float64) + eps)  # (C,)
+    if weight is not None:
+        scale = scale * weight
+    shift = -xp.asarray(running_mean, dtype=xp.float64) * scale  # (C,)
+    if bias is not None:
+        shift = shift + bias
+    y = x * _per_channel(scale.astype(x.dtype), x)
+    y += _per_channel(shift.astype(x.dtype), x)
+    return y
+
+
+def lrn(x, *, size=5, alpha=1e-4, beta=0.75, k=1.0):
+    """Local response normalisation across channels, as ``torch.nn.LocalResponseNorm``:
+
+    ``y_c = x_c / (k + alpha/size * sum(x_j^2))^beta`` with ``j`` from ``c - size//2`` to
+    ``c + (size-1)//2``, channels outside ``[0, C)`` counting as zero.
+    """
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    if x.ndim < 3:
+        raise ValueError(f"lrn: input must be [N, C, ...], got shape {tuple(x.shape)}")
+    if size < 1:
+        raise ValueError(f"lrn: size must be >= 1, got {size}")
+    channels = x.shape[1]
+    sq = x * x
+    acc = sq.copy()  # offset 0 of the window
+    for offset in range(-(size // 2), (size - 1) // 2 + 1):
+        if offset == 0 or abs(offset) >= channels:
+            continue
+        if offset > 0:
+            acc[:, :channels - offset] += sq[:, offset:]
+        else:
+            acc[:, -offset:] += sq[:, :channels + offset]
+    acc *= alpha / size
+    acc += k
+    xp.power(acc, beta, out=acc)
+    return xp.divide(x, acc, out=acc)
