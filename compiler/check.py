@@ -1,0 +1,51 @@
+"""The checking pipeline: bytes or text to a checked `Network` with its diagnostics."""
+
+from __future__ import annotations
+
+from ..dsl.diagnostics import Diagnostic, Span, sort_key
+from ..dsl.parser import parse
+from .elaborate import Elaborator
+from .graph import Network
+
+
+def decode(data: bytes, file: str) -> tuple[str | None, list[Diagnostic]]:
+    """UTF-8 text from bytes; a byte that is not UTF-8 is an E104 at its line and column."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        before = data[: err.start]
+        line = before.count(b"\n") + 1
+        column = len(before) - (before.rfind(b"\n") + 1) + 1
+        diag = Diagnostic(
+            "E104",
+            f"byte 0x{data[err.start]:02x} at offset {err.start} is not valid UTF-8",
+            Span(line, column, line, column + 1),
+            help="save the file as UTF-8",
+            file=file,
+        )
+        return None, [diag]
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text, []
+
+
+def check_source(text: str, file: str = "<input>", sizes: dict | None = None) -> Network:
+    """Parse and check source text. The result always carries its diagnostics, sorted;
+    `Network.ok` tells whether there were errors."""
+    module, diags = parse(text, file)
+    if module is None:
+        net = Network(name="network", file=file)
+        net.diagnostics = diags
+        return net
+    net = Elaborator(module, file, text, sizes).run()
+    net.diagnostics.sort(key=sort_key)
+    return net
+
+
+def check_bytes(data: bytes, file: str, sizes: dict | None = None) -> tuple[Network, str | None]:
+    text, diags = decode(data, file)
+    if text is None:
+        net = Network(name="network", file=file)
+        net.diagnostics = diags
+        return net, None
+    return check_source(text, file, sizes), text

@@ -1,0 +1,100 @@
+"""Output-size rules: pure functions, the one place the arithmetic lives.
+
+Each works on `int` sizes and on symbolic sizes (`symbolic.Expr`) alike. The checker, the
+cost report and the runtime all call these.
+"""
+
+from __future__ import annotations
+
+from .symbolic import CeilPool, Expr, atom_expr
+
+
+def effective_kernel(k: int, d: int = 1) -> int:
+    """The span a dilated kernel covers: d(k - 1) + 1."""
+    return d * (k - 1) + 1
+
+
+def conv_out(n, k: int, s: int = 1, p: int = 0, d: int = 1):
+    """floor((n + 2p - d(k-1) - 1)/s) + 1, the size of a convolution's output."""
+    return (n + 2 * p - effective_kernel(k, d)) // s + 1
+
+
+def conv_out_asym(n, k: int, s: int, before: int, after: int, d: int = 1):
+    """Output size with different padding before and after."""
+    return (n + before + after - effective_kernel(k, d)) // s + 1
+
+
+def same_pads(n: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
+    """Padding for `pad=same`: the output is ceil(n / s); the odd pixel goes after
+    (TensorFlow's and PyTorch's choice)."""
+    out = (n + s - 1) // s
+    total = max((out - 1) * s + effective_kernel(k, d) - n, 0)
+    return total // 2, total - total // 2
+
+
+def same_out(n, s: int):
+    """The output size of `pad=same`: ceil(n / s)."""
+    return (n + s - 1) // s
+
+
+def pool_out(n, k: int, s: int, p: int = 0, d: int = 1, ceil: bool = False):
+    """Pooling output size. With `ceil`, round up, but drop a last window that would start in
+    the right padding (PyTorch's rule, so that every window sees at least one input)."""
+    eff = effective_kernel(k, d)
+    if not ceil:
+        return (n + 2 * p - eff) // s + 1
+    out = (n + 2 * p - eff + s - 1) // s + 1
+    if isinstance(n, int):
+        if (out - 1) * s >= n + p:
+            out -= 1
+        return out
+    if eff - p >= s:
+        # ceil(x/s)*s - x <= s - 1 < eff - p: the last window always starts inside
+        return out
+    return atom_expr(CeilPool(n if isinstance(n, Expr) else n, eff, s, p))
+
+
+def ceil_window_dropped(n: int, k: int, s: int, p: int, d: int = 1) -> bool:
+    """True when ceil mode's extra last window is dropped by PyTorch's rule."""
+    eff = effective_kernel(k, d)
+    out = (n + 2 * p - eff + s - 1) // s + 1
+    return (out - 1) * s >= n + p
+
+
+def unused_tail(n: int, k: int, s: int, p: int = 0, d: int = 1) -> int:
+    """Input rows that no window reaches at the end: (n + 2p - eff) mod s, less the right
+    padding (a window may skip padding without losing data)."""
+    eff = effective_kernel(k, d)
+    if n + 2 * p < eff:
+        return 0
+    return max((n + 2 * p - eff) % s - p, 0)
+
+
+def min_input(k: int, p: int = 0, d: int = 1) -> int:
+    """The smallest input size giving an output of at least 1 (no ceil)."""
+    return max(effective_kernel(k, d) - 2 * p, 1)
+
+
+def conv_formula(n, k: int, s: int, p, d: int = 1, ceil: bool = False) -> str:
+    """The output-size arithmetic with numbers, e.g. `floor((56 - 3)/2) + 1 = 27`."""
+    eff = effective_kernel(k, d)
+    if isinstance(p, tuple):
+        pad_total = p[0] + p[1]
+    else:
+        pad_total = 2 * p
+    inner = f"{n}"
+    if pad_total:
+        inner += f" + {pad_total}"
+    inner += f" - {eff}"
+    if isinstance(p, tuple):
+        out = conv_out_asym(n, k, s, p[0], p[1], d)
+    else:
+        out = pool_out(n, k, s, p, d, ceil) if ceil else conv_out(n, k, s, p, d)
+    if s == 1:
+        text = f"{inner} + 1"
+    else:
+        rounding = "ceil" if ceil else "floor"
+        text = f"{rounding}(({inner})/{s}) + 1"
+    if ceil and isinstance(n, int) and not isinstance(p, tuple) and ceil_window_dropped(n, k, s, p, d):
+        text += " - 1 (the last window would start in the padding)"
+    return f"{text} = {out}"

@@ -1,0 +1,200 @@
+"""Cost report: each layer's shape, parameters and MACs, with totals (spec section 7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .graph import Network, Node
+from .layers import LAYERS, REQUIRED
+from .symbolic import is_concrete, shape_text
+
+BYTES_FLOAT32 = 4
+
+
+@dataclass
+class Row:
+    name: str
+    op: str
+    layer: str  # the layer with its resolved, non-default arguments
+    shape: tuple
+    params: object  # int, or a symbolic expression
+    macs: object
+
+
+@dataclass
+class Report:
+    network: str
+    inputs: list[tuple[str, tuple]]
+    outputs: list[tuple[str, tuple]]
+    rows: list[Row]
+    total_params: object
+    trainable_params: object
+    total_macs: object
+    activation_bytes: object  # every layer output of one sample, float32
+    input_bytes: object
+    param_bytes: object
+
+    def to_json(self) -> dict:
+        return {
+            "network": self.network,
+            "inputs": [{"name": n, "shape": _json_shape(s)} for n, s in self.inputs],
+            "outputs": [{"name": n, "shape": _json_shape(s)} for n, s in self.outputs],
+            "total_params": _json_num(self.total_params),
+            "total_macs": _json_num(self.total_macs),
+            "activation_bytes": _json_num(self.activation_bytes),
+            "layers": [
+                {
+                    "name": r.name,
+                    "op": r.op,
+                    "output_shape": _json_shape(r.shape),
+                    "params": _json_num(r.params),
+                    "macs": _json_num(r.macs),
+                }
+                for r in self.rows
+            ],
+        }
+
+
+def _json_num(v):
+    return v if is_concrete(v) else str(v)
+
+
+def _json_shape(shape):
+    return [_json_num(d) for d in shape]
+
+
+def _count(shape) -> object:
+    total = 1
+    for d in shape:
+        total = d * total
+    return total
+
+
+def layer_text(node: Node) -> str:
+    """`conv(64, 7, stride=2, pad=3)`: the op with its arguments, defaults left out."""
+    if node.op in ("concat", "add"):
+        return node.op
+    layer = LAYERS.get(node.op)
+    if layer is None or not node.args:
+        return node.op
+    parts = []
+    for spec in layer.args:
+        value = node.args.get(spec.name)
+        if spec.default is REQUIRED:
+            parts.append(_arg_text(value))
+            continue
+        if value == _normal_default(spec, node.args):
+            continue
+        parts.append(f"{spec.name}={_arg_text(value)}")
+    return f"{node.op}({', '.join(parts)})" if parts else node.op
+
+
+def _normal_default(spec, args):
+    if spec.name == "stride" and spec.default is None:
+        return args.get("kernel")
+    default = spec.default
+    if spec.kind in ("pair", "cpad", "ppad") and isinstance(default, int):
+        return (default, default)
+    return default
+
+
+def _arg_text(value) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, tuple):
+        if len(value) == 2 and value[0] == value[1]:
+            return str(value[0])
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def report(net: Network) -> Report:
+    rows = []
+    total_params = 0
+    trainable = 0
+    total_macs = 0
+    activations = 0
+    for node in net.layers:
+        params = node.param_count
+        rows.append(Row(node.name, node.op, layer_text(node), node.shape, params, node.macs))
+        total_params = params + total_params
+        total_macs = node.macs + total_macs
+        activations = _count(node.shape) + activations
+    trainable = total_params
+    inputs = [(n, net.nodes[n].shape) for n in net.inputs]
+    outputs = [(n, net.nodes[node].shape) for n, node in net.outputs.items()]
+    input_elems = 0
+    for _, shape in inputs:
+        input_elems = _count(shape) + input_elems
+    return Report(
+        network=net.name,
+        inputs=inputs,
+        outputs=outputs,
+        rows=rows,
+        total_params=total_params,
+        trainable_params=trainable,
+        total_macs=total_macs,
+        activation_bytes=activations * BYTES_FLOAT32,
+        input_bytes=input_elems * BYTES_FLOAT32,
+        param_bytes=total_params * BYTES_FLOAT32,
+    )
+
+
+def _num(v) -> str:
+    return f"{v:,}" if is_concrete(v) else str(v)
+
+
+def _human(v, unit="") -> str:
+    if not is_concrete(v):
+        return str(v)
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.2f} {suffix}{unit}"
+    return f"{v} {unit}".strip()
+
+
+def _bytes(v) -> str:
+    if not is_concrete(v):
+        return f"{v} bytes"
+    for scale, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if v >= scale:
+            return f"{v / scale:.2f} {suffix}"
+    return f"{v} B"
+
+
+def render_table(rep: Report) -> str:
+    header = ("Layer", "Op", "Output shape", "Params", "MACs")
+    body = [
+        (r.name, r.layer, shape_text(r.shape), _num(r.params), _num(r.macs)) for r in rep.rows
+    ]
+    widths = [len(h) for h in header]
+    for row in body:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    right = (False, False, False, True, True)
+
+    def line(cells):
+        out = []
+        for cell, width, is_right in zip(cells, widths, right):
+            out.append(cell.rjust(width) if is_right else cell.ljust(width))
+        return "  ".join(out).rstrip()
+
+    rule = "-" * len(line(header))
+    out = [f"network {rep.network}"]
+    for name, shape in rep.inputs:
+        out.append(f"input   {name}: {shape_text(shape)}")
+    out += [rule, line(header), rule]
+    out += [line(row) for row in body]
+    out.append(rule)
+    out.append(f"Total parameters:  {_num(rep.total_params)} ({_bytes(rep.param_bytes)} "
+               "as float32)")
+    out.append(f"Total MACs:        {_num(rep.total_macs)} ({_human(rep.total_macs, 'MAC')})")
+    out.append(f"Activations:       {_bytes(rep.activation_bytes)} per sample (float32, every "
+               "layer output)")
+    out.append(f"Input:             {_bytes(rep.input_bytes)} per sample")
+    for name, shape in rep.outputs:
+        out.append(f"Output {name}: {shape_text(shape)}")
+    return "\n".join(out)
