@@ -589,6 +589,8 @@ class Elaborator:
         pad = args["pad"]
         if pad == "same" or args.get("ceil"):
             return
+        parts = []
+        sums = []
         for axis in range(2):
             n = shape[axis + 1]
             if not is_concrete(n):
@@ -597,22 +599,23 @@ class Elaborator:
             s = args["stride"][axis]
             p = pad[axis]
             d = args.get("dilation", (1, 1))[axis]
-            if shapes.effective_kernel(k, d) < s:
+            eff = shapes.effective_kernel(k, d)
+            if eff < s:
                 continue  # windows with gaps between them skip input by design
             tail = shapes.unused_tail(n, k, s, p, d)
             if tail:
                 what = "row" if axis == 0 else "column"
-                plural = "s" if tail > 1 else ""
-                eff = shapes.effective_kernel(k, d)
-                fix = "ceil=true, or " if node.op != "conv" else ""
-                self.report(
-                    "W401",
-                    f"{node.op} leaves the last {tail} input {what}{plural} unused: "
-                    f"({n} + {2 * p} - {eff}) mod {s} = {(n + 2 * p - eff) % s}",
-                    node.span,
-                    notes=[f"input is {shape_text(shape)}"],
-                    help=f"use {fix}an input size that fits the stride",
-                )
+                parts.append(f"{tail} input {what}{'s' if tail > 1 else ''}")
+                sums.append(f"({n} + {2 * p} - {eff}) mod {s} = {(n + 2 * p - eff) % s}")
+        if parts:
+            fix = "ceil=true, or " if node.op != "conv" else ""
+            self.report(
+                "W401",
+                f"{node.op} leaves the last {' and '.join(parts)} unused: {'; '.join(sums)}",
+                node.span,
+                notes=[f"input is {shape_text(shape)}"],
+                help=f"use {fix}an input size that fits the stride",
+            )
 
     # ---- merges ---------------------------------------------------------------------------
     def merge_shape(self, node: Node, merge: ast.Merge):
@@ -630,7 +633,8 @@ class Elaborator:
         names = ["channels", "height", "width"] if rank == 3 else ["features"]
         checked = range(1, rank) if node.op == "concat" else range(rank)
         for axis in checked:
-            self.agree(node, merge, axis, names[axis], code)
+            if not self.agree(node, merge, axis, names[axis], code):
+                break  # one diagnostic per merge: the first axis that disagrees
         first = shapes_in[0]
         if node.op == "concat":
             total = 0
@@ -642,12 +646,12 @@ class Elaborator:
     def agree(self, node, merge, axis, axis_name, code):
         values = [self.net.nodes[i].shape[axis] for i in node.inputs]
         if all(v == values[0] for v in values):
-            return
+            return True
         if not all(is_concrete(v) for v in values):
             for v in values[1:]:
                 if v != values[0]:
                     self.conditions.append(Condition("eq", values[0], v, (node, merge, axis_name)))
-            return
+            return True
         counts = Counter(values)
         target = max(counts, key=lambda v: (counts[v], -values.index(v)))
         shown = " vs ".join(str(v) for v in values)
@@ -655,6 +659,7 @@ class Elaborator:
         help = self.merge_help(node.inputs, axis, target)
         self.report(code, f"{node.op} inputs disagree in {axis_name}: {shown}", merge.span,
                     notes=notes, help=help)
+        return False
 
     def input_notes(self, merge, inputs, axis=None, target=None):
         notes = []

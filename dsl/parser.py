@@ -129,7 +129,7 @@ class _Builder:
         return ast.Neg(c[1], _cover(c), _depth(c[1]))
 
     def list(self, c):
-        items = _nodes(c[1:-1]) if len(c) >= 2 else []
+        items = _nodes(c)
         return ast.ListLit(items, _cover(c), _depth(*items))
 
     # -- chains --
@@ -193,7 +193,7 @@ class _Builder:
         return [ast.Dim(int(t) if t.type == "INT" else str(t), _tok_span(t)) for t in _tokens(c)]
 
     def input_stmt(self, c):
-        return ast.InputStmt(_name(c[0]), c[1], _cover(c), _tok_span(c[0]))
+        return ast.InputStmt(_name(c[0]), c[2], _cover(c), _tok_span(c[0]))
 
     def let_stmt(self, c):
         return ast.LetStmt(_name(c[0]), c[1], _cover(c), _tok_span(c[0]))

@@ -62,9 +62,9 @@ def test_depthwise_conv(rng, assert_close):
 @pytest.mark.parametrize("workspace", [1, 3 * 4 * 9 * 35 * 8, 1 << 30])
 @pytest.mark.parametrize("kernel", [(1, 1), (3, 3)])
 def test_batch_chunking_paths_agree(rng, assert_close, monkeypatch, workspace, kernel):
-    """One image per chunk, several per chunk, and the whole batch in one chunk."""
+    """One image per chunk; chunks of 3, 3 and 1 images; the whole batch in one chunk."""
     monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", workspace)
-    x, w, b = _case(rng, np.float64, kernel, 2, batch=5, channels=4, out_channels=6,
+    x, w, b = _case(rng, np.float64, kernel, 2, batch=7, channels=4, out_channels=6,
                     hw=(7, 5))
     args = dict(pad=1 if kernel == (3, 3) else 0, groups=2, act="relu")
     assert_close(conv2d(x, w, b, **args), reference.conv2d(x, w, b, **args))
