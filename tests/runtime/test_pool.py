@@ -16,7 +16,7 @@ DTYPES = [np.float32, np.float64]
 KERNELS_2D = [2, 3, (3, 2), (1, 4)]
 STRIDES = [None, 1, 2, (3, 2)]
 PADS = [0, 1, (1, 0)]
-HW = [(7, 8), (9, 5)]
+HW = [(7, 8), (9, 7)]
 
 
 def _pad_fits(kernel, pad, dilation=1):
