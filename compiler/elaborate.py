@@ -69,7 +69,9 @@ class Elaborator:
         self.file = file
         self.lines = source.splitlines()
         self.sizes = dict(sizes or {})
-        self.net = Network(name="network", file=file)
+        stem = file.replace("\\", "/").rsplit("/", 1)[-1]
+        stem = stem[:-4] if stem.endswith(".cnn") else stem
+        self.net = Network(name=stem if stem.isidentifier() else "network", file=file)
         self.diags: list[Diagnostic] = []
         self.seen: set = set()
         self.counters: dict[str, Counter] = {}

@@ -148,6 +148,14 @@ def _num(v) -> str:
     return f"{v:,}" if is_concrete(v) else str(v)
 
 
+def _total(v, text) -> str:
+    """A total; a long symbolic one is replaced by a pointer to --size."""
+    if is_concrete(v) or len(str(v)) <= 80:
+        return text
+    names = ", ".join(f"{s}=..." for s in sorted(v.symbols()))
+    return f"depends on the input size (give --size {names} for a number)"
+
+
 def _human(v, unit="") -> str:
     if not is_concrete(v):
         return str(v)
@@ -189,12 +197,13 @@ def render_table(rep: Report) -> str:
     out += [rule, line(header), rule]
     out += [line(row) for row in body]
     out.append(rule)
-    out.append(f"Total parameters:  {_num(rep.total_params)} ({_bytes(rep.param_bytes)} "
-               "as float32)")
-    out.append(f"Total MACs:        {_num(rep.total_macs)} ({_human(rep.total_macs, 'MAC')})")
-    out.append(f"Activations:       {_bytes(rep.activation_bytes)} per sample (float32, every "
-               "layer output)")
-    out.append(f"Input:             {_bytes(rep.input_bytes)} per sample")
+    params = f"{_num(rep.total_params)} ({_bytes(rep.param_bytes)} as float32)"
+    macs = f"{_num(rep.total_macs)} ({_human(rep.total_macs, 'MAC')})"
+    acts = f"{_bytes(rep.activation_bytes)} per sample (float32, every layer output)"
+    out.append(f"Total parameters:  {_total(rep.total_params, params)}")
+    out.append(f"Total MACs:        {_total(rep.total_macs, macs)}")
+    out.append(f"Activations:       {_total(rep.activation_bytes, acts)}")
+    out.append(f"Input:             {_total(rep.input_bytes, _bytes(rep.input_bytes))} per sample")
     for name, shape in rep.outputs:
         out.append(f"Output {name}: {shape_text(shape)}")
     return "\n".join(out)

@@ -173,7 +173,11 @@ class Floor:
         return [self.divisor] + self.inner.divisors()
 
     def __str__(self):
-        return f"floor(({self.inner})/{self.divisor})"
+        inner = self.inner
+        bare = isinstance(inner, Expr) and inner.const == 0 and len(inner.terms) == 1 and (
+            inner.terms[0][1] == 1 and not isinstance(inner.terms[0][0], Prod))
+        text = str(inner) if bare else f"({inner})"
+        return f"floor({text}/{self.divisor})"
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,16 @@ class Prod:
         return out
 
     def __str__(self):
-        return "*".join(_factor_text(f) for f in self.factors)
+        parts = []
+        i = 0
+        while i < len(self.factors):
+            j = i
+            while j < len(self.factors) and self.factors[j] == self.factors[i]:
+                j += 1
+            text = _factor_text(self.factors[i])
+            parts.append(text if j - i == 1 else f"{text}^{j - i}")
+            i = j
+        return "*".join(parts)
 
 
 @dataclass(frozen=True)
@@ -290,21 +303,35 @@ def floor_div(e: "Expr | int", m: int) -> "Expr | int":
     return outside + atom_expr(Floor(Expr.make(rest, r0) if rest else r0, m))
 
 
+def _content(e: Expr) -> tuple[int, Expr]:
+    """Split off the integer content: 64*x + 64 -> (64, x + 1)."""
+    g = abs(e.const)
+    for _, c in e.terms:
+        g = gcd(g, c)
+    if e.terms[0][1] < 0:
+        g = -g
+    if g in (0, 1):
+        return 1, e
+    return g, Expr(tuple((a, c // g) for a, c in e.terms), e.const // g)
+
+
+def _factors(e: Expr) -> list:
+    if len(e.terms) == 1 and e.const == 0 and e.terms[0][1] == 1 and isinstance(
+        e.terms[0][0], Prod
+    ):
+        return list(e.terms[0][0].factors)
+    return [e]
+
+
 def _product(a: Expr, b: Expr) -> "Expr | int":
     if not a.terms:
         return b * a.const
     if not b.terms:
         return a * b.const
-    factors = tuple(sorted((a, b), key=str))
-    flat: list = []
-    for f in factors:
-        if len(f.terms) == 1 and f.const == 0 and f.terms[0][1] == 1 and isinstance(
-            f.terms[0][0], Prod
-        ):
-            flat.extend(f.terms[0][0].factors)
-        else:
-            flat.append(f)
-    return atom_expr(Prod(tuple(sorted(flat, key=str))))
+    ca, a = _content(a)
+    cb, b = _content(b)
+    flat = _factors(a) + _factors(b)
+    return atom_expr(Prod(tuple(sorted(flat, key=str)))) * (ca * cb)
 
 
 # ---- helpers for dims that may be int or Expr ----
