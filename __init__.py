@@ -1,3 +1,19 @@
-"""cnnc: a declarative architecture compiler for convolutional networks."""
+"""cnnc: a declarative architecture compiler for convolutional networks.
+
+    import cnnc
+    net = cnnc.compile("examples/googlenet.cnn")   # raises cnnc.CompileError on errors
+    net = cnnc.check("model.cnn")                   # diagnostics in net.diagnostics
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["check", "compile", "CompileError", "__version__"]
+
+
+def __getattr__(name):
+    # Imported on first use, so that `cnnc --version` and the CLI start fast.
+    if name in ("check", "compile", "CompileError"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cnnc' has no attribute {name!r}")

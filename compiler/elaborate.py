@@ -813,7 +813,8 @@ class Elaborator:
         if not net.inputs:
             self.report("E216", "the network has no input", None,
                         help="declare one: `input image: [3, 224, 224]`")
-        if not net.outputs and not any(d.code == "E217" for d in self.diags):
+        declared = any(isinstance(s, ast.OutputStmt) for s in self.module.statements)
+        if not declared:
             self.report("E217", "the network has no output", None,
                         help="mark a result: `output logits = x -> dense(10)`")
         for name in self.sizes:

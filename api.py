@@ -1,0 +1,51 @@
+"""The public Python API: check or compile a `.cnn` model from a path or from source text."""
+
+from __future__ import annotations
+
+import os
+
+from .compiler.check import check_bytes
+from .compiler.graph import Network
+from .dsl.diagnostics import render
+
+
+class CompileError(Exception):
+    """A model has errors. `diagnostics` holds every one of them; str() renders them."""
+
+    def __init__(self, diagnostics, source: str | None = None):
+        self.diagnostics = list(diagnostics)
+        self.source = source
+        errors = [d for d in self.diagnostics if d.severity == "error"]
+        text = "\n\n".join(render(d, source) for d in errors)
+        super().__init__(f"{len(errors)} error{'s' * (len(errors) != 1)}\n{text}")
+
+
+def _load(source) -> tuple[bytes, str]:
+    if isinstance(source, bytes):
+        return source, "<bytes>"
+    if isinstance(source, os.PathLike) or (
+        isinstance(source, str) and "\n" not in source and source.endswith(".cnn")
+    ):
+        path = os.fspath(source)
+        with open(path, "rb") as f:
+            return f.read(), path
+    if isinstance(source, str):
+        return source.encode("utf-8"), "<string>"
+    raise TypeError(f"expected a path or source text, got {type(source).__name__}")
+
+
+def check(source, sizes: dict | None = None) -> Network:
+    """Check a model (a path ending in .cnn, a PathLike, or source text). Never raises for
+    problems in the model: they are in `Network.diagnostics`."""
+    data, name = _load(source)
+    net, _ = check_bytes(data, name, sizes)
+    return net
+
+
+def compile(source, sizes: dict | None = None) -> Network:  # noqa: A001 - the public name
+    """Check a model and return its network; raise `CompileError` if it has errors."""
+    data, name = _load(source)
+    net, text = check_bytes(data, name, sizes)
+    if not net.ok:
+        raise CompileError(net.diagnostics, text)
+    return net
