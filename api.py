@@ -42,10 +42,36 @@ def check(source, sizes: dict | None = None) -> Network:
     return net
 
 
-def compile(source, sizes: dict | None = None) -> Network:  # noqa: A001 - the public name
-    """Check a model and return its network; raise `CompileError` if it has errors."""
+class Compiled:
+    """A checked network, ready to lower and build. Attributes of the `Network` (nodes,
+    graph, diagnostics, ...) are reachable directly."""
+
+    def __init__(self, network: Network):
+        self.network = network
+        self._plan = None
+
+    def __getattr__(self, name):
+        return getattr(self.network, name)
+
+    @property
+    def plan(self):
+        if self._plan is None:
+            from .compiler.plan import lower
+
+            self._plan = lower(self.network)
+        return self._plan
+
+    def build(self, backend: str = "auto", seed: int = 0, dtype="float32"):
+        """A runnable model with freshly initialised parameters (PyTorch's defaults)."""
+        from .runtime.model import Model
+
+        return Model(self.plan, backend=backend, seed=seed, dtype=dtype)
+
+
+def compile(source, sizes: dict | None = None) -> Compiled:  # noqa: A001 - the public name
+    """Check a model; raise `CompileError` if it has errors."""
     data, name = _load(source)
     net, text = check_bytes(data, name, sizes)
     if not net.ok:
         raise CompileError(net.diagnostics, text)
-    return net
+    return Compiled(net)

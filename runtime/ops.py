@@ -28,22 +28,8 @@ DROPOUT         ``(x, *, p)``; identity at inference
 ==============  ==========================================================================
 """
 
-import enum
+# The enum itself is defined by the compiler, which lowers to it (the compiler never imports
+# the runtime); the runtime's kernel tables are keyed by the same members.
+from ..compiler.plan import Op
 
-
-class Op(enum.Enum):
-    CONV2D = "conv2d"
-    MAXPOOL2D = "maxpool2d"
-    AVGPOOL2D = "avgpool2d"
-    GLOBAL_AVGPOOL = "global_avgpool"
-    GLOBAL_MAXPOOL = "global_maxpool"
-    LRN = "lrn"
-    BATCHNORM = "batchnorm"
-    ACTIVATION = "activation"
-    SOFTMAX = "softmax"
-    MAXOUT = "maxout"
-    DENSE = "dense"
-    FLATTEN = "flatten"
-    CONCAT = "concat"
-    ADD = "add"
-    DROPOUT = "dropout"
+__all__ = ["Op"]

