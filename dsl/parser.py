@@ -187,7 +187,7 @@ class _Builder:
 
     # -- statements --
     def network_stmt(self, c):
-        return ast.NetworkStmt(str(c[0]), _tok_span(c[0]))
+        return ast.NetworkStmt(_name(c[0]), _tok_span(c[0]))
 
     def dims(self, c):
         return [ast.Dim(int(t) if t.type == "INT" else str(t), _tok_span(t)) for t in _tokens(c)]
