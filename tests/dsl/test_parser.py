@@ -126,8 +126,6 @@ def test_reserved_word_as_a_name(line, column, word):
     assert d.help == f"`{word}` is a reserved word; choose another name"
 
 
-@pytest.mark.xfail(strict=True, reason="`network NAME` does not check for reserved words: "
-                   "`network input` is accepted")
 def test_reserved_word_as_the_network_name():
     d = only("network input\n" + HEAD + "output y = x\n", "E101")
     assert at(d) == (1, 9)
