@@ -1,0 +1,107 @@
+"""Time cnnc's NumPy conv2d on GoogLeNet-like layer shapes, against PyTorch if installed.
+
+Prints milliseconds and GFLOP/s (2 FLOPs per multiply-accumulate) per layer, best of
+``--repeat`` runs after one warm-up, and the largest difference from PyTorch's result.
+
+    OPENBLAS_CORETYPE=SkylakeX python benchmarks/bench_kernels.py
+
+NumPy's OpenBLAS picks its GEMM kernels by CPU type; on AVX-512 machines it may not
+recognise (such as recent AMD EPYC) it falls back to Haswell kernels, and setting
+``OPENBLAS_CORETYPE=SkylakeX`` roughly doubles float32 GEMM speed. It must be set in the
+environment before NumPy is imported. Run from an installed checkout (``pip install -e .``)
+or with a directory holding a ``cnnc`` link to the repository on ``PYTHONPATH``.
+"""
+
+import argparse
+import functools
+import os
+import time
+
+import numpy as np
+
+from cnnc.runtime.kernels.conv import conv2d
+
+# name, (C, H, W), out channels, kernel, stride, pad: GoogLeNet (Szegedy et al. 2014)
+LAYERS = [
+    ("conv1 7x7/2", (3, 224, 224), 64, 7, 2, 3),
+    ("conv2 reduce 1x1", (64, 56, 56), 64, 1, 1, 0),
+    ("conv2 3x3", (64, 56, 56), 192, 3, 1, 1),
+    ("3a 1x1", (192, 28, 28), 64, 1, 1, 0),
+    ("3a 3x3", (96, 28, 28), 128, 3, 1, 1),
+    ("3a 5x5", (16, 28, 28), 32, 5, 1, 2),
+    ("4a 3x3", (96, 14, 14), 208, 3, 1, 1),
+    ("5b 1x1", (832, 7, 7), 384, 1, 1, 0),
+    ("5b 3x3", (192, 7, 7), 384, 3, 1, 1),
+]
+
+
+def best_time(fn, repeat):
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def torch_conv_relu(torch, x, weight, bias, stride, pad):
+    with torch.no_grad():
+        return torch.relu(torch.nn.functional.conv2d(x, weight, bias, stride, pad))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=10)
+    args = parser.parse_args()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+
+    coretype = os.environ.get("OPENBLAS_CORETYPE", "(unset)")
+    print(f"batch {args.batch}, float32, best of {args.repeat}; OPENBLAS_CORETYPE={coretype}")
+    if torch is not None:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    header = f"{'layer':<18} {'GFLOP':>6} {'cnnc ms':>8} {'GFLOP/s':>8}"
+    if torch is not None:
+        header += f" {'torch ms':>9} {'GFLOP/s':>8} {'max|diff|':>10}"
+    print(header)
+
+    rng = np.random.default_rng(0)
+    total_flops = 0.0
+    total_ours = 0.0
+    total_torch = 0.0
+    for name, (c, h, w), out, k, s, p in LAYERS:
+        x = rng.standard_normal((args.batch, c, h, w), dtype=np.float32)
+        weight = rng.standard_normal((out, c, k, k), dtype=np.float32)
+        weight /= (c * k * k) ** 0.5
+        bias = rng.standard_normal(out, dtype=np.float32)
+        y = conv2d(x, weight, bias, stride=s, pad=p, act="relu")
+        flops = 2.0 * y.size * c * k * k
+        ours = best_time(
+            functools.partial(conv2d, x, weight, bias, stride=s, pad=p, act="relu"), args.repeat
+        )
+        total_flops += flops
+        total_ours += ours
+        row = f"{name:<18} {flops / 1e9:6.2f} {ours * 1e3:8.2f} {flops / ours / 1e9:8.1f}"
+        if torch is not None:
+            run_torch = functools.partial(
+                torch_conv_relu, torch, *map(torch.from_numpy, (x, weight, bias)), s, p
+            )
+            theirs = best_time(run_torch, args.repeat)
+            total_torch += theirs
+            diff = float(np.abs(run_torch().numpy() - y).max())
+            row += f" {theirs * 1e3:9.2f} {flops / theirs / 1e9:8.1f} {diff:10.2e}"
+        print(row)
+
+    row = f"{'total':<18} {total_flops / 1e9:6.2f} {total_ours * 1e3:8.2f} "
+    row += f"{total_flops / total_ours / 1e9:8.1f}"
+    if torch is not None:
+        row += f" {total_torch * 1e3:9.2f} {total_flops / total_torch / 1e9:8.1f}"
+    print(row)
+
+
+if __name__ == "__main__":
+    main()
