@@ -42,15 +42,27 @@ def _channel_view(weight, y, xp):
 
 
 def _sigmoid_(y, xp):
-    """Overflow-free sigmoid, in place: 1/(1+e^-|x|) for x >= 0, e^-|x|/(1+e^-|x|) else."""
-    positive = y >= 0
+    """Overflow-free sigmoid, in place: ``e^min(x, 0) / (1 + e^-|x|)``.
+
+    Both exponents are <= 0, and the two branches of the usual stable form (x >= 0 and
+    x < 0) become one expression: no mask, which NumPy handles slowly.
+    """
     t = xp.abs(y)
     xp.negative(t, out=t)
-    xp.exp(t, out=t)  # e^-|x|, in (0, 1]
-    xp.copyto(y, t)
-    xp.copyto(y, 1, where=positive)
-    t += 1
+    xp.exp(t, out=t)
+    t += 1  # 1 + e^-|x|, in (1, 2]
+    xp.minimum(y, 0, out=y)
+    xp.exp(y, out=y)  # e^min(x, 0), in (0, 1]
     y /= t
+    return y
+
+
+def _two_slopes_(y, slope, xp):
+    """``max(x, 0) + slope * min(x, 0)`` in place; ``slope`` may broadcast per channel."""
+    neg = xp.minimum(y, 0)
+    neg *= slope
+    xp.maximum(y, 0, out=y)
+    y += neg
     return y
 
 
@@ -85,17 +97,11 @@ def activate_(y, name, alpha=None, beta=None, weight=None):
         if 0 <= alpha <= 1:
             # max(x, a*x) is leaky relu exactly when 0 <= a <= 1
             return xp.maximum(y, y * alpha, out=y)
-        xp.copyto(y, y * alpha, where=y < 0)
-        return y
+        return _two_slopes_(y, alpha, xp)
     if name == "prelu":
         if weight is None:
             raise ValueError("prelu: needs its per-channel weight, got none")
-        slopes = _channel_view(weight, y, xp)
-        neg = xp.minimum(y, 0)
-        neg *= slopes
-        xp.maximum(y, 0, out=y)
-        y += neg
-        return y
+        return _two_slopes_(y, _channel_view(weight, y, xp), xp)
     if name == "elu":
         neg = _exp_part(y, alpha, xp)
         xp.maximum(y, 0, out=y)
