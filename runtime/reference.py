@@ -14,7 +14,7 @@ import numpy as np
 from .ops import Op
 from .shapes import pads4, pair
 
-# Written out again rather than imported: the oracle shares no code with the kernels.
+# Written out again rather than imported: the oracle shares no arithmetic with the kernels.
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
