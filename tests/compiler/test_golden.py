@@ -5,7 +5,7 @@ new output after a deliberate change to the messages, run the tests with
 `CNNC_UPDATE_GOLDEN=1` and review the diff of the `.txt` files.
 
 The broken models in `examples/broken/` are checked here too: each names, in a comment
-starting with `# shows:`, the codes it must produce.
+starting with `# shows:`, the error codes it must produce.
 """
 
 import os
@@ -72,5 +72,8 @@ def test_broken_example_shows_what_it_says(name):
     net, _ = check_bytes(data, name)
     declared = declared_codes(data.decode("utf-8"))
     assert declared, f"{name} has no `# shows:` comment"
-    assert {d.code for d in net.diagnostics} == declared
+    found = {d.code for d in net.diagnostics}
+    # every error it shows is declared; a warning that follows from an error may come too
+    assert {c for c in found if c.startswith("E")} == {c for c in declared if c.startswith("E")}
+    assert {c for c in declared if c.startswith("W")} <= found
     assert not net.ok
