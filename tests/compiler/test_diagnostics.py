@@ -134,6 +134,22 @@ def test_constant_defined_twice_points_at_the_first():
     assert d.notes == ["first bound at 2:5"]
 
 
+@pytest.mark.xfail(strict=True, reason="a block with two parameters of the same name is "
+                   "accepted silently")
+def test_block_parameter_given_twice():
+    src = HEAD + "block b(c, c) {\n  return in -> conv(c, 1)\n}\noutput y = x -> b(1, 2)\n"
+    d = only(src, "E202")
+    assert at(d) == (2, 12)
+    assert "`c`" in d.message
+
+
+def test_constant_in_a_block_shadowing_a_parameter():
+    src = HEAD + "block b(c) {\n  let c = 2\n  return in -> conv(c, 1)\n}\noutput y = x -> b(1)\n"
+    d = only(src, "E202")
+    assert at(d) == (3, 7)
+    assert d.message == "`c` is already defined"
+
+
 def test_block_defined_twice():
     src = (
         HEAD
@@ -322,6 +338,22 @@ def test_ill_typed_conv_pad_names_every_accepted_form():
     d = only(HEAD + "output y = x -> conv(8, 3, pad=true)\n", "E206")
     assert at(d) == (2, 32)
     assert "same" in d.message and "valid" in d.message and "pair" in d.message
+
+
+@pytest.mark.xfail(strict=True, reason="a bare word for a true/false argument (bias=yes) is "
+                   "reported as an undefined name, without saying true or false is expected")
+def test_word_for_a_boolean_argument_names_true_and_false():
+    d = only(HEAD + "output y = x -> conv(8, 3, bias=yes)\n", "E201")
+    assert at(d) == (2, 33)
+    assert "true or false" in " ".join([d.message] + d.notes + [d.help or ""])
+
+
+@pytest.mark.xfail(strict=True, reason="maxpool pad=same reads as an undefined name `same`; "
+                   "it should say that `same` and `valid` are for conv only")
+def test_pool_pad_same_says_it_is_for_conv():
+    d = only(HEAD + "output y = x -> maxpool(3, pad=same)\n", "E201")
+    assert at(d) == (2, 32)
+    assert "conv" in " ".join([d.message] + d.notes + [d.help or ""])
 
 
 # ---- E207 invalid value -------------------------------------------------------------------------
