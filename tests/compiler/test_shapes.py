@@ -3,7 +3,8 @@
 Each grid case writes a small `.cnn` source with one windowed layer per input size, checks
 it, and compares every inferred shape with an independent count of where the windows can
 start. Where PyTorch is installed, the same layers are run through torch.nn.functional on
-meta tensors (shapes only, no data) as a second oracle. The last part unit-tests the pure
+small CPU tensors as a second oracle (CPU rather than meta tensors: PyTorch's meta kernels
+take milliseconds to refuse an argument). The last part unit-tests the pure
 functions of `compiler/shapes.py`.
 """
 
@@ -340,7 +341,10 @@ def test_conv_pad_valid_is_no_padding():
 @pytest.fixture(scope="module")
 def functional():
     torch = pytest.importorskip("torch")
-    return torch, torch.nn.functional
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tensors are tiny; worker threads only add overhead
+    yield torch, torch.nn.functional
+    torch.set_num_threads(threads)
 
 
 def torch_shape(torch, call):
@@ -368,9 +372,9 @@ TORCH_PAIRS = PAIRS[::2]
 def test_conv_shapes_match_torch(functional, hcase, wcase):
     torch, F = functional
     results = check_grid("conv", hcase, wcase)
-    weight = torch.empty(3, 2, hcase[0], wcase[0], device="meta")
+    weight = torch.empty(3, 2, hcase[0], wcase[0])
     for (h, w), (node, _) in results.items():
-        x = torch.empty(1, 2, h, w, device="meta")
+        x = torch.empty(1, 2, h, w)
         expected = torch_shape(torch, lambda: F.conv2d(
             x, weight, stride=(hcase[1], wcase[1]), padding=(hcase[2], wcase[2]),
             dilation=(hcase[3], wcase[3])))
@@ -400,7 +404,7 @@ def test_pool_shapes_match_torch(functional, op, hcase, wcase, ceil):
     stride = (hcase[1], wcase[1])
     pad = (hcase[2], wcase[2])
     for (h, w), (node, _) in results.items():
-        x = torch.empty(1, 2, h, w, device="meta")
+        x = torch.empty(1, 2, h, w)
         if op == "maxpool":
             dilation = (hcase[3], wcase[3])
             expected = torch_shape(torch, lambda: F.max_pool2d(
@@ -421,7 +425,7 @@ def test_dropped_and_wider_ceil_cases_match_torch(functional, op):
     for n, k, s, p in cases:
         net = check_source(f"input x: [1, {n}, {n}]\n"
                            f"output y = x -> {op}({k}, stride={s}, pad={p}, ceil=true)\n")
-        x = torch.empty(1, 1, n, n, device="meta")
+        x = torch.empty(1, 1, n, n)
         expected = torch_shape(torch, lambda: pool(x, k, s, p, ceil_mode=True))
         assert net.nodes[f"y.{op}1"].shape == expected, (n, k, s, p)
 
@@ -434,8 +438,8 @@ def test_conv_pad_same_matches_torch(functional, n, k, d):
     torch, F = functional
     net = check_source(f"input x: [2, {n}, {n + 3}]\n"
                        f"output y = x -> conv(4, {k}, pad=same, dilation={d})\n")
-    x = torch.empty(1, 2, n, n + 3, device="meta")
-    weight = torch.empty(4, 2, k, k, device="meta")
+    x = torch.empty(1, 2, n, n + 3)
+    weight = torch.empty(4, 2, k, k)
     expected = tuple(F.conv2d(x, weight, padding="same", dilation=d).shape[1:])
     assert net.nodes["y.conv1"].shape == expected
 
