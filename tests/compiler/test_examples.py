@@ -13,6 +13,7 @@ import pytest
 
 from cnnc.compiler.check import check_source
 from cnnc.compiler.summary import report
+from cnnc.compiler.symbolic import evaluate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -104,6 +105,41 @@ def test_example_report_agrees(name):
 @pytest.mark.parametrize("name", sorted(TOTALS))
 def test_example_weighted_depth(name):
     assert weighted_depth(load(name)) == TOTALS[name][3]
+
+
+# (example, input dims as written, the same with symbols, smallest valid H and W)
+SYMBOLIC = [
+    ("lenet5", "[1, 32, 32]", "[1, H, W]", 32),
+    ("alexnet", "[3, 224, 224]", "[3, H, W]", 63),
+    ("vgg16", "[3, 224, 224]", "[3, H, W]", 32),
+    ("nin_cifar10", "[3, 32, 32]", "[3, H, W]", 4),
+    ("resnet18", "[3, 224, 224]", "[3, H, W]", 1),
+    ("googlenet", "[3, 224, 224]", "[3, H, W]", 31),
+]
+
+
+@pytest.mark.parametrize("name, dims, symbolic, smallest", SYMBOLIC)
+def test_example_with_symbolic_input_size(name, dims, symbolic, smallest):
+    """With H and W for the input size, the totals are expressions that give the published
+    figures at the example's own size, and the valid sizes agree with concrete checks."""
+    text = (EXAMPLES / f"{name}.cnn").read_text(encoding="utf-8")
+    assert text.count(dims) == 1
+    text = text.replace(dims, symbolic)
+    net = check_source(text)
+    assert net.ok
+    size = int(dims.split(",")[1])
+    rep = report(net)
+    params, macs, _, _ = TOTALS[name]
+    assert evaluate(rep.total_params, {"H": size, "W": size}) == params
+    assert evaluate(rep.total_macs, {"H": size, "W": size}) == macs
+    valid_h, valid_w = net.valid_sizes
+    for valid in (valid_h, valid_w):
+        assert valid.start == smallest
+        assert valid.contains(size)
+    for h in (smallest - 1, smallest, smallest + 1):
+        if h >= 1:
+            sized = check_source(text, sizes={"H": h, "W": size})
+            assert sized.ok == valid_h.contains(h), h
 
 
 def shapes_of(net, names):
