@@ -15,7 +15,8 @@ def decode(data: bytes, file: str) -> tuple[str | None, list[Diagnostic]]:
     except UnicodeDecodeError as err:
         before = data[: err.start]
         line = before.count(b"\n") + 1
-        column = len(before) - (before.rfind(b"\n") + 1) + 1
+        line_start = before[before.rfind(b"\n") + 1:]
+        column = len(line_start.decode("utf-8", errors="replace")) + 1
         diag = Diagnostic(
             "E104",
             f"byte 0x{data[err.start]:02x} at offset {err.start} is not valid UTF-8",

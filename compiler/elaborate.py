@@ -12,13 +12,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..dsl import syntax as ast
-from ..dsl.diagnostics import Diagnostic, Span, did_you_mean
+from ..dsl.diagnostics import Diagnostic, Span, did_you_mean, source_lines
 from . import shapes
 from .graph import Network, Node
 from .layers import LAYERS, MERGES, REQUIRED, ArgSpec, expects, rank_help
 from .symbolic import Condition, Expr, is_concrete, shape_text, solve, sym
 
 MAX_BLOCK_DEPTH = 64
+MAX_LAYERS = 1_000_000  # a file that expands past this is refused (E220), not run out of memory
 
 
 class _Invalid:
@@ -67,7 +68,7 @@ class Elaborator:
     def __init__(self, module: ast.Module, file: str, source: str, sizes: dict | None = None):
         self.module = module
         self.file = file
-        self.lines = source.splitlines()
+        self.lines = source_lines(source)
         self.sizes = dict(sizes or {})
         stem = file.replace("\\", "/").rsplit("/", 1)[-1]
         stem = stem[:-4] if stem.endswith(".cnn") else stem
@@ -83,6 +84,8 @@ class Elaborator:
         self.conditions: list[Condition] = []
         self.symbols: list[str] = []
         self.depth_reported = False
+        self.value_spans: dict = {}  # (id of a values dict, name) -> where it was bound
+        self.too_big = False
         self.anon_outputs = 0
 
     # ---- reporting ----------------------------------------------------------------------
@@ -119,6 +122,13 @@ class Elaborator:
                     )
                     continue
                 self.blocks[stmt.name] = stmt
+                seen_params: dict = {}
+                for param in stmt.params:
+                    if param.name in seen_params:
+                        self.report("E202", f"block `{stmt.name}` has two parameters named "
+                                    f"`{param.name}`", param.span,
+                                    notes=[f"first at {seen_params[param.name].at()}"])
+                    seen_params[param.name] = param.span
         network_seen = False
         for stmt in statements:
             if isinstance(stmt, ast.NetworkStmt):
@@ -142,7 +152,11 @@ class Elaborator:
         for space in (namespace, other):
             if space is not None and name in space:
                 prior = space[name]
-                where = prior.span.at() if isinstance(prior, Tensor) else None
+                if isinstance(prior, Tensor):
+                    where = prior.span.at()
+                else:
+                    known = self.value_spans.get((id(space), name))
+                    where = known.at() if known else None
                 notes = [f"first bound at {where}"] if where else []
                 self.report("E202", f"`{name}` is already defined", span, notes=notes,
                             help="names are bound once; choose a new name")
@@ -187,6 +201,7 @@ class Elaborator:
         if not self.define(stmt.name, stmt.name_span, values, tensors):
             return
         values[stmt.name] = self.value(stmt.value, values)
+        self.value_spans[(id(values), stmt.name)] = stmt.name_span
 
     def top_env(self) -> Env:
         return Env(self.tensors, self.globals, None, False)
@@ -303,6 +318,9 @@ class Elaborator:
         guess = did_you_mean(src.name, list(env.tensors))
         notes = []
         help = f"did you mean `{guess}`?" if guess else None
+        if src.name in env.values and not isinstance(env.values[src.name], Word):
+            notes.append(f"`{src.name}` is a constant ({_show(env.values[src.name])}), not a "
+                         "tensor")
         if env.in_block and src.name in self.tensors:
             notes.append("a block sees only `in`, its own bindings and its parameters")
             help = help or "pipe the tensor into the block with `->`"
@@ -351,6 +369,11 @@ class Elaborator:
         return f"{scope}.{kind}{counter[kind]}"
 
     def add_node(self, node: Node):
+        if len(self.net.nodes) >= MAX_LAYERS and not self.too_big:
+            self.too_big = True
+            self.report("E220", f"the network expands to more than {MAX_LAYERS:,} layers",
+                        node.span, notes=[f"while adding {node.describe()}"],
+                        help="check the repeat counts `* N` and nested block calls")
         if node.name in self.net.nodes:
             self.report("E202", f"layer name `{node.name}` is already taken", node.span,
                         notes=[f"by {self.net.nodes[node.name].describe()}"],
@@ -381,9 +404,15 @@ class Elaborator:
             self.report("E213", f"a stage repeated {count} times cannot take one name "
                         f"`{stage.alias}`", stage.alias_span,
                         help="drop `as`; the copies are numbered automatically")
+        if count > MAX_LAYERS:
+            self.report("E220", f"repeat count {count:,} is more than the {MAX_LAYERS:,} layers a "
+                        "network may have", stage.repeat.span)
+            count = 1
         alias = stage.alias if count == 1 else None
         call = stage.call
         for _ in range(count):
+            if self.too_big:
+                return None
             if call.name in LAYERS:
                 cur = self.layer(call, cur, scope, env, alias)
             elif call.name in self.blocks:
@@ -496,6 +525,10 @@ class Elaborator:
         minimum = 0 if kind in ("cpad", "ppad") else 1
         if kind == "count":
             return self.integer(label, value, span, minimum)
+        if kind == "cpad" and not isinstance(value, list) and (
+                isinstance(value, bool) or not isinstance(value, int)):
+            return self.bad_type(label, "an integer, a pair [h, w], `same` or `valid`", value,
+                                 span)
         # pair-like: an integer or a list of two
         if isinstance(value, list):
             if len(value) != 2:
@@ -575,14 +608,13 @@ class Elaborator:
         if kind in ("maxpool", "avgpool"):
             if args["stride"] is None:
                 args["stride"] = args["kernel"]
-            dil = args.get("dilation", (1, 1))
             for axis in range(2):
-                eff = shapes.effective_kernel(args["kernel"][axis], dil[axis])
-                if args["pad"][axis] > eff // 2:
+                k = args["kernel"][axis]  # PyTorch's limit: half the kernel, not the dilated span
+                if args["pad"][axis] > k // 2:
                     self.report(
                         "E207", f"{kind} pad={args['pad'][axis]} is more than half the "
-                        f"kernel {eff}", spans.get("pad", call.span),
-                        help=f"use pad={eff // 2} at most; a window must see some input",
+                        f"kernel {k}", spans.get("pad", call.span),
+                        help=f"use pad={k // 2} at most; a window must see some input",
                     )
                     return None
         return args
@@ -757,6 +789,8 @@ class Elaborator:
                 self.report("E215", f"block calls nested deeper than {MAX_BLOCK_DEPTH} levels",
                             call.span)
             return None
+        if self.too_big:
+            return None
         # bind parameters: defaults may use earlier parameters and global constants
         specs = [ArgSpec(p.name, "any", REQUIRED if p.default is None else p.default)
                  for p in block.params]
@@ -793,8 +827,12 @@ class Elaborator:
     # ---- after the walk --------------------------------------------------------------------
     def finish(self):
         net = self.net
+        expansion_cut = self.depth_reported or self.too_big or any(
+            d.code == "E208" for d in self.diags)
         for name, block in self.blocks.items():
             if name not in self.called:
+                if expansion_cut:
+                    continue  # it may be called from a block that was not expanded
                 self.report("W403", f"block `{name}` is never called", block.name_span,
                             help="call it in a chain, or delete it")
             else:

@@ -56,6 +56,7 @@ CODES: dict[str, str] = {
     "E217": "network has no output",
     "E218": "invalid input shape",
     "E219": "unknown size symbol",
+    "E220": "network too large",
     "E301": "output size below 1",
     "E302": "concat inputs disagree",
     "E303": "add inputs disagree",
@@ -112,7 +113,7 @@ def render(diag: Diagnostic, source: str | None) -> str:
     span = diag.span
     where = f"{diag.file}:{span.line}:{span.column}" if span else diag.file
     out = [f"{where}: {diag.severity}[{diag.code}]: {diag.message}"]
-    lines = source.splitlines() if source is not None else []
+    lines = source_lines(source) if source is not None else []
     if span is not None and 1 <= span.line <= len(lines):
         text = lines[span.line - 1].expandtabs(1)
         number = str(span.line)
@@ -130,6 +131,11 @@ def render(diag: Diagnostic, source: str | None) -> str:
     if diag.help:
         out.append(f"{pad} = help: {diag.help}")
     return "\n".join(out)
+
+
+def source_lines(text: str) -> list[str]:
+    """Lines as the parser counts them: split at \n only (a \r before it is dropped)."""
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
 def did_you_mean(name: str, candidates) -> str | None:

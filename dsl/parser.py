@@ -84,14 +84,16 @@ RESERVED = frozenset(
 
 
 class _Reserved(Exception):
-    def __init__(self, token):
+    def __init__(self, token, expected="a name"):
         self.token = token
+        self.expected = expected
 
 
-def _name(tok) -> str:
-    """A name being defined; the contextual lexer lets reserved words through, so check."""
+def _name(tok, expected="a name") -> str:
+    """A name being defined or used; the contextual lexer lets reserved words through where
+    no keyword is expected, so check here."""
     if str(tok) in RESERVED:
-        raise _Reserved(tok)
+        raise _Reserved(tok, expected)
     return str(tok)
 
 
@@ -112,7 +114,7 @@ class _Builder:
         return ast.BoolLit(False, _tok_span(c[0]))
 
     def name_ref(self, c):
-        return ast.NameRef(str(c[0]), _tok_span(c[0]))
+        return ast.NameRef(_name(c[0], "a value"), _tok_span(c[0]))
 
     def paren(self, c):
         inner = c[1]
@@ -261,8 +263,12 @@ def parse(text: str, file: str = "<input>") -> tuple[ast.Module | None, list[Dia
         return None, [_with_file(diag, file)]
     except _Reserved as err:
         tok = err.token
-        diag = Diagnostic("E101", f"unexpected `{tok}`; expected a name", _tok_span(tok))
-        diag.help = f"`{tok}` is a reserved word; choose another name"
+        diag = Diagnostic("E101", f"unexpected `{tok}`; expected {err.expected}",
+                          _tok_span(tok))
+        if err.expected == "a value":
+            diag.help = f"`{tok}` is a reserved word; a value is a number, a list or a name"
+        else:
+            diag.help = f"`{tok}` is a reserved word; choose another name"
         return None, [_with_file(diag, file)]
     except UnexpectedToken as err:
         return None, [_with_file(_unexpected_token(err, text, parser), file)]
@@ -315,7 +321,7 @@ def _expected_words(expected, parser) -> str:
 def _unexpected_eof(expected, text, parser) -> Diagnostic:
     words = _expected_words(expected, parser) if expected else "more input"
     diag = Diagnostic("E102", f"unexpected end of file; expected {words}", _end_span(text))
-    if "RBRACE" in expected:
+    if "RBRACE" in expected or "RETURN" in expected:
         diag.help = "a block ends with `return CHAIN` and a closing `}`"
     return diag
 
@@ -326,6 +332,8 @@ def _unexpected_token(err, text, parser) -> Diagnostic:
     if tok.type == "$END":
         return _unexpected_eof(expected, text, parser)
     words = _expected_words(expected, parser)
+    history = getattr(err, "token_history", None) or []
+    prev = history[-1] if history else None
     found = f"`{tok}`"
     span = _tok_span(tok)
     diag = Diagnostic("E101", f"unexpected {found}; expected {words}", span)
@@ -340,8 +348,16 @@ def _unexpected_token(err, text, parser) -> Diagnostic:
         diag.help = "stages are joined with `->`, not `=>`"
     elif tok.type == "EQUAL" and "ARROW" in expected:
         diag.help = "a binding needs a line of its own: `NAME = CHAIN`; use `->` to continue"
+    elif tok.type == "LPAR" and "EQUAL" in expected and prev is not None and prev.type == "NAME":
+        diag.help = f"join the stages with `->`: `... -> {prev}(...)`"
     elif tok.type == "LPAR" and "ARROW" in expected:
         diag.help = "a chain starts with a tensor name; pipe it into the layer with `->`"
+    elif prev is not None and str(prev) in ("block", "input", "output", "network") and (
+            "EQUAL" in expected):
+        diag.help = f"`{prev}` statements go at the top level, not inside a block"
+    elif tok.type in ("INT", "FLOAT", "LSQB", "MINUS", "LPAR") and "NAME" in expected and (
+            "IN" in expected):
+        diag.help = "a chain starts with a tensor; call a layer with `x -> layer(...)`"
     elif "RPAR" in expected and "COMMA" in expected:
         diag.help = "close the argument list with `)` or separate arguments with `,`"
     elif tok.type in ("NAME", "INT", "FLOAT") and "ARROW" in expected and "EQUAL" not in expected:

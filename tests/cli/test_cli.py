@@ -645,9 +645,6 @@ def test_check_help_mentions_exit_codes_and_werror(capsys):
 
 # ---- known bugs: these describe the correct behaviour ----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="the renderer splits lines with str.splitlines(), which "
-                   "also breaks at U+0085, U+2028, \\f and a lone \\r; the parser counts \\n "
-                   "only, so the wrong source line is shown under the diagnostic")
 @pytest.mark.parametrize("separator", ["\u0085", "\u2028", "\f", "\r"])
 def test_source_line_shown_is_the_line_of_the_span(capsys, write, separator):
     source = f"input x: [3, 8, 8]  # a comment with{separator}inside it\noutput y = x -> reluu\n"

@@ -236,11 +236,6 @@ def test_pool_pad_over_half_the_window_is_an_error(op):
     assert net.nodes[f"y.{op}1"].shape is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compiler bug: the pooling pad limit uses the dilated window (pad <= d(k-1)+1 // 2); "
-    "the spec says half the kernel, and PyTorch's max_pool2d rejects pad > k // 2",
-)
 def test_maxpool_pad_limit_is_half_the_kernel_not_the_dilated_window():
     # kernel 3 with dilation 2 spans 5 inputs; pad=2 is half the span but more than half of
     # the kernel. torch.nn.functional.max_pool2d(x, 3, 1, 2, dilation=2) raises "pad should be

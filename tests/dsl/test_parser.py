@@ -138,8 +138,6 @@ def test_reserved_words_are_those_of_the_spec():
                         "false"}
 
 
-@pytest.mark.xfail(strict=True, reason="a reserved word is accepted as a value: `let c =` at "
-                   "the end of a line takes the next statement's `output` as its value")
 def test_reserved_word_as_a_value_is_a_syntax_error():
     d = only(HEAD + "let c =\noutput y = x\n", "E101")
     assert at(d) == (3, 1)
@@ -147,8 +145,6 @@ def test_reserved_word_as_a_value_is_a_syntax_error():
     assert "reserved word" in d.help
 
 
-@pytest.mark.xfail(strict=True, reason="a missing `->` before a call reads as a new binding: "
-                   "'unexpected `(`; expected `=`', with no hint about `->`")
 def test_missing_arrow_before_a_call():
     d = only(HEAD + "output y = x -> conv(8, 3) conv(8, 3)\n", "E101")
     assert d.span.line == 2
@@ -191,8 +187,6 @@ def test_unclosed_block_at_end_of_file():
     assert d.help == "a block ends with `return CHAIN` and a closing `}`"
 
 
-@pytest.mark.xfail(strict=True, reason="an unclosed block missing its return gets no help: "
-                   "the help is only given when `}` is among the expected tokens")
 def test_unclosed_block_without_return_at_end_of_file():
     d = only(HEAD + "block b(c) {\n  y = in -> conv(c, 1)\n", "E102")
     assert at(d) == (4, 1)
@@ -254,8 +248,6 @@ def test_latin1_byte_in_a_comment():
     assert d.file == "m.cnn"
 
 
-@pytest.mark.xfail(strict=True, reason="E104's column counts bytes, not characters, so it is "
-                   "off by one for each multi-byte character before the bad byte on its line")
 def test_bad_byte_after_a_multibyte_character():
     data = (HEAD + "output y = x -> relu  # \u00e9").encode("utf-8") + b"\xe9\n"
     net, _ = check_bytes(data, "m.cnn")
