@@ -86,15 +86,19 @@ class Elaborator:
         self.depth_reported = False
         self.value_spans: dict = {}  # (id of a values dict, name) -> where it was bound
         self.too_big = False
+        self.trace: tuple = ()  # the block calls being expanded, for diagnostics' notes
         self.anon_outputs = 0
 
     # ---- reporting ----------------------------------------------------------------------
     def report(self, code, message, span, notes=(), help=None):
+        notes = list(notes)
+        for block, call_span in reversed(self.trace):
+            notes.append(f"in block `{block}` called at {call_span.at()}")
         key = (code, span, message)
         if key in self.seen:
             return
         self.seen.add(key)
-        self.diags.append(Diagnostic(code, message, span, list(notes), help, self.file))
+        self.diags.append(Diagnostic(code, message, span, notes, help, self.file))
 
     def text(self, span: Span | None) -> str:
         if span is None or not (1 <= span.line <= len(self.lines)):
@@ -338,7 +342,7 @@ class Elaborator:
                 self.report(
                     "E211", f"a chain must start with a tensor or a merge, not the {kind} "
                     f"`{start.op}`", start.span,
-                    help=f"pipe a tensor into it: `x -> {self.text(start.span)}`",
+                    help=_pipe_help(start),
                 )
             else:
                 guess = did_you_mean(start.op, MERGES)
@@ -504,7 +508,11 @@ class Elaborator:
         if isinstance(value, Word):
             if kind == "cpad" and value.name in ("same", "valid"):
                 return "same" if value.name == "same" else (0, 0)
-            expected = {"cpad": "an integer, a pair, `same` or `valid`"}.get(kind, "")
+            expected = {
+                "cpad": "an integer, a pair, `same` or `valid`",
+                "ppad": "an integer or a pair; `same` and `valid` are for conv",
+                "bool": "true or false",
+            }.get(kind, "")
             self.undefined_value(value, values, expected)
             return INVALID
         if kind == "bool":
@@ -815,14 +823,19 @@ class Elaborator:
             trace=env.trace + ((call.name, call.span),),
             stack=env.stack + (call.name,),
         )
-        for item in block.body:
-            if isinstance(item, ast.LetStmt):
-                self.let(item, inner.values, inner.tensors)
-            else:
-                node = self.chain(item.chain, f"{block_scope}.{item.name}", inner)
-                if self.define(item.name, item.name_span, inner.tensors, None):
-                    inner.tensors[item.name] = Tensor(node, item.name_span, "binding")
-        return self.chain(block.ret, block_scope, inner)
+        outer_trace = self.trace
+        self.trace = inner.trace
+        try:
+            for item in block.body:
+                if isinstance(item, ast.LetStmt):
+                    self.let(item, inner.values, inner.tensors)
+                else:
+                    node = self.chain(item.chain, f"{block_scope}.{item.name}", inner)
+                    if self.define(item.name, item.name_span, inner.tensors, None):
+                        inner.tensors[item.name] = Tensor(node, item.name_span, "binding")
+            return self.chain(block.ret, block_scope, inner)
+        finally:
+            self.trace = outer_trace
 
     # ---- after the walk --------------------------------------------------------------------
     def finish(self):
@@ -857,7 +870,10 @@ class Elaborator:
                         help="mark a result: `output logits = x -> dense(10)`")
         for name in self.sizes:
             if name not in self.symbols_declared():
-                self.report("E219", f"--size gives `{name}`, but no input has that symbol", None)
+                known = ", ".join(f"`{s}`" for s in sorted(self.symbols_declared()))
+                self.report("E219", f"--size gives `{name}`, but no input has that symbol", None,
+                            notes=[f"the inputs' symbols are {known}" if known else
+                                   "the inputs have no size symbols"])
         net.symbols = list(self.symbols)
         self.solve_sizes()
         net.diagnostics = self.diags
@@ -915,12 +931,16 @@ class _InferContext:
         notes = list(notes)
         if node.inputs:
             notes.insert(0, elab.origin_note("input", node.inputs[0]))
-        for block, span in reversed(node.trace):
-            notes.append(f"in block `{block}` called at {span.at()}")
         elab.report(code, message, node.span, notes, help)
 
     def positive(self, size, what, formula_args):
         self.elab.conditions.append(Condition("ge1", size, None, (self.node, what)))
+
+
+def _pipe_help(start: ast.Merge) -> str:
+    """`relu(x)` at a chain's start: suggest `x -> relu`."""
+    source = start.sources[0].name if start.sources else "x"
+    return f"pipe a tensor into it: `{source} -> {start.op}`"
 
 
 def _show(value) -> str:

@@ -148,7 +148,7 @@ def did_you_mean(name: str, candidates) -> str | None:
             best, best_cost = cand, cost
     if best is None:
         return None
-    limit = max(1, len(name) // 3)
+    limit = max(1, len(name) // 3) if len(name) >= 3 else 0
     return best if best_cost <= limit else None
 
 

@@ -89,7 +89,8 @@ def test_block_cannot_see_outer_tensors():
     )
     d = only(src, "E201")
     assert at(d) == (4, 10)
-    assert d.notes == ["a block sees only `in`, its own bindings and its parameters"]
+    assert d.notes == ["a block sees only `in`, its own bindings and its parameters",
+                       "in block `b` called at 6:20"]
     assert d.help == "pipe the tensor into the block with `->`"
 
 
@@ -332,16 +333,12 @@ def test_ill_typed_conv_pad_names_every_accepted_form():
     assert "same" in d.message and "valid" in d.message and "pair" in d.message
 
 
-@pytest.mark.xfail(strict=True, reason="a bare word for a true/false argument (bias=yes) is "
-                   "reported as an undefined name, without saying true or false is expected")
 def test_word_for_a_boolean_argument_names_true_and_false():
     d = only(HEAD + "output y = x -> conv(8, 3, bias=yes)\n", "E201")
     assert at(d) == (2, 33)
     assert "true or false" in " ".join([d.message] + d.notes + [d.help or ""])
 
 
-@pytest.mark.xfail(strict=True, reason="maxpool pad=same reads as an undefined name `same`; "
-                   "it should say that `same` and `valid` are for conv only")
 def test_pool_pad_same_says_it_is_for_conv():
     d = only(HEAD + "output y = x -> maxpool(3, pad=same)\n", "E201")
     assert at(d) == (2, 32)
@@ -435,8 +432,6 @@ def test_chain_starting_with_a_layer():
     assert d.message == "a chain must start with a tensor or a merge, not the layer `relu`"
 
 
-@pytest.mark.xfail(strict=True, reason="E211's help keeps the argument: `x -> relu(x)`; the "
-                   "tensor written as an argument should move to the front: `x -> relu`")
 def test_chain_starting_with_a_layer_suggests_piping():
     d = only(HEAD + "output y = relu(x)\n", "E211")
     assert d.help == "pipe a tensor into it: `x -> relu`"
@@ -561,8 +556,6 @@ def test_size_for_an_unknown_symbol():
     assert d.message == "--size gives `Q`, but no input has that symbol"
 
 
-@pytest.mark.xfail(strict=True, reason="E219 states the symbol given but not the symbols the "
-                   "inputs declare")
 def test_size_for_an_unknown_symbol_lists_the_known_ones():
     d = only("input x: [3, H, W]\noutput y = x -> relu\n", "E219", sizes={"h": 3})
     assert d.message == "--size gives `h`, but no input has that symbol"
@@ -982,9 +975,6 @@ def test_groups_error_in_a_block_names_the_call():
                        "in block `unit` called at 5:31"]
 
 
-@pytest.mark.xfail(strict=True, reason="argument errors in a block body (E207 here) carry no "
-                   "`in block ... called at` note, so a bad block argument cannot be traced "
-                   "to its call")
 def test_invalid_argument_in_a_block_names_the_call():
     src = (
         HEAD
@@ -999,8 +989,6 @@ def test_invalid_argument_in_a_block_names_the_call():
     assert d.notes == ["in block `down` called at 5:28"]
 
 
-@pytest.mark.xfail(strict=True, reason="a concat mismatch inside a block body carries no "
-                   "`in block ... called at` note")
 def test_concat_mismatch_in_a_block_names_the_call():
     src = (
         "input x: [16, 28, 28]\n"
