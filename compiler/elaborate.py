@@ -648,12 +648,14 @@ class Elaborator:
             if tail:
                 what = "row" if axis == 0 else "column"
                 parts.append(f"{tail} input {what}{'s' if tail > 1 else ''}")
-                sums.append(f"({n} + {2 * p} - {eff}) mod {s} = {(n + 2 * p - eff) % s}")
+                padded = f"{n} + {2 * p}" if p else f"{n}"
+                sums.append(f"({padded} - {eff}) mod {s} = {(n + 2 * p - eff) % s}")
         if parts:
             fix = "ceil=true, or " if node.op != "conv" else ""
             self.report(
                 "W401",
-                f"{node.op} leaves the last {' and '.join(parts)} unused: {'; '.join(sums)}",
+                f"{node.op} leaves the last {' and '.join(parts)} unused: "
+                f"{'; '.join(dict.fromkeys(sums))}",
                 node.span,
                 notes=[f"input is {shape_text(shape)}"],
                 help=f"use {fix}an input size that fits the stride",

@@ -284,7 +284,8 @@ def _with_file(diag: Diagnostic, file: str) -> Diagnostic:
 
 
 def _end_span(text: str) -> Span:
-    lines = text.split("\n")
+    """Just after the last character that is not white space, so the line can be shown."""
+    lines = text.rstrip().split("\n")
     return Span(len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
 
 

@@ -163,33 +163,33 @@ def test_chain_starting_with_a_layer_call():
 
 def test_end_of_file_inside_argument_list():
     d = only(HEAD + "output y = x -> conv(8, 3\n", "E102")
-    assert at(d) == (3, 1)
+    assert at(d) == (2, 26)  # just after the last character, so the line can be shown
     assert d.message == "unexpected end of file; expected `)` or `,`"
 
 
 def test_end_of_file_after_arrow():
     d = only(HEAD + "output y = x ->\n", "E102")
-    assert at(d) == (3, 1)
+    assert at(d) == (2, 16)
     assert d.message == "unexpected end of file; expected a name"
 
 
 def test_end_of_file_in_expression():
     d = only(HEAD + "output y = x\nlet c = 2 *\n", "E102")
-    assert at(d) == (4, 1)
+    assert at(d) == (3, 12)
     assert d.message.startswith("unexpected end of file; expected `(`, `-`")
     assert "an integer" in d.message and "a name" in d.message
 
 
 def test_unclosed_block_at_end_of_file():
     d = only(HEAD + "block b(c) {\n  y = in -> conv(c, 1)\n  return y\n", "E102")
-    assert at(d) == (5, 1)
+    assert at(d) == (4, 11)
     assert d.message == "unexpected end of file; expected `}`"
     assert d.help == "a block ends with `return CHAIN` and a closing `}`"
 
 
 def test_unclosed_block_without_return_at_end_of_file():
     d = only(HEAD + "block b(c) {\n  y = in -> conv(c, 1)\n", "E102")
-    assert at(d) == (4, 1)
+    assert at(d) == (3, 23)
     assert d.message == "unexpected end of file; expected `let`, `return` or a name"
     assert d.help is not None and "return" in d.help and "}" in d.help
 
