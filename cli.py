@@ -121,7 +121,7 @@ def cmd_check(args) -> int:
         for d in diags:
             print(render(d, text))
             print()
-        if not n_err and not args.quiet:
+        if not n_err and not (args.werror and n_warn) and not args.quiet:
             print(_ok_line(net, n_warn))
         if args.shapes and not n_err:
             for node in net.nodes.values():

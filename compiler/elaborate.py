@@ -833,7 +833,7 @@ class Elaborator:
                     self.let(item, inner.values, inner.tensors)
                 else:
                     node = self.chain(item.chain, f"{block_scope}.{item.name}", inner)
-                    if self.define(item.name, item.name_span, inner.tensors, None):
+                    if self.define(item.name, item.name_span, inner.tensors, inner.values):
                         inner.tensors[item.name] = Tensor(node, item.name_span, "binding")
             return self.chain(block.ret, block_scope, inner)
         finally:
@@ -955,7 +955,8 @@ def _show(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_show(v) for v in value) + "]"
     if isinstance(value, float):
-        return f"{value:g}"
+        text = f"{value:g}"
+        return text if any(c in text for c in ".en") else text + ".0"
     if isinstance(value, Expr):
         return str(value)
     return str(value)

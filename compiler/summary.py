@@ -198,7 +198,9 @@ def render_table(rep: Report) -> str:
     out += [line(row) for row in body]
     out.append(rule)
     params = f"{_num(rep.total_params)} ({_bytes(rep.param_bytes)} as float32)"
-    macs = f"{_num(rep.total_macs)} ({_human(rep.total_macs, 'MAC')})"
+    macs = _num(rep.total_macs)
+    if is_concrete(rep.total_macs):
+        macs += f" ({_human(rep.total_macs, 'MAC')})"
     acts = f"{_bytes(rep.activation_bytes)} per sample (float32, every layer output)"
     out.append(f"Total parameters:  {_total(rep.total_params, params)}")
     out.append(f"Total MACs:        {_total(rep.total_macs, macs)}")

@@ -316,7 +316,7 @@ def test_positional_repeated_as_keyword():
         ("conv(2.5, 3)", 22, "conv out expects an integer, got 2.5"),
         ("conv(8, [3, 3, 3])", 25,
          "conv kernel expects an integer or a pair [h, w], got [3, 3, 3]"),
-        ("conv(8, 3.0 // 2)", 25, "`//` needs integers, got 3 // 2"),
+        ("conv(8, 3.0 // 2)", 25, "`//` needs integers, got 3.0 // 2"),
         ("conv(true + 1, 3)", 22, "expected a number in arithmetic, got true"),
         ("maxpool(2, ceil=1)", 33, "maxpool ceil expects true or false, got 1"),
     ],
