@@ -69,25 +69,28 @@ def _pool_grid(with_dilation):
     ]
 
 
-@pytest.mark.parametrize("hw", [(7, 8), (10, 9)])
+POOL_SIZES = [(7, 8), (10, 9)]  # each case runs on both
+
+
 @pytest.mark.parametrize("kernel, stride, pad, dilation, ceil", _pool_grid(True))
-def test_maxpool2d(rng, hw, kernel, stride, pad, dilation, ceil):
-    x = rng.standard_normal((2, 3) + hw)
-    y = KERNELS[Op.MAXPOOL2D](x, kernel=kernel, stride=stride, pad=pad, dilation=dilation,
-                              ceil=ceil)
-    expected = F.max_pool2d(_t(x), kernel, stride, pad, dilation, ceil_mode=ceil)
-    np.testing.assert_array_equal(y, expected.numpy())
+def test_maxpool2d(rng, kernel, stride, pad, dilation, ceil):
+    for hw in POOL_SIZES:
+        x = rng.standard_normal((2, 3) + hw)
+        y = KERNELS[Op.MAXPOOL2D](x, kernel=kernel, stride=stride, pad=pad, dilation=dilation,
+                                  ceil=ceil)
+        expected = F.max_pool2d(_t(x), kernel, stride, pad, dilation, ceil_mode=ceil)
+        np.testing.assert_array_equal(y, expected.numpy())
 
 
-@pytest.mark.parametrize("hw", [(7, 8), (10, 9)])
 @pytest.mark.parametrize("kernel, stride, pad, count_pad, ceil", _pool_grid(False))
-def test_avgpool2d(rng, assert_close, hw, kernel, stride, pad, count_pad, ceil):
-    x = rng.standard_normal((2, 3) + hw)
-    y = KERNELS[Op.AVGPOOL2D](x, kernel=kernel, stride=stride, pad=pad, ceil=ceil,
-                              count_pad=count_pad)
-    expected = F.avg_pool2d(_t(x), kernel, stride, pad, ceil_mode=ceil,
-                            count_include_pad=count_pad)
-    assert_close(y, expected.numpy())
+def test_avgpool2d(rng, assert_close, kernel, stride, pad, count_pad, ceil):
+    for hw in POOL_SIZES:
+        x = rng.standard_normal((2, 3) + hw)
+        y = KERNELS[Op.AVGPOOL2D](x, kernel=kernel, stride=stride, pad=pad, ceil=ceil,
+                                  count_pad=count_pad)
+        expected = F.avg_pool2d(_t(x), kernel, stride, pad, ceil_mode=ceil,
+                                count_include_pad=count_pad)
+        assert_close(y, expected.numpy())
 
 
 @pytest.mark.parametrize("size", [56, 112, 28, 14])
@@ -140,7 +143,10 @@ ACTIVATIONS = [
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name, params, torch_fn", ACTIVATIONS, ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "name, params, torch_fn",
+    [pytest.param(*case, id=f"{case[0]}{case[1] or ''}") for case in ACTIVATIONS],
+)
 def test_activation(rng, assert_close, dtype, name, params, torch_fn):
     x = (4 * rng.standard_normal((2, 3, 4, 5))).astype(dtype)
     y = KERNELS[Op.ACTIVATION](x, name=name, **params)
