@@ -643,10 +643,12 @@ def test_check_help_mentions_exit_codes_and_werror(capsys):
     assert "Exit 0" in out
 
 
-# ---- known bugs: these describe the correct behaviour ----------------------------------------
+# ---- rendering -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("separator", ["\u0085", "\u2028", "\f", "\r"])
 def test_source_line_shown_is_the_line_of_the_span(capsys, write, separator):
+    """Lines count at \\n only, as the parser counts them; str.splitlines() also breaks at
+    U+0085, U+2028, \\f and a lone \\r, and would show the wrong line under the span."""
     source = f"input x: [3, 8, 8]  # a comment with{separator}inside it\noutput y = x -> reluu\n"
     status, out, _ = run(capsys, "check", write("odd.cnn", source))
     assert status == 1
