@@ -124,13 +124,31 @@ def no_bytecode() -> dict:
     return env
 
 
-def best(fn, runs: int) -> float:
+# Parse and check times, taken in a fresh process so that no earlier network is alive (the
+# cyclic garbage collector's passes grow with every live object); best of 3, collected between.
+STAGES = """
+import gc, sys, time
+from cnnc.compiler.check import check_source
+from cnnc.dsl.parser import parse
+
+path = sys.argv[1]
+source = open(path, encoding="utf-8").read()
+for name, stage in (("parse", parse), ("check", check_source)):
     times = []
-    for _ in range(runs):
+    for _ in range(3):
+        gc.collect()
         start = time.perf_counter()
-        fn()
+        result = stage(source, path)
         times.append(time.perf_counter() - start)
-    return min(times)
+        del result
+    print(name, min(times))
+"""
+
+
+def stage_times(path: Path, env: dict) -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-c", STAGES, str(path)], capture_output=True,
+                          text=True, check=True, env=env)
+    return {name: float(value) for name, value in map(str.split, done.stdout.splitlines())}
 
 
 def chain_source(layers: int) -> str:
@@ -176,29 +194,30 @@ def part_googlenet(runs: int, goal: float, scratch: Path) -> None:
 
 
 def part_chains(sizes: list[int], runs: int, goal: float, scratch: Path) -> None:
-    from cnnc.compiler.check import check_source
-    from cnnc.dsl.parser import parse
-
     print(f"\n(b) generated conv/relu chains; process: median of {runs} fresh `cnnc check` "
-          "runs;\n  parse, and check (parse included): in-process, best of 3")
+          "runs;\n  parse, and check (parse included): best of 3 in one fresh process")
     print(f"  {'layers':>7} {'process':>9} {'per 1k':>8} {'parse':>8} {'check':>8}  growth")
     env = cached_bytecode(scratch)
     previous = None
+    points = []
     for size in sizes:
-        source = chain_source(size)
         path = scratch / f"chain{size}.cnn"
-        path.write_text(source)
+        path.write_text(chain_source(size))
         process = statistics.median(wall(cnnc_command() + ["check", str(path)], runs, env))
-        parsed = best(lambda: parse(source, str(path)), 3)
-        checked = best(lambda: check_source(source, str(path)), 3)
-        net = check_source(source, str(path))
-        assert net.ok and len(net.layers) == size, (size, net.diagnostics[:3])
+        stages = stage_times(path, env)
         growth = ""
         if previous:
             growth = f"x{process / previous[1]:.2f} for x{size / previous[0]:.1f} layers"
         print(f"  {size:>7,} {process:8.3f}s {process / size * 1000:7.3f}s "
-              f"{parsed:7.3f}s {checked:7.3f}s  {growth}")
+              f"{stages['parse']:7.3f}s {stages['check']:7.3f}s  {growth}")
         previous = (size, process)
+        points.append(previous)
+    if len(points) >= 3:
+        xs, ys = zip(*points)
+        fit = statistics.linear_regression(xs, ys)
+        r = statistics.correlation(xs, ys)
+        print(f"  least squares: {fit.intercept:.3f} s + {fit.slope * 1e6:.0f} us per layer "
+              f"(r^2 = {r * r:.3f})")
     if previous and previous[0] >= 10_000:
         verdict = "met" if previous[1] <= goal else "MISSED"
         print(f"  goal: {previous[0]:,} layers <= {goal:.0f} s: {verdict}")
