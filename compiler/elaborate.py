@@ -133,6 +133,9 @@ class Elaborator:
                                     f"`{param.name}`", param.span,
                                     notes=[f"first at {seen_params[param.name].at()}"])
                     seen_params[param.name] = param.span
+        if self.too_large(statements):
+            self.net.diagnostics = self.diags
+            return self.net
         network_seen = False
         for stmt in statements:
             if isinstance(stmt, ast.NetworkStmt):
@@ -150,6 +153,47 @@ class Elaborator:
                 self.output(stmt)
         self.finish()
         return self.net
+
+    def too_large(self, statements) -> bool:
+        """Refuse, before building anything, a file whose repeats and block calls multiply
+        past the layer budget. Repeat counts that are not literals are taken as 1 here; the
+        budget is enforced again while expanding."""
+        sizes: dict = {}
+
+        def block_size(name: str, active: frozenset) -> int:
+            if name in sizes:
+                return sizes[name]
+            if name in active or len(active) >= MAX_BLOCK_DEPTH:
+                return 0  # recursion and nesting depth are reported while expanding
+            block = self.blocks[name]
+            inner = active | {name}
+            total = chain_size(block.ret, inner)
+            for item in block.body:
+                if isinstance(item, ast.Binding):
+                    total += chain_size(item.chain, inner)
+            sizes[name] = total
+            return total
+
+        def chain_size(chain: ast.Chain, active: frozenset) -> int:
+            total = 1 if isinstance(chain.start, ast.Merge) else 0
+            for stage in chain.stages:
+                count = stage.repeat.value if isinstance(stage.repeat, ast.IntLit) else 1
+                name = stage.call.name
+                unit = block_size(name, active) if name in self.blocks else 1
+                total += max(count, 1) * unit
+            return total
+
+        total = 0
+        for stmt in statements:
+            if isinstance(stmt, (ast.Binding, ast.OutputStmt)):
+                total += chain_size(stmt.chain, frozenset())
+                if total > MAX_LAYERS:
+                    self.report("E220", f"the network would expand to more than "
+                                f"{MAX_LAYERS:,} layers ({total:,} by this statement)",
+                                stmt.chain.span,
+                                help="check the repeat counts `* N` and nested block calls")
+                    return True
+        return False
 
     def define(self, name, span, namespace, other=None) -> bool:
         """Check a new name against the names already bound; report a duplicate."""
