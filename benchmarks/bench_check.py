@@ -173,22 +173,36 @@ def row(label: str, times: list[float]) -> None:
           f"{max(times):7.3f}s")
 
 
+def interleaved(variants: list[tuple], runs: int) -> dict[str, list[float]]:
+    """Time each (label, argv, env, fresh_tmp) variant RUNS times, taking turns, so that a
+    change in the machine's load touches every variant alike."""
+    times: dict[str, list[float]] = {label: [] for label, *_ in variants}
+    for _ in range(runs):
+        for label, argv, env, fresh_tmp in variants:
+            times[label] += wall(argv, 1, env, fresh_tmp)
+    return times
+
+
 def part_googlenet(runs: int, goal: float, scratch: Path) -> None:
-    print(f"\n(a) cnnc check examples/googlenet.cnn, {runs} fresh processes per row")
+    print(f"\n(a) cnnc check examples/googlenet.cnn, {runs} fresh processes per row, "
+          "rows taking turns")
     check = cnnc_command() + ["check", str(GOOGLENET)]
     cached = cached_bytecode(scratch)
     wall(check, 1, cached)  # writes the .pyc files and the parser table cache
-    normal = wall(check, runs, cached)
+    normal = "cnnc check: .pyc and parser table cached (normal)"
+    variants = [
+        ("python -c pass", [sys.executable, "-c", "pass"], cached, None),
+        ("python -c 'import networkx' (not imported by check)",
+         [sys.executable, "-c", "import networkx"], cached, None),
+        (normal, check, cached, None),
+        ("cnnc check: no .pyc, cnnc compiled on each run", check, no_bytecode(), None),
+        ("cnnc check: no parser table cache (fresh TMPDIR)", check, cached, scratch),
+    ]
+    times = interleaved(variants, runs)
     print(f"  {'':<52} {'median':>8} {'min':>8} {'max':>8}")
-    row("python -c pass", wall([sys.executable, "-c", "pass"], runs, cached))
-    row("python -c 'import networkx' (not imported by check)",
-        wall([sys.executable, "-c", "import networkx"], runs, cached))
-    row("cnnc check: .pyc and parser table cached (normal)", normal)
-    row("cnnc check: no .pyc, cnnc compiled on each run",
-        wall(check, runs, no_bytecode()))
-    row("cnnc check: no parser table cache (fresh TMPDIR)",
-        wall(check, runs, cached, fresh_tmp=scratch))
-    median = statistics.median(normal)
+    for label, values in times.items():
+        row(label, values)
+    median = statistics.median(times[normal])
     verdict = "met" if median <= goal else "MISSED"
     print(f"  goal: median <= {goal:.1f} s (normal case): {verdict}")
 
@@ -224,7 +238,8 @@ def part_chains(sizes: list[int], runs: int, goal: float, scratch: Path) -> None
 
 
 def part_torch(runs: int, scratch: Path) -> None:
-    print(f"\n(c) for comparison: PyTorch + torchinfo, {runs} fresh processes per row")
+    print(f"\n(c) for comparison: PyTorch + torchinfo, {runs} fresh processes per row, "
+          "rows taking turns")
     env = cached_bytecode(scratch)
     probe = subprocess.run([sys.executable, "-c", "import torch, torchinfo; "
                             "print(torch.__version__, torchinfo.__version__)"],
@@ -236,13 +251,17 @@ def part_torch(runs: int, scratch: Path) -> None:
     counted = subprocess.run([sys.executable, "-c", TORCH_GOOGLENET], capture_output=True,
                              text=True, check=True, env=env).stdout.split()
     print(f"  torch {torch_version}, torchinfo {torchinfo_version}")
+    variants = [
+        ('python -c "import torch, torchinfo"',
+         [sys.executable, "-c", "import torch, torchinfo"], env, None),
+        ("GoogLeNet built in torch + torchinfo.summary",
+         [sys.executable, "-c", TORCH_GOOGLENET], env, None),
+        ("cnnc summary examples/googlenet.cnn",
+         cnnc_command() + ["summary", str(GOOGLENET)], env, None),
+    ]
     print(f"  {'':<52} {'median':>8} {'min':>8} {'max':>8}")
-    row('python -c "import torch, torchinfo"',
-        wall([sys.executable, "-c", "import torch, torchinfo"], runs, env))
-    row("GoogLeNet built in torch + torchinfo.summary",
-        wall([sys.executable, "-c", TORCH_GOOGLENET], runs, env))
-    row("cnnc summary examples/googlenet.cnn",
-        wall(cnnc_command() + ["summary", str(GOOGLENET)], runs, env))
+    for label, values in interleaved(variants, runs).items():
+        row(label, values)
     print(f"  torchinfo counts {int(counted[0]):,} parameters and {int(counted[1]):,} "
           "mult-adds\n  (its mult-adds include one add per bias element; cnnc's MACs, as "
           "torchvision's, do not)")
