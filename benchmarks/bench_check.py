@@ -1,15 +1,18 @@
 """How long `cnnc check` takes, as a user sees it: whole processes, wall-clock time.
 
-    python benchmarks/bench_check.py              # all three parts
+    python benchmarks/bench_check.py              # all four parts, about 2 minutes
     python benchmarks/bench_check.py --runs 5 --sizes 1000 10000 --no-torch
 
 (a) `cnnc check examples/googlenet.cnn`: the median of ``--runs`` fresh processes, beside
-    `python -c pass` for the interpreter's own start-up. Goal: at most 0.3 s.
+    `python -c pass` (the interpreter's own start-up) and `import networkx`; and the same
+    check without .pyc files for cnnc, and without the cached parser table. Goal: at most
+    0.3 s in the normal case (both cached).
 (b) generated chains of conv/relu layers, 1,000 to 10,000 layers: whole-process time per size
-    and, in-process, the parse and the full check, to show the growth is linear.
+    and, inside one process, the parse and the full check, to show the growth is linear.
     Goal: 10,000 layers in at most 3 s.
 (c) for comparison, where PyTorch is installed: `import torch, torchinfo` alone, and building
     the same GoogLeNet in torch and printing its torchinfo summary, in a fresh process.
+(d) files with thousands of diagnostics, rendered as text and as JSON.
 
 Run from an installed checkout (``pip install -e .``); the `cnnc` console script next to
 the running Python is used, or ``python -m cnnc.cli`` where there is none.
@@ -237,6 +240,21 @@ def part_chains(sizes: list[int], runs: int, goal: float, scratch: Path) -> None
         print(f"  goal: {previous[0]:,} layers <= {goal:.0f} s: {verdict}")
 
 
+def part_diagnostics(sizes: list[int], scratch: Path) -> None:
+    print("\n(d) many diagnostics: N lines `vK = x -> conv(0, 1)`, each an E207 and a W402;"
+          "\n  one fresh `cnnc check` process per figure, text and --format json")
+    print(f"  {'lines':>7} {'text':>9} {'json':>9} {'text/json':>10}")
+    env = cached_bytecode(scratch)
+    for size in sizes:
+        path = scratch / f"errors{size}.cnn"
+        lines = "".join(f"v{k} = x -> conv(0, 1)\n" for k in range(size))
+        path.write_text(f"input x: [3, 8, 8]\n{lines}output y = x\n")
+        check = cnnc_command() + ["check", str(path)]
+        text = wall(check, 1, env, expect=1)[0]
+        json_ = wall(check + ["--format", "json"], 1, env, expect=1)[0]
+        print(f"  {size:>7,} {text:8.3f}s {json_:8.3f}s {text / json_:10.1f}")
+
+
 def part_torch(runs: int, scratch: Path) -> None:
     print(f"\n(c) for comparison: PyTorch + torchinfo, {runs} fresh processes per row, "
           "rows taking turns")
@@ -274,6 +292,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000, 10000])
     parser.add_argument("--torch-runs", type=int, default=5, help="processes per figure in (c)")
     parser.add_argument("--no-torch", action="store_true", help="skip part (c)")
+    parser.add_argument("--diagnostics", type=int, nargs="*", default=[1000, 2000, 4000],
+                        metavar="LINES", help="file sizes for part (d); none skips it")
     args = parser.parse_args()
 
     print("\n".join(machine()))
@@ -283,6 +303,8 @@ def main() -> None:
         part_chains(args.sizes, args.chain_runs, 3.0, scratch)
         if not args.no_torch:
             part_torch(args.torch_runs, scratch)
+        if args.diagnostics:
+            part_diagnostics(args.diagnostics, scratch)
 
 
 if __name__ == "__main__":
