@@ -369,7 +369,7 @@ def test_repeat_beyond_the_layer_budget(workdir):
     assert codes(out) == ["E220"]
 
 
-# ---- known bugs: these describe the correct behaviour ----------------------------------------
+# ---- expansion bombs -------------------------------------------------------------------------
 
 MEMORY_LIMIT = 256 << 20  # address space for the child; `cnnc check` on googlenet needs ~25 MiB
 
@@ -385,7 +385,8 @@ def test_exponential_expansion_is_refused_before_it_is_built(tmp_path):
     lines.append("output y = x -> b9")  # 10**10 layers
     path = tmp_path / "bomb.cnn"
     path.write_text("\n".join(lines) + "\n")
-    # a hang guard only; under the memory cap the current code aborts after a few seconds
+    # The timeout is a hang guard, not a measure. A checker that built the layers before
+    # counting them would run out of the capped memory and die with a MemoryError.
     done = subprocess.run([sys.executable, "-m", "cnnc.cli", "check", path],
                           capture_output=True, text=True, timeout=120,
                           preexec_fn=limit_memory)
