@@ -192,7 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         print("cnnc: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        return EXIT_OK
+        # The reader went away (`cnnc check bad.cnn | head`). The full status is unknown, so
+        # fail rather than claim success; point stdout at /dev/null so the exit flush is quiet.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERRORS
 
 
 if __name__ == "__main__":
