@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _read(path: str) -> bytes:
     if path == "-":
+        if sys.stdin is None:
+            raise OSError(0, "standard input is closed")
         return sys.stdin.buffer.read()
     with open(path, "rb") as f:
         return f.read()
@@ -187,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     handlers = {"check": cmd_check, "summary": cmd_summary}
     try:
-        return handlers[args.command](args)
+        status = handlers[args.command](args)
+        sys.stdout.flush()
+        return status
     except KeyboardInterrupt:
         print("cnnc: interrupted", file=sys.stderr)
         return 130
@@ -199,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_ERRORS
+    except OSError as err:  # e.g. a full disk under `cnnc check x.cnn > out.txt`
+        import os
+
+        print(f"cnnc: error: cannot write the output: {err.strerror or err}", file=sys.stderr)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

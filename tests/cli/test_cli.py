@@ -318,9 +318,6 @@ def test_stdin_not_utf8(capsys, stdin):
     assert "0xe9" in out
 
 
-@pytest.mark.xfail(strict=True, reason="cli._read uses sys.stdin.buffer, and sys.stdin is None "
-                   "when the process starts with stdin closed (`cnnc check - <&-`): "
-                   "AttributeError traceback instead of 'cannot read'")
 @pytest.mark.parametrize("command", ["check", "summary"])
 def test_closed_stdin_cannot_be_read(capsys, monkeypatch, command):
     monkeypatch.setattr(sys, "stdin", None)
@@ -719,8 +716,6 @@ def test_script_closed_pipe_keeps_the_error_status(tmp_path, fmt):
 
 @script
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-@pytest.mark.xfail(strict=True, reason="a failed write to stdout (`cnnc check x.cnn > /dev/full`) "
-                   "escapes as an OSError traceback")
 def test_script_full_disk_is_reported_not_raised():
     with open("/dev/full", "w") as full:
         done = subprocess.run([CNNC, "check", GOOGLENET], stdout=full, stderr=subprocess.PIPE,
