@@ -96,7 +96,7 @@ def _cant_read(path: str, err: OSError) -> None:
 
 
 def cmd_check(args) -> int:
-    from .dsl.diagnostics import render
+    from .dsl.diagnostics import render, source_lines
     from .compiler.symbolic import shape_text
 
     sizes = dict(args.size)
@@ -120,8 +120,9 @@ def cmd_check(args) -> int:
         if args.format == "json":
             everything += [d.to_json() for d in diags]
             continue
+        lines = source_lines(text) if text is not None else None
         for d in diags:
-            print(render(d, text))
+            print(render(d, lines))
             print()
         if not n_err and not (args.werror and n_warn) and not args.quiet:
             print(_ok_line(net, n_warn))

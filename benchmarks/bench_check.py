@@ -94,12 +94,12 @@ def cnnc_command() -> list[str]:
 def wall(argv: list[str], runs: int, env: dict | None = None, fresh_tmp: Path | None = None,
          expect: int = 0) -> list[float]:
     """Wall-clock seconds of `runs` fresh processes of ARGV (output discarded). With
-    FRESH_TMP, each process gets a new empty TMPDIR under it (no parser table cache)."""
+    FRESH_TMP, each process gets a new empty XDG_CACHE_HOME under it (no parser table cache)."""
     times = []
     for _ in range(runs):
         run_env = dict(env if env is not None else os.environ)
         if fresh_tmp is not None:
-            run_env["TMPDIR"] = tempfile.mkdtemp(dir=fresh_tmp)
+            run_env["XDG_CACHE_HOME"] = tempfile.mkdtemp(dir=fresh_tmp)
         start = time.perf_counter()
         done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env=run_env)
@@ -199,7 +199,7 @@ def part_googlenet(runs: int, goal: float, scratch: Path) -> None:
          [sys.executable, "-c", "import networkx"], cached, None),
         (normal, check, cached, None),
         ("cnnc check: no .pyc, cnnc compiled on each run", check, no_bytecode(), None),
-        ("cnnc check: no parser table cache (fresh TMPDIR)", check, cached, scratch),
+        ("cnnc check: no parser table cache (fresh XDG_CACHE_HOME)", check, cached, scratch),
     ]
     times = interleaved(variants, runs)
     print(f"  {'':<52} {'median':>8} {'min':>8} {'max':>8}")

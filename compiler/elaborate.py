@@ -567,6 +567,8 @@ class Elaborator:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return self.bad_type(label, "a number", value, span)
             value = float(value)
+            if value != value or value in (float("inf"), float("-inf")):
+                return self.bad_value(f"{label} must be a finite number, got {value:g}", span)
             if kind == "prob" and not 0.0 <= value < 1.0:
                 return self.bad_value(f"{label} must be in [0, 1), got {value:g}", span)
             if kind == "positive_float" and value <= 0:

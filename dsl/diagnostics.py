@@ -108,12 +108,18 @@ def sort_key(diag: Diagnostic) -> tuple:
     return (diag.file, span.line, span.column, diag.code)
 
 
-def render(diag: Diagnostic, source: str | None) -> str:
-    """Draw one diagnostic as text, rustc style."""
+def render(diag: Diagnostic, source: "str | list[str] | None") -> str:
+    """Draw one diagnostic as text, rustc style. `source` is the text, or its lines already
+    split by `source_lines` (pass those when rendering many diagnostics of one file)."""
     span = diag.span
     where = f"{diag.file}:{span.line}:{span.column}" if span else diag.file
     out = [f"{where}: {diag.severity}[{diag.code}]: {diag.message}"]
-    lines = source_lines(source) if source is not None else []
+    if source is None:
+        lines = []
+    elif isinstance(source, str):
+        lines = source_lines(source)
+    else:
+        lines = source
     if span is not None and 1 <= span.line <= len(lines):
         text = lines[span.line - 1].expandtabs(1)
         number = str(span.line)

@@ -8,7 +8,6 @@ with the expected tokens in words.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from . import syntax as ast
@@ -232,12 +231,27 @@ class _Builder:
         return ast.Module(list(c))
 
 
+def _cache_file() -> str | None:
+    """The parser-table cache in a folder only this user can write (the cache is a pickle,
+    so it must never be read from a place another user could have planted it)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(base, "cnnc")
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        info = os.stat(folder)
+        if info.st_uid != os.getuid() or info.st_mode & 0o022:
+            return None
+    except OSError:
+        return None
+    return os.path.join(folder, "grammar.cache")
+
+
 def _parser():
     global _PARSER
     if _PARSER is None:
         from lark import Lark
 
-        cache = os.path.join(tempfile.gettempdir(), f"cnnc-grammar-{os.getuid()}.cache")
+        cache = _cache_file()
         kwargs = dict(
             parser="lalr",
             propagate_positions=True,
@@ -245,6 +259,8 @@ def _parser():
             transformer=_Builder(),
         )
         try:
+            if cache is None:
+                raise OSError("no private cache folder")
             _PARSER = Lark(_GRAMMAR.read_text(), cache=cache, **kwargs)
         except OSError:
             _PARSER = Lark(_GRAMMAR.read_text(), **kwargs)
