@@ -9,7 +9,7 @@ raised, and checking goes on wherever the shape is still known.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..dsl import syntax as ast
 from ..dsl.diagnostics import Diagnostic, Span, did_you_mean, source_lines
@@ -59,11 +59,6 @@ class Env:
     stack: tuple = ()  # block names being expanded, for recursion
 
 
-@dataclass
-class _Used:
-    spans: set = field(default_factory=set)
-
-
 class Elaborator:
     def __init__(self, module: ast.Module, file: str, source: str, sizes: dict | None = None):
         self.module = module
@@ -78,7 +73,7 @@ class Elaborator:
         self.counters: dict[str, Counter] = {}
         self.blocks: dict[str, ast.BlockDef] = {}
         self.called: set[str] = set()
-        self.used = _Used()
+        self.used: set = set()  # spans of bindings that some chain reads
         self.globals: dict = {}
         self.tensors: dict = {}
         self.conditions: list[Condition] = []
@@ -359,7 +354,7 @@ class Elaborator:
         if tensor is None:
             self.unknown_tensor(src, env)
             return None
-        self.used.spans.add(tensor.span)
+        self.used.add(tensor.span)
         return tensor.node
 
     def unknown_tensor(self, src: ast.Source, env: Env):
@@ -642,8 +637,6 @@ class Elaborator:
                 notes=[self.origin_note("its input", cur)], help=rank_help(kind, shape),
             )
             return name
-        if kind == "swish":
-            pass
         ctx = _InferContext(self, node)
         out = layer.infer(shape, args, ctx)
         if out is None:
@@ -859,9 +852,6 @@ class Elaborator:
             got = bound[spec.name]
             if got is spec.default and param.default is not None:
                 got = self.value(param.default, values)
-            if isinstance(got, Word):
-                # a bare word passed to a block parameter stays a word (e.g. pad=same)
-                pass
             values[param.name] = got
         inner = Env(
             tensors={},
@@ -898,11 +888,11 @@ class Elaborator:
                             help="call it in a chain, or delete it")
             else:
                 for item in block.body:
-                    if isinstance(item, ast.Binding) and item.name_span not in self.used.spans:
+                    if isinstance(item, ast.Binding) and item.name_span not in self.used:
                         self.report("W402", f"binding `{item.name}` in block `{name}` is never "
                                     "used", item.name_span)
         for name, tensor in self.tensors.items():
-            if tensor.span in self.used.spans or tensor.kind == "output":
+            if tensor.span in self.used or tensor.kind == "output":
                 continue
             if tensor.kind == "input":
                 self.report("W404", f"input `{name}` is never used", tensor.span)
@@ -916,9 +906,10 @@ class Elaborator:
         if not declared:
             self.report("E217", "the network has no output", None,
                         help="mark a result: `output logits = x -> dense(10)`")
+        declared = self.symbols_declared()
         for name in self.sizes:
-            if name not in self.symbols_declared():
-                known = ", ".join(f"`{s}`" for s in sorted(self.symbols_declared()))
+            if name not in declared:
+                known = ", ".join(f"`{s}`" for s in sorted(declared))
                 self.report("E219", f"--size gives `{name}`, but no input has that symbol", None,
                             notes=[f"the inputs' symbols are {known}" if known else
                                    "the inputs have no size symbols"])
@@ -981,7 +972,7 @@ class _InferContext:
             notes.insert(0, elab.origin_note("input", node.inputs[0]))
         elab.report(code, message, node.span, notes, help)
 
-    def positive(self, size, what, formula_args):
+    def positive(self, size, what):
         self.elab.conditions.append(Condition("ge1", size, None, (self.node, what)))
 
 

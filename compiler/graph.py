@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..dsl.diagnostics import Diagnostic, Span
-from .symbolic import shape_text
 
 
 @dataclass
@@ -93,7 +92,3 @@ class Network:
                         g.add_edge(src, node.name, slots=[index])
             self._graph = g
         return self._graph
-
-    def shape_of(self, name: str) -> str:
-        node = self.nodes[name]
-        return shape_text(node.shape) if node.shape is not None else "?"

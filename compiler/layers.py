@@ -7,11 +7,11 @@ problems are reported through the `InferContext` handed in, so one layer can rep
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from . import shapes
-from .symbolic import is_concrete, shape_text
+from .symbolic import is_concrete
 
 REQUIRED = object()
 
@@ -65,7 +65,7 @@ def _spatial(op, shape, args, ctx, kernel, stride, pad, dilation=(1, 1), ceil=Fa
                 )
                 return None
         else:
-            ctx.positive(size, f"{op} output {AXES[axis]}", (n, k, s, p, d, ceil))
+            ctx.positive(size, f"{op} output {AXES[axis]}")
         out.append(size)
     return tuple(out)
 
@@ -106,19 +106,15 @@ def _divisor_help(what, total, bad):
 
 def _params_conv(shape, a):
     kh, kw = a["kernel"]
-    out = {"weight": (a["out"], _div(shape[0], a["groups"]), kh, kw)}
+    out = {"weight": (a["out"], shape[0] // a["groups"], kh, kw)}
     if a["bias"]:
         out["bias"] = (a["out"],)
     return out
 
 
-def _div(c, g):
-    return c // g
-
-
 def _macs_conv(shape_in, shape_out, a):
     kh, kw = a["kernel"]
-    per_output = _div(shape_in[0], a["groups"]) * kh * kw
+    per_output = shape_in[0] // a["groups"] * kh * kw
     return shape_out[0] * shape_out[1] * shape_out[2] * per_output
 
 
@@ -314,14 +310,3 @@ def rank_help(op: str, shape) -> str | None:
 def expects(layer: LayerDef) -> str:
     return " or ".join(RANK_WORDS[r] for r in layer.ranks)
 
-
-def describe_shape(shape) -> str:
-    return shape_text(shape)
-
-
-@dataclass
-class Problem:
-    code: str
-    message: str
-    notes: list[str] = field(default_factory=list)
-    help: str | None = None

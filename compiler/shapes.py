@@ -24,6 +24,18 @@ def conv_out_asym(n, k: int, s: int, before: int, after: int, d: int = 1):
     return (n + before + after - effective_kernel(k, d)) // s + 1
 
 
+def pool_out_asym(n: int, k: int, s: int, before: int, after: int, d: int = 1,
+                  ceil: bool = False) -> int:
+    """Concrete pooling output size with padding `before` and `after`, PyTorch's ceil rule:
+    a last window that would start at or past n + before (in the right padding) is dropped."""
+    if not ceil:
+        return conv_out_asym(n, k, s, before, after, d)
+    out = (n + before + after - effective_kernel(k, d) + s - 1) // s + 1
+    if (out - 1) * s >= n + before:
+        out -= 1
+    return out
+
+
 def same_pads(n: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
     """Padding for `pad=same`: the output is ceil(n / s); the odd pixel goes after
     (TensorFlow's and PyTorch's choice)."""
@@ -43,11 +55,9 @@ def pool_out(n, k: int, s: int, p: int = 0, d: int = 1, ceil: bool = False):
     eff = effective_kernel(k, d)
     if not ceil:
         return (n + 2 * p - eff) // s + 1
-    out = (n + 2 * p - eff + s - 1) // s + 1
     if isinstance(n, int):
-        if (out - 1) * s >= n + p:
-            out -= 1
-        return out
+        return pool_out_asym(n, k, s, p, p, d, ceil)
+    out = (n + 2 * p - eff + s - 1) // s + 1
     if eff - p >= s:
         # ceil(x/s)*s - x <= s - 1 < eff - p: the last window always starts inside
         return out

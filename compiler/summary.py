@@ -28,7 +28,6 @@ class Report:
     outputs: list[tuple[str, tuple]]
     rows: list[Row]
     total_params: object
-    trainable_params: object
     total_macs: object
     activation_bytes: object  # every layer output of one sample, float32
     input_bytes: object
@@ -115,7 +114,6 @@ def _arg_text(value) -> str:
 def report(net: Network) -> Report:
     rows = []
     total_params = 0
-    trainable = 0
     total_macs = 0
     activations = 0
     for node in net.layers:
@@ -124,7 +122,6 @@ def report(net: Network) -> Report:
         total_params = params + total_params
         total_macs = node.macs + total_macs
         activations = _count(node.shape) + activations
-    trainable = total_params
     inputs = [(n, net.nodes[n].shape) for n in net.inputs]
     outputs = [(n, net.nodes[node].shape) for n, node in net.outputs.items()]
     input_elems = 0
@@ -136,7 +133,6 @@ def report(net: Network) -> Report:
         outputs=outputs,
         rows=rows,
         total_params=total_params,
-        trainable_params=trainable,
         total_macs=total_macs,
         activation_bytes=activations * BYTES_FLOAT32,
         input_bytes=input_elems * BYTES_FLOAT32,

@@ -344,10 +344,6 @@ def evaluate(d, env: dict) -> int:
     return d if isinstance(d, int) else d.evaluate(env)
 
 
-def dim_text(d) -> str:
-    return str(d)
-
-
 def shape_text(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 

@@ -1,9 +1,11 @@
-"""Size arithmetic for windowed ops (conv and pooling), local to the runtime.
+"""Argument normalisation for the kernels, and the output-size rules they check against.
 
-The compiler keeps its own copy of these rules for checking; the runtime must not import
-the compiler, so the few formulas the kernels need live here as small pure functions.
-A padding is either one integer (the same on both sides) or a pair ``(begin, end)``.
+The size formulas themselves live in `compiler/shapes.py` (one place for the arithmetic, used
+by the checker, the cost report and the kernels); here they take a padding that is either one
+integer (the same on both sides) or a pair ``(begin, end)``.
 """
+
+from ..compiler.shapes import conv_out_asym, pool_out_asym
 
 
 def pair(value, what="value"):
@@ -44,24 +46,14 @@ def conv_out(n, k, s=1, p=0, d=1):
     callers decide how to report that.
     """
     p0, p1 = _begin_end(p)
-    span = d * (k - 1) + 1
-    return (n + p0 + p1 - span) // s + 1
+    return conv_out_asym(n, k, s, p0, p1, d)
 
 
 def pool_out(n, k, s, p=0, d=1, ceil=False):
-    """Output length of a pooling window, with PyTorch's ceil-mode rule.
-
-    With ``ceil`` the division rounds up, but a last window that would start in the right
-    padding (at or past ``n + p_begin`` in padded coordinates) is dropped.
-    """
-    if not ceil:
-        return conv_out(n, k, s, p, d)
+    """Output length of a pooling window, with PyTorch's ceil-mode rule (a last window that
+    would start in the right padding is dropped)."""
     p0, p1 = _begin_end(p)
-    span = d * (k - 1) + 1
-    out = -(-(n + p0 + p1 - span) // s) + 1
-    if (out - 1) * s >= n + p0:
-        out -= 1
-    return out
+    return pool_out_asym(n, k, s, p0, p1, d, ceil)
 
 
 def checked_out(n, k, s, p, d, ceil, where):
