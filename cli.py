@@ -12,6 +12,9 @@ import sys
 
 from . import __version__
 
+# Subcommands that live in `commands/` (see its __init__ for the protocol).
+COMMANDS = ()
+
 EXIT_OK = 0
 EXIT_ERRORS = 1
 EXIT_USAGE = 2
@@ -69,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--format", choices=("text", "json"), default="text")
     summary.add_argument("--size", type=_size, action="append", default=[], metavar="NAME=N",
                          help="give a size symbol a value, e.g. --size H=224 (repeatable)")
+
+    import importlib
+
+    for name in COMMANDS:
+        module = importlib.import_module(f".commands.{name}", __package__)
+        module.add_parser(sub).set_defaults(handler=module.main)
     return parser
 
 
@@ -189,8 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     handlers = {"check": cmd_check, "summary": cmd_summary}
+    handler = handlers.get(args.command) or args.handler
     try:
-        status = handlers[args.command](args)
+        from .commands.common import CommandError, fail
+
+        try:
+            status = handler(args)
+        except CommandError as err:
+            status = fail(err)
         sys.stdout.flush()
         return status
     except KeyboardInterrupt:

@@ -139,7 +139,7 @@ def _lower_node(net: Network, node: Node) -> Step:
     elif op == "batchnorm":
         step.op = Op.BATCHNORM
         step.params = names + [f"{node.name}.{k}" for k in node.buffers]
-        step.attrs = dict(eps=a["eps"])
+        step.attrs = dict(eps=a["eps"], momentum=a["momentum"])
     elif op in ACTIVATIONS:
         step.op = Op.ACTIVATION
         step.attrs = dict(name=op, alpha=a.get("alpha"), beta=a.get("beta"))

@@ -16,7 +16,7 @@ AVGPOOL2D       ``(x, *, kernel, stride, pad, ceil, count_pad)``
 GLOBAL_AVGPOOL  ``(x)``
 GLOBAL_MAXPOOL  ``(x)``
 LRN             ``(x, *, size, alpha, beta, k)``
-BATCHNORM       ``(x, weight, bias, running_mean, running_var, *, eps)``
+BATCHNORM       ``(x, weight, bias, running_mean, running_var, *, eps, momentum)``
 ACTIVATION      ``(x, weight=None, *, name, alpha, beta)``; ``weight`` is prelu's slopes
 SOFTMAX         ``(x, *, axis=1)``
 MAXOUT          ``(x, *, k)``

@@ -9,8 +9,11 @@ def _per_channel(v, x):
     return v.reshape((x.shape[1],) + (1,) * (x.ndim - 2))
 
 
-def batchnorm(x, weight, bias, running_mean, running_var, *, eps=1e-5):
+def batchnorm(x, weight, bias, running_mean, running_var, *, eps=1e-5, momentum=0.1):
     """``(x - mean) / sqrt(var + eps) * weight + bias`` per channel (axis 1).
+
+    ``momentum`` only matters in training (how fast the running statistics move); it is
+    accepted here so that inference and training read the same step attributes.
 
     Folded into one scale and one shift per channel; ``weight``/``bias`` may be None
     (no affine part). Works on ``(N, C)`` and ``(N, C, H, W)``.

@@ -1,0 +1,54 @@
+"""What the subcommands share: reading a model file, reporting its errors, printing a
+clear `cnnc: error: ...` line instead of a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_OK = 0
+EXIT_ERRORS = 1
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """A user-facing failure: the message is printed as `cnnc: error: MESSAGE` and the
+    command exits with ``status``."""
+
+    def __init__(self, message: str, status: int = EXIT_USAGE):
+        super().__init__(message)
+        self.status = status
+
+
+def read_source(path: str) -> bytes:
+    if path == "-":
+        if sys.stdin is None:
+            raise CommandError("cannot read <stdin>: standard input is closed")
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise CommandError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def load_network(path: str, sizes: dict | None = None):
+    """Read and check a model file. Returns the checked `Network`; when the model has
+    errors, prints every diagnostic to stderr and raises CommandError with status 1."""
+    from ..compiler.check import check_bytes
+    from ..dsl.diagnostics import render, source_lines
+
+    data = read_source(path)
+    name = "<stdin>" if path == "-" else path
+    net, text = check_bytes(data, name, sizes or {})
+    if not net.ok:
+        lines = source_lines(text) if text is not None else None
+        for d in net.diagnostics:
+            print(render(d, lines), file=sys.stderr)
+            print(file=sys.stderr)
+        raise CommandError(f"{path} has errors; run `cnnc check {path}`", EXIT_ERRORS)
+    return net
+
+
+def fail(err: CommandError) -> int:
+    print(f"cnnc: error: {err}", file=sys.stderr)
+    return err.status
