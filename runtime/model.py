@@ -4,6 +4,9 @@
     y = model(x)               # inference; one output -> an array, several -> a dict
     model.save("w.npz")        # parameters and buffers under the spec's layer names
     model.load("w.npz")        # all-or-nothing: a bad file leaves the model unchanged
+
+    y = model.forward(x, train=True)   # training mode; keeps what backward needs
+    dx = model.backward(dy)            # fills model.grads[weight-file key]
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import zipfile
 
 import numpy as np
 
-from ..compiler.plan import Plan
+from ..compiler.plan import Op, Plan
 
 
 class InputError(ValueError):
@@ -45,7 +48,7 @@ def _backend(name: str):
             import cupy
         except ImportError as err:
             raise RuntimeError("backend 'cupy' needs CuPy: pip install 'cnnc[gpu]'") from err
-        from .numpy_backend import KERNELS
+        from .cupy_backend import KERNELS
 
         return "cupy", cupy, KERNELS
     raise ValueError(f"unknown backend {name!r}; expected 'auto', 'numpy' or 'cupy'")
@@ -59,6 +62,16 @@ class Model:
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
         self.params = self._init(seed)
+        self.grads: dict = {}
+        self._tape = None  # what the last forward(...) kept for backward
+        self._rng = self.xp.random.default_rng(seed)  # dropout masks
+
+    def _grad_table(self):
+        if self.backend == "cupy":
+            from .cupy_backend import GRADS
+        else:
+            from .grads import GRADS
+        return GRADS
 
     # ---- parameters ---------------------------------------------------------------------
     def _init(self, seed: int) -> dict:
@@ -155,9 +168,104 @@ class Model:
             args = [values[i] for i in step.inputs] + [self.params[p] for p in step.params]
             values[step.name] = kernel(*args, **step.attrs)
         outputs = {name: values[buf] for name, buf in self.plan.outputs.items()}
-        if len(outputs) == 1:
-            return next(iter(outputs.values()))
-        return outputs
+        return _one_or_dict(outputs)
+
+    # ---- training -----------------------------------------------------------------------
+    def forward(self, x, train: bool = True, logits: bool = False):
+        """Run the network and keep what `backward` needs.
+
+        ``train=True`` is training mode: batchnorm normalises with the batch's statistics and
+        updates its running ones, dropout draws a fresh mask. ``train=False`` computes what
+        ``model(x)`` computes, still differentiably. With ``logits=True``, an output made by
+        a final softmax comes back as that softmax's input, for a fused softmax
+        cross-entropy loss; `backward` then takes the gradient with respect to it.
+        """
+        table = self._grad_table()
+        values = self._inputs(x)
+        self._tape = None
+        tape = []
+        for step in self.plan.steps:
+            forward, _ = table[step.op]
+            args = [values[i] for i in step.inputs] + [self.params[p] for p in step.params]
+            values[step.name], saved = forward(*args, train=train, rng=self._rng, **step.attrs)
+            tape.append((step, saved))
+        heads = self._heads(logits)
+        outputs = {name: values[buf] for name, buf in heads.items()}
+        self._tape = (tape, heads, {name: values[name].shape for name in values})
+        return _one_or_dict(outputs)
+
+    def _heads(self, logits: bool) -> dict:
+        """Output name -> the buffer it is read from (the softmax's input with ``logits``)."""
+        if not logits:
+            return dict(self.plan.outputs)
+        made_by = {step.name: step for step in self.plan.steps}
+        heads = {}
+        for name, buf in self.plan.outputs.items():
+            step = made_by.get(buf)
+            heads[name] = step.inputs[0] if step is not None and step.op is Op.SOFTMAX else buf
+        return heads
+
+    def backward(self, dy):
+        """Back-propagate ``dy`` (the loss's gradient with respect to the output, or a dict
+        output name -> gradient) through the last `forward`.
+
+        Fills ``grads`` with the gradient of every trainable parameter (zeros for those the
+        outputs do not depend on) and returns the gradient with respect to the input (a dict
+        when the network has several inputs). Each call replaces the previous gradients.
+        """
+        if self._tape is None:
+            raise RuntimeError("backward() needs a forward(x) first (model(x) keeps nothing)")
+        tape, heads, shapes = self._tape
+        table = self._grad_table()
+        if not isinstance(dy, dict):
+            if len(heads) != 1:
+                raise InputError(f"network {self.plan.network} has outputs "
+                                 f"{', '.join(heads)}; pass a dict name -> gradient")
+            dy = {next(iter(heads)): dy}
+        unknown = sorted(set(dy) - set(heads))
+        if unknown:
+            raise InputError(f"gradients given for {unknown}; the outputs are {list(heads)}")
+        flowing: dict = {}  # buffer name -> gradient of the loss with respect to it
+        for name, g in dy.items():
+            buf = heads[name]
+            g = self.xp.asarray(g, dtype=self.dtype)
+            if tuple(g.shape) != tuple(shapes[buf]):
+                raise InputError(f"gradient for output `{name}` must have shape "
+                                 f"{list(shapes[buf])}, got {list(g.shape)}")
+            _accumulate(flowing, buf, g)
+        grads = {}
+        for step, saved in reversed(tape):
+            g = flowing.pop(step.name, None)
+            if g is None:
+                continue  # nothing downstream of this step reaches an output
+            _, backward = table[step.op]
+            dinputs, dparams = backward(saved, g)
+            for name, d in zip(step.inputs, dinputs):
+                _accumulate(flowing, name, d)
+            for key, d in zip(step.params, dparams):
+                if d is not None:
+                    grads[key] = d
+        for key, shape in self.plan.params.items():
+            if key not in grads:
+                grads[key] = self.xp.zeros(shape, dtype=self.dtype)
+        self.grads = grads
+        self._tape = None
+        dx = {name: flowing.get(name, self.xp.zeros(shapes[name], dtype=self.dtype))
+              for name in self.plan.inputs}
+        return _one_or_dict(dx)
+
+
+def _accumulate(flowing: dict, name: str, g) -> None:
+    if name in flowing:
+        flowing[name] = flowing[name] + g  # never in place: g may be another op's array
+    else:
+        flowing[name] = g
+
+
+def _one_or_dict(values: dict):
+    if len(values) == 1:
+        return next(iter(values.values()))
+    return values
 
 
 def _to_numpy(a):
