@@ -40,24 +40,25 @@ def _backend(name: str):
         except Exception:  # no CuPy, or no usable CUDA driver: the CPU it is
             name = "numpy"
     if name == "numpy":
-        from .numpy_backend import KERNELS
+        from .numpy_backend import ACCEPTS_OUT, KERNELS
 
-        return "numpy", np, KERNELS
+        return "numpy", np, KERNELS, ACCEPTS_OUT
     if name == "cupy":
         try:
             import cupy
         except ImportError as err:
             raise RuntimeError("backend 'cupy' needs CuPy: pip install 'cnnc[gpu]'") from err
-        from .cupy_backend import KERNELS
+        from . import cupy_backend
 
-        return "cupy", cupy, KERNELS
+        accepts_out = getattr(cupy_backend, "ACCEPTS_OUT", frozenset())
+        return "cupy", cupy, cupy_backend.KERNELS, accepts_out
     raise ValueError(f"unknown backend {name!r}; expected 'auto', 'numpy' or 'cupy'")
 
 
 class Model:
     def __init__(self, plan: Plan, backend: str = "auto", seed: int = 0, dtype="float32"):
         self.plan = plan
-        self.backend, self.xp, self.kernels = _backend(backend)
+        self.backend, self.xp, self.kernels, self._accepts_out = _backend(backend)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
@@ -65,6 +66,24 @@ class Model:
         self.grads: dict = {}
         self._tape = None  # what the last forward(...) kept for backward
         self._rng = self.xp.random.default_rng(seed)  # dropout masks
+        self._executor = None
+
+    @property
+    def executor(self):
+        """The inference executor over the memory plan (built on first use)."""
+        if self._executor is None:
+            from ..compiler.memory import plan_memory
+            from .executor import Executor
+
+            self._executor = Executor(plan_memory(self.plan), self.xp, self.kernels,
+                                      self._accepts_out, self.dtype)
+        return self._executor
+
+    def mark_changed(self) -> None:
+        """Tell the model its parameter arrays were changed in place (optimizers call this):
+        inference then refolds batchnorms into the convolutions before them."""
+        if self._executor is not None:
+            self._executor.invalidate()
 
     def _grad_table(self):
         if self.backend == "cupy":
@@ -137,6 +156,7 @@ class Model:
             raise WeightFileError(f"weight file {path} does not fit network "
                                   f"{self.plan.network}:\n  " + "\n  ".join(problems))
         self.params = {k: self.xp.asarray(arrays[k], dtype=self.dtype) for k in expected}
+        self.mark_changed()
 
     # ---- inference ----------------------------------------------------------------------
     def _inputs(self, x) -> dict:
@@ -162,6 +182,12 @@ class Model:
         return out
 
     def __call__(self, x):
+        """Inference: the memory-planned, fused schedule (see compiler/memory.py)."""
+        return _one_or_dict(self.executor.run(self._inputs(x), self.params))
+
+    def interpret(self, x):
+        """Inference step by step over the plan, every layer output kept: no fusion, no
+        buffer reuse. The reference the planned schedule is tested against."""
         values = self._inputs(x)
         for step in self.plan.steps:
             kernel = self.kernels[step.op]
@@ -183,6 +209,7 @@ class Model:
         table = self._grad_table()
         values = self._inputs(x)
         self._tape = None
+        self.mark_changed()  # batchnorm's running statistics move in training
         tape = []
         for step in self.plan.steps:
             forward, _ = table[step.op]

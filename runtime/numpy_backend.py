@@ -12,6 +12,12 @@ from .kernels.pool import avgpool2d, global_avgpool, global_maxpool, maxpool2d
 from .kernels.tensor import add, concat, dropout, flatten
 from .ops import Op
 
+# Ops whose kernel takes ``out=`` (an array to write into, as the memory plan assigns);
+# the executor copies the result into place for the others.
+ACCEPTS_OUT = frozenset({
+    Op.CONV2D, Op.DENSE, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.ACTIVATION, Op.ADD, Op.BATCHNORM,
+})
+
 KERNELS = {
     Op.CONV2D: conv2d,
     Op.MAXPOOL2D: maxpool2d,

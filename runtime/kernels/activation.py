@@ -144,10 +144,16 @@ def apply_act_(y, act):
     return activate_(y, name, **dict(params or {}))
 
 
-def activation(x, weight=None, *, name, alpha=None, beta=None):
-    """The ACTIVATION op; returns a new array and leaves ``x`` untouched."""
+def activation(x, weight=None, *, name, alpha=None, beta=None, out=None):
+    """The ACTIVATION op; returns a new array and leaves ``x`` untouched, unless ``out`` is
+    given: then the result goes there, and ``out`` may be ``x`` itself (in place)."""
     xp = get_array_module(x)
-    y = floating(x, xp).copy()
+    if out is None:
+        y = floating(x, xp).copy()
+    else:
+        y = out
+        if y is not x:
+            y[...] = x
     return activate_(y, name, alpha=alpha, beta=beta, weight=weight)
 
 

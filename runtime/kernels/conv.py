@@ -70,12 +70,27 @@ def _epilogue_(slab, b, act):
     apply_act_(slab, act)
 
 
-def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None):
+def _flat_view(out, shape, dtype, where):
+    """``out (N, O, Ho, Wo)`` seen as ``(N, O, Ho*Wo)`` without a copy."""
+    if tuple(out.shape) != shape or out.dtype != dtype:
+        raise ValueError(f"{where}: out must be {list(shape)} {dtype}, got "
+                         f"{list(out.shape)} {out.dtype}")
+    n, o, ho, wo = shape
+    s_n, s_o, s_h, s_w = out.strides
+    if ho * wo > 1 and (s_w != out.itemsize or (ho > 1 and s_h != wo * out.itemsize)):
+        raise ValueError(f"{where}: out must have contiguous rows, got strides {out.strides}")
+    xp = get_array_module(out)
+    return xp.lib.stride_tricks.as_strided(out, (n, o, ho * wo), (s_n, s_o, out.itemsize))
+
+
+def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None):
     """Convolve ``x (N, C, H, W)`` with ``w (O, C/groups, kh, kw)``; returns ``(N, O, Ho, Wo)``.
 
     ``pad`` is ``p``, ``(ph, pw)`` or ``(top, bottom, left, right)``; ``stride`` and
     ``dilation`` are an integer or a pair. ``act`` is a fused activation: None, a name,
     or ``(name, params)``. Float32 inputs give a float32 result; the output is contiguous.
+    ``out`` is an ``(N, O, Ho, Wo)`` array to write into; its rows ``H`` and ``W`` must be
+    contiguous, so a channel slice of a larger array works (a concat writing in place).
     """
     xp = get_array_module(x, w)
     dtype = float_dtype(xp, x, w)
@@ -99,7 +114,10 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None):
     og = o // groups
     spatial = ho * wo
     wg = w.reshape(groups, og, cg * kh * kw)  # (G, O/G, C/G*kh*kw)
-    out = xp.empty((n, o, spatial), dtype=dtype)  # (N, O, Ho*Wo)
+    if out is None:
+        out = xp.empty((n, o, spatial), dtype=dtype)  # (N, O, Ho*Wo)
+    else:
+        out = _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
 
     pointwise = kh == kw == 1 and sh == sw == 1 and max(pads) == 0
     if pointwise:

@@ -4,10 +4,11 @@ from ..xp import float_dtype, get_array_module
 from .activation import apply_act_
 
 
-def dense(x, w, b=None, *, act=None):
+def dense(x, w, b=None, *, act=None, out=None):
     """``x (N, F) @ w.T + b`` with ``w (O, F)``, ``b (O,)``; returns ``(N, O)``.
 
     ``act`` is a fused activation applied in place: None, a name, or ``(name, params)``.
+    ``out`` is an ``(N, O)`` array to write into.
     """
     xp = get_array_module(x, w)
     dtype = float_dtype(xp, x, w)
@@ -18,7 +19,7 @@ def dense(x, w, b=None, *, act=None):
             f"dense: input must be [N, F] and weight [O, F]; got input {tuple(x.shape)}, "
             f"weight {tuple(w.shape)}"
         )
-    y = xp.matmul(x, w.T)  # (N, O)
+    y = xp.matmul(x, w.T, out=out)  # (N, O)
     if b is not None:
         if tuple(b.shape) != (w.shape[0],):
             raise ValueError(f"dense: bias must be [{w.shape[0]}], got {tuple(b.shape)}")

@@ -9,7 +9,8 @@ def _per_channel(v, x):
     return v.reshape((x.shape[1],) + (1,) * (x.ndim - 2))
 
 
-def batchnorm(x, weight, bias, running_mean, running_var, *, eps=1e-5, momentum=0.1):
+def batchnorm(x, weight, bias, running_mean, running_var, *, eps=1e-5, momentum=0.1,
+              out=None):
     """``(x - mean) / sqrt(var + eps) * weight + bias`` per channel (axis 1).
 
     ``momentum`` only matters in training (how fast the running statistics move); it is
@@ -34,9 +35,38 @@ def batchnorm(x, weight, bias, running_mean, running_var, *, eps=1e-5, momentum=
     shift = -xp.asarray(running_mean, dtype=xp.float64) * scale  # (C,)
     if bias is not None:
         shift = shift + bias
-    y = x * _per_channel(scale.astype(x.dtype), x)
+    y = xp.multiply(x, _per_channel(scale.astype(x.dtype), x), out=out)
     y += _per_channel(shift.astype(x.dtype), x)
     return y
+
+
+def channel_window_sum(a, before, after):
+    """``out[:, c] = sum(a[:, j])`` for ``j`` from ``c - before`` to ``c + after``, channels
+    outside ``[0, C)`` counting as zero; a fresh array. LRN's backward pass sums over the
+    mirrored window (``before`` and ``after`` swapped)."""
+    channels = a.shape[1]
+    out = a.copy()  # offset 0 of the window
+    for offset in range(-before, after + 1):
+        if offset == 0 or abs(offset) >= channels:
+            continue
+        if offset > 0:
+            out[:, :channels - offset] += a[:, offset:]
+        else:
+            out[:, -offset:] += a[:, :channels + offset]
+    return out
+
+
+def lrn_base(x, size, alpha, k):
+    """LRN's base ``k + alpha/size * sum(x_j^2)`` over the window of each channel, before it
+    is raised to ``beta``; ``x`` is a float array. Shared with the training kernel."""
+    if x.ndim < 3:
+        raise ValueError(f"lrn: input must be [N, C, ...], got shape {tuple(x.shape)}")
+    if size < 1:
+        raise ValueError(f"lrn: size must be >= 1, got {size}")
+    acc = channel_window_sum(x * x, size // 2, (size - 1) // 2)
+    acc *= alpha / size
+    acc += k
+    return acc
 
 
 def lrn(x, *, size=5, alpha=1e-4, beta=0.75, k=1.0):
@@ -47,21 +77,6 @@ def lrn(x, *, size=5, alpha=1e-4, beta=0.75, k=1.0):
     """
     xp = get_array_module(x)
     x = floating(x, xp)
-    if x.ndim < 3:
-        raise ValueError(f"lrn: input must be [N, C, ...], got shape {tuple(x.shape)}")
-    if size < 1:
-        raise ValueError(f"lrn: size must be >= 1, got {size}")
-    channels = x.shape[1]
-    sq = x * x
-    acc = sq.copy()  # offset 0 of the window
-    for offset in range(-(size // 2), (size - 1) // 2 + 1):
-        if offset == 0 or abs(offset) >= channels:
-            continue
-        if offset > 0:
-            acc[:, :channels - offset] += sq[:, offset:]
-        else:
-            acc[:, -offset:] += sq[:, :channels + offset]
-    acc *= alpha / size
-    acc += k
+    acc = lrn_base(x, size, alpha, k)
     xp.power(acc, beta, out=acc)
     return xp.divide(x, acc, out=acc)

@@ -33,15 +33,21 @@ def _geometry(x, kernel, stride, pad, dilation, ceil, where):
     return (kh, kw), (sh, sw), (dh, dw), pads, (ho, wo)
 
 
+def window_pads(hw, kernel, stride, dilation, pads, out_hw):
+    """``pads`` with bottom and right grown, in ceil mode, until the last windows fit."""
+    top, bottom, left, right = pads
+    need_h = (out_hw[0] - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
+    need_w = (out_hw[1] - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1
+    bottom = max(bottom, need_h - hw[0] - top)
+    right = max(right, need_w - hw[1] - left)
+    return (top, bottom, left, right)
+
+
 def _pad_to_windows(x, kernel, stride, dilation, pads, out_hw, fill, xp):
     """Pad ``x`` by ``pads`` and, in ceil mode, far enough right and down that the last
     windows fit; the extra cells hold ``fill`` just like the padding."""
     n, c, h, w = x.shape
-    top, bottom, left, right = pads
-    need_h = (out_hw[0] - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
-    need_w = (out_hw[1] - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1
-    bottom = max(bottom, need_h - h - top)
-    right = max(right, need_w - w - left)
+    top, bottom, left, right = window_pads((h, w), kernel, stride, dilation, pads, out_hw)
     if top == bottom == left == right == 0:
         return x
     xpad = xp.full((n, c, h + top + bottom, w + left + right), fill, dtype=x.dtype)
@@ -49,8 +55,9 @@ def _pad_to_windows(x, kernel, stride, dilation, pads, out_hw, fill, xp):
     return xpad
 
 
-def _reduce_windows(a, axis, k, s, d, n_out, ufunc):
-    """``ufunc``-reduce the ``k`` taps of 1-D windows along ``axis``; a fresh array."""
+def _reduce_windows(a, axis, k, s, d, n_out, ufunc, out=None):
+    """``ufunc``-reduce the ``k`` taps of 1-D windows along ``axis`` into ``out`` (a fresh
+    array when None)."""
 
     def taps(i):
         index = [slice(None)] * a.ndim
@@ -58,8 +65,11 @@ def _reduce_windows(a, axis, k, s, d, n_out, ufunc):
         return a[tuple(index)]
 
     if k == 1:
-        return taps(0).copy()
-    acc = ufunc(taps(0), taps(1))
+        if out is None:
+            return taps(0).copy()
+        out[...] = taps(0)
+        return out
+    acc = ufunc(taps(0), taps(1), out=out)
     for i in range(2, k):
         ufunc(acc, taps(i), out=acc)
     return acc
@@ -71,7 +81,13 @@ def _lowest(dtype, xp):
     return xp.iinfo(dtype).min
 
 
-def maxpool2d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False):
+def _check_out(out, shape, dtype, where):
+    if out is not None and (tuple(out.shape) != shape or out.dtype != dtype):
+        raise ValueError(f"{where}: out must be {list(shape)} {dtype}, got "
+                         f"{list(out.shape)} {out.dtype}")
+
+
+def maxpool2d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, out=None):
     """Max over windows of ``x (N, C, H, W)``; ``stride`` defaults to ``kernel``.
 
     ``ceil`` rounds the output size up, dropping a last window that would start in the
@@ -83,10 +99,14 @@ def maxpool2d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False):
     kernel, stride, dilation, pads, out_hw = _geometry(
         x, kernel, stride, pad, dilation, ceil, "maxpool2d"
     )
+    _check_out(out, x.shape[:2] + out_hw, x.dtype, "maxpool2d")
     xpad = _pad_to_windows(x, kernel, stride, dilation, pads, out_hw, _lowest(x.dtype, xp), xp)
     rows = _reduce_windows(xpad, 3, kernel[1], stride[1], dilation[1], out_hw[1], xp.maximum)
-    out = _reduce_windows(rows, 2, kernel[0], stride[0], dilation[0], out_hw[0], xp.maximum)
-    return xp.ascontiguousarray(out)
+    if out is not None:
+        return _reduce_windows(rows, 2, kernel[0], stride[0], dilation[0], out_hw[0],
+                               xp.maximum, out)
+    y = _reduce_windows(rows, 2, kernel[0], stride[0], dilation[0], out_hw[0], xp.maximum)
+    return xp.ascontiguousarray(y)
 
 
 def _divisor_1d(n, k, s, p_begin, p_end, n_out, count_pad, xp):
@@ -103,7 +123,7 @@ def _divisor_1d(n, k, s, p_begin, p_end, n_out, count_pad, xp):
     return xp.minimum(end, n) - xp.maximum(start, 0)
 
 
-def avgpool2d(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True):
+def avgpool2d(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True, out=None):
     """Mean over windows of ``x (N, C, H, W)``; ``stride`` defaults to ``kernel``.
 
     ``count_pad=True`` divides by the window size clipped to the padded input (PyTorch's
@@ -115,15 +135,17 @@ def avgpool2d(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True):
     kernel, stride, dilation, pads, out_hw = _geometry(
         x, kernel, stride, pad, 1, ceil, "avgpool2d"
     )
+    _check_out(out, x.shape[:2] + out_hw, x.dtype, "avgpool2d")
     xpad = _pad_to_windows(x, kernel, stride, dilation, pads, out_hw, 0, xp)
     rows = _reduce_windows(xpad, 3, kernel[1], stride[1], 1, out_hw[1], xp.add)
-    out = _reduce_windows(rows, 2, kernel[0], stride[0], 1, out_hw[0], xp.add)
+    given = out
+    out = _reduce_windows(rows, 2, kernel[0], stride[0], 1, out_hw[0], xp.add, out)
     h, w = x.shape[2:]
     count_h = _divisor_1d(h, kernel[0], stride[0], pads[0], pads[1], out_hw[0], count_pad, xp)
     count_w = _divisor_1d(w, kernel[1], stride[1], pads[2], pads[3], out_hw[1], count_pad, xp)
     divisor = (count_h[:, None] * count_w[None, :]).astype(x.dtype)  # (Ho, Wo)
     out /= xp.maximum(divisor, 1)  # a window of padding only sums to 0; keep it 0
-    return xp.ascontiguousarray(out)
+    return out if given is not None else xp.ascontiguousarray(out)
 
 
 def global_avgpool(x):

@@ -16,16 +16,21 @@ def concat(*xs, axis=1):
     return xp.concatenate(xs, axis=axis)
 
 
-def add(*xs):
-    """Element-wise sum of one or more arrays of one shape; a fresh array."""
+def add(*xs, out=None):
+    """Element-wise sum of one or more arrays of one shape; a fresh array unless ``out`` is
+    given (which may be one of the inputs)."""
     if not xs:
         raise ValueError("add: needs at least one input, got none")
     shapes = {tuple(x.shape) for x in xs}
     if len(shapes) != 1:
         raise ValueError(f"add: inputs must share one shape, got {[tuple(x.shape) for x in xs]}")
+    xp = get_array_module(*xs)
     if len(xs) == 1:
-        return xs[0].copy()
-    out = xs[0] + xs[1]
+        if out is None:
+            return xs[0].copy()
+        out[...] = xs[0]
+        return out
+    out = xp.add(xs[0], xs[1], out=out)
     for x in xs[2:]:
         out += x
     return out

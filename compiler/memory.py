@@ -1,0 +1,271 @@
+"""The inference memory plan: fusions, in-place ops, concat slices and buffer reuse.
+
+`plan_memory(plan)` turns a lowered `Plan` into an `ExecPlan`, the schedule a runtime
+executes for inference. It is pure bookkeeping over names and per-sample sizes; every size
+scales with the batch, so one plan serves every batch size.
+
+Rewrites, in this order:
+
+1. **Batchnorm folding.** A batchnorm whose input is a conv or dense output read by nothing
+   else is folded into that layer: the runtime scales the weights and shifts the bias once
+   (``fold`` names the batchnorm's weight-file keys).
+2. **Epilogue fusion.** An activation whose input is a conv or dense output read by nothing
+   else becomes that layer's epilogue (``attrs["act"]``), applied while the tile is hot.
+3. **Aliases.** Inference dropout is the identity and flatten a reshape: their outputs are
+   the input's storage under another name, and nothing runs.
+4. **Concat slices.** An input of a concat that only the concat reads is written by its
+   producer straight into its channel slice of the concat's output; the concat then only
+   copies the inputs it could not place (a graph input, or a tensor read elsewhere too).
+5. **In place.** An activation, batchnorm or add whose input dies at that step writes over
+   the input's storage.
+6. **Buffer reuse.** Every remaining storage lives from its first write to its last read;
+   storages whose lifetimes do not overlap share one slot (best fit by size). Graph outputs
+   get storage of their own, outside the slots, so results stay valid after the call.
+
+The slots' total is the planned peak; `naive` is the sum of every layer's output, what an
+interpreter that keeps everything would hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+
+from .plan import Op, Plan, Step
+
+# Ops whose epilogue can absorb a batchnorm and an activation.
+_GEMM = (Op.CONV2D, Op.DENSE)
+# Ops that may write over their (first, or for add any) input when it dies there.
+_IN_PLACE = (Op.ACTIVATION, Op.BATCHNORM, Op.ADD)
+
+
+@dataclass
+class Tensor:
+    name: str
+    shape: tuple  # per sample
+    storage: str  # the root tensor whose memory this one is (itself for a root)
+    parent: str | None = None  # a concat output this tensor is a channel slice of
+    offset: int = 0  # first channel within ``parent``
+    fresh: bool = False  # a graph output: allocated per call, never reused
+
+    @property
+    def size(self) -> int:
+        return prod(self.shape)
+
+
+@dataclass
+class Exec:
+    step: Step  # the plan step this runs (name, span, trace)
+    op: Op
+    inputs: list[str]
+    out: str
+    params: list[str]
+    attrs: dict
+    fold: list[str] = field(default_factory=list)  # batchnorm keys folded into a GEMM
+    fold_eps: float = 0.0
+    act_params: list[str] = field(default_factory=list)  # prelu slopes of a fused epilogue
+    skip: bool = False  # an alias: nothing to compute
+    in_place: int | None = None  # which input's storage the output overwrites
+    fused: list[str] = field(default_factory=list)  # names of the steps merged into this one
+
+
+@dataclass
+class ExecPlan:
+    plan: Plan
+    execs: list[Exec]
+    tensors: dict[str, Tensor]
+    slots: list[int]  # per-sample elements of each reusable slot
+    slot_of: dict[str, int]  # root storage -> slot index
+    naive: int  # per-sample elements: every layer output kept
+    live_peak: int  # per-sample elements: the most that is ever live at once
+    outputs: dict[str, str] = field(default_factory=dict)  # output name -> tensor
+
+    @property
+    def planned(self) -> int:
+        """Per-sample elements of the slots plus the graph outputs' own storage."""
+        fresh = sum(t.size for t in self.tensors.values() if t.fresh and t.storage == t.name)
+        return sum(self.slots) + fresh
+
+    def describe(self) -> list[str]:
+        lines = []
+        for e in self.execs:
+            if e.fused:
+                lines.append(f"{e.step.name}: fused {', '.join(e.fused)}")
+        return lines
+
+
+def plan_memory(plan: Plan, fuse: bool = True) -> ExecPlan:
+    """The inference schedule and memory plan of ``plan``; ``fuse=False`` keeps every step
+    as it is (still with aliases, concat slices, in-place ops and reuse)."""
+    outputs = set(plan.outputs.values())
+    execs = [Exec(s, s.op, list(s.inputs), s.name, list(s.params), dict(s.attrs))
+             for s in plan.steps]
+    if fuse:
+        execs = _fuse(execs, outputs)
+
+    tensors: dict[str, Tensor] = {}
+    for name, shape in plan.inputs.items():
+        tensors[name] = Tensor(name, tuple(shape), name)
+    shape_of = {s.name: tuple(s.shape) for s in plan.steps}
+    for e in execs:
+        tensors[e.out] = Tensor(e.out, shape_of[e.out], e.out, fresh=e.out in outputs)
+
+    readers = _readers(execs)
+    # 3. aliases
+    for e in execs:
+        if e.op in (Op.DROPOUT, Op.FLATTEN):
+            src = tensors[e.inputs[0]]
+            if not tensors[e.out].fresh and src.name not in plan.inputs:
+                e.skip = True
+                tensors[e.out].storage = src.storage
+    # 4. concat slices
+    producer = {e.out: e for e in execs}
+    for e in execs:
+        if e.op is not Op.CONCAT:
+            continue
+        offset = 0
+        for name in e.inputs:
+            t = tensors[name]
+            p = producer.get(name)
+            if (p is not None and not p.skip and not t.fresh and t.storage == name
+                    and readers[name] == [e.out] and not _is_storage_of_others(name, tensors)):
+                t.parent, t.offset = e.out, offset
+            offset += t.shape[0]
+    # 5. in place
+    order = {e.out: i for i, e in enumerate(execs)}
+    last_read = _last_reads(execs, tensors, outputs, order)
+    for i, e in enumerate(execs):
+        if e.op not in _IN_PLACE or e.skip:
+            continue
+        out = tensors[e.out]
+        if out.fresh or out.parent is not None:
+            continue
+        candidates = e.inputs if e.op is Op.ADD else e.inputs[:1]
+        for name in candidates:
+            t = tensors[name]
+            root = tensors[t.storage]
+            if (name in plan.inputs or t.parent is not None or root.fresh
+                    or root.parent is not None or t.size != out.size
+                    or e.inputs.count(name) > 1 or last_read[t.storage] != i):
+                continue
+            out.storage = t.storage
+            _repoint(tensors, e.out, t.storage)
+            e.in_place = e.inputs.index(name)
+            last_read = _last_reads(execs, tensors, outputs, order)
+            break
+    # 6. slots
+    slots, slot_of, live_peak = _assign(execs, tensors, plan, outputs, order)
+    naive = sum(prod(s.shape) for s in plan.steps)
+    return ExecPlan(plan, execs, tensors, slots, slot_of, naive, live_peak,
+                    dict(plan.outputs))
+
+
+def _readers(execs) -> dict[str, list[str]]:
+    readers: dict[str, list[str]] = {}
+    for e in execs:
+        for name in e.inputs:
+            readers.setdefault(name, []).append(e.out)
+    return readers
+
+
+def _is_storage_of_others(name: str, tensors: dict) -> bool:
+    return any(t.storage == name and t.name != name for t in tensors.values())
+
+
+def _repoint(tensors: dict, old: str, new: str) -> None:
+    for t in tensors.values():
+        if t.storage == old:
+            t.storage = new
+
+
+def _fuse(execs: list[Exec], outputs: set) -> list[Exec]:
+    """Fold batchnorms and activations into the conv or dense before them."""
+    readers = _readers(execs)
+    by_out = {e.out: e for e in execs}
+    dropped = set()
+    for e in execs:
+        if e.op not in (Op.BATCHNORM, Op.ACTIVATION):
+            continue
+        src = by_out.get(e.inputs[0])
+        if (src is None or src.op not in _GEMM or src.out in outputs
+                or readers.get(src.out) != [e.out] or src.attrs.get("act") is not None):
+            continue
+        if e.op is Op.BATCHNORM:
+            if src.fold:
+                continue
+            src.fold = list(e.params)
+            src.fold_eps = e.attrs["eps"]
+        else:
+            a = e.attrs
+            src.attrs["act"] = (a["name"], {"alpha": a.get("alpha"), "beta": a.get("beta")})
+            src.act_params = list(e.params)
+        src.fused.append(e.step.name)
+        del by_out[src.out]
+        src.out = e.out
+        by_out[e.out] = src
+        dropped.add(id(e))
+        readers = _readers([x for x in execs if id(x) not in dropped])
+    return [e for e in execs if id(e) not in dropped]
+
+
+def _root(tensors: dict, name: str) -> str:
+    """The storage that holds ``name``: its own, its alias target, or its concat parent's."""
+    t = tensors[name]
+    while True:
+        t = tensors[t.storage]
+        if t.parent is None:
+            return t.name
+        t = tensors[t.parent]
+
+
+def _last_reads(execs, tensors, outputs, order) -> dict[str, int]:
+    last: dict[str, int] = {}
+    for i, e in enumerate(execs):
+        for name in e.inputs + [e.out]:
+            root = _root(tensors, name)
+            last[root] = i
+    return last
+
+
+def _assign(execs, tensors, plan, outputs, order):
+    """Give every reusable root storage a slot; returns (slot sizes, root -> slot, the
+    largest live total)."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, e in enumerate(execs):
+        for name in e.inputs + [e.out]:
+            root = _root(tensors, name)
+            first.setdefault(root, i)
+            last[root] = i
+    reusable = [r for r in first
+                if r not in plan.inputs and not tensors[r].fresh]
+    starts: dict[int, list[str]] = {}
+    ends: dict[int, list[str]] = {}
+    for r in reusable:
+        starts.setdefault(first[r], []).append(r)
+        ends.setdefault(last[r], []).append(r)
+    slots: list[int] = []
+    free: list[int] = []
+    slot_of: dict[str, int] = {}
+    live = live_peak = 0
+    for i in range(len(execs)):
+        for r in sorted(starts.get(i, []), key=lambda r: -tensors[r].size):
+            need = tensors[r].size
+            fits = [s for s in free if slots[s] >= need]
+            if fits:
+                s = min(fits, key=lambda s: slots[s])
+            elif free:
+                s = max(free, key=lambda s: slots[s])  # grow the largest free slot
+                slots[s] = need
+            else:
+                s = len(slots)
+                slots.append(need)
+            if s in free:
+                free.remove(s)
+            slot_of[r] = s
+            live += need
+        live_peak = max(live_peak, live)
+        for r in ends.get(i, []):
+            free.append(slot_of[r])
+            live -= tensors[r].size
+    return slots, slot_of, live_peak

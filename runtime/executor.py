@@ -1,0 +1,152 @@
+"""Runs an `ExecPlan` (compiler/memory.py) for inference on one backend.
+
+The executor owns the arena: one flat array per slot of the plan, allocated for the batch
+size of the call and reused by the next call with the same batch size, so steady-state
+inference allocates only its outputs and the kernels' small workspaces. Every tensor of the
+plan is a view: of its slot, of its alias target, or of its channel slice in a concat.
+
+Folded parameters (a batchnorm folded into the conv before it) are computed once and kept
+until `invalidate()`; `Model` calls it whenever its parameters may have changed.
+"""
+
+from __future__ import annotations
+
+from ..compiler.memory import ExecPlan
+from ..compiler.plan import Op
+
+
+class Executor:
+    def __init__(self, eplan: ExecPlan, xp, kernels: dict, accepts_out: frozenset, dtype):
+        self.eplan = eplan
+        self.xp = xp
+        self.kernels = kernels
+        self.accepts_out = accepts_out
+        self.dtype = dtype
+        self._arena = None  # (batch, [slot arrays], {tensor: view})
+        self._folded = None
+
+    def invalidate(self) -> None:
+        """Forget folded parameters (after the parameters changed)."""
+        self._folded = None
+
+    def release(self) -> None:
+        """Drop the arena; the next call allocates it again."""
+        self._arena = None
+
+    @property
+    def arena_bytes(self) -> int:
+        if self._arena is None:
+            return 0
+        return sum(int(a.nbytes) for a in self._arena[1])
+
+    # ---- parameters ---------------------------------------------------------------------
+    def _params(self, params: dict) -> dict:
+        if self._folded is None:
+            self._folded = {}
+            for e in self.eplan.execs:
+                if e.fold:
+                    self._folded[e.out] = self._fold(e, params)
+        return self._folded
+
+    def _fold(self, e, params):
+        """Weights and bias of ``e`` with its batchnorm folded in (computed in float64)."""
+        xp = self.xp
+        gamma, beta, mean, var = (xp.asarray(params[k], dtype=xp.float64) for k in e.fold)
+        scale = gamma / xp.sqrt(var + e.fold_eps)
+        w = xp.asarray(params[e.params[0]], dtype=xp.float64)
+        w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        if len(e.params) > 1:
+            b = xp.asarray(params[e.params[1]], dtype=xp.float64)
+        else:
+            b = xp.zeros_like(mean)
+        b = (b - mean) * scale + beta
+        return w.astype(self.dtype), b.astype(self.dtype)
+
+    # ---- memory -------------------------------------------------------------------------
+    def _resolve(self, name, n, slots, cache, fresh):
+        """The array for tensor ``name``: a view of its slot, its alias target, its concat
+        slice, or (``fresh`` is not None) of a graph output allocated for this call.
+        Returns None for a tensor that needs a per-call array when ``fresh`` is None."""
+        v = cache.get(name)
+        if v is not None:
+            return v
+        t = self.eplan.tensors[name]
+        shape = (n,) + t.shape
+        if t.storage != name:
+            base = self._resolve(t.storage, n, slots, cache, fresh)
+            if base is None:
+                return None
+            v = base if base.shape == shape else base.reshape(shape)
+        elif t.parent is not None:
+            base = self._resolve(t.parent, n, slots, cache, fresh)
+            if base is None:
+                return None
+            v = base[:, t.offset:t.offset + t.shape[0]]
+        elif t.fresh:
+            if fresh is None:
+                return None
+            v = self.xp.empty(shape, dtype=self.dtype)
+        else:
+            v = slots[self.eplan.slot_of[name]][:n * t.size].reshape(shape)
+        cache[name] = v
+        return v
+
+    def _views(self, n: int) -> dict:
+        if self._arena is not None and self._arena[0] == n:
+            return self._arena[2]
+        self._arena = None  # let the previous batch size's arena go first
+        slots = [self.xp.empty(n * size, dtype=self.dtype) for size in self.eplan.slots]
+        views: dict = {}
+        for name in self.eplan.tensors:
+            if name not in self.eplan.plan.inputs:
+                self._resolve(name, n, slots, views, None)
+        self._arena = (n, slots, views)
+        return views
+
+    # ---- running ------------------------------------------------------------------------
+    def run(self, inputs: dict, params: dict) -> dict:
+        """Outputs for ``inputs`` (name -> array); outputs are fresh arrays."""
+        n = next(iter(inputs.values())).shape[0]
+        arena = self._views(n)
+        slots = self._arena[1]
+        tensors = self.eplan.tensors
+        values = dict(inputs)
+        per_call = dict(arena)
+        per_call.update(inputs)
+
+        def get(name):
+            return self._resolve(name, n, slots, per_call, True)
+
+        folded = self._params(params)
+        for e in self.eplan.execs:
+            if e.skip:
+                continue
+            out = get(e.out)
+            xs = [values[i] if i in values else get(i) for i in e.inputs]
+            if e.op is Op.CONCAT:
+                offset = 0
+                for name, x in zip(e.inputs, xs):
+                    c = x.shape[1]
+                    if tensors[name].parent != e.out:
+                        out[:, offset:offset + c] = x
+                    offset += c
+                values[e.out] = out
+                continue
+            attrs = e.attrs
+            if e.fold:
+                ps = list(folded[e.out])
+            else:
+                ps = [params[k] for k in e.params]
+            if e.act_params:
+                name, extra = attrs["act"]
+                attrs = dict(attrs, act=(name, dict(extra, weight=params[e.act_params[0]])))
+            if e.in_place is not None and e.op is not Op.ADD:
+                out = xs[e.in_place]
+            kernel = self.kernels[e.op]
+            if e.op in self.accepts_out:
+                kernel(*xs, *ps, out=out, **attrs)
+            else:
+                out[...] = kernel(*xs, *ps, **attrs)
+            values[e.out] = out
+        return {name: values[buf] if buf in values else get(buf)
+                for name, buf in self.eplan.outputs.items()}
