@@ -32,6 +32,10 @@ class Report:
     activation_bytes: object  # every layer output of one sample, float32
     input_bytes: object
     param_bytes: object
+    # The inference memory plan's peak for one sample (float32): None with symbolic sizes.
+    planned_bytes: object = None
+    # What training keeps for the backward pass, per sample (float32); set by --train.
+    train_saved_bytes: object = None
 
     def to_json(self) -> dict:
         return {
@@ -41,6 +45,11 @@ class Report:
             "total_params": _json_num(self.total_params),
             "total_macs": _json_num(self.total_macs),
             "activation_bytes": _json_num(self.activation_bytes),
+            **({} if self.planned_bytes is None
+               else {"planned_activation_bytes": self.planned_bytes}),
+            **({} if self.train_saved_bytes is None
+               else {"train_saved_bytes": self.train_saved_bytes,
+                     "train_grad_bytes": _json_num(self.param_bytes)}),
             "layers": [
                 {
                     "name": r.name,
@@ -127,6 +136,12 @@ def report(net: Network) -> Report:
     input_elems = 0
     for _, shape in inputs:
         input_elems = _count(shape) + input_elems
+    planned = None
+    if net.ok and not net.symbols:
+        from .memory import plan_memory
+        from .plan import lower
+
+        planned = plan_memory(lower(net)).planned * BYTES_FLOAT32
     return Report(
         network=net.name,
         inputs=inputs,
@@ -137,6 +152,7 @@ def report(net: Network) -> Report:
         activation_bytes=activations * BYTES_FLOAT32,
         input_bytes=input_elems * BYTES_FLOAT32,
         param_bytes=total_params * BYTES_FLOAT32,
+        planned_bytes=planned,
     )
 
 
@@ -201,6 +217,12 @@ def render_table(rep: Report) -> str:
     out.append(f"Total parameters:  {_total(rep.total_params, params)}")
     out.append(f"Total MACs:        {_total(rep.total_macs, macs)}")
     out.append(f"Activations:       {_total(rep.activation_bytes, acts)}")
+    if rep.planned_bytes is not None:
+        out.append(f"Planned peak:      {_bytes(rep.planned_bytes)} per sample (inference, "
+                   "with fusion, in-place ops and buffer reuse)")
+    if rep.train_saved_bytes is not None:
+        out.append(f"Training keeps:    {_bytes(rep.train_saved_bytes)} per sample for the "
+                   f"backward pass, plus {_bytes(rep.param_bytes)} of gradients")
     out.append(f"Input:             {_total(rep.input_bytes, _bytes(rep.input_bytes))} per sample")
     for name, shape in rep.outputs:
         out.append(f"Output {name}: {shape_text(shape)}")

@@ -214,3 +214,34 @@ def test_small_graph_rewrites():
     e = plan_memory(cnnc.compile(SOURCES["epilogues"]).plan)
     assert sum(bool(x.fused) for x in e.execs) == 8
     assert not any(x.op is Op.ACTIVATION for x in e.execs)
+
+
+def test_summary_reports_planned_peak_beside_naive(capsys):
+    import json
+
+    from cnnc.cli import main
+
+    assert main(["summary", "examples/googlenet.cnn", "--format", "json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    planned = plan_memory(cnnc.compile("examples/googlenet.cnn").plan).planned * 4
+    assert rep["planned_activation_bytes"] == planned
+    assert rep["planned_activation_bytes"] < rep["activation_bytes"] / 5
+    assert main(["summary", "examples/googlenet.cnn"]) == 0
+    assert "Planned peak:      6.13 MiB per sample" in capsys.readouterr().out
+
+
+def test_summary_has_no_planned_peak_for_symbolic_sizes(capsys):
+    import json
+
+    from cnnc.cli import main
+
+    src = "network s\ninput x: [3, H, W]\noutput y = x -> conv(4, 3) -> relu\n"
+    import io
+    import sys
+
+    sys.stdin = io.TextIOWrapper(io.BytesIO(src.encode()))
+    try:
+        assert main(["summary", "-", "--format", "json"]) == 0
+    finally:
+        sys.stdin = sys.__stdin__
+    assert "planned_activation_bytes" not in json.loads(capsys.readouterr().out)
