@@ -1,0 +1,396 @@
+"""`cnnc train`: fit a one-input classifier to a data set and save its weights.
+
+    cnnc train examples/digits.cnn --data digits
+    cnnc train model.cnn --data data.npz --epochs 20 --optimizer sgd --lr 0.05 -o w.npz
+    cnnc train model.cnn --data data.npz --epochs 30 --resume w.ckpt.npz
+
+Progress: a bar per epoch when stdout is a terminal, one plain line per epoch otherwise;
+with ``--format json`` the last line is a JSON object with the run's results. A checkpoint
+is written after every epoch (and on Ctrl-C); ``--resume`` continues it exactly, keeping the
+settings it was started with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .common import EXIT_ERRORS, EXIT_OK, CommandError, load_network
+
+# Defaults of the flags that a checkpoint remembers. They are filled in after parsing, so
+# that a resumed run can tell a flag the user gave from a default.
+DEFAULTS = {
+    "optimizer": "adam",
+    "batch": 32,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": None,  # 0, or 0.01 for adamw
+    "decay": "all",
+    "schedule": "constant",
+    "step_size": 10,
+    "gamma": 0.1,
+    "eta_min": 0.0,
+    "warmup": 0,
+    "label_smoothing": 0.0,
+    "seed": 0,
+    "dtype": "float32",
+}
+LEARNING_RATES = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+EPOCHS = 10
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _nonnegative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _nonnegative(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from ..cli import _size
+
+    p = sub.add_parser(
+        "train", help="train a classifier and save its weights",
+        description="Train a one-input network whose output scores classes, with softmax "
+        "cross-entropy, on scikit-learn's 8x8 digits or on an .npz file (x [N, C, H, W], "
+        "integer labels y [N], optionally x_test and y_test; else a stratified 80/20 split). "
+        "A checkpoint is written after every epoch and on Ctrl-C; --resume continues one "
+        "exactly. Exit 0 when trained, 1 when the model has errors or training fails (a "
+        "non-finite loss), 2 for bad input or files, 130 when interrupted.",
+    )
+    p.add_argument("file", metavar="FILE", help="the .cnn model")
+    p.add_argument("--data", required=True, metavar="digits|PATH.npz",
+                   help="'digits' (scikit-learn's 8x8 digits) or an .npz file")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"train until this many epochs are done in all (default {EPOCHS}; "
+                   "with --resume, the total including the checkpoint's)")
+    p.add_argument("--batch", type=_positive_int, help="mini-batch size (default 32)")
+    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"),
+                   help="default adam")
+    p.add_argument("--lr", type=_nonnegative,
+                   help="learning rate (default 0.05 for sgd, 0.001 for adam and adamw)")
+    p.add_argument("--momentum", type=_nonnegative, help="sgd momentum (default 0.9)")
+    p.add_argument("--nesterov", action="store_true", default=None,
+                   help="sgd with Nesterov momentum")
+    p.add_argument("--weight-decay", type=_nonnegative,
+                   help="L2 decay for sgd and adam, decoupled decay for adamw (default 0; "
+                   "0.01 for adamw)")
+    p.add_argument("--decay", choices=("all", "weights"),
+                   help="which parameters weight decay applies to: all trainable ones "
+                   "(default), or conv and dense weights only")
+    p.add_argument("--schedule", choices=("constant", "step", "cosine"),
+                   help="per-epoch learning-rate schedule (default constant); cosine anneals "
+                   "to --eta-min over the run's epochs")
+    p.add_argument("--step-size", type=_positive_int,
+                   help="step schedule: epochs between decays (default 10)")
+    p.add_argument("--gamma", type=_nonnegative, help="step schedule: decay factor (default 0.1)")
+    p.add_argument("--eta-min", type=_nonnegative,
+                   help="cosine schedule: the final learning rate (default 0)")
+    p.add_argument("--warmup", type=_count,
+                   help="epochs of linear warm-up before the schedule (default 0)")
+    p.add_argument("--label-smoothing", type=_fraction, help="default 0")
+    p.add_argument("--seed", type=_count, help="seeds initial weights, shuffling and dropout "
+                   "(default 0)")
+    p.add_argument("-o", "--output", metavar="WEIGHTS.npz",
+                   help="where to save the final weights (default MODEL.weights.npz in the "
+                   "current folder)")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="checkpoint written after each epoch (default: the --resume file, "
+                   "else next to the weights as NAME.ckpt.npz)")
+    p.add_argument("--resume", metavar="CKPT.npz",
+                   help="continue from a checkpoint, with the settings it was started with")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="json: the last line is a JSON object with the results")
+    p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    p.add_argument("--dtype", choices=("float32", "float64"))
+    p.add_argument("--size", type=_size, action="append", default=[], metavar="NAME=N",
+                   help="give a size symbol a value, e.g. --size H=8 (repeatable)")
+    return p
+
+
+# ---- settings ---------------------------------------------------------------------------------
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _settings(args) -> dict:
+    """Every training setting: the flags given, defaults for the rest."""
+    s = {k: getattr(args, k) for k in DEFAULTS}
+    for key, value in DEFAULTS.items():
+        if s[key] is None:
+            s[key] = value
+    if s["weight_decay"] is None:
+        s["weight_decay"] = 0.01 if s["optimizer"] == "adamw" else 0.0
+    s["lr"] = args.lr if args.lr is not None else LEARNING_RATES[s["optimizer"]]
+    if s["optimizer"] != "sgd":
+        for key in ("momentum", "nesterov"):
+            if getattr(args, key) is not None:
+                raise CommandError(f"{_flag(key)} applies to --optimizer sgd, not "
+                                   f"{s['optimizer']}")
+    if s["nesterov"] and s["momentum"] == 0:
+        raise CommandError("--nesterov needs --momentum above 0")
+    owners = {"step_size": "step", "gamma": "step", "eta_min": "cosine"}
+    for key, schedule in owners.items():
+        if getattr(args, key) is not None and s["schedule"] != schedule:
+            raise CommandError(f"{_flag(key)} applies to --schedule {schedule}, not "
+                               f"{s['schedule']}")
+    return s
+
+
+def _resumed_settings(args, meta: dict, path: str) -> dict:
+    """The checkpoint's settings; a flag given with another value is refused."""
+    opt = meta["optimizer"]
+    hyper = opt["hyper"]
+    sched = meta["schedule"]
+    saved = {
+        "optimizer": opt["kind"], "batch": meta["batch_size"], "lr": sched["base_lr"],
+        "weight_decay": hyper["weight_decay"], "decay": hyper["decay"],
+        "schedule": sched["kind"], "step_size": sched["step_size"], "gamma": sched["gamma"],
+        "eta_min": sched["eta_min"], "warmup": sched["warmup"],
+        "label_smoothing": meta["label_smoothing"], "seed": meta["seed"],
+        "dtype": meta["dtype"], "momentum": hyper.get("momentum"),
+        "nesterov": hyper.get("nesterov"), "t_max": sched["t_max"],
+    }
+    for key, value in saved.items():
+        given = getattr(args, key, None)
+        if given is None or value is None or given == value:
+            continue
+        raise CommandError(f"{_flag(key)} {given} differs from the checkpoint's {value} "
+                           f"({path}); a resumed run keeps the settings it was started with, "
+                           "so leave the flag out")
+    return saved
+
+
+def _optimizer(s: dict, model):
+    from ..runtime import optim
+
+    common = dict(lr=s["lr"], weight_decay=s["weight_decay"], decay=s["decay"])
+    if s["optimizer"] == "sgd":
+        return optim.SGD(model, momentum=s["momentum"], nesterov=s["nesterov"], **common)
+    return optim.make_optimizer(s["optimizer"], model, **common)
+
+
+def _schedule(s: dict, epochs: int):
+    from ..runtime.optim import Schedule
+
+    t_max = s.get("t_max") or max(1, epochs - s["warmup"])
+    return Schedule(s["lr"], s["schedule"], step_size=s["step_size"], gamma=s["gamma"],
+                    t_max=t_max, eta_min=s["eta_min"], warmup=s["warmup"])
+
+
+# ---- files ------------------------------------------------------------------------------------
+
+
+def _default_output(model_path: str) -> str:
+    stem = "model" if model_path == "-" else os.path.splitext(os.path.basename(model_path))[0]
+    return f"{stem}.weights.npz"
+
+
+def _default_checkpoint(output: str) -> str:
+    stem = output[:-4] if output.endswith(".npz") else output
+    if stem.endswith(".weights"):
+        stem = stem[: -len(".weights")]
+    return stem + ".ckpt.npz"
+
+
+def _check_writable(path: str, what: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CommandError(f"cannot write {what} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise CommandError(f"cannot write {what} {path}: folder {folder} is not writable")
+    if os.path.isdir(path):
+        raise CommandError(f"cannot write {what} {path}: it is a folder")
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+# ---- progress ---------------------------------------------------------------------------------
+
+
+def _epoch_line(stats, epochs: int) -> str:
+    test = "-" if stats.test_accuracy is None else f"{stats.test_accuracy:.2%}"
+    width = len(str(epochs))
+    return (f"epoch {stats.epoch:>{width}}/{epochs}  loss {stats.train_loss:.4f}  "
+            f"train acc {stats.train_accuracy:.2%}  test acc {test}  "
+            f"{stats.images_per_second:,.0f} img/s  {stats.seconds:.1f}s  lr {stats.lr:.3g}")
+
+
+class _Lines:
+    """One plain line per epoch, for logs and pipes."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def start_epoch(self, epoch, epochs, steps):
+        pass
+
+    def step(self, done, steps, loss, accuracy, images_per_second):
+        pass
+
+    def end_epoch(self, stats, epochs):
+        print(_epoch_line(stats, epochs), file=self.out, flush=True)
+
+
+class _Bar(_Lines):
+    """A bar redrawn in place at most ten times a second, for a terminal."""
+
+    WIDTH = 24
+
+    def start_epoch(self, epoch, epochs, steps):
+        self.label = f"epoch {epoch:>{len(str(epochs))}}/{epochs}"
+        self.last = 0.0
+
+    def step(self, done, steps, loss, accuracy, images_per_second):
+        now = time.monotonic()
+        if done < steps and now - self.last < 0.1:
+            return
+        self.last = now
+        filled = self.WIDTH * done // steps
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        self.out.write(f"\r{self.label} [{bar}] {done}/{steps}  loss {loss:.4f}  "
+                       f"acc {accuracy:.2%}  {images_per_second:,.0f} img/s\x1b[K")
+        self.out.flush()
+
+    def end_epoch(self, stats, epochs):
+        self.out.write("\r\x1b[K")
+        super().end_epoch(stats, epochs)
+
+
+# ---- main -------------------------------------------------------------------------------------
+
+
+def main(args) -> int:
+    from ..api import Compiled
+    from ..runtime import train
+    from ..runtime.model import Model
+
+    net = load_network(args.file, dict(args.size))
+    if net.symbols:
+        names = ", ".join(net.symbols)
+        raise CommandError(f"{args.file} has symbolic sizes ({names}); give each a value with "
+                           "--size, e.g. --size H=8")
+    plan = Compiled(net).plan
+    try:
+        train.classifier_shape(plan)
+    except train.DataError as err:
+        raise CommandError(f"{args.file}: {err}") from None
+
+    ckpt = None
+    if args.resume is not None:
+        try:
+            ckpt = train.read_checkpoint(args.resume)
+            s = _resumed_settings(args, ckpt.meta, args.resume)
+        except train.CheckpointError as err:
+            raise CommandError(str(err)) from None
+        except (KeyError, TypeError) as err:
+            raise CommandError(f"checkpoint {args.resume} is damaged: missing {err}") from None
+    else:
+        s = _settings(args)
+    epochs = args.epochs or EPOCHS
+
+    output = args.output or _default_output(args.file)
+    checkpoint = args.checkpoint or args.resume or _default_checkpoint(output)
+    if _same_file(output, checkpoint):
+        raise CommandError(f"the weights (-o {output}) and the checkpoint ({checkpoint}) must "
+                           "be different files")
+    for path, what in ((output, "weights"), (checkpoint, "checkpoint")):
+        if args.data != "digits" and _same_file(path, args.data):
+            raise CommandError(f"the {what} path {path} is the data file; choose another")
+        _check_writable(path, what)
+
+    try:
+        data = train.load_data(args.data)
+        train.check_data(plan, data)
+    except train.DataError as err:
+        raise CommandError(str(err)) from None
+
+    try:
+        model = Model(plan, backend=args.backend, seed=s["seed"], dtype=s["dtype"])
+        optimizer = _optimizer(s, model)
+        schedule = _schedule(s, epochs)
+    except (RuntimeError, ValueError) as err:
+        raise CommandError(str(err)) from None
+    trainer = train.Trainer(model, optimizer, schedule=schedule, batch_size=s["batch"],
+                            seed=s["seed"], label_smoothing=s["label_smoothing"],
+                            checkpoint=checkpoint)
+    if ckpt is not None:
+        try:
+            trainer.restore(ckpt)
+        except train.CheckpointError as err:
+            raise CommandError(str(err)) from None
+
+    out = sys.stdout
+    progress = _Bar(out) if out.isatty() else _Lines(out)
+    if ckpt is not None:
+        print(f"resuming {args.resume} at epoch {trainer.epoch + 1}"
+              + (f", step {trainer.step_in_epoch + 1}" if trainer.step_in_epoch else ""),
+              file=out)
+    try:
+        history = trainer.fit(data, epochs, progress)
+    except train.CheckpointError as err:
+        raise CommandError(str(err)) from None
+    except train.TrainingDiverged as err:
+        raise CommandError(str(err), EXIT_ERRORS) from None
+    except train.TrainingInterrupted as err:
+        out.flush()
+        hint = f"; continue with --resume {err.checkpoint}" if err.checkpoint else ""
+        print(f"cnnc: {err}{hint}", file=sys.stderr)
+        return 130
+
+    try:
+        model.save(output)
+    except OSError as err:
+        raise CommandError(f"cannot write weights {output}: {err.strerror or err}") from None
+    last = history[-1]
+    if args.format == "json":
+        print(json.dumps({
+            "epochs": len(history),
+            "train_loss": last.train_loss,
+            "train_accuracy": last.train_accuracy,
+            "test_accuracy": last.test_accuracy,
+            "seconds": round(trainer.elapsed, 3),
+            "weights": output,
+        }))
+    else:
+        test = "-" if last.test_accuracy is None else f"{last.test_accuracy:.2%}"
+        print(f"trained {plan.network} for {len(history)} epochs in {trainer.elapsed:.1f}s: "
+              f"test accuracy {test}; weights saved to {output}, checkpoint {checkpoint}")
+    return EXIT_OK

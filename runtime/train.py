@@ -1,0 +1,639 @@
+"""Training a classifier: data sets, the fit loop, checkpoints that resume exactly.
+
+    import cnnc
+    from cnnc.runtime import optim, train
+
+    model = cnnc.compile("examples/digits.cnn").build(backend="numpy", dtype="float32")
+    data = train.load_data("digits")            # or "path/to/data.npz"
+    train.check_data(model.plan, data)          # refuses data that does not fit, before training
+    opt = optim.Adam(model, lr=1e-3)
+    trainer = train.Trainer(model, opt, batch_size=32, seed=0, checkpoint="digits.ckpt.npz")
+    history = trainer.fit(data, epochs=10)      # one EpochStats per epoch
+
+Each step draws a mini-batch from a seeded shuffle, runs ``model.forward(x, train=True,
+logits=True)``, takes the fused softmax cross-entropy, back-propagates and lets the optimizer
+update the parameters in place. After each epoch the test split is scored by inference
+(``model(x)``) and, when a checkpoint path is set, everything needed to go on is written to
+it atomically: parameters, buffers, optimizer state, schedule, epoch, step and every
+generator's state. ``Trainer.restore`` takes such a file back, and the run then continues
+exactly as if it had never stopped.
+
+A non-finite loss stops training with `TrainingDiverged` (naming the epoch and the step);
+the checkpoint on disk is then still the last good one. Ctrl-C (SIGINT) is honoured at the
+next step boundary: the checkpoint is written there and `TrainingInterrupted` raised. A
+second Ctrl-C stops at once without saving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .losses import accuracy_count, softmax_cross_entropy
+from .optim import Optimizer, OptimizerStateError, Schedule
+
+CHECKPOINT_FORMAT = "cnnc-checkpoint/1"
+
+
+class DataError(ValueError):
+    """A data set that cannot train this model; the message gives expected and actual."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit this model or run."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite. ``checkpoint`` is the last good checkpoint on disk
+    (None when none was written yet)."""
+
+    def __init__(self, message: str, epoch: int, step: int, checkpoint: str | None):
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the state after the last whole step was saved to ``checkpoint`` (None when
+    the trainer has no checkpoint path)."""
+
+    def __init__(self, message: str, epoch: int, step: int, checkpoint: str | None):
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    """Training and test arrays as NumPy arrays: ``x`` as [N, ...] floats, ``y`` as [N] ints."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    def fingerprint(self) -> str:
+        """A digest of every array, so a checkpoint can tell whether it is resumed on the
+        data it was trained on."""
+        h = hashlib.blake2b(digest_size=16)
+        for arr in (self.x_train, self.y_train, self.x_test, self.y_test):
+            arr = np.ascontiguousarray(arr)
+            h.update(f"{arr.dtype.str}{arr.shape}".encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
+
+
+def _split(x, y, origin: str):
+    """The fixed stratified 80/20 split (scikit-learn's, random_state=0)."""
+    try:
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise DataError("splitting a data set needs scikit-learn: pip install 'cnnc[train]'; "
+                        "or give x_test and y_test in the file") from None
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        rare = classes[counts.argmin()]
+        raise DataError(f"{origin}: cannot split into stratified train and test sets: class "
+                        f"{rare} has {counts.min()} example (at least 2 needed); give x_test "
+                        "and y_test in the file")
+    try:
+        x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, stratify=y,
+                                                  random_state=0)
+    except ValueError as err:
+        raise DataError(f"{origin}: cannot split into stratified train and test sets: "
+                        f"{err}; give x_test and y_test in the file") from None
+    return x_tr, x_te, y_tr, y_te
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits: 1,797 images [1, 8, 8] scaled from 0..16 to
+    [0, 1], ten classes, split 80/20 (1,437 / 360) stratified with random_state=0."""
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ImportError:
+        raise DataError("--data digits needs scikit-learn: pip install 'cnnc[train]'") from None
+    x, y = sk_digits(return_X_y=True)
+    x = (x / 16.0).reshape(-1, 1, 8, 8)
+    y = y.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = _split(x, y, "digits")
+    return Dataset("digits", x_tr, y_tr, x_te, y_te)
+
+
+def _labels(y, key: str, origin: str) -> np.ndarray:
+    if y.ndim != 1:
+        raise DataError(f"{origin}: `{key}` must be [N] class labels, got shape {list(y.shape)}")
+    if y.dtype.kind in "iu":
+        return y.astype(np.int64)
+    if y.dtype.kind == "f":
+        whole = np.isfinite(y) & (y == np.round(y))
+        if whole.all():
+            return y.astype(np.int64)
+        i = int(np.argmin(whole))
+        raise DataError(f"{origin}: `{key}` must hold integer class labels; {key}[{i}] is "
+                        f"{y[i]!r} (dtype {y.dtype})")
+    raise DataError(f"{origin}: `{key}` must hold integer class labels, got dtype {y.dtype}")
+
+
+def _features(x, key: str, origin: str) -> np.ndarray:
+    if x.dtype.kind not in "iuf":
+        raise DataError(f"{origin}: `{key}` must hold numbers, got dtype {x.dtype}")
+    if x.dtype.kind == "f" and x.size and not np.isfinite(x).all():
+        bad = np.argwhere(~np.isfinite(x))[0]
+        where = ", ".join(str(int(i)) for i in bad)
+        raise DataError(f"{origin}: `{key}` holds a non-finite value, {x[tuple(bad)]} at "
+                        f"[{where}]")
+    return x
+
+
+def load_npz(path) -> Dataset:
+    """An .npz file with ``x`` [N, C, H, W] and integer labels ``y`` [N], optionally
+    ``x_test`` and ``y_test``; without them the stratified 80/20 split is used."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise DataError(f"cannot read data file {path}: {reason}") from None
+    found = ", ".join(sorted(arrays)) or "nothing"
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing {', '.join(f'`{k}`' for k in missing)}; expected "
+                        f"arrays x [N, C, H, W] and y [N] (optionally x_test and y_test), "
+                        f"found: {found}")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        have, lack = ("x_test", "y_test") if "x_test" in arrays else ("y_test", "x_test")
+        raise DataError(f"{path}: has `{have}` but not `{lack}`; give both or neither "
+                        f"(found: {found})")
+    x = _features(arrays["x"], "x", path)
+    y = _labels(arrays["y"], "y", path)
+    if len(x) != len(y):
+        raise DataError(f"{path}: x has {len(x)} samples but y has {len(y)} labels")
+    if "x_test" in arrays:
+        x_te = _features(arrays["x_test"], "x_test", path)
+        y_te = _labels(arrays["y_test"], "y_test", path)
+        if len(x_te) != len(y_te):
+            raise DataError(f"{path}: x_test has {len(x_te)} samples but y_test has "
+                            f"{len(y_te)} labels")
+        x_tr, y_tr = x, y
+    else:
+        x_tr, x_te, y_tr, y_te = _split(x, y, path)
+    if len(x_tr) == 0:
+        raise DataError(f"{path}: the training set is empty")
+    return Dataset(path, x_tr, y_tr, x_te, y_te)
+
+
+def load_data(spec: str) -> Dataset:
+    """``"digits"`` or a path to an .npz file."""
+    if spec == "digits":
+        return load_digits()
+    return load_npz(spec)
+
+
+def classifier_shape(plan) -> tuple[str, tuple, str, int]:
+    """``(input name, input shape, output name, classes)`` of a one-input, one-output network
+    whose output is a vector of class scores; DataError otherwise."""
+    if len(plan.inputs) != 1:
+        raise DataError(f"training needs a network with one input; {plan.network} has "
+                        f"{len(plan.inputs)}: {', '.join(plan.inputs)}")
+    if len(plan.outputs) != 1:
+        raise DataError(f"training needs a network with one output; {plan.network} has "
+                        f"{len(plan.outputs)}: {', '.join(plan.outputs)}")
+    (in_name, in_shape), = plan.inputs.items()
+    (out_name, buf), = plan.outputs.items()
+    shape = next((s.shape for s in plan.steps if s.name == buf), None)
+    if shape is None:  # the output is the input itself
+        shape = plan.inputs.get(buf, ())
+    if len(shape) != 1:
+        dims = ", ".join(str(d) for d in shape)
+        raise DataError(f"training needs an output of class scores [classes]; output "
+                        f"`{out_name}` of {plan.network} is [{dims}] (add flatten and dense)")
+    return in_name, tuple(in_shape), out_name, int(shape[0])
+
+
+def check_data(plan, data: Dataset) -> None:
+    """Refuse, before any training, data that does not fit the network: wrong sample shape,
+    labels outside ``0 .. classes-1``."""
+    in_name, in_shape, out_name, classes = classifier_shape(plan)
+    want = "[N, " + ", ".join(str(d) for d in in_shape) + "]"
+    for part, x, y in (("x", data.x_train, data.y_train), ("x_test", data.x_test, data.y_test)):
+        if data.name == "digits":
+            part = "digits"
+        if x.ndim != len(in_shape) + 1 or tuple(x.shape[1:]) != in_shape:
+            raise DataError(f"input `{in_name}` of {plan.network} expects {want}; {part} from "
+                            f"{data.name} is {list(x.shape)}")
+        if len(y):
+            low, high = int(y.min()), int(y.max())
+            if low < 0 or high >= classes:
+                bad = low if low < 0 else high
+                index = int(np.argmax(y == bad))
+                key = "y_test" if part == "x_test" else "y"
+                raise DataError(f"label {bad} ({key}[{index}] in {data.name}) is out of range "
+                                f"for output `{out_name}` of {plan.network}, which scores "
+                                f"{classes} classes: labels must be 0..{classes - 1}")
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+
+def _atomic_savez(path: str, arrays: dict) -> None:
+    """Write an .npz next to ``path`` and move it into place: a reader sees the old file or
+    the new one, never a half-written one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".cnnc-", suffix=".npz.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read back: ``meta`` (plain JSON data) and named NumPy arrays."""
+
+    path: str
+    meta: dict
+    model: dict  # weight-file key -> array
+    optim: dict  # slot -> key -> array
+
+
+def read_checkpoint(path) -> Checkpoint:
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+    marker = arrays.get("format")
+    if marker is None or marker.shape != () or str(marker) != CHECKPOINT_FORMAT:
+        what = "no format marker" if marker is None else f"format {str(marker)[:40]!r}"
+        raise CheckpointError(f"{path} is not a cnnc training checkpoint ({what}; expected "
+                              f"{CHECKPOINT_FORMAT!r}; a weights file written by -o is not a "
+                              "checkpoint)")
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} has no readable metadata: {err}") from None
+    model, optim = {}, {}
+    for key, arr in arrays.items():
+        if key.startswith("model/"):
+            model[key[len("model/"):]] = arr
+        elif key.startswith("optim/"):
+            slot, _, name = key[len("optim/"):].partition("/")
+            optim.setdefault(slot, {})[name] = arr
+    return Checkpoint(path, meta, model, optim)
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 1-based
+    lr: float
+    train_loss: float
+    train_accuracy: float
+    test_accuracy: float | None
+    seconds: float  # training steps of this epoch, evaluation excluded
+    images_per_second: float
+
+
+class Progress:
+    """Hooks the trainer calls; the default does nothing. ``cnnc train`` draws a bar."""
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        """``epoch`` is 1-based."""
+
+    def step(self, done: int, steps: int, loss: float, accuracy: float, images_per_second: float):
+        """After each step: running means of the epoch so far."""
+
+    def end_epoch(self, stats: EpochStats, epochs: int) -> None:
+        """After the epoch's evaluation (and checkpoint)."""
+
+
+@dataclass
+class _Partial:
+    """The running sums of an epoch in progress."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+
+def _generator_state(rng):
+    """A JSON-ready copy of a generator's state, or None when it has none to give (CuPy's)."""
+    bit = getattr(rng, "bit_generator", None)
+    state = getattr(bit, "state", None)
+    return json.loads(json.dumps(state)) if isinstance(state, dict) else None
+
+
+class Trainer:
+    """Fits a one-input classifier with softmax cross-entropy. See the module docstring."""
+
+    def __init__(self, model, optimizer: Optimizer, *, schedule: Schedule | None = None,
+                 batch_size: int = 32, seed: int = 0, label_smoothing: float = 0.0,
+                 checkpoint=None, eval_batch: int = 512):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule or Schedule(optimizer.lr)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.label_smoothing = float(label_smoothing)
+        self.checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
+        self.eval_batch = int(eval_batch)
+        self.rng = np.random.default_rng(self.seed)  # the shuffle
+        self.epoch = 0  # whole epochs done
+        self.step_in_epoch = 0  # steps done in the epoch in progress
+        self.epoch_rng_state = None  # the shuffle's state when that epoch began
+        self.partial = _Partial()
+        self.history: list[EpochStats] = []
+        self.elapsed = 0.0  # seconds of fit() so far, over every resumed run
+        self.saved_epoch = None  # the epoch of the last checkpoint written or restored
+        self._data_id = None
+        self._stop = False
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def evaluate(self, x, y) -> float | None:
+        """Accuracy of inference (``model(x)``, eval mode) on ``x``; None for no samples."""
+        if len(x) == 0:
+            return None
+        correct = 0
+        for i in range(0, len(x), self.eval_batch):
+            scores = self.model(x[i:i + self.eval_batch])
+            correct += accuracy_count(scores, y[i:i + self.eval_batch])
+        return correct / len(x)
+
+    # ---- fit ----------------------------------------------------------------------------------
+    def fit(self, data: Dataset, epochs: int, progress: Progress | None = None):
+        """Train until ``epochs`` whole epochs are done (counting those of a restored
+        checkpoint) and return the history, one `EpochStats` per epoch."""
+        progress = progress or Progress()
+        check_data(self.model.plan, data)
+        data_id = {"name": os.path.basename(data.name), "fingerprint": data.fingerprint(),
+                   "train": int(len(data.x_train)), "test": int(len(data.x_test))}
+        if self._data_id is not None and self._data_id["fingerprint"] != data_id["fingerprint"]:
+            old = self._data_id
+            raise CheckpointError(
+                f"the checkpoint was trained on other data ({old['name']}: {old['train']} "
+                f"training and {old['test']} test samples); this run has {data_id['name']}: "
+                f"{data_id['train']} and {data_id['test']}")
+        self._data_id = data_id
+        xp, dtype = self.model.xp, self.model.dtype
+        x_train = xp.asarray(data.x_train, dtype=dtype)
+        y_train = xp.asarray(data.y_train, dtype=np.int64)
+        x_test = xp.asarray(data.x_test, dtype=dtype)
+        y_test = xp.asarray(data.y_test, dtype=np.int64)
+        n = len(data.x_train)
+        steps = -(-n // self.batch_size)
+
+        previous = self._catch_sigint()
+        started = time.perf_counter()
+        try:
+            while self.epoch < epochs:
+                self._run_epoch(x_train, y_train, x_test, y_test, n, steps, epochs, progress,
+                                started)
+        finally:
+            self.elapsed += time.perf_counter() - started
+            self._release_sigint(previous)
+        return self.history
+
+    def _run_epoch(self, x_train, y_train, x_test, y_test, n, steps, epochs, progress, started):
+        xp = self.model.xp
+        if self.step_in_epoch == 0:
+            self.epoch_rng_state = _generator_state(self.rng)
+            order = self.rng.permutation(n)
+            self.partial = _Partial()
+        else:  # resumed inside an epoch: draw that epoch's order again
+            again = np.random.default_rng()
+            again.bit_generator.state = self.epoch_rng_state
+            order = again.permutation(n)
+        order = xp.asarray(order)
+        self.optimizer.lr = self.schedule.lr_at(self.epoch)
+        progress.start_epoch(self.epoch + 1, epochs, steps)
+        part = self.partial
+        for s in range(self.step_in_epoch, steps):
+            t0 = time.perf_counter()
+            idx = order[s * self.batch_size:(s + 1) * self.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            logits = self.model.forward(xb, train=True, logits=True)
+            loss, dlogits = softmax_cross_entropy(logits, yb, self.label_smoothing)
+            if not math.isfinite(loss):
+                self._diverged(loss, s)
+            self.model.backward(dlogits)
+            self.optimizer.step()
+            part.loss_sum += loss * len(idx)
+            part.correct += accuracy_count(logits, yb)
+            part.seen += len(idx)
+            part.seconds += time.perf_counter() - t0
+            self.step_in_epoch = s + 1
+            progress.step(s + 1, steps, part.loss_sum / part.seen, part.correct / part.seen,
+                          part.seen / max(part.seconds, 1e-9))
+            if self._stop:
+                self._interrupted(started)
+        test_accuracy = self.evaluate(x_test, y_test)
+        stats = EpochStats(self.epoch + 1, self.optimizer.lr, part.loss_sum / part.seen,
+                           part.correct / part.seen, test_accuracy, part.seconds,
+                           part.seen / max(part.seconds, 1e-9))
+        self.history.append(stats)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.partial = _Partial()
+        if self.checkpoint is not None:
+            self._save(started)
+            self.saved_epoch = self.epoch
+        progress.end_epoch(stats, epochs)
+        if self._stop:
+            self._interrupted(started)
+
+    def _diverged(self, loss: float, step: int):
+        where = f"epoch {self.epoch + 1}, step {step + 1}"
+        if self.saved_epoch is not None:
+            kept = (f"the last good checkpoint, {self.checkpoint}, holds the state after epoch "
+                    f"{self.saved_epoch}")
+        elif self.checkpoint is not None:
+            kept = "no checkpoint had been written yet"
+        else:
+            kept = "no checkpoint path was set"
+        raise TrainingDiverged(f"the loss became {loss} at {where}; training stopped ({kept}). "
+                               "Try a smaller learning rate.", self.epoch + 1, step + 1,
+                               self.checkpoint if self.saved_epoch is not None else None)
+
+    def _interrupted(self, started):
+        where = f"epoch {self.epoch + 1}, step {self.step_in_epoch}"
+        if self.step_in_epoch == 0:
+            where = f"the end of epoch {self.epoch}"
+        if self.checkpoint is None:
+            raise TrainingInterrupted(f"interrupted at {where}; no checkpoint path was set, "
+                                      "nothing saved", self.epoch, self.step_in_epoch, None)
+        self._save(started)
+        raise TrainingInterrupted(f"interrupted at {where}; checkpoint saved to "
+                                  f"{self.checkpoint}", self.epoch, self.step_in_epoch,
+                                  self.checkpoint)
+
+    # ---- Ctrl-C -------------------------------------------------------------------------------
+    def _catch_sigint(self):
+        """Turn the first SIGINT into a request to stop at the next step boundary; a second
+        one raises KeyboardInterrupt at once. Only the main thread can install handlers."""
+        self._stop = False
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def request_stop(signum, frame):
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+
+        return signal.signal(signal.SIGINT, request_stop)
+
+    def _release_sigint(self, previous):
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def state(self, started: float | None = None) -> tuple[dict, dict]:
+        """``(meta, arrays)``: everything a checkpoint holds."""
+        elapsed = self.elapsed
+        if started is not None:
+            elapsed += time.perf_counter() - started
+        opt = self.optimizer.state_dict()
+        meta = {
+            "network": self.model.plan.network,
+            "dtype": str(self.model.dtype),
+            "epoch": self.epoch,
+            "step": self.step_in_epoch,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "label_smoothing": self.label_smoothing,
+            "optimizer": {"kind": opt["kind"], "hyper": opt["hyper"], "counts": opt["counts"]},
+            "schedule": self.schedule.state_dict(),
+            "shuffle_rng": _generator_state(self.rng),
+            "epoch_rng": self.epoch_rng_state,
+            "dropout_rng": _generator_state(_model_rng(self.model)),
+            "partial": asdict(self.partial),
+            "history": [asdict(h) for h in self.history],
+            "elapsed": elapsed,
+            "data": self._data_id,
+        }
+        arrays = {"format": np.array(CHECKPOINT_FORMAT), "meta": np.array(json.dumps(meta))}
+        for key, value in self.model.state().items():
+            arrays[f"model/{key}"] = value
+        for slot, values in opt["slots"].items():
+            for key, value in values.items():
+                arrays[f"optim/{slot}/{key}"] = value
+        return meta, arrays
+
+    def _save(self, started: float | None = None) -> None:
+        _, arrays = self.state(started)
+        _atomic_savez(self.checkpoint, arrays)
+
+    def save_checkpoint(self, path) -> None:
+        """Write the trainer's state to ``path`` atomically (as at the end of an epoch)."""
+        _atomic_savez(os.fspath(path), self.state()[1])
+
+    def restore(self, ckpt: Checkpoint | str) -> None:
+        """Take back a checkpoint (a path or `read_checkpoint`'s result): every check first,
+        then every change, so a refused checkpoint leaves the trainer and model as they were.
+        The optimizer must be of the checkpoint's kind (``meta["optimizer"]["kind"]``)."""
+        if not isinstance(ckpt, Checkpoint):
+            ckpt = read_checkpoint(ckpt)
+        meta, path, model = ckpt.meta, ckpt.path, self.model
+        if meta.get("network") != model.plan.network:
+            raise CheckpointError(f"checkpoint {path} is for network {meta.get('network')}, "
+                                  f"not {model.plan.network}")
+        if meta.get("dtype") != str(model.dtype):
+            raise CheckpointError(f"checkpoint {path} was trained in {meta.get('dtype')}; this "
+                                  f"model computes in {model.dtype} (use --dtype "
+                                  f"{meta.get('dtype')})")
+        expected = {k: tuple(v.shape) for k, v in model.params.items()}
+        problems = [f"missing {k} {list(s)}" for k, s in sorted(expected.items())
+                    if k not in ckpt.model]
+        problems += [f"unexpected {k} {list(a.shape)}" for k, a in sorted(ckpt.model.items())
+                     if k not in expected]
+        problems += [f"{k} has shape {list(a.shape)}, expected {list(expected[k])}"
+                     for k, a in sorted(ckpt.model.items())
+                     if k in expected and tuple(a.shape) != expected[k]]
+        if problems:
+            raise CheckpointError(f"checkpoint {path} does not fit network "
+                                  f"{model.plan.network}:\n  " + "\n  ".join(problems))
+        try:  # read everything before changing anything
+            opt_meta = meta["optimizer"]
+            opt_state = {"kind": opt_meta["kind"], "hyper": opt_meta["hyper"],
+                         "counts": opt_meta["counts"], "slots": ckpt.optim}
+            schedule = Schedule.from_state_dict(meta["schedule"])
+            settings = (int(meta["batch_size"]), int(meta["seed"]),
+                        float(meta["label_smoothing"]))
+            shuffle = np.random.default_rng()
+            shuffle.bit_generator.state = meta["shuffle_rng"]
+            if meta["epoch_rng"] is not None:
+                np.random.default_rng().bit_generator.state = meta["epoch_rng"]
+            dropout_state = meta.get("dropout_rng")
+            rng = _model_rng(model)
+            if dropout_state is not None and rng is not None:
+                type(rng.bit_generator)().state = dropout_state
+            position = (int(meta["epoch"]), int(meta["step"]), meta["epoch_rng"])
+            partial = _Partial(**meta["partial"])
+            history = [EpochStats(**h) for h in meta["history"]]
+            elapsed = float(meta["elapsed"])
+            data_id = meta.get("data")
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {path} is damaged: {type(err).__name__}: "
+                                  f"{err}") from None
+        try:
+            self.optimizer.load_state_dict(opt_state)  # all-or-nothing itself
+        except (OptimizerStateError, ValueError, TypeError) as err:
+            raise CheckpointError(f"checkpoint {path}: {err}") from None
+        for key, arr in ckpt.model.items():
+            model.params[key][...] = model.xp.asarray(arr, dtype=model.dtype)
+        self.schedule = schedule
+        self.batch_size, self.seed, self.label_smoothing = settings
+        self.rng = shuffle
+        if dropout_state is not None and rng is not None:
+            rng.bit_generator.state = dropout_state
+        self.epoch, self.step_in_epoch, self.epoch_rng_state = position
+        self.partial = partial
+        self.history = history
+        self.elapsed = elapsed
+        self._data_id = data_id
+        self.saved_epoch = self.epoch
+
+
+def _model_rng(model):
+    """The generator the model draws dropout masks from."""
+    return getattr(model, "rng", None) or getattr(model, "_rng", None)
+
+
+def to_json_history(history) -> list[dict]:
+    return [asdict(h) for h in history]
+
+
+__all__ = [
+    "CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "DataError", "Dataset", "EpochStats",
+    "Progress", "Trainer", "TrainingDiverged", "TrainingInterrupted", "check_data",
+    "classifier_shape", "load_data", "load_digits", "load_npz", "read_checkpoint",
+]
