@@ -13,7 +13,7 @@ import sys
 from . import __version__
 
 # Subcommands that live in `commands/` (see its __init__ for the protocol).
-COMMANDS = ("train",)
+COMMANDS = ("run", "export", "train")
 
 EXIT_OK = 0
 EXIT_ERRORS = 1

@@ -52,3 +52,60 @@ def load_network(path: str, sizes: dict | None = None):
 def fail(err: CommandError) -> int:
     print(f"cnnc: error: {err}", file=sys.stderr)
     return err.status
+
+
+def check_model(data: bytes, path: str, sizes: dict | None = None, context: str = ""):
+    """`load_network` on source bytes already read (so a model from stdin can be checked
+    twice, e.g. again once its sizes are known). ``context`` ends the error line, as in
+    "for H=5 (taken from x.npy)"."""
+    from ..compiler.check import check_bytes
+    from ..dsl.diagnostics import render, source_lines
+
+    name = "<stdin>" if path == "-" else path
+    net, text = check_bytes(data, name, sizes or {})
+    if not net.ok:
+        lines = source_lines(text) if text is not None else None
+        for d in net.diagnostics:
+            print(render(d, lines), file=sys.stderr)
+            print(file=sys.stderr)
+        where = f" {context}" if context else ""
+        raise CommandError(f"{path} has errors{where}; run `cnnc check {path}`", EXIT_ERRORS)
+    return net
+
+
+def write_atomically(path: str, write) -> None:
+    """Call ``write(f)`` on a temporary file in ``path``'s folder, then move it onto
+    ``path``. On any failure the temporary file is removed, ``path`` is left as it was, and
+    an OSError becomes a CommandError naming the path."""
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".cnnc-", suffix=".tmp", dir=folder)
+    except OSError as err:
+        raise CommandError(f"cannot write {path}: {err.strerror or err}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes the file private; give the usual mode
+        os.replace(tmp, path)
+    except OSError as err:
+        _remove(tmp)
+        raise CommandError(f"cannot write {path}: {err.strerror or err}") from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: str) -> None:
+    import os
+
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,87 @@
+"""`cnnc export`: write a model as an ONNX file.
+
+    cnnc export model.cnn -o model.onnx [--weights w.npz] [--size H=224] [--opset 17]
+
+The batch dimension stays symbolic in the ONNX graph; every other size must be fixed, so a
+model with symbolic sizes needs --size for each of them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .common import EXIT_ERRORS, EXIT_OK, CommandError, load_network
+
+# runtime/onnx_export.py's DEFAULT_OPSET and MIN_OPSET (a test keeps them equal), written out
+# so that building the parser imports neither NumPy nor ONNX.
+DEFAULT_OPSET = 17
+MIN_OPSET = 17
+
+
+def add_parser(sub):
+    from ..cli import _size
+
+    parser = sub.add_parser(
+        "export", help="write a model as an ONNX file",
+        description="Write a model as an ONNX file with a symbolic batch dimension N, layer "
+        "names as node names and weight-file keys as initializer names. Without --weights "
+        "the model's seeded default initialisation (seed 0) is exported. Needs the onnx "
+        "package (pip install 'cnnc[onnx]'). Exit 0 on success, 1 when the model has "
+        "errors, 2 when a file cannot be read or written or the command is misused.",
+    )
+    parser.add_argument("file", metavar="MODEL", help="a .cnn file, or - for stdin")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.onnx",
+                        help="the ONNX file to write")
+    parser.add_argument("--weights", metavar="W.npz",
+                        help="parameters saved by cnnc (keys as stem.conv1.weight); without "
+                        "it, the seeded default initialisation (seed 0)")
+    parser.add_argument("--size", type=_size, action="append", default=[], metavar="NAME=N",
+                        help="give a size symbol a value, e.g. --size H=224 (repeatable); "
+                        "every symbol needs one")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+                        help=f"ONNX opset version, {MIN_OPSET} or newer "
+                        f"(default: {DEFAULT_OPSET})")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="print nothing on success")
+    return parser
+
+
+def main(args) -> int:
+    try:
+        import onnx
+    except ImportError:
+        raise CommandError("cnnc export needs the onnx package: pip install 'cnnc[onnx]'") \
+            from None
+    from ..compiler.plan import lower
+    from ..runtime.model import Model, WeightFileError
+    from ..runtime.onnx_export import ExportError, export_model
+
+    net = load_network(args.file, dict(args.size))
+    if net.symbols:
+        symbols = ", ".join(net.symbols)
+        example = " ".join(f"--size {s}=32" for s in net.symbols)
+        raise CommandError(f"{args.file} has symbolic sizes {symbols}; ONNX export needs them "
+                           f"fixed (only the batch stays symbolic): add e.g. {example}")
+    model = Model(lower(net), backend="numpy", seed=0, dtype="float32")
+    if args.weights is not None:
+        try:
+            model.load(args.weights)
+        except WeightFileError as err:
+            raise CommandError(str(err)) from None
+    try:
+        proto = export_model(model, args.output, opset=args.opset)
+    except ExportError as err:
+        raise CommandError(str(err)) from None
+    except onnx.checker.ValidationError as err:
+        raise CommandError(f"the exported graph fails the ONNX checker (a cnnc bug; please "
+                           f"report it): {err}", EXIT_ERRORS) from None
+    except OSError as err:
+        raise CommandError(f"cannot write {args.output}: {err.strerror or err}") from None
+    except ValueError as err:  # e.g. protobuf's 2 GB limit on one message
+        raise CommandError(f"cannot export {args.file}: {err}") from None
+    if not args.quiet:
+        graph = proto.graph
+        print(f"cnnc: wrote {args.output}: network {net.name}, opset {args.opset}, "
+              f"{len(graph.node)} nodes, {len(graph.initializer)} initializers",
+              file=sys.stderr)
+    return EXIT_OK
