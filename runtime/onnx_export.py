@@ -217,28 +217,24 @@ class _Graph:
     # ---- the whole graph ----
     def build(self):
         plan = self.plan
-        direct = {}  # a step whose output is exactly one graph output writes it directly
-        for out_name, buf in plan.outputs.items():
-            if buf == out_name:
-                direct[buf] = out_name
         for step in plan.steps:
             self.step = step
             for key in step.params:
                 self.initializers.append(
                     self.onnx.numpy_helper.from_array(self.arrays[key], key))
-            out = direct.get(step.name) or self.fresh(step.name)
+            out = self.fresh(step.name)
             xs = [self.tensor[b] for b in step.inputs]
             in_shapes = [self.shapes[b] for b in step.inputs]
             EMITTERS[step.op](self, step, xs, list(step.params), out, in_shapes)
             self.tensor[step.name] = out
             self.shapes[step.name] = tuple(step.shape)
-            if out not in plan.outputs:
-                self.value_info.append(self.info(out, step.shape))
+            self.value_info.append(self.info(out, step.shape))
         outputs = []
         for out_name, buf in plan.outputs.items():
-            if self.tensor[buf] != out_name:
-                self.step = _OutputStep(out_name)
-                self.node("Identity", [self.tensor[buf]], out_name)
+            # Layer names are dotted and output names are not, so each output is an Identity
+            # of its layer's tensor (which ONNX Runtime folds away).
+            self.step = _OutputStep(out_name)
+            self.node("Identity", [self.tensor[buf]], out_name)
             outputs.append(self.info(out_name, self.shapes[buf]))
         inputs = [self.info(name, shape) for name, shape in plan.inputs.items()]
         return self.onnx.helper.make_graph(
