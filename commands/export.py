@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import EXIT_ERRORS, EXIT_OK, CommandError, load_network
+from .common import EXIT_ERRORS, EXIT_OK, CommandError, load_network, require_readable
 
 # runtime/onnx_export.py's DEFAULT_OPSET and MIN_OPSET (a test keeps them equal), written out
 # so that building the parser imports neither NumPy nor ONNX.
@@ -41,8 +41,12 @@ def add_parser(sub):
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                         help=f"ONNX opset version, {MIN_OPSET} or newer "
                         f"(default: {DEFAULT_OPSET})")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text: one line on stderr naming what was written; json: an "
+                        "object on stdout with the file, opset, node and initializer counts "
+                        "and the graph's inputs and outputs (default: text)")
     parser.add_argument("-q", "--quiet", action="store_true",
-                        help="print nothing on success")
+                        help="print nothing on success (with text format)")
     return parser
 
 
@@ -64,6 +68,7 @@ def main(args) -> int:
                            f"fixed (only the batch stays symbolic): add e.g. {example}")
     model = Model(lower(net), backend="numpy", seed=0, dtype="float32")
     if args.weights is not None:
+        require_readable(args.weights, "weight file")
         try:
             model.load(args.weights)
         except WeightFileError as err:
@@ -79,9 +84,24 @@ def main(args) -> int:
         raise CommandError(f"cannot write {args.output}: {err.strerror or err}") from None
     except ValueError as err:  # e.g. protobuf's 2 GB limit on one message
         raise CommandError(f"cannot export {args.file}: {err}") from None
-    if not args.quiet:
-        graph = proto.graph
+    graph = proto.graph
+    if args.format == "json":
+        import json
+
+        print(json.dumps({
+            "output": args.output, "network": net.name, "opset": args.opset,
+            "nodes": len(graph.node), "initializers": len(graph.initializer),
+            "inputs": [_value_json(v) for v in graph.input],
+            "outputs": [_value_json(v) for v in graph.output],
+        }, indent=2))
+    elif not args.quiet:
         print(f"cnnc: wrote {args.output}: network {net.name}, opset {args.opset}, "
               f"{len(graph.node)} nodes, {len(graph.initializer)} initializers",
               file=sys.stderr)
     return EXIT_OK
+
+
+def _value_json(value) -> dict:
+    """A graph input or output as ``{"name", "shape"}``, the batch as "N"."""
+    dims = value.type.tensor_type.shape.dim
+    return {"name": value.name, "shape": [d.dim_param or d.dim_value for d in dims]}

@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import EXIT_OK, CommandError, check_model, read_source, write_atomically
+from .common import (
+    EXIT_OK, CommandError, check_model, read_source, require_readable, write_atomically,
+)
 
 NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
 
@@ -46,8 +48,12 @@ def add_parser(sub):
     parser.add_argument("--size", type=_size, action="append", default=[], metavar="NAME=N",
                         help="give a size symbol a value, e.g. --size H=224 (repeatable); "
                         "symbols not given are read off the input arrays")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text: one line on stderr naming what was written; json: an "
+                        "object on stdout with the file, the sizes used and every output's "
+                        "shape (default: text)")
     parser.add_argument("-q", "--quiet", action="store_true",
-                        help="print nothing on success")
+                        help="print nothing on success (with text format)")
     return parser
 
 
@@ -74,7 +80,15 @@ def main(args) -> int:
     model = _build(plan, args)
     outputs = _infer(model, arrays)
     write_atomically(args.output, lambda f: _save(f, outputs, args.output))
-    if not args.quiet:
+    if args.format == "json":
+        import json
+
+        print(json.dumps({
+            "output": args.output, "network": plan.network, "backend": model.backend,
+            "dtype": str(model.dtype), "sizes": {**given, **sizes},
+            "outputs": [{"name": name, "shape": list(a.shape)} for name, a in outputs.items()],
+        }, indent=2))
+    elif not args.quiet:
         shapes = ", ".join(f"{name} {list(a.shape)}" for name, a in outputs.items())
         print(f"cnnc: wrote {args.output}: {shapes} {model.dtype} on {model.backend}",
               file=sys.stderr)
@@ -103,7 +117,7 @@ def _read_arrays(path: str, what: str):
         if "Object arrays" in text:
             raise CommandError(f"{what} file {path} holds an object array (Python objects); "
                                "cnnc reads numeric arrays only") from None
-        if "pickled data" in text:
+        if "pickled" in text:  # numpy's guess for bytes that are no array format at all
             raise CommandError(f"{what} file {path} is not a .npy or .npz file") from None
         raise CommandError(f"{what} file {path} is not a readable .npy or .npz file: "
                            f"{text}") from None
@@ -228,10 +242,11 @@ def _build(plan, args):
     except RuntimeError as err:  # e.g. backend cupy without CuPy
         raise CommandError(str(err)) from None
     if args.weights is None:
-        if not args.quiet:
+        if not args.quiet and args.format == "text":
             print("cnnc: note: no --weights given; running with the default initialisation "
                   "(seed 0)", file=sys.stderr)
         return model
+    require_readable(args.weights, "weight file")
     try:
         model.load(args.weights)
     except WeightFileError as err:

@@ -500,3 +500,33 @@ def test_export_bad_opset_is_a_usage_error(tmp_path, capsys):
         main(["export", str(small), "-o", str(tmp_path / "m.onnx"), "--opset", "latest"])
     assert done.value.code == 2
     assert "invalid int value" in capsys.readouterr().err
+
+
+def test_run_json_report(tmp_path, cli):
+    import json
+
+    model = _write(tmp_path, "sym.cnn", SYMBOLIC)
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 6, 8)))
+    status, out, err = cli("run", model, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy",
+                           "--format", "json", "--size", "H=6", "--backend", "numpy")
+    assert (status, err) == (0, "")
+    assert json.loads(out) == {
+        "output": str(tmp_path / "y.npy"), "network": "sym", "backend": "numpy",
+        "dtype": "float32", "sizes": {"H": 6, "W": 8},
+        "outputs": [{"name": "y", "shape": [2, 4]}],
+    }
+
+
+@onnx_needed
+def test_export_json_report(tmp_path, cli):
+    import json
+
+    model = _write(tmp_path, "pair.cnn", PAIR)
+    status, out, err = cli("export", model, "-o", tmp_path / "pair.onnx", "--format", "json")
+    assert (status, err) == (0, "")
+    report = json.loads(out)
+    assert report["inputs"] == [{"name": "a", "shape": ["N", 2, 5, 5]},
+                                {"name": "b", "shape": ["N", 3, 5, 5]}]
+    assert report["outputs"] == [{"name": "feats", "shape": ["N", 4]},
+                                 {"name": "probs", "shape": ["N", 3]}]
+    assert (report["network"], report["opset"], report["initializers"]) == ("pair", 17, 4)
