@@ -6,6 +6,7 @@ a model with errors), never a traceback, and leaves no output file and no tempor
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import subprocess
@@ -112,7 +113,8 @@ def test_run_one_input(tmp_path, cli):
     model = _write(tmp_path, "small.cnn", SMALL)
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
     np.save(tmp_path / "x.npy", x)
-    status, out, err = cli("run", model, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    status, out, err = cli("run", model, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy",
+                           "--backend", "numpy")
     assert status == 0
     assert out == ""
     assert "no --weights given" in err
@@ -386,11 +388,7 @@ def test_run_model_problems(tmp_path, cli):
 
 
 def test_run_on_cupy_without_cupy(tmp_path, cli):
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        pass
-    else:
+    if importlib.util.find_spec("cupy") is not None:
         pytest.skip("CuPy is installed")
     model = _write(tmp_path, "small.cnn", SMALL)
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8)))
@@ -411,8 +409,7 @@ def test_run_usage_errors(tmp_path, cli, capsys):
 
 # ---- cnnc export ------------------------------------------------------------------------------
 
-onnx_needed = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("onnx") is None, reason="needs onnx")
+onnx_needed = pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="needs onnx")
 
 
 @onnx_needed

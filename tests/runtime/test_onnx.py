@@ -153,7 +153,8 @@ OP_MODELS = {
     """,
     "maxpool": """
         input x: [3, 9, 10]
-        a = x -> maxpool(3, stride=2, pad=1, ceil=true) -> maxpool([3, 2], stride=[2, 1], pad=[1, 0])
+        a = x -> maxpool(3, stride=2, pad=1, ceil=true)
+            -> maxpool([3, 2], stride=[2, 1], pad=[1, 0])
         b = x -> maxpool(2, stride=3, ceil=true) -> maxpool(2, stride=1, dilation=2, ceil=true)
         output y = a
         output z = b
@@ -244,6 +245,20 @@ OP_MODELS = {
 def test_onnxruntime_matches_numpy_per_op(name):
     model = _model(OP_MODELS[name])
     _assert_same(model, export_model(model, None), scale=3.0)
+
+
+def test_conv_pads_in_onnx_order():
+    """'same' at stride 2 pads 10 rows (0, 1) and 11 columns (1, 1); an even kernel then pads
+    (1, 2) both ways. ONNX lists begins then ends: [top, left, bottom, right]."""
+    proto = export_model(_model(OP_MODELS["conv"]), None)
+    pads = {}
+    for node in proto.graph.node:
+        for a in node.attribute:
+            if a.name == "pads":
+                pads[node.name] = list(a.ints)
+    assert pads["y.conv1"] == [0, 1, 1, 1]
+    assert pads["y.conv2"] == [1, 1, 2, 2]
+    assert pads["y.conv3"] == [1, 0, 1, 0]
 
 
 def test_activations_far_out():
