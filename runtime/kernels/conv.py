@@ -14,6 +14,9 @@ from .activation import apply_act_
 
 # Bytes of column matrix per chunk: big enough for a wide GEMM, small enough for L2/L3.
 WORKSPACE_BYTES = 4 << 20
+# Stride-1 convolutions use the shifted-rows GEMM (`_conv_shifted`); False forces the strided
+# im2col path everywhere (the benchmarks compare the two).
+SHIFTED = True
 
 
 def _check_conv_shapes(x, w, b, groups):
@@ -83,6 +86,57 @@ def _flat_view(out, shape, dtype, where):
     return xp.lib.stride_tricks.as_strided(out, (n, o, ho * wo), (s_n, s_o, out.itemsize))
 
 
+def _conv_shifted(x, w, b, pads, dilation, groups, act, out, xp):
+    """A stride-1 convolution as one GEMM over shifted rows of the padded image.
+
+    In a padded plane stored row after row, the tap ``(i, j)`` of every output pixel is
+    the plane shifted by ``i*dh*Wp + j*dw``. So the column matrix's rows are contiguous
+    runs of ``Ho*Wp`` values (the last ``Wp - Wo`` of each output row are discarded),
+    copied at memory speed, where a strided im2col copies runs of ``Wo``. The bias rides
+    in the GEMM as a row of ones; the activation is applied while copying the kept
+    columns out.
+    """
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    dh, dw = dilation
+    top, bottom, left, right = pads
+    hp, wp = h + top + bottom, wd + left + right
+    ho, wo = hp - (kh - 1) * dh, wp - (kw - 1) * dw
+    span = ho * wp  # one image's columns, discarded ones included
+    taps = kh * kw
+    k = taps * cg + (b is not None)
+    # weights tap-major, to match the column rows: (G, O/G, taps*C/G [+ bias])
+    wt = w.reshape(groups, og, cg, taps).transpose(0, 1, 3, 2).reshape(groups, og, taps * cg)
+    if b is not None:
+        wt = xp.concatenate([wt, b.reshape(groups, og, 1)], axis=2)
+    nb = max(1, min(n, WORKSPACE_BYTES // (k * span * x.itemsize)))
+    # One spare row below the padding: the last tap of the last row runs past the plane.
+    xpad = xp.zeros((nb, c, hp + 1, wp), dtype=x.dtype)
+    planes = xpad.reshape(nb, groups, cg, (hp + 1) * wp)
+    col = xp.empty((groups, k, nb * span), dtype=x.dtype)
+    if b is not None:
+        col[:, -1] = 1
+    rows = col[:, :taps * cg].reshape(groups, taps, cg, nb, span)
+    y = xp.empty((groups, og, nb * span), dtype=x.dtype)
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        xpad[:m, :, top:top + h, left:left + wd] = x[n0:n0 + m]
+        for t in range(taps):
+            i, j = divmod(t, kw)
+            shift = i * dh * wp + j * dw
+            rows[:, t, :, :m] = planes[:m, :, :, shift:shift + span].transpose(1, 2, 0, 3)
+        ym = xp.matmul(wt, col[:, :, :m * span], out=y[:, :, :m * span])
+        kept = ym.reshape(groups, og, m, ho, wp)[..., :wo].transpose(2, 0, 1, 3, 4)
+        dest = out[n0:n0 + m].reshape(m, groups, og, ho, wo)
+        if act == "relu" or (isinstance(act, tuple) and act[0] == "relu"):
+            xp.maximum(kept, 0, out=dest)
+        else:
+            dest[...] = kept
+            if act is not None:
+                apply_act_(out[n0:n0 + m], act)
+
+
 def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None):
     """Convolve ``x (N, C, H, W)`` with ``w (O, C/groups, kh, kw)``; returns ``(N, O, Ho, Wo)``.
 
@@ -113,6 +167,13 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     wo = checked_out(wd, kw, sw, pads[2:], dw, False, "conv2d width")
     og = o // groups
     spatial = ho * wo
+    if SHIFTED and sh == sw == 1 and kh * kw > 1:
+        if out is None:
+            out = xp.empty((n, o, ho, wo), dtype=dtype)
+        else:
+            _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
+        _conv_shifted(x, w, b, pads, (dh, dw), groups, act, out, xp)
+        return out
     wg = w.reshape(groups, og, cg * kh * kw)  # (G, O/G, C/G*kh*kw)
     if out is None:
         out = xp.empty((n, o, spatial), dtype=dtype)  # (N, O, Ho*Wo)

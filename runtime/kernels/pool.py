@@ -55,24 +55,58 @@ def _pad_to_windows(x, kernel, stride, dilation, pads, out_hw, fill, xp):
     return xpad
 
 
-def _reduce_windows(a, axis, k, s, d, n_out, ufunc, out=None):
-    """``ufunc``-reduce the ``k`` taps of 1-D windows along ``axis`` into ``out`` (a fresh
-    array when None)."""
+# Elements of padded planes per chunk of `_pooled`: small enough to stay in cache.
+CHUNK_ELEMENTS = 1 << 16
 
-    def taps(i):
-        index = [slice(None)] * a.ndim
-        index[axis] = slice(i * d, i * d + s * (n_out - 1) + 1, s)
-        return a[tuple(index)]
 
-    if k == 1:
-        if out is None:
-            return taps(0).copy()
-        out[...] = taps(0)
-        return out
-    acc = ufunc(taps(0), taps(1), out=out)
-    for i in range(2, k):
-        ufunc(acc, taps(i), out=acc)
-    return acc
+def _pooled(x, kernel, stride, dilation, pads, out_hw, fill, ufunc, out, divisor=None):
+    """Reduce every window of ``x`` with ``ufunc`` into ``out`` (then divide by ``divisor``).
+
+    Planes are padded a chunk at a time into a small buffer and reduced there as flat
+    arrays: in a plane stored row after row, the next tap to the right is one element
+    further on and the next tap down ``Wp`` further on, so each tap is one long contiguous
+    ufunc call, whatever the width. Windows are evaluated at every position (the flat runs
+    wrap across rows; those positions are never read), then the strided output positions
+    are gathered. ``out`` must be ``(N, C, Ho, Wo)``; it may be a channel slice.
+    """
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    sh, sw = stride
+    dh, dw = dilation
+    ho, wo = out_hw
+    top, bottom, left, right = window_pads((h, w), kernel, stride, dilation, pads, out_hw)
+    hp, wp = h + top + bottom, w + left + right
+    plane = hp * wp
+    if out.flags.c_contiguous:  # planes of every image in one run
+        xs, outs, groups = [x.reshape(n * c, h, w)], [out.reshape(n * c, ho, wo)], n * c
+    else:  # a channel slice of a concat: image by image
+        xs, outs, groups = list(x), list(out), c
+    chunk = max(1, min(groups, CHUNK_ELEMENTS // plane))
+    buf = xp.full((chunk, hp, wp), fill, dtype=x.dtype)
+    flat = buf.reshape(-1)
+    r1 = xp.empty(chunk * plane, dtype=x.dtype)
+    r2 = xp.empty(chunk * plane, dtype=x.dtype)
+    for xsrc, odst in zip(xs, outs):
+        for p0 in range(0, groups, chunk):
+            m = min(chunk, groups - p0)
+            buf[:m, top:top + h, left:left + w] = xsrc[p0:p0 + m]
+            res, length = flat, m * plane
+            for k, step, acc in ((kw, dw, r1), (kh, dh * wp, r2)):
+                if k == 1:
+                    continue
+                length -= (k - 1) * step
+                ufunc(res[:length], res[step:step + length], out=acc[:length])
+                for i in range(2, k):
+                    ufunc(acc[:length], res[i * step:i * step + length], out=acc[:length])
+                res = acc
+            windows = res[:m * plane].reshape(m, hp, wp)
+            picked = windows[:, 0:(ho - 1) * sh + 1:sh, 0:(wo - 1) * sw + 1:sw]
+            if divisor is None:
+                odst[p0:p0 + m] = picked
+            else:
+                xp.divide(picked, divisor, out=odst[p0:p0 + m])
+    return out
 
 
 def _lowest(dtype, xp):
@@ -100,13 +134,10 @@ def maxpool2d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, out=None
         x, kernel, stride, pad, dilation, ceil, "maxpool2d"
     )
     _check_out(out, x.shape[:2] + out_hw, x.dtype, "maxpool2d")
-    xpad = _pad_to_windows(x, kernel, stride, dilation, pads, out_hw, _lowest(x.dtype, xp), xp)
-    rows = _reduce_windows(xpad, 3, kernel[1], stride[1], dilation[1], out_hw[1], xp.maximum)
-    if out is not None:
-        return _reduce_windows(rows, 2, kernel[0], stride[0], dilation[0], out_hw[0],
-                               xp.maximum, out)
-    y = _reduce_windows(rows, 2, kernel[0], stride[0], dilation[0], out_hw[0], xp.maximum)
-    return xp.ascontiguousarray(y)
+    if out is None:
+        out = xp.empty(x.shape[:2] + out_hw, dtype=x.dtype)
+    return _pooled(x, kernel, stride, dilation, pads, out_hw, _lowest(x.dtype, xp),
+                   xp.maximum, out)
 
 
 def _divisor_1d(n, k, s, p_begin, p_end, n_out, count_pad, xp):
@@ -136,16 +167,14 @@ def avgpool2d(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True, out=
         x, kernel, stride, pad, 1, ceil, "avgpool2d"
     )
     _check_out(out, x.shape[:2] + out_hw, x.dtype, "avgpool2d")
-    xpad = _pad_to_windows(x, kernel, stride, dilation, pads, out_hw, 0, xp)
-    rows = _reduce_windows(xpad, 3, kernel[1], stride[1], 1, out_hw[1], xp.add)
-    given = out
-    out = _reduce_windows(rows, 2, kernel[0], stride[0], 1, out_hw[0], xp.add, out)
+    if out is None:
+        out = xp.empty(x.shape[:2] + out_hw, dtype=x.dtype)
     h, w = x.shape[2:]
     count_h = _divisor_1d(h, kernel[0], stride[0], pads[0], pads[1], out_hw[0], count_pad, xp)
     count_w = _divisor_1d(w, kernel[1], stride[1], pads[2], pads[3], out_hw[1], count_pad, xp)
     divisor = (count_h[:, None] * count_w[None, :]).astype(x.dtype)  # (Ho, Wo)
-    out /= xp.maximum(divisor, 1)  # a window of padding only sums to 0; keep it 0
-    return out if given is not None else xp.ascontiguousarray(out)
+    divisor = xp.maximum(divisor, 1)  # a window of padding only sums to 0; keep it 0
+    return _pooled(x, kernel, stride, dilation, pads, out_hw, 0, xp.add, out, divisor)
 
 
 def global_avgpool(x):
