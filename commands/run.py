@@ -14,7 +14,7 @@ import os
 import sys
 
 from .common import (
-    EXIT_OK, CommandError, check_model, read_source, require_readable, write_atomically,
+    EXIT_ERRORS, EXIT_OK, CommandError, check_model, read_source, require_readable, write_atomically,
 )
 
 NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
@@ -266,6 +266,9 @@ def _infer(model, arrays: dict) -> dict:
         raise CommandError(str(err)) from None
     except MemoryError:
         raise CommandError("out of memory running the model; try a smaller batch") from None
+    except ValueError as err:  # a kernel refusing its arguments: a cnnc bug, said plainly
+        raise CommandError(f"running network {model.plan.network} failed: {err}",
+                           EXIT_ERRORS) from None
     if not isinstance(result, dict):
         result = {next(iter(model.plan.outputs)): result}
     return {name: a if isinstance(a, np.ndarray) else a.get() for name, a in result.items()}
