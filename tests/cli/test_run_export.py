@@ -527,3 +527,23 @@ def test_export_json_report(tmp_path, cli):
     assert report["outputs"] == [{"name": "feats", "shape": ["N", 4]},
                                  {"name": "probs", "shape": ["N", 3]}]
     assert (report["network"], report["opset"], report["initializers"]) == ("pair", 17, 4)
+
+
+# ---- found in runtime/model.py (owned elsewhere); `cnnc run` works around both -------------
+
+@pytest.mark.xfail(strict=True, reason="Model.save keeps mkstemp's private 0600 mode")
+def test_saved_weight_files_get_the_usual_mode(tmp_path):
+    Model(cnnc.compile(SMALL).plan, backend="numpy").save(tmp_path / "w.npz")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "w.npz").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.xfail(strict=True, reason="Model does not check that inputs share a batch size; "
+                   "a kernel fails later with a plain ValueError")
+def test_model_refuses_inputs_of_different_batch_sizes():
+    from cnnc.runtime.model import InputError
+
+    model = Model(cnnc.compile(PAIR).plan, backend="numpy")
+    with pytest.raises(InputError):
+        model({"a": np.zeros((2, 2, 5, 5)), "b": np.zeros((3, 3, 5, 5))})
