@@ -109,3 +109,13 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def require_readable(path: str, what: str) -> None:
+    """Raise CommandError ("cannot read weight file w.npz: No such file or directory") when
+    ``path`` cannot be opened for reading."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise CommandError(f"cannot read {what} {path}: {err.strerror or err}") from None
