@@ -14,7 +14,7 @@ LRN keeps ``x`` and its base ``b = k + alpha/size * sum(x_j^2)`` (``y = x / b^be
 where ``j`` runs over the channels whose window contains ``c`` (the mirrored window).
 """
 
-from ..kernels.norm import _per_channel, channel_window_sum, lrn_base
+from ..kernels.norm import _per_channel, channel_window_sum, lrn_base, power_
 from ..kernels.norm import batchnorm as batchnorm_inference
 from ..xp import floating, get_array_module
 from ._util import as_grad, prod
@@ -120,7 +120,7 @@ def lrn_forward(x, *, size=5, alpha=1e-4, beta=0.75, k=1.0, train=True, rng=None
     xp = get_array_module(x)
     x = floating(x, xp)
     base = lrn_base(x, size, alpha, k)
-    y = xp.power(base, beta)
+    y = power_(base.copy(), beta, xp)  # the inference kernel's own power, for equal bits
     xp.divide(x, y, out=y)
     return y, (x, base, size, alpha, beta)
 
