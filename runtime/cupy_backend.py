@@ -128,6 +128,39 @@ def _contiguous(a, dtype, xp):
     return xp.ascontiguousarray(xp.asarray(a, dtype=dtype))
 
 
+def _grad_input(dy, shape, dtype, xp, where):
+    """``dy`` as a C-contiguous ``dtype`` array of the forward output's ``shape``."""
+    dy = xp.asarray(dy)
+    if tuple(dy.shape) != tuple(shape):
+        raise ValueError(
+            f"{where} backward: dy must have the forward output's shape {tuple(shape)}, "
+            f"got {tuple(dy.shape)}"
+        )
+    return _contiguous(dy, dtype, xp)
+
+
+def _target(out, shape, dtype, xp, where):
+    """The array a kernel writes its ``shape``/``dtype`` result into: ``out`` itself when
+    it is C-contiguous, else a fresh array that ``_deliver`` copies into ``out`` (a channel
+    slice of a concat buffer, say). ``out`` must have the result's shape and dtype."""
+    if out is None:
+        return xp.empty(shape, dtype=dtype)
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype:
+        raise ValueError(f"{where}: out must be {list(shape)} {dtype}, got "
+                         f"{list(out.shape)} {out.dtype}")
+    if out.flags.c_contiguous:
+        return out
+    return xp.empty(shape, dtype=dtype)
+
+
+def _deliver(y, out):
+    """``y``, copied into ``out`` first when the kernel could not write there directly."""
+    if out is None or y is out:
+        return y
+    out[...] = y
+    return out
+
+
 def _dummy(dtype, xp):
     """A one-element array for a pointer parameter the kernel will not read."""
     return xp.zeros(1, dtype=dtype)
@@ -216,7 +249,7 @@ def _bias_act(x, y, bias, spec, xp):
 
 
 def _act_backward(dy, x, spec, xp):
-    """``dy * act'(x)``, a new array."""
+    """``dy * act'(x)``, a new array; ``dy`` already has ``x``'s shape."""
     dtype = x.dtype
     dy = _contiguous(dy, dtype, xp)
     dx = xp.empty_like(x)
@@ -226,15 +259,18 @@ def _act_backward(dy, x, spec, xp):
     return dx
 
 
-def activation(x, weight=None, *, name, alpha=None, beta=None):
-    """The ACTIVATION op: a new array, ``x`` untouched."""
+def activation(x, weight=None, *, name, alpha=None, beta=None, out=None):
+    """The ACTIVATION op: a new array and ``x`` untouched, unless ``out`` is given (which
+    may be ``x`` itself: in place)."""
     xp = _cupy()
     dtype = compute_dtype(x.dtype)
     if dtype is None:
-        return NUMPY_KERNELS[Op.ACTIVATION](x, weight, name=name, alpha=alpha, beta=beta)
+        return NUMPY_KERNELS[Op.ACTIVATION](x, weight, name=name, alpha=alpha, beta=beta,
+                                            out=out)
     spec = make_act_spec(name, alpha, beta, weight)
     x = _contiguous(x, dtype, xp)
-    return _bias_act(x, xp.empty_like(x), None, spec, xp)
+    y = _target(out, x.shape, dtype, xp, "activation")
+    return _deliver(_bias_act(x, y, None, spec, xp), out)
 
 
 def _activation_forward(x, weight=None, *, train=True, rng=None, name, alpha=None,
@@ -255,11 +291,11 @@ def _activation_backward(saved, dy):
         return _generic_backward(Op.ACTIVATION, saved, dy)
     xp = _cupy()
     x, spec, weight = saved["x"], saved["spec"], saved["weight"]
+    dy = _grad_input(dy, x.shape, x.dtype, xp, "activation")
     dx = _act_backward(dy, x, spec, xp)
     if spec.weight is None:
         return (dx,), ()
     # prelu's slopes: dL/da_c sums dy * x over the cells of channel c where x <= 0
-    dy = _contiguous(dy, x.dtype, xp)
     contrib = dy * xp.minimum(x, 0)
     weight_size = int(numpy.prod(weight.shape))
     if weight_size == 1 or x.ndim < 2:
@@ -362,10 +398,12 @@ def _columns(x, geo, n0, nb, xp):
     return col.reshape(geo.groups, geo.k, nb * geo.spatial)
 
 
-def _conv_raw(x, w, b, geo, spec, xp):
-    """The convolution with bias and the activation ``spec`` fused, ``(N, O, Ho, Wo)``."""
+def _conv_raw(x, w, b, geo, spec, xp, out=None):
+    """The convolution with bias and the activation ``spec`` fused, ``(N, O, Ho, Wo)``,
+    written into ``out`` (C-contiguous) when given."""
     dtype = x.dtype
-    out = xp.empty((geo.n, geo.o, geo.ho, geo.wo), dtype=dtype)
+    if out is None:
+        out = xp.empty((geo.n, geo.o, geo.ho, geo.wo), dtype=dtype)
     has_bias = b is not None
     bias = b if has_bias else _dummy(dtype, xp)
     act_args = _act_args(spec, out.shape, dtype, xp)
@@ -406,16 +444,18 @@ def _conv_inputs(x, w, b, xp):
     return x, w, b
 
 
-def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None):
-    """CONV2D: ``x (N, C, H, W)`` with ``w (O, C/groups, kh, kw)`` -> ``(N, O, Ho, Wo)``."""
+def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None):
+    """CONV2D: ``x (N, C, H, W)`` with ``w (O, C/groups, kh, kw)`` -> ``(N, O, Ho, Wo)``,
+    written into ``out`` when given."""
     xp = _cupy()
     arrays = _conv_inputs(x, w, b, xp)
     if arrays is None:
         return NUMPY_KERNELS[Op.CONV2D](x, w, b, stride=stride, pad=pad, dilation=dilation,
-                                        groups=groups, act=act)
+                                        groups=groups, act=act, out=out)
     x, w, b = arrays
     geo = conv_geometry(x, w, b, stride, pad, dilation, groups)
-    return _conv_raw(x, w, b, geo, act_spec(act), xp)
+    y = _target(out, (geo.n, geo.o, geo.ho, geo.wo), x.dtype, xp, "conv2d")
+    return _deliver(_conv_raw(x, w, b, geo, act_spec(act), xp, y), out)
 
 
 def _refuse_fused_prelu(spec, where):
@@ -451,10 +491,9 @@ def _conv_backward(saved, dy):
     xp = _cupy()
     x, w, geo, spec = saved["x"], saved["w"], saved["geo"], saved["spec"]
     dtype = x.dtype
-    if saved["z"] is None:
-        gz = _contiguous(dy, dtype, xp)
-    else:
-        gz = _act_backward(dy, saved["z"], spec, xp)
+    gz = _grad_input(dy, (geo.n, geo.o, geo.ho, geo.wo), dtype, xp, "conv2d")
+    if saved["z"] is not None:
+        gz = _act_backward(gz, saved["z"], spec, xp)
     gz = gz.reshape(geo.n, geo.o, geo.spatial)  # (N, O, S)
     wg = w.reshape(geo.groups, geo.og, geo.k)
     gW = xp.zeros((geo.groups, geo.og, geo.k), dtype=dtype)
@@ -505,15 +544,17 @@ def _dense_inputs(x, w, b, xp):
     return x, w, b
 
 
-def dense(x, w, b=None, *, act=None):
-    """DENSE: ``x (N, F) @ w.T + b`` with ``w (O, F)``, then the fused activation."""
+def dense(x, w, b=None, *, act=None, out=None):
+    """DENSE: ``x (N, F) @ w.T + b`` with ``w (O, F)``, then the fused activation; written
+    into ``out`` when given."""
     xp = _cupy()
     arrays = _dense_inputs(x, w, b, xp)
     if arrays is None:
-        return numpy_dense(x, w, b, act=act)
+        return numpy_dense(x, w, b, act=act, out=out)
     x, w, b = arrays
-    y = xp.ascontiguousarray(xp.matmul(x, w.T))  # (N, O)
-    return _bias_act(y, y, b, act_spec(act), xp)
+    y = _target(out, (x.shape[0], w.shape[0]), x.dtype, xp, "dense")
+    xp.matmul(x, w.T, out=y)  # (N, O)
+    return _deliver(_bias_act(y, y, b, act_spec(act), xp), out)
 
 
 def _dense_forward(x, w, b=None, *, train=True, rng=None, act=None):
@@ -538,10 +579,9 @@ def _dense_backward(saved, dy):
         return _generic_backward(Op.DENSE, saved, dy)
     xp = _cupy()
     x, w = saved["x"], saved["w"]
-    if saved["z"] is None:
-        gz = _contiguous(dy, x.dtype, xp)
-    else:
-        gz = _act_backward(dy, saved["z"], saved["spec"], xp)
+    gz = _grad_input(dy, (x.shape[0], w.shape[0]), x.dtype, xp, "dense")
+    if saved["z"] is not None:
+        gz = _act_backward(gz, saved["z"], saved["spec"], xp)
     gx = xp.matmul(gz, w)  # (N, F)
     gW = xp.matmul(gz.T, x)  # (O, F)
     grads = (gW,)
@@ -571,26 +611,26 @@ def _pool_args(x, geometry):
     return h, w, ho, wo, kh, kw, sh, sw, pads, dh, dw
 
 
-def _maxpool_raw(x, geometry, save_argmax, xp):
+def _maxpool_raw(x, geometry, save_argmax, xp, out=None):
     h, w, ho, wo, kh, kw, sh, sw, pads, dh, dw = _pool_args(x, geometry)
     if h * w >= 1 << 31:
         raise ValueError(f"maxpool2d: an input plane of {h}x{w} cells is past int32 indexing")
-    y = xp.empty(x.shape[:2] + (ho, wo), dtype=x.dtype)
+    y = _target(out, x.shape[:2] + (ho, wo), x.dtype, xp, "maxpool2d")
     argmax = xp.empty(y.shape, dtype=numpy.int32) if save_argmax else _dummy(numpy.int32, xp)
     _launch("cnnc_maxpool_forward", x.dtype, y.size, x, y, argmax, int(save_argmax), y.size,
             h, w, ho, wo, kh, kw, sh, sw, pads[0], pads[2], dh, dw, -numpy.inf)
     return y, argmax
 
 
-def maxpool2d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False):
+def maxpool2d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, out=None):
     """MAXPOOL2D: max over windows; padding never wins, ties go to the first tap."""
     xp = _cupy()
     setup = _pool_setup(x, kernel, stride, pad, dilation, ceil, "maxpool2d", xp)
     if setup is None:
         return NUMPY_KERNELS[Op.MAXPOOL2D](x, kernel=kernel, stride=stride, pad=pad,
-                                           dilation=dilation, ceil=ceil)
+                                           dilation=dilation, ceil=ceil, out=out)
     x, geometry = setup
-    return _maxpool_raw(x, geometry, False, xp)[0]
+    return _deliver(_maxpool_raw(x, geometry, False, xp, out)[0], out)
 
 
 def _maxpool_forward(x, *, train=True, rng=None, kernel, stride=None, pad=0, dilation=1,
@@ -610,7 +650,7 @@ def _maxpool_backward(saved, dy):
         return _generic_backward(Op.MAXPOOL2D, saved, dy)
     xp = _cupy()
     shape, dtype = saved["shape"], saved["dtype"]
-    dy = _contiguous(dy, dtype, xp)
+    dy = _grad_input(dy, saved["argmax"].shape, dtype, xp, "maxpool2d")
     gx = xp.empty(shape, dtype=dtype)
     h, w, ho, wo, kh, kw, sh, sw, pads, dh, dw = _pool_args(gx, saved["geometry"])
     _launch("cnnc_maxpool_backward", dtype, gx.size, dy, saved["argmax"], gx, gx.size,
@@ -618,19 +658,19 @@ def _maxpool_backward(saved, dy):
     return (gx,), ()
 
 
-def avgpool2d(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True):
+def avgpool2d(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True, out=None):
     """AVGPOOL2D: mean over windows, divisors as in ``runtime/kernels/pool.py``."""
     xp = _cupy()
     setup = _pool_setup(x, kernel, stride, pad, 1, ceil, "avgpool2d", xp)
     if setup is None:
         return NUMPY_KERNELS[Op.AVGPOOL2D](x, kernel=kernel, stride=stride, pad=pad,
-                                           ceil=ceil, count_pad=count_pad)
+                                           ceil=ceil, count_pad=count_pad, out=out)
     x, geometry = setup
     h, w, ho, wo, kh, kw, sh, sw, pads, _, _ = _pool_args(x, geometry)
-    y = xp.empty(x.shape[:2] + (ho, wo), dtype=x.dtype)
+    y = _target(out, x.shape[:2] + (ho, wo), x.dtype, xp, "avgpool2d")
     _launch("cnnc_avgpool_forward", x.dtype, y.size, x, y, y.size, h, w, ho, wo, kh, kw,
             sh, sw, *pads, int(bool(count_pad)))
-    return y
+    return _deliver(y, out)
 
 
 def _avgpool_forward(x, *, train=True, rng=None, kernel, stride=None, pad=0, ceil=False,
@@ -642,7 +682,8 @@ def _avgpool_forward(x, *, train=True, rng=None, kernel, stride=None, pad=0, cei
                                 stride=stride, pad=pad, ceil=ceil, count_pad=count_pad)
     x, geometry = setup
     y = avgpool2d(x, kernel=kernel, stride=stride, pad=pad, ceil=ceil, count_pad=count_pad)
-    return y, dict(shape=x.shape, geometry=geometry, dtype=x.dtype, count_pad=count_pad)
+    return y, dict(shape=x.shape, y_shape=y.shape, geometry=geometry, dtype=x.dtype,
+                   count_pad=count_pad)
 
 
 def _avgpool_backward(saved, dy):
@@ -650,7 +691,7 @@ def _avgpool_backward(saved, dy):
         return _generic_backward(Op.AVGPOOL2D, saved, dy)
     xp = _cupy()
     shape, dtype = saved["shape"], saved["dtype"]
-    dy = _contiguous(dy, dtype, xp)
+    dy = _grad_input(dy, saved["y_shape"], dtype, xp, "avgpool2d")
     gx = xp.empty(shape, dtype=dtype)
     h, w, ho, wo, kh, kw, sh, sw, pads, _, _ = _pool_args(gx, saved["geometry"])
     _launch("cnnc_avgpool_backward", dtype, gx.size, dy, gx, gx.size, h, w, ho, wo, kh, kw,
@@ -675,9 +716,11 @@ def lrn(x, *, size=5, alpha=1e-4, beta=0.75, k=1.0):
     return y
 
 
-def batchnorm(x, weight, bias, running_mean, running_var, *, eps=1e-5, momentum=0.1):
+def batchnorm(x, weight, bias, running_mean, running_var, *, eps=1e-5, momentum=0.1,
+              out=None):
     """Inference batch norm, folded to one scale and one shift per channel (computed in
-    float64 as the NumPy kernel does) and applied in one pass."""
+    float64 as the NumPy kernel does) and applied in one pass; into ``out`` when given
+    (which may be ``x`` itself)."""
     xp = _cupy()
     dtype = compute_dtype(x.dtype)
     channels = x.shape[1] if x.ndim > 1 else None
@@ -685,7 +728,7 @@ def batchnorm(x, weight, bias, running_mean, running_var, *, eps=1e-5, momentum=
     shaped = all(v is None or tuple(v.shape) == (channels,) for v in arrays)
     if dtype is None or x.ndim < 2 or not shaped:
         return numpy_batchnorm(x, weight, bias, running_mean, running_var, eps=eps,
-                               momentum=momentum)  # or its error
+                               momentum=momentum, out=out)  # or its error
     x = _contiguous(x, dtype, xp)
     scale = 1.0 / xp.sqrt(xp.asarray(running_var, dtype=xp.float64) + eps)  # (C,)
     if weight is not None:
@@ -695,13 +738,19 @@ def batchnorm(x, weight, bias, running_mean, running_var, *, eps=1e-5, momentum=
         shift = shift + xp.asarray(bias)
     scale = _contiguous(scale, dtype, xp)
     shift = _contiguous(shift, dtype, xp)
-    y = xp.empty_like(x)
+    y = _target(out, x.shape, dtype, xp, "batchnorm")
     _, inner = _channels_inner(x.shape)
     _launch("cnnc_scale_shift", dtype, x.size, x, y, scale, shift, x.size, channels, inner)
-    return y
+    return _deliver(y, out)
 
 
 # ---------------------------------------------------------------- the tables
+
+# Ops whose kernel takes ``out=`` (runtime/executor.py writes into the memory plan's arrays);
+# the same set as the NumPy backend's.
+ACCEPTS_OUT = frozenset({
+    Op.CONV2D, Op.DENSE, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.ACTIVATION, Op.ADD, Op.BATCHNORM,
+})
 
 KERNELS = {
     Op.CONV2D: conv2d,
