@@ -7,6 +7,8 @@ maximum in that order, and a padding cell never wins. Average pooling keeps noth
 the geometry: its divisors are recomputed in closed form.
 """
 
+import numpy
+
 from ..kernels.pool import (
     _check_input,
     _divisor_1d,
@@ -32,10 +34,11 @@ def _tap(a, i, j, stride_dilation, out_hw):
 
 
 def _first_real_tap(n, k, s, d, p_begin, n_out, xp):
-    """Per output along one axis: the first window tap inside ``[0, n)`` (0 if none)."""
-    cells = xp.arange(n_out)[:, None] * s - p_begin + xp.arange(k)[None, :] * d
+    """Per output along one axis: the first window tap inside ``[0, n)`` (0 if none).
+    A few hundred numbers at most: worked out on the host, then moved to ``xp``."""
+    cells = numpy.arange(n_out)[:, None] * s - p_begin + numpy.arange(k)[None, :] * d
     real = (cells >= 0) & (cells < n)  # (n_out, k)
-    return xp.argmax(real, axis=1)  # argmax of booleans: the first True
+    return xp.asarray(numpy.argmax(real, axis=1))  # argmax of booleans: the first True
 
 
 def _pool_window_pads(x_shape, geometry):
