@@ -146,7 +146,7 @@ def _labels(y, key: str, origin: str) -> np.ndarray:
             return y.astype(np.int64)
         i = int(np.argmin(whole))
         raise DataError(f"{origin}: `{key}` must hold integer class labels; {key}[{i}] is "
-                        f"{y[i]!r} (dtype {y.dtype})")
+                        f"{y[i].item()} (dtype {y.dtype})")
     raise DataError(f"{origin}: `{key}` must hold integer class labels, got dtype {y.dtype}")
 
 
@@ -156,7 +156,7 @@ def _features(x, key: str, origin: str) -> np.ndarray:
     if x.dtype.kind == "f" and x.size and not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]
         where = ", ".join(str(int(i)) for i in bad)
-        raise DataError(f"{origin}: `{key}` holds a non-finite value, {x[tuple(bad)]} at "
+        raise DataError(f"{origin}: `{key}` holds a non-finite value, {x[tuple(bad)].item()} at "
                         f"[{where}]")
     return x
 
@@ -384,9 +384,10 @@ class Trainer:
         if len(x) == 0:
             return None
         correct = 0
-        for i in range(0, len(x), self.eval_batch):
-            scores = self.model(x[i:i + self.eval_batch])
-            correct += accuracy_count(scores, y[i:i + self.eval_batch])
+        with np.errstate(all="ignore"):  # diverging weights are reported by the loss check
+            for i in range(0, len(x), self.eval_batch):
+                scores = self.model(x[i:i + self.eval_batch])
+                correct += accuracy_count(scores, y[i:i + self.eval_batch])
         return correct / len(x)
 
     # ---- fit ----------------------------------------------------------------------------------
@@ -441,8 +442,9 @@ class Trainer:
             t0 = time.perf_counter()
             idx = order[s * self.batch_size:(s + 1) * self.batch_size]
             xb, yb = x_train[idx], y_train[idx]
-            logits = self.model.forward(xb, train=True, logits=True)
-            loss, dlogits = softmax_cross_entropy(logits, yb, self.label_smoothing)
+            with np.errstate(all="ignore"):  # a non-finite loss is reported below, once
+                logits = self.model.forward(xb, train=True, logits=True)
+                loss, dlogits = softmax_cross_entropy(logits, yb, self.label_smoothing)
             if not math.isfinite(loss):
                 self._diverged(loss, s)
             self.model.backward(dlogits)
