@@ -74,41 +74,14 @@ def check_model(data: bytes, path: str, sizes: dict | None = None, context: str 
 
 
 def write_atomically(path: str, write) -> None:
-    """Call ``write(f)`` on a temporary file in ``path``'s folder, then move it onto
-    ``path``. On any failure the temporary file is removed, ``path`` is left as it was, and
-    an OSError becomes a CommandError naming the path."""
-    import os
-    import tempfile
+    """``runtime.files.write_atomically``, with an OSError turned into a CommandError naming
+    the path."""
+    from ..runtime.files import write_atomically as write_file
 
-    folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".cnnc-", suffix=".tmp", dir=folder)
+        write_file(path, write)
     except OSError as err:
         raise CommandError(f"cannot write {path}: {err.strerror or err}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes the file private; give the usual mode
-        os.replace(tmp, path)
-    except OSError as err:
-        _remove(tmp)
-        raise CommandError(f"cannot write {path}: {err.strerror or err}") from None
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def _remove(path: str) -> None:
-    import os
-
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def require_readable(path: str, what: str) -> None:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 
 import numpy as np
@@ -121,17 +120,17 @@ class Model:
 
     def save(self, path) -> None:
         """Write parameters and buffers to an .npz file, atomically."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".cnnc-", suffix=".npz", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **self.state())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        from .files import write_atomically
+
+        state = self.state()
+        write_atomically(path, lambda f: np.savez(f, **state))
+
+    def export(self, path=None, opset: int = 17):
+        """The model as ONNX (runtime/onnx_export.py), written atomically when ``path`` is
+        given; returns the ``onnx.ModelProto``. Needs the ``onnx`` package."""
+        from .onnx_export import export
+
+        return export(self.plan, self.state(), path, opset)
 
     def load(self, path) -> None:
         """Read an .npz weight file. Every missing, extra or mis-shaped entry is listed; on
@@ -140,8 +139,12 @@ class Model:
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise WeightFileError(f"cannot read weight file {path}: {err}") from None
+        except OSError as err:
+            raise WeightFileError(f"cannot read weight file {path}: "
+                                  f"{err.strerror or err}") from None
+        except (ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise WeightFileError(f"cannot read weight file {path}: not a weight file "
+                                  f"(.npz) ({err})") from None
         expected = {k: tuple(v.shape) for k, v in self.params.items()}
         problems = []
         for key in sorted(set(expected) - set(arrays)):
@@ -179,6 +182,10 @@ class Model:
                 raise InputError(f"input `{name}` expects [N, {dims}], got "
                                  f"{list(arr.shape)}")
             out[name] = arr
+        batches = {name: int(a.shape[0]) for name, a in out.items()}
+        if len(set(batches.values())) > 1:
+            sizes = ", ".join(f"{name} has {n}" for name, n in batches.items())
+            raise InputError(f"inputs must share one batch size: {sizes}")
         return out
 
     def __call__(self, x):

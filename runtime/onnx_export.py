@@ -28,13 +28,11 @@ is exact on every runtime rather than relying on one runtime's reading:
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 
 from .. import __version__
 from ..compiler.plan import Op, Plan
+from . import files
 from .kernels.activation import DEFAULTS, SELU_ALPHA, SELU_SCALE
 from .shapes import pads4, pair, pool_out
 
@@ -82,30 +80,8 @@ def export_model(model, path, opset: int = DEFAULT_OPSET):
 
 
 def write_atomically(path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then move it onto ``path``.
-
-    On any failure the temporary file is removed and ``path`` is left as it was.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".cnnc-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Write ``data`` to ``path`` atomically (runtime/files.py)."""
+    files.write_atomically(path, lambda f: f.write(data))
 
 
 # ---- argument checks -----------------------------------------------------------------------

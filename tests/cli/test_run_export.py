@@ -531,7 +531,7 @@ def test_export_json_report(tmp_path, cli):
 
 # ---- found in runtime/model.py (owned elsewhere); `cnnc run` works around both -------------
 
-@pytest.mark.xfail(strict=True, reason="Model.save keeps mkstemp's private 0600 mode")
+
 def test_saved_weight_files_get_the_usual_mode(tmp_path):
     Model(cnnc.compile(SMALL).plan, backend="numpy").save(tmp_path / "w.npz")
     umask = os.umask(0)
@@ -539,8 +539,6 @@ def test_saved_weight_files_get_the_usual_mode(tmp_path):
     assert (tmp_path / "w.npz").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
-@pytest.mark.xfail(strict=True, reason="Model does not check that inputs share a batch size; "
-                   "a kernel fails later with a plain ValueError")
 def test_model_refuses_inputs_of_different_batch_sizes():
     from cnnc.runtime.model import InputError
 

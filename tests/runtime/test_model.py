@@ -16,68 +16,12 @@ def _input(model, n=2, seed=1):
 
 
 def _torch_forward(plan, params, x):
-    """An independent interpreter of the plan on torch.nn.functional."""
+    """The plan evaluated by PyTorch (runtime/torch_ref.py), outputs as NumPy arrays."""
     torch = pytest.importorskip("torch")
-    F = torch.nn.functional
-    values = {next(iter(plan.inputs)): torch.from_numpy(x)}
-    p = {k: torch.from_numpy(v) for k, v in params.items()}
-    for step in plan.steps:
-        xs = [values[i] for i in step.inputs]
-        ws = [p[k] for k in step.params]
-        a = step.attrs
-        if step.op is Op.CONV2D:
-            top, bottom, left, right = a["pad"]
-            h = F.pad(xs[0], (left, right, top, bottom))
-            y = F.conv2d(h, ws[0], ws[1] if len(ws) > 1 else None, a["stride"], 0,
-                         a["dilation"], a["groups"])
-        elif step.op is Op.MAXPOOL2D:
-            y = F.max_pool2d(xs[0], a["kernel"], a["stride"], a["pad"], a["dilation"],
-                             ceil_mode=a["ceil"])
-        elif step.op is Op.AVGPOOL2D:
-            y = F.avg_pool2d(xs[0], a["kernel"], a["stride"], a["pad"], ceil_mode=a["ceil"],
-                             count_include_pad=a["count_pad"])
-        elif step.op is Op.GLOBAL_AVGPOOL:
-            y = xs[0].mean(dim=(2, 3), keepdim=True)
-        elif step.op is Op.GLOBAL_MAXPOOL:
-            y = xs[0].amax(dim=(2, 3), keepdim=True)
-        elif step.op is Op.LRN:
-            y = F.local_response_norm(xs[0], a["size"], a["alpha"], a["beta"], a["k"])
-        elif step.op is Op.BATCHNORM:
-            y = F.batch_norm(xs[0], ws[2], ws[3], ws[0], ws[1], False, 0.0, a["eps"])
-        elif step.op is Op.ACTIVATION:
-            name = a["name"]
-            t = xs[0]
-            y = {
-                "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "selu": F.selu,
-                "softplus": F.softplus, "silu": F.silu,
-            }[name](t) if name in ("relu", "sigmoid", "tanh", "selu", "softplus", "silu") else None
-            if name == "leaky_relu":
-                y = F.leaky_relu(t, a["alpha"])
-            elif name == "elu":
-                y = F.elu(t, a["alpha"])
-            elif name == "prelu":
-                y = F.prelu(t, ws[0])
-            elif name == "swish":
-                y = t * torch.sigmoid(a["beta"] * t)
-        elif step.op is Op.SOFTMAX:
-            y = F.softmax(xs[0], dim=1)
-        elif step.op is Op.DENSE:
-            y = F.linear(xs[0], ws[0], ws[1] if len(ws) > 1 else None)
-        elif step.op is Op.FLATTEN:
-            y = xs[0].flatten(1)
-        elif step.op is Op.CONCAT:
-            y = torch.cat(xs, dim=1)
-        elif step.op is Op.ADD:
-            y = sum(xs[1:], xs[0])
-        elif step.op is Op.DROPOUT:
-            y = xs[0]
-        elif step.op is Op.MAXOUT:
-            t = xs[0]
-            y = t.reshape(t.shape[0], t.shape[1] // a["k"], a["k"], *t.shape[2:]).amax(dim=2)
-        else:
-            raise AssertionError(step.op)
-        values[step.name] = y
-    return {name: values[buf].numpy() for name, buf in plan.outputs.items()}
+    from cnnc.runtime.torch_ref import TorchPlan
+
+    inputs = {next(iter(plan.inputs)): torch.from_numpy(x)}
+    return {k: v.numpy() for k, v in TorchPlan(plan, params)(inputs).items()}
 
 
 @pytest.mark.parametrize("example", EXAMPLES)

@@ -25,6 +25,7 @@ from cnnc.runtime.shapes import pool_out
 onnx = pytest.importorskip("onnx")
 
 from cnnc.runtime import onnx_export  # noqa: E402 - needs onnx only when called, but skip together
+from cnnc.runtime import files  # noqa: E402
 from cnnc.runtime.onnx_export import EMITTERS, ExportError, export, export_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -446,7 +447,7 @@ def test_a_failure_while_moving_into_place_removes_the_temporary_file(tmp_path, 
     def refuse(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(onnx_export.os, "replace", refuse)
+    monkeypatch.setattr(files.os, "replace", refuse)
     with pytest.raises(OSError, match="No space"):
         export_model(model, path)
     assert path.read_bytes() == b"old"

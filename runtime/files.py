@@ -1,0 +1,37 @@
+"""Writing files atomically: a reader, a crash or a full disk never sees half a file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+
+def write_atomically(path, write) -> None:
+    """Call ``write(f)`` on a temporary file in ``path``'s folder, flush it to disk, give it
+    the mode a new file would get (``0666 & ~umask``), then rename it onto ``path``.
+
+    On any failure, Ctrl-C included, the temporary file is removed, ``path`` is left as it
+    was, and the exception propagates (an OSError for a folder that cannot be written).
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".cnnc-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
