@@ -56,7 +56,9 @@ def _cupy():
 
 
 @functools.lru_cache(maxsize=None)
-def _module():
+def _module(device_id):
+    """Every kernel instantiation in one module, compiled by NVRTC on first use (CuPy keeps
+    the binary in its kernel cache) and loaded on device ``device_id``."""
     import cupy
 
     return cupy.RawModule(code=cuda_kernels.source(),
@@ -64,9 +66,15 @@ def _module():
 
 
 @functools.lru_cache(maxsize=None)
+def _device_kernel(device_id, name, dtype_name):
+    return _module(device_id).get_function(cuda_kernels.instantiation(name, dtype_name))
+
+
 def _kernel(name, dtype_name):
-    """The compiled kernel ``name`` for one element type; compiled on first use."""
-    return _module().get_function(cuda_kernels.instantiation(name, dtype_name))
+    """The compiled kernel ``name`` for one element type, on the current device."""
+    import cupy
+
+    return _device_kernel(cupy.cuda.runtime.getDevice(), name, dtype_name)
 
 
 def launch_geometry(n, block=None, max_blocks=None):
@@ -162,8 +170,9 @@ def _deliver(y, out):
 
 
 def _dummy(dtype, xp):
-    """A one-element array for a pointer parameter the kernel will not read."""
-    return xp.zeros(1, dtype=dtype)
+    """A one-element array for a pointer parameter the kernel will not read (a bias when
+    there is none, slopes when the activation is not prelu, argmax when not kept)."""
+    return xp.empty(1, dtype=dtype)
 
 
 # ---------------------------------------------------------------- activations
@@ -239,6 +248,8 @@ def _act_args(spec, shape, dtype, xp):
 
 def _bias_act(x, y, bias, spec, xp):
     """``y = act(x + bias[c])`` in one pass; ``y`` may be ``x``."""
+    if bias is None and spec.identity and y is x:
+        return y  # nothing to do
     dtype = x.dtype
     channels, inner = _channels_inner(x.shape)
     has_bias = bias is not None
@@ -507,8 +518,14 @@ def _conv_backward(saved, dy):
         gz_g = xp.ascontiguousarray(part.transpose(1, 2, 0, 3))  # (G, O/G, nb, S)
         gz_g = gz_g.reshape(geo.groups, geo.og, nb * geo.spatial)
         col = _columns(x, geo, n0, nb, xp)  # (G, C/G*kh*kw, nb*S)
-        gW += xp.matmul(gz_g, col.transpose(0, 2, 1))  # (G, O/G, C/G*kh*kw)
-        gcol = xp.matmul(wg.transpose(0, 2, 1), gz_g)  # (G, C/G*kh*kw, nb*S)
+        if geo.groups == 1:
+            # 2-D products hand the transposes to cuBLAS; CuPy's batched matmul would
+            # first copy each transposed operand
+            gW[0] += xp.matmul(gz_g[0], col[0].T)  # (O, C*kh*kw)
+            gcol = xp.matmul(wg[0].T, gz_g[0])[None]  # (1, C*kh*kw, nb*S)
+        else:
+            gW += xp.matmul(gz_g, col.transpose(0, 2, 1))  # (G, O/G, C/G*kh*kw)
+            gcol = xp.matmul(wg.transpose(0, 2, 1), gz_g)  # (G, C/G*kh*kw, nb*S)
         gx_part = gx[n0:n0 + nb]
         if geo.pointwise:
             gcol = gcol.reshape(geo.groups, geo.cg, nb, geo.spatial).transpose(2, 0, 1, 3)
