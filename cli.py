@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--format", choices=("text", "json"), default="text")
     summary.add_argument("--size", type=_size, action="append", default=[], metavar="NAME=N",
                          help="give a size symbol a value, e.g. --size H=224 (repeatable)")
+    summary.add_argument("--train", action="store_true",
+                         help="also report what training keeps per sample for the backward "
+                         "pass, and the parameters' gradients")
 
     import importlib
 
@@ -184,11 +187,33 @@ def cmd_summary(args) -> int:
         print(f"cnnc: {args.file} has errors; run `cnnc check {args.file}`", file=sys.stderr)
         return EXIT_ERRORS
     rep = report(net)
+    if args.train:
+        if net.symbols:
+            names = ", ".join(f"{s}=..." for s in net.symbols)
+            print(f"cnnc: error: --train needs concrete sizes; give --size {names}",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        rep.train_saved_bytes = _train_saved_bytes(net)
     if args.format == "json":
         print(json.dumps(rep.to_json(), indent=2))
     else:
         print(render_table(rep))
     return EXIT_OK
+
+
+def _train_saved_bytes(net) -> int:
+    """Float32 bytes per sample that a training forward keeps for the backward pass,
+    measured: one training forward on two samples, every kept array counted once."""
+    import numpy as np
+
+    from .compiler.plan import lower
+    from .runtime.model import Model
+
+    model = Model(lower(net), backend="numpy", seed=0, dtype="float32")
+    rng = np.random.default_rng(0)
+    model.forward({name: rng.standard_normal((2,) + tuple(shape)).astype(np.float32)
+                   for name, shape in model.plan.inputs.items()}, train=True)
+    return model.saved_bytes() // 2
 
 
 def main(argv: list[str] | None = None) -> int:

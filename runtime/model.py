@@ -228,6 +228,26 @@ class Model:
         self._tape = (tape, heads, {name: values[name].shape for name in values})
         return _one_or_dict(outputs)
 
+    def saved_bytes(self) -> int:
+        """Bytes that the last `forward` keeps for `backward`: every distinct array in the
+        tape, counted once however many steps refer to it; parameters excluded."""
+        if self._tape is None:
+            return 0
+        params = {id(_root(a)) for a in self.params.values()}
+        seen: dict = {}
+        stack = [saved for _, saved in self._tape[0]]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, (tuple, list)):
+                stack.extend(item)
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+            elif hasattr(item, "nbytes") and hasattr(item, "shape"):
+                root = _root(item)
+                if id(root) not in params:
+                    seen[id(root)] = int(root.nbytes)
+        return sum(seen.values())
+
     def _heads(self, logits: bool) -> dict:
         """Output name -> the buffer it is read from (the softmax's input with ``logits``)."""
         if not logits:
@@ -287,6 +307,13 @@ class Model:
         dx = {name: flowing.get(name, self.xp.zeros(shapes[name], dtype=self.dtype))
               for name in self.plan.inputs}
         return _one_or_dict(dx)
+
+
+def _root(a):
+    """The array that owns ``a``'s memory."""
+    while getattr(a, "base", None) is not None and hasattr(a.base, "nbytes"):
+        a = a.base
+    return a
 
 
 def _accumulate(flowing: dict, name: str, g) -> None:

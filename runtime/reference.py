@@ -267,7 +267,7 @@ def lrn(x, *, size=5, alpha=1e-4, beta=0.75, k=1.0):
     return y
 
 
-def batchnorm(x, weight, bias, running_mean, running_var, *, eps=1e-5):
+def batchnorm(x, weight, bias, running_mean, running_var, *, eps=1e-5, momentum=0.1):
     x = _f64(x)
     y = np.empty_like(x)
     for c in range(x.shape[1]):

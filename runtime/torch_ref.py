@@ -14,10 +14,13 @@ class TorchPlan:
     """``TorchPlan(plan, params)(inputs)``: run ``plan`` eagerly in PyTorch.
 
     ``params`` maps weight-file keys to NumPy arrays; they are converted once. ``inputs``
-    maps input names to tensors; the result maps output names to tensors.
+    maps input names to tensors; the result maps output names to tensors. With
+    ``training=True`` batchnorm uses batch statistics and updates the running ones
+    (dropout stays the identity, so results are deterministic).
     """
 
-    def __init__(self, plan: Plan, params: dict, dtype=None):
+    def __init__(self, plan: Plan, params: dict, dtype=None, training: bool = False):
+        self.training = training
         import torch
 
         self.torch = torch
@@ -59,7 +62,8 @@ class TorchPlan:
         if op is Op.LRN:
             return F.local_response_norm(x, a["size"], a["alpha"], a["beta"], a["k"])
         if op is Op.BATCHNORM:
-            return F.batch_norm(x, ws[2], ws[3], ws[0], ws[1], False, 0.0, a["eps"])
+            return F.batch_norm(x, ws[2], ws[3], ws[0], ws[1], self.training,
+                                a.get("momentum", 0.1), a["eps"])
         if op is Op.ACTIVATION:
             return self._activation(a, x, ws)
         if op is Op.SOFTMAX:
