@@ -65,7 +65,7 @@ def test_every_op_matches_torch_autograd(train):
     dy = np.random.default_rng(2).standard_normal(y.shape)
     dx = model.backward(dy)
 
-    ref = TorchPlan(model.plan, before, training=train)
+    ref = TorchPlan(model.plan, {k: v.copy() for k, v in before.items()}, training=train)
     trainable = {k: v.requires_grad_() for k, v in ref.params.items() if k in model.plan.params}
     tx = {k: torch.from_numpy(v).requires_grad_() for k, v in xs.items()}
     ty = ref(tx)["logits"]
