@@ -445,7 +445,7 @@ __global__ void cnnc_avgpool_forward(const T* x, T* y, long long n, int H, int W
         T acc = T(0);
         for (int h = h0; h < h1; ++h) {
             for (int w = w0; w < w1; ++w) {
-                acc += plane[h * W + w];
+                acc += plane[(long long)h * W + w];
             }
         }
         int d = cnnc_pool_divisor(hs, ws, kh, kw, H, W, pad_bottom, pad_right, count_pad);
