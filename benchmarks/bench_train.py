@@ -1,0 +1,180 @@
+"""Train examples/digits.cnn with cnnc and the same network in PyTorch eager, side by side.
+
+Both train on the same data (scikit-learn's 8x8 digits, the fixed stratified 80/20 split of
+`cnnc train --data digits`), from the same initial weights (copied from the cnnc model),
+on the same mini-batches (one seeded shuffle per epoch), with the same optimizer (Adam,
+PyTorch's defaults unless given) in float32 on the CPU. For each it prints the seconds of
+training (steps only), the seconds including the per-epoch test evaluation, training
+images per second, and the final train loss and test accuracy.
+
+    python benchmarks/bench_train.py                    # 10 epochs, batch 32, Adam 1e-3
+    python benchmarks/bench_train.py --epochs 20 --lr 0.003 --runs 3
+
+With ``--runs`` above 1 the two take turns (cnnc, torch, cnnc, torch, ...) so a change in
+the machine's load touches both alike, and the median of each figure is printed.
+PyTorch uses ``torch.get_num_threads()`` threads (all cores unless ``--threads``); NumPy's
+BLAS uses its own default. Run from an installed checkout (``pip install -e .``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+import cnnc
+from cnnc.runtime import optim, train
+from cnnc.runtime.losses import accuracy_count, softmax_cross_entropy
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits.cnn"
+
+
+def orders(seed: int, n: int, epochs: int):
+    """One shuffle per epoch, the same for both frameworks."""
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(n) for _ in range(epochs)]
+
+
+def run_cnnc(data, args, perms):
+    model = cnnc.compile(EXAMPLE).build(backend="numpy", seed=args.seed, dtype="float32")
+    initial = {k: v.copy() for k, v in model.state().items()}  # state() may alias params
+    opt = optim.Adam(model, lr=args.lr)
+    trainer = train.Trainer(model, opt, batch_size=args.batch, seed=args.seed)
+    x = data.x_train.astype(np.float32)
+    y = data.y_train
+    train_seconds = 0.0
+    started = time.perf_counter()
+    for perm in perms:
+        loss_sum = 0.0
+        for i in range(0, len(perm), args.batch):
+            idx = perm[i:i + args.batch]
+            t0 = time.perf_counter()
+            logits = model.forward(x[idx], train=True, logits=True)
+            loss, dlogits = softmax_cross_entropy(logits, y[idx])
+            model.backward(dlogits)
+            opt.step()
+            train_seconds += time.perf_counter() - t0
+            loss_sum += loss * len(idx)
+        accuracy = trainer.evaluate(data.x_test.astype(np.float32), data.y_test)
+    total = time.perf_counter() - started
+    return initial, {"train_s": train_seconds, "total_s": total,
+                     "images_per_s": len(perms) * len(x) / train_seconds,
+                     "train_loss": loss_sum / len(x), "test_accuracy": accuracy}
+
+
+def torch_model(torch, initial):
+    nn = torch.nn
+
+    def conv(cin, cout):
+        return nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+
+    net = nn.Sequential(
+        conv(1, 16), nn.BatchNorm2d(16), nn.ReLU(),
+        conv(16, 32), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        conv(32, 64), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.25), nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 10),
+    )
+    # cnnc's weight-file names, in the order torch's state_dict lists the same tensors
+    names = []
+    for i in (1, 2, 3):
+        names += [f"features.conv{i}.weight"]
+        names += [f"features.batchnorm{i}.{k}"
+                  for k in ("weight", "bias", "running_mean", "running_var")]
+    names += ["logits.dense1.weight", "logits.dense1.bias", "logits.dense2.weight",
+              "logits.dense2.bias"]
+    state = net.state_dict()
+    keys = [k for k in state if not k.endswith("num_batches_tracked")]
+    assert len(keys) == len(names), (keys, names)
+    for key, name in zip(keys, names):
+        assert tuple(state[key].shape) == initial[name].shape, (key, name)
+        state[key] = torch.from_numpy(initial[name].copy())
+    net.load_state_dict(state)
+    return net
+
+
+def run_torch(torch, data, args, perms, initial):
+    torch.manual_seed(args.seed)
+    net = torch_model(torch, initial)
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    x = torch.from_numpy(data.x_train.astype(np.float32))
+    y = torch.from_numpy(data.y_train)
+    x_test = torch.from_numpy(data.x_test.astype(np.float32))
+    y_test = data.y_test
+    train_seconds = 0.0
+    started = time.perf_counter()
+    for perm in perms:
+        net.train()
+        loss_sum = 0.0
+        for i in range(0, len(perm), args.batch):
+            idx = torch.from_numpy(perm[i:i + args.batch])
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            train_seconds += time.perf_counter() - t0
+            loss_sum += loss.item() * len(idx)
+        net.eval()
+        with torch.no_grad():
+            scores = net(x_test).numpy()
+        accuracy = accuracy_count(scores, y_test) / len(y_test)
+    total = time.perf_counter() - started
+    return {"train_s": train_seconds, "total_s": total,
+            "images_per_s": len(perms) * len(x) / train_seconds,
+            "train_loss": loss_sum / len(x), "test_accuracy": accuracy}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--no-torch", action="store_true")
+    args = parser.parse_args()
+
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            print("torch is not installed: cnnc only")
+    if torch is not None and args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(f"load average at start: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    data = train.load_digits()
+    print(f"digits: {len(data.x_train)} training and {len(data.x_test)} test images; "
+          f"{args.epochs} epochs, batch {args.batch}, Adam lr {args.lr}, float32, seed "
+          f"{args.seed}" + (f", torch {torch.__version__} with {torch.get_num_threads()} "
+                            "threads" if torch is not None else ""))
+    perms = orders(args.seed, len(data.x_train), args.epochs)
+    results = {"cnnc": [], "torch": []}
+    for _ in range(args.runs):
+        initial, figures = run_cnnc(data, args, perms)
+        results["cnnc"].append(figures)
+        if torch is not None:
+            results["torch"].append(run_torch(torch, data, args, perms, initial))
+
+    header = (f"{'':<8}{'train s':>10}{'with eval s':>13}{'images/s':>11}"
+              f"{'train loss':>12}{'test acc':>10}")
+    print(header)
+    print("-" * len(header))
+    for name, runs in results.items():
+        if not runs:
+            continue
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print(f"{name:<8}{med['train_s']:>10.2f}{med['total_s']:>13.2f}"
+              f"{med['images_per_s']:>11,.0f}{med['train_loss']:>12.4f}"
+              f"{med['test_accuracy']:>10.2%}")
+    print(f"load average at end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
