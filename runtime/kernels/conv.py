@@ -14,8 +14,8 @@ from .activation import apply_act_
 
 # Bytes of column matrix per chunk: big enough for a wide GEMM, small enough for L2/L3.
 WORKSPACE_BYTES = 4 << 20
-# Stride-1 convolutions use the shifted-rows GEMM (`_conv_shifted`); False forces the strided
-# im2col path everywhere (the benchmarks compare the two).
+# Convolutions other than plain 1x1 ones use the shifted-rows GEMM (`_conv_shifted`); False
+# forces the strided im2col path everywhere (the benchmarks compare the two).
 SHIFTED = True
 
 
@@ -86,48 +86,63 @@ def _flat_view(out, shape, dtype, where):
     return xp.lib.stride_tricks.as_strided(out, (n, o, ho * wo), (s_n, s_o, out.itemsize))
 
 
-def _conv_shifted(x, w, b, pads, dilation, groups, act, out, xp):
-    """A stride-1 convolution as one GEMM over shifted rows of the padded image.
+def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp):
+    """A convolution as one GEMM over shifted rows of phase planes of the padded image.
 
-    In a padded plane stored row after row, the tap ``(i, j)`` of every output pixel is
-    the plane shifted by ``i*dh*Wp + j*dw``. So the column matrix's rows are contiguous
-    runs of ``Ho*Wp`` values (the last ``Wp - Wo`` of each output row are discarded),
-    copied at memory speed, where a strided im2col copies runs of ``Wo``. The bias rides
-    in the GEMM as a row of ones; the activation is applied while copying the kept
-    columns out.
+    In a padded plane stored row after row, the tap ``(i, j)`` of every stride-1 output
+    pixel is the plane shifted by ``i*dh*Wp + j*dw``. So the column matrix's rows are
+    contiguous runs of ``Ho*Wp`` values (the last ``Wp - Wo`` of each output row are
+    discarded), copied at memory speed, where a strided im2col copies runs of ``Wo``.
+    A stride ``s`` first splits the padded image into ``sh*sw`` phase planes (rows
+    ``p, p+sh, ...`` and columns ``q, q+sw, ...``); every tap then reads one phase plane
+    shifted, exactly as at stride 1. The bias rides in the GEMM as a row of ones; the
+    activation is applied while the kept columns are copied out.
     """
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     og = o // groups
+    sh, sw = stride
     dh, dw = dilation
     top, bottom, left, right = pads
     hp, wp = h + top + bottom, wd + left + right
-    ho, wo = hp - (kh - 1) * dh, wp - (kw - 1) * dw
-    span = ho * wp  # one image's columns, discarded ones included
-    taps = kh * kw
-    k = taps * cg + (b is not None)
+    ho, wo = (hp - (kh - 1) * dh - 1) // sh + 1, (wp - (kw - 1) * dw - 1) // sw + 1
+    hq, wq = -(-hp // sh), -(-wp // sw)  # one phase plane
+    plane = (hq + 1) * wq  # a spare row: the last tap of the last row runs past the plane
+    span = ho * wq  # one image's columns, discarded ones included
+    taps = [((i * dh) % sh * sw + (j * dw) % sw, (i * dh) // sh * wq + (j * dw) // sw)
+            for i in range(kh) for j in range(kw)]  # (phase, shift) of each tap
+    used = sorted({phase for phase, _ in taps})
+    k = len(taps) * cg + (b is not None)
     # weights tap-major, to match the column rows: (G, O/G, taps*C/G [+ bias])
-    wt = w.reshape(groups, og, cg, taps).transpose(0, 1, 3, 2).reshape(groups, og, taps * cg)
+    wt = w.reshape(groups, og, cg, kh * kw).transpose(0, 1, 3, 2).reshape(groups, og, -1)
     if b is not None:
         wt = xp.concatenate([wt, b.reshape(groups, og, 1)], axis=2)
     nb = max(1, min(n, WORKSPACE_BYTES // (k * span * x.itemsize)))
-    # One spare row below the padding: the last tap of the last row runs past the plane.
-    xpad = xp.zeros((nb, c, hp + 1, wp), dtype=x.dtype)
-    planes = xpad.reshape(nb, groups, cg, (hp + 1) * wp)
+    phases = xp.zeros((nb, c, len(used), hq + 1, wq), dtype=x.dtype)  # zeros: the padding
+    fills = []  # (slot, rows of the plane, columns of the plane, rows of x, columns of x)
+    for slot, phase in enumerate(used):
+        p, q = divmod(phase, sw)
+        a0, a1 = -(-(top - p) // sh), (top + h - 1 - p) // sh  # plane rows holding x
+        b0, b1 = -(-(left - q) // sw), (left + wd - 1 - q) // sw
+        if a1 >= a0 and b1 >= b0:
+            fills.append((slot, slice(a0, a1 + 1), slice(b0, b1 + 1),
+                          slice(p + sh * a0 - top, p + sh * a1 - top + 1, sh),
+                          slice(q + sw * b0 - left, q + sw * b1 - left + 1, sw)))
+    planes = phases.reshape(nb, groups, cg, len(used), plane)
     col = xp.empty((groups, k, nb * span), dtype=x.dtype)
     if b is not None:
         col[:, -1] = 1
-    rows = col[:, :taps * cg].reshape(groups, taps, cg, nb, span)
+    rows = col[:, :len(taps) * cg].reshape(groups, len(taps), cg, nb, span)
     y = xp.empty((groups, og, nb * span), dtype=x.dtype)
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
-        xpad[:m, :, top:top + h, left:left + wd] = x[n0:n0 + m]
-        for t in range(taps):
-            i, j = divmod(t, kw)
-            shift = i * dh * wp + j * dw
-            rows[:, t, :, :m] = planes[:m, :, :, shift:shift + span].transpose(1, 2, 0, 3)
+        for slot, pr, pc, xr, xc in fills:
+            phases[:m, :, slot, pr, pc] = x[n0:n0 + m, :, xr, xc]
+        for t, (phase, shift) in enumerate(taps):
+            src = planes[:m, :, :, used.index(phase), shift:shift + span]
+            rows[:, t, :, :m] = src.transpose(1, 2, 0, 3)
         ym = xp.matmul(wt, col[:, :, :m * span], out=y[:, :, :m * span])
-        kept = ym.reshape(groups, og, m, ho, wp)[..., :wo].transpose(2, 0, 1, 3, 4)
+        kept = ym.reshape(groups, og, m, ho, wq)[..., :wo].transpose(2, 0, 1, 3, 4)
         dest = out[n0:n0 + m].reshape(m, groups, og, ho, wo)
         if act == "relu" or (isinstance(act, tuple) and act[0] == "relu"):
             xp.maximum(kept, 0, out=dest)
@@ -167,12 +182,12 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     wo = checked_out(wd, kw, sw, pads[2:], dw, False, "conv2d width")
     og = o // groups
     spatial = ho * wo
-    if SHIFTED and sh == sw == 1 and kh * kw > 1:
+    if SHIFTED and not (kh == kw == sh == sw == 1 and max(pads) == 0):
         if out is None:
             out = xp.empty((n, o, ho, wo), dtype=dtype)
         else:
             _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
-        _conv_shifted(x, w, b, pads, (dh, dw), groups, act, out, xp)
+        _conv_shifted(x, w, b, pads, (sh, sw), (dh, dw), groups, act, out, xp)
         return out
     wg = w.reshape(groups, og, cg * kh * kw)  # (G, O/G, C/G*kh*kw)
     if out is None:
