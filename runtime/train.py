@@ -31,7 +31,6 @@ import json
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 import zipfile
@@ -39,6 +38,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .files import write_atomically
 from .losses import accuracy_count, softmax_cross_entropy
 from .optim import Optimizer, OptimizerStateError, Schedule
 
@@ -253,20 +253,9 @@ def check_data(plan, data: Dataset) -> None:
 
 
 def _atomic_savez(path: str, arrays: dict) -> None:
-    """Write an .npz next to ``path`` and move it into place: a reader sees the old file or
-    the new one, never a half-written one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".cnnc-", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """An .npz written next to ``path`` and moved into place (runtime/files.py): a reader
+    sees the old file or the new one, never a half-written one."""
+    write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 @dataclass
@@ -596,7 +585,9 @@ class Trainer:
                 np.random.default_rng().bit_generator.state = meta["epoch_rng"]
             dropout_state = meta.get("dropout_rng")
             rng = _model_rng(model)
-            if dropout_state is not None and rng is not None:
+            if _generator_state(rng) is None:  # CuPy's generators keep their state hidden
+                dropout_state = None
+            if dropout_state is not None:
                 type(rng.bit_generator)().state = dropout_state
             position = (int(meta["epoch"]), int(meta["step"]), meta["epoch_rng"])
             partial = _Partial(**meta["partial"])
@@ -615,7 +606,7 @@ class Trainer:
         self.schedule = schedule
         self.batch_size, self.seed, self.label_smoothing = settings
         self.rng = shuffle
-        if dropout_state is not None and rng is not None:
+        if dropout_state is not None:
             rng.bit_generator.state = dropout_state
         self.epoch, self.step_in_epoch, self.epoch_rng_state = position
         self.partial = partial
