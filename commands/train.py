@@ -369,6 +369,10 @@ def main(args) -> int:
         raise CommandError(str(err)) from None
     except train.TrainingDiverged as err:
         raise CommandError(str(err), EXIT_ERRORS) from None
+    except (ValueError, MemoryError) as err:  # a kernel refusing its input, memory running out
+        raise CommandError(f"training failed at epoch {trainer.epoch + 1}, step "
+                           f"{trainer.step_in_epoch + 1}: {type(err).__name__}: {err}",
+                           EXIT_ERRORS) from None
     except train.TrainingInterrupted as err:
         out.flush()
         hint = f"; continue with --resume {err.checkpoint}" if err.checkpoint else ""

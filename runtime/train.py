@@ -333,6 +333,16 @@ class _Partial:
     seconds: float = 0.0
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(begin, end)`` of each mini-batch of an epoch over ``n`` shuffled samples. The last
+    batch may be smaller; a last batch of a single sample joins the one before it, since
+    batch normalisation cannot estimate a variance from one sample."""
+    bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def _generator_state(rng):
     """A JSON-ready copy of a generator's state, or None when it has none to give (CuPy's)."""
     bit = getattr(rng, "bit_generator", None)
@@ -400,7 +410,7 @@ class Trainer:
         x_test = xp.asarray(data.x_test, dtype=dtype)
         y_test = xp.asarray(data.y_test, dtype=np.int64)
         n = len(data.x_train)
-        steps = -(-n // self.batch_size)
+        steps = len(batch_bounds(n, self.batch_size))
 
         previous = self._catch_sigint()
         started = time.perf_counter()
@@ -424,12 +434,14 @@ class Trainer:
             again.bit_generator.state = self.epoch_rng_state
             order = again.permutation(n)
         order = xp.asarray(order)
+        bounds = batch_bounds(n, self.batch_size)
         self.optimizer.lr = self.schedule.lr_at(self.epoch)
         progress.start_epoch(self.epoch + 1, epochs, steps)
         part = self.partial
         for s in range(self.step_in_epoch, steps):
             t0 = time.perf_counter()
-            idx = order[s * self.batch_size:(s + 1) * self.batch_size]
+            begin, end = bounds[s]
+            idx = order[begin:end]
             xb, yb = x_train[idx], y_train[idx]
             with np.errstate(all="ignore"):  # a non-finite loss is reported below, once
                 logits = self.model.forward(xb, train=True, logits=True)

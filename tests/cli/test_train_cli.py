@@ -260,3 +260,15 @@ def test_usage_errors_exit_2(work, capsys):
         main(["train", "tiny.cnn", "--data", "data.npz", "--epochs", "0"])
     assert exit_.value.code == 2
     assert "argument --epochs: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_kernel_refusing_its_input_is_an_error_line(work, capsys):
+    # batch normalisation over one sample has no variance to estimate
+    (work / "bn.cnn").write_text("network bn\ninput x: [1, 4, 4]\n"
+                                 "output y = x -> flatten -> dense(3) -> batchnorm\n")
+    x, y = quadrants(3)
+    np.savez(work / "one.npz", x=x[:1], y=y[:1], x_test=x[1:], y_test=y[1:])
+    status, _, err = run(capsys, "bn.cnn", "--data", "one.npz")
+    assert status == 1
+    assert err.startswith("cnnc: error: training failed at epoch 1, step 1: ValueError: "
+                          "batchnorm: training needs more than one value per channel")

@@ -353,3 +353,19 @@ def test_softmax_output_trains_on_its_logits():
 def test_model_exposes_its_dropout_generator():
     model = build()
     assert hasattr(model, "rng")
+
+
+def test_batch_bounds():
+    assert train.batch_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert train.batch_bounds(9, 4) == [(0, 4), (4, 9)]  # no batch of one sample
+    assert train.batch_bounds(1, 4) == [(0, 1)]
+    assert train.batch_bounds(8, 8) == [(0, 8)]
+
+
+def test_last_batch_of_one_joins_the_previous_one():
+    # 33 samples in batches of 16: 16 and 17, so the batchnorm after dense never sees one
+    model = build("network bn\ninput x: [1, 4, 4]\noutput y = x -> flatten -> dense(3) "
+                  "-> batchnorm\n")
+    data = dataset(n_train=33, n_test=6)
+    history = trainer_for(model).fit(data, epochs=1)
+    assert history[0].train_accuracy >= 0
