@@ -188,8 +188,11 @@ def _resumed_settings(args, meta: dict, path: str) -> dict:
     }
     for key, value in saved.items():
         given = getattr(args, key, None)
-        if given is None or value is None or given == value:
+        if given is None or given == value:
             continue
+        if value is None:
+            raise CommandError(f"{_flag(key)} does not apply to the checkpoint's optimizer, "
+                               f"{opt['kind']} ({path})")
         raise CommandError(f"{_flag(key)} {given} differs from the checkpoint's {value} "
                            f"({path}); a resumed run keeps the settings it was started with, "
                            "so leave the flag out")
@@ -359,7 +362,9 @@ def main(args) -> int:
 
     out = sys.stdout
     progress = _Bar(out) if out.isatty() else _Lines(out)
-    if ckpt is not None:
+    if ckpt is not None and trainer.epoch >= epochs:
+        print(f"{args.resume} already holds {trainer.epoch} epochs; nothing to train", file=out)
+    elif ckpt is not None:
         print(f"resuming {args.resume} at epoch {trainer.epoch + 1}"
               + (f", step {trainer.step_in_epoch + 1}" if trainer.step_in_epoch else ""),
               file=out)

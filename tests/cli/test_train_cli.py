@@ -122,6 +122,27 @@ def test_resume_refuses_a_changed_setting(work, capsys):
                    "out\n")
 
 
+def test_resume_refuses_a_flag_of_another_optimizer(work, capsys):
+    assert run(capsys, "tiny.cnn", "--data", "data.npz", "--epochs", "1")[0] == 0
+    status, _, err = run(capsys, "tiny.cnn", "--data", "data.npz", "--epochs", "2",
+                         "--resume", "tiny.ckpt.npz", "--momentum", "0.5")
+    assert status == 2
+    assert err == ("cnnc: error: --momentum does not apply to the checkpoint's optimizer, adam "
+                   "(tiny.ckpt.npz)\n")
+
+
+def test_resuming_a_finished_run_saves_its_weights(work, capsys):
+    assert run(capsys, "tiny.cnn", "--data", "data.npz", "--epochs", "2", "-o", "a.npz")[0] == 0
+    status, out, _ = run(capsys, "tiny.cnn", "--data", "data.npz", "--epochs", "2",
+                         "--resume", "a.ckpt.npz", "-o", "b.npz", "--format", "json")
+    assert status == 0
+    assert out.splitlines()[0] == "a.ckpt.npz already holds 2 epochs; nothing to train"
+    assert json.loads(out.splitlines()[-1])["epochs"] == 2
+    with np.load(work / "a.npz") as a, np.load(work / "b.npz") as b:
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_nan_loss_exits_1_naming_epoch_and_step(work, capsys):
     # SGD with lr 1e30 in float32: the first step throws the weights to ~1e30, the next
     # forward overflows

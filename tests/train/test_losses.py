@@ -118,7 +118,8 @@ def test_cross_entropy_refuses(labels, message):
 
 
 def test_cross_entropy_refuses_rank_and_smoothing():
-    with pytest.raises(LossInputError, match=r"logits must be \[N, classes\], got shape \[2, 3, 1\]"):
+    with pytest.raises(LossInputError,
+                       match=r"logits must be \[N, classes\], got shape \[2, 3, 1\]"):
         softmax_cross_entropy(np.zeros((2, 3, 1)), np.array([0, 1]))
     with pytest.raises(LossInputError, match=r"label_smoothing must be in \[0, 1\], got 1.5"):
         softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), 1.5)
