@@ -175,7 +175,7 @@ class Model:
             raise InputError(f"inputs given: {sorted(x)}; the network takes {names}")
         out = {}
         for name in names:
-            arr = self.xp.asarray(x[name], dtype=self.dtype)
+            arr = self._on_device(x[name], name)
             want = self.plan.inputs[name]
             if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != tuple(want):
                 dims = ", ".join(str(d) for d in want)
@@ -187,6 +187,17 @@ class Model:
             sizes = ", ".join(f"{name} has {n}" for name, n in batches.items())
             raise InputError(f"inputs must share one batch size: {sizes}")
         return out
+
+    def _on_device(self, value, name):
+        """``value`` as an array of the model's dtype on the model's device: a CuPy array
+        given to a NumPy model is copied to the host, a NumPy array given to a CuPy model
+        to the GPU."""
+        if self.backend == "numpy" and type(value).__module__.startswith("cupy"):
+            value = value.get()
+        try:
+            return self.xp.asarray(value, dtype=self.dtype)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"input `{name}` is not a numeric array: {err}") from None
 
     def __call__(self, x):
         """Inference: the memory-planned, fused schedule (see compiler/memory.py)."""
