@@ -64,7 +64,8 @@ class Model:
         self.params = self._init(seed)
         self.grads: dict = {}
         self._tape = None  # what the last forward(...) kept for backward
-        self._rng = self.xp.random.default_rng(seed)  # dropout masks
+        # Dropout masks in training; its state is part of a training checkpoint.
+        self.rng = self.xp.random.default_rng(seed)
         self._executor = None
 
     @property
@@ -115,14 +116,20 @@ class Model:
         return out
 
     def state(self) -> dict:
-        """Every parameter and buffer as a NumPy array, keyed by weight-file name."""
+        """A copy of every parameter and buffer as a NumPy array, keyed by weight-file name
+        (later training does not change it)."""
+        return {k: _to_numpy(v).copy() if self.backend == "numpy" else _to_numpy(v)
+                for k, v in self.params.items()}
+
+    def _host(self) -> dict:
+        """Parameters and buffers on the host, without a copy where they already are."""
         return {k: _to_numpy(v) for k, v in self.params.items()}
 
     def save(self, path) -> None:
         """Write parameters and buffers to an .npz file, atomically."""
         from .files import write_atomically
 
-        state = self.state()
+        state = self._host()
         write_atomically(path, lambda f: np.savez(f, **state))
 
     def export(self, path=None, opset: int = 17):
@@ -130,7 +137,7 @@ class Model:
         given; returns the ``onnx.ModelProto``. Needs the ``onnx`` package."""
         from .onnx_export import export
 
-        return export(self.plan, self.state(), path, opset)
+        return export(self.plan, self._host(), path, opset)
 
     def load(self, path) -> None:
         """Read an .npz weight file. Every missing, extra or mis-shaped entry is listed; on
@@ -232,7 +239,7 @@ class Model:
         for step in self.plan.steps:
             forward, _ = table[step.op]
             args = [values[i] for i in step.inputs] + [self.params[p] for p in step.params]
-            values[step.name], saved = forward(*args, train=train, rng=self._rng, **step.attrs)
+            values[step.name], saved = forward(*args, train=train, rng=self.rng, **step.attrs)
             tape.append((step, saved))
         heads = self._heads(logits)
         outputs = {name: values[buf] for name, buf in heads.items()}

@@ -98,6 +98,9 @@ class Optimizer:
             self.counts[key] += 1
             wd = self.weight_decay if key in self.decayed else 0.0
             self._update(key, params[key], g, wd)
+        changed = getattr(self._source, "mark_changed", None)
+        if changed is not None:
+            changed()  # a Model refolds its batchnorms before the next inference
 
     def _update(self, key, p, g, wd):  # pragma: no cover - each optimizer defines it
         raise NotImplementedError

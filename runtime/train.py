@@ -630,7 +630,7 @@ class Trainer:
 
 def _model_rng(model):
     """The generator the model draws dropout masks from."""
-    return getattr(model, "rng", None) or getattr(model, "_rng", None)
+    return model.rng
 
 
 def to_json_history(history) -> list[dict]:

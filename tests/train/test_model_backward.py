@@ -173,3 +173,27 @@ def test_summary_train(capsys):
     assert rep["train_grad_bytes"] == 4 * 61706
     assert main(["summary", "examples/lenet5.cnn", "--train"]) == 0
     assert "Training keeps:" in capsys.readouterr().out
+
+
+def test_inference_after_optimizer_steps_sees_the_new_weights():
+    from cnnc.runtime.optim import SGD
+
+    model = cnnc.compile(TWO_HEADS).build(backend="numpy", dtype="float64", seed=0)
+    xs = _inputs(model, 4)
+    model(xs)  # folds batchnorm into the conv before it
+    opt = SGD(model, lr=0.5)
+    for _ in range(2):
+        out = model.forward(xs, train=True)
+        model.backward({k: np.ones_like(v) for k, v in out.items()})
+        opt.step()
+    planned, interpreted = model(xs), model.interpret(xs)
+    for k in planned:
+        np.testing.assert_allclose(planned[k], interpreted[k], rtol=1e-12, atol=1e-12)
+
+
+def test_state_is_a_snapshot():
+    model = cnnc.compile(TWO_HEADS).build(backend="numpy", dtype="float64", seed=0)
+    snap = model.state()
+    key = next(iter(model.plan.params))
+    model.params[key] += 1
+    assert not np.array_equal(snap[key], model.params[key])

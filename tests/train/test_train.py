@@ -348,8 +348,6 @@ def test_softmax_output_trains_on_its_logits():
     assert history[-1].test_accuracy >= 0.9
 
 
-@pytest.mark.xfail(strict=True, reason="Model keeps its dropout generator private (_rng); the "
-                   "trainer reaches into it to save and restore its state for exact resume")
 def test_model_exposes_its_dropout_generator():
     model = build()
     assert hasattr(model, "rng")
