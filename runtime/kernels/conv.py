@@ -95,8 +95,9 @@ def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp):
     discarded), copied at memory speed, where a strided im2col copies runs of ``Wo``.
     A stride ``s`` first splits the padded image into ``sh*sw`` phase planes (rows
     ``p, p+sh, ...`` and columns ``q, q+sw, ...``); every tap then reads one phase plane
-    shifted, exactly as at stride 1. The bias rides in the GEMM as a row of ones; the
-    activation is applied while the kept columns are copied out.
+    shifted, exactly as at stride 1. The column rows are ordered channel-major, as the
+    weights lie, so the weights are used as they are, never copied. Bias and activation are
+    applied while the kept columns are copied out.
     """
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
@@ -112,11 +113,8 @@ def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp):
     taps = [((i * dh) % sh * sw + (j * dw) % sw, (i * dh) // sh * wq + (j * dw) // sw)
             for i in range(kh) for j in range(kw)]  # (phase, shift) of each tap
     used = sorted({phase for phase, _ in taps})
-    k = len(taps) * cg + (b is not None)
-    # weights tap-major, to match the column rows: (G, O/G, taps*C/G [+ bias])
-    wt = w.reshape(groups, og, cg, kh * kw).transpose(0, 1, 3, 2).reshape(groups, og, -1)
-    if b is not None:
-        wt = xp.concatenate([wt, b.reshape(groups, og, 1)], axis=2)
+    k = len(taps) * cg
+    wt = w.reshape(groups, og, k)  # (G, O/G, C/G*kh*kw): a view
     nb = max(1, min(n, WORKSPACE_BYTES // (k * span * x.itemsize)))
     phases = xp.zeros((nb, c, len(used), hq + 1, wq), dtype=x.dtype)  # zeros: the padding
     fills = []  # (slot, rows of the plane, columns of the plane, rows of x, columns of x)
@@ -130,9 +128,8 @@ def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp):
                           slice(q + sw * b0 - left, q + sw * b1 - left + 1, sw)))
     planes = phases.reshape(nb, groups, cg, len(used), plane)
     col = xp.empty((groups, k, nb * span), dtype=x.dtype)
-    if b is not None:
-        col[:, -1] = 1
-    rows = col[:, :len(taps) * cg].reshape(groups, len(taps), cg, nb, span)
+    rows = col.reshape(groups, cg, len(taps), nb, span)
+    bias = None if b is None else b.reshape(1, groups, og, 1, 1)
     y = xp.empty((groups, og, nb * span), dtype=x.dtype)
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
@@ -140,16 +137,21 @@ def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp):
             phases[:m, :, slot, pr, pc] = x[n0:n0 + m, :, xr, xc]
         for t, (phase, shift) in enumerate(taps):
             src = planes[:m, :, :, used.index(phase), shift:shift + span]
-            rows[:, t, :, :m] = src.transpose(1, 2, 0, 3)
+            rows[:, :, t, :m] = src.transpose(1, 2, 0, 3)
         ym = xp.matmul(wt, col[:, :, :m * span], out=y[:, :, :m * span])
         kept = ym.reshape(groups, og, m, ho, wq)[..., :wo].transpose(2, 0, 1, 3, 4)
         dest = out[n0:n0 + m].reshape(m, groups, og, ho, wo)
-        if act == "relu" or (isinstance(act, tuple) and act[0] == "relu"):
+        relu = act == "relu" or (isinstance(act, tuple) and act[0] == "relu")
+        if bias is not None:
+            xp.add(kept, bias, out=dest)
+            if relu:
+                xp.maximum(dest, 0, out=dest)
+        elif relu:
             xp.maximum(kept, 0, out=dest)
         else:
             dest[...] = kept
-            if act is not None:
-                apply_act_(out[n0:n0 + m], act)
+        if act is not None and not relu:
+            apply_act_(out[n0:n0 + m], act)
 
 
 def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None):
