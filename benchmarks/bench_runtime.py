@@ -7,7 +7,9 @@ Timing: the three run the same network with the same float32 weights in one proc
 interleaved call by call, after warm-up; the median per image and the ratios are printed,
 and the outputs are compared. PyTorch runs the plan through ``torch.nn.functional`` under
 ``inference_mode`` (runtime/torch_ref.py); ONNX Runtime runs cnnc's own ONNX export with
-all graph optimisations. All three are given the same number of threads.
+all graph optimisations. All three are given the same number of threads, and none of them
+may spin its threads between calls (ONNX Runtime's ``allow_spinning`` off, OpenMP's wait
+policy passive), or the framework timed next would share its cores with spinning threads.
 
 Memory (``--memory``): each framework runs alone in a fresh child process; after the model
 is loaded and one call has warmed it up, the peak-RSS counter is reset
@@ -27,7 +29,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+# Before NumPy and PyTorch load their thread pools: idle threads sleep rather than spin.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -77,6 +82,7 @@ def _runners(name: str, threads: int, which=FRAMEWORKS) -> dict:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             proto = export(model.plan, model.state())
             session = ort.InferenceSession(proto.SerializeToString(), opts,
                                            providers=["CPUExecutionProvider"])
