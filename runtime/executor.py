@@ -16,11 +16,13 @@ from ..compiler.plan import Op
 
 
 class Executor:
-    def __init__(self, eplan: ExecPlan, xp, kernels: dict, accepts_out: frozenset, dtype):
+    def __init__(self, eplan: ExecPlan, xp, kernels: dict, accepts_out: frozenset, dtype,
+                 accepts_scale: frozenset = frozenset()):
         self.eplan = eplan
         self.xp = xp
         self.kernels = kernels
         self.accepts_out = accepts_out
+        self.accepts_scale = accepts_scale
         self.dtype = dtype
         self._arena = None  # (batch, [slot arrays], {tensor: view})
         self._folded = None
@@ -49,18 +51,22 @@ class Executor:
         return self._folded
 
     def _fold(self, e, params):
-        """Weights and bias of ``e`` with its batchnorm folded in (computed in float64)."""
+        """``(weight, bias, scale)`` of ``e`` with its batchnorm folded in (computed in
+        float64). Where the kernel takes ``scale=``, the weight is the parameter itself and
+        the scale is applied per output channel; otherwise the weight is a scaled copy."""
         xp = self.xp
         gamma, beta, mean, var = (xp.asarray(params[k], dtype=xp.float64) for k in e.fold)
         scale = gamma / xp.sqrt(var + e.fold_eps)
-        w = xp.asarray(params[e.params[0]], dtype=xp.float64)
-        w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
         if len(e.params) > 1:
             b = xp.asarray(params[e.params[1]], dtype=xp.float64)
         else:
             b = xp.zeros_like(mean)
-        b = (b - mean) * scale + beta
-        return w.astype(self.dtype), b.astype(self.dtype)
+        b = ((b - mean) * scale + beta).astype(self.dtype)
+        if e.op in self.accepts_scale:
+            return None, b, scale.astype(self.dtype)
+        w = xp.asarray(params[e.params[0]], dtype=xp.float64)
+        w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        return w.astype(self.dtype), b, None
 
     # ---- memory -------------------------------------------------------------------------
     def _resolve(self, name, n, slots, cache, fresh):
@@ -134,7 +140,10 @@ class Executor:
                 continue
             attrs = e.attrs
             if e.fold:
-                ps = list(folded[e.out])
+                w, b, scale = folded[e.out]
+                ps = [params[e.params[0]] if w is None else w, b]
+                if scale is not None:
+                    attrs = dict(attrs, scale=scale)
             else:
                 ps = [params[k] for k in e.params]
             if e.act_params:

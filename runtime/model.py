@@ -39,9 +39,9 @@ def _backend(name: str):
         except Exception:  # no CuPy, or no usable CUDA driver: the CPU it is
             name = "numpy"
     if name == "numpy":
-        from .numpy_backend import ACCEPTS_OUT, KERNELS
+        from .numpy_backend import ACCEPTS_OUT, ACCEPTS_SCALE, KERNELS
 
-        return "numpy", np, KERNELS, ACCEPTS_OUT
+        return "numpy", np, KERNELS, ACCEPTS_OUT, ACCEPTS_SCALE
     if name == "cupy":
         try:
             import cupy
@@ -50,14 +50,16 @@ def _backend(name: str):
         from . import cupy_backend
 
         accepts_out = getattr(cupy_backend, "ACCEPTS_OUT", frozenset())
-        return "cupy", cupy, cupy_backend.KERNELS, accepts_out
+        accepts_scale = getattr(cupy_backend, "ACCEPTS_SCALE", frozenset())
+        return "cupy", cupy, cupy_backend.KERNELS, accepts_out, accepts_scale
     raise ValueError(f"unknown backend {name!r}; expected 'auto', 'numpy' or 'cupy'")
 
 
 class Model:
     def __init__(self, plan: Plan, backend: str = "auto", seed: int = 0, dtype="float32"):
         self.plan = plan
-        self.backend, self.xp, self.kernels, self._accepts_out = _backend(backend)
+        (self.backend, self.xp, self.kernels, self._accepts_out,
+         self._accepts_scale) = _backend(backend)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
@@ -76,7 +78,7 @@ class Model:
             from .executor import Executor
 
             self._executor = Executor(plan_memory(self.plan), self.xp, self.kernels,
-                                      self._accepts_out, self.dtype)
+                                      self._accepts_out, self.dtype, self._accepts_scale)
         return self._executor
 
     def mark_changed(self) -> None:

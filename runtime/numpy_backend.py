@@ -18,6 +18,10 @@ ACCEPTS_OUT = frozenset({
     Op.CONV2D, Op.DENSE, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.ACTIVATION, Op.ADD, Op.BATCHNORM,
 })
 
+# Ops whose kernel takes ``scale=`` (per output channel, before the bias): a batchnorm folded
+# into them needs no scaled copy of the weights.
+ACCEPTS_SCALE = frozenset({Op.CONV2D, Op.DENSE})
+
 KERNELS = {
     Op.CONV2D: conv2d,
     Op.MAXPOOL2D: maxpool2d,

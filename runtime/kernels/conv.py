@@ -66,8 +66,10 @@ def window_view(xpad, kernel, stride, dilation, out_hw, xp):
     return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=strides)
 
 
-def _epilogue_(slab, b, act):
-    """Bias and activation, in place, on a chunk ``(n, O, Ho*Wo)`` of the output."""
+def _epilogue_(slab, b, act, scale=None):
+    """Scale, bias and activation, in place, on a chunk ``(n, O, Ho*Wo)`` of the output."""
+    if scale is not None:
+        slab *= scale.reshape(-1, 1)
     if b is not None:
         slab += b.reshape(-1, 1)
     apply_act_(slab, act)
@@ -86,7 +88,7 @@ def _flat_view(out, shape, dtype, where):
     return xp.lib.stride_tricks.as_strided(out, (n, o, ho * wo), (s_n, s_o, out.itemsize))
 
 
-def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp):
+def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp, scale=None):
     """A convolution as one GEMM over shifted rows of phase planes of the padded image.
 
     In a padded plane stored row after row, the tap ``(i, j)`` of every stride-1 output
@@ -130,6 +132,7 @@ def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp):
     col = xp.empty((groups, k, nb * span), dtype=x.dtype)
     rows = col.reshape(groups, cg, len(taps), nb, span)
     bias = None if b is None else b.reshape(1, groups, og, 1, 1)
+    gain = None if scale is None else scale.reshape(1, groups, og, 1, 1)
     y = xp.empty((groups, og, nb * span), dtype=x.dtype)
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
@@ -142,7 +145,13 @@ def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp):
         kept = ym.reshape(groups, og, m, ho, wq)[..., :wo].transpose(2, 0, 1, 3, 4)
         dest = out[n0:n0 + m].reshape(m, groups, og, ho, wo)
         relu = act == "relu" or (isinstance(act, tuple) and act[0] == "relu")
-        if bias is not None:
+        if gain is not None:
+            xp.multiply(kept, gain, out=dest)
+            if bias is not None:
+                dest += bias
+            if relu:
+                xp.maximum(dest, 0, out=dest)
+        elif bias is not None:
             xp.add(kept, bias, out=dest)
             if relu:
                 xp.maximum(dest, 0, out=dest)
@@ -154,7 +163,8 @@ def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp):
             apply_act_(out[n0:n0 + m], act)
 
 
-def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None):
+def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None,
+           scale=None):
     """Convolve ``x (N, C, H, W)`` with ``w (O, C/groups, kh, kw)``; returns ``(N, O, Ho, Wo)``.
 
     ``pad`` is ``p``, ``(ph, pw)`` or ``(top, bottom, left, right)``; ``stride`` and
@@ -162,6 +172,8 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     or ``(name, params)``. Float32 inputs give a float32 result; the output is contiguous.
     ``out`` is an ``(N, O, Ho, Wo)`` array to write into; its rows ``H`` and ``W`` must be
     contiguous, so a channel slice of a larger array works (a concat writing in place).
+    ``scale`` (``(O,)``) multiplies each output channel before the bias is added: a
+    batchnorm folded in at inference without a scaled copy of the weights.
     """
     xp = get_array_module(x, w)
     dtype = float_dtype(xp, x, w)
@@ -170,6 +182,10 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     if b is not None:
         b = xp.asarray(b, dtype=dtype)
     _check_conv_shapes(x, w, b, groups)
+    if scale is not None:
+        scale = xp.asarray(scale, dtype=dtype)
+        if tuple(scale.shape) != (w.shape[0],):
+            raise ValueError(f"conv2d: scale must be [{w.shape[0]}], got {tuple(scale.shape)}")
     sh, sw = pair(stride, "stride")
     dh, dw = pair(dilation, "dilation")
     pads = pads4(pad)
@@ -189,7 +205,7 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
             out = xp.empty((n, o, ho, wo), dtype=dtype)
         else:
             _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
-        _conv_shifted(x, w, b, pads, (sh, sw), (dh, dw), groups, act, out, xp)
+        _conv_shifted(x, w, b, pads, (sh, sw), (dh, dw), groups, act, out, xp, scale)
         return out
     wg = w.reshape(groups, og, cg * kh * kw)  # (G, O/G, C/G*kh*kw)
     if out is None:
@@ -224,5 +240,5 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
             y = xp.matmul(wg, col)  # (G, O/G, nb*Ho*Wo)
             y = y.reshape(groups, og, nb, spatial).transpose(2, 0, 1, 3)
             slab_g[...] = y
-        _epilogue_(slab, b, act)
+        _epilogue_(slab, b, act, scale)
     return out.reshape(n, o, ho, wo)

@@ -4,11 +4,12 @@ from ..xp import float_dtype, get_array_module
 from .activation import apply_act_
 
 
-def dense(x, w, b=None, *, act=None, out=None):
+def dense(x, w, b=None, *, act=None, out=None, scale=None):
     """``x (N, F) @ w.T + b`` with ``w (O, F)``, ``b (O,)``; returns ``(N, O)``.
 
     ``act`` is a fused activation applied in place: None, a name, or ``(name, params)``.
-    ``out`` is an ``(N, O)`` array to write into.
+    ``out`` is an ``(N, O)`` array to write into; ``scale`` (``(O,)``) multiplies each output
+    before the bias is added (a folded batchnorm).
     """
     xp = get_array_module(x, w)
     dtype = float_dtype(xp, x, w)
@@ -20,6 +21,10 @@ def dense(x, w, b=None, *, act=None, out=None):
             f"weight {tuple(w.shape)}"
         )
     y = xp.matmul(x, w.T, out=out)  # (N, O)
+    if scale is not None:
+        if tuple(scale.shape) != (w.shape[0],):
+            raise ValueError(f"dense: scale must be [{w.shape[0]}], got {tuple(scale.shape)}")
+        y *= xp.asarray(scale, dtype=dtype)
     if b is not None:
         if tuple(b.shape) != (w.shape[0],):
             raise ValueError(f"dense: bias must be [{w.shape[0]}], got {tuple(b.shape)}")

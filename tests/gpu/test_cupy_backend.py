@@ -807,6 +807,7 @@ def _models(device, dtype):
         model = compiled.build(backend="numpy", dtype=dtype, seed=3)
         model.kernels = cupy_backend.KERNELS
         model._accepts_out = cupy_backend.ACCEPTS_OUT
+        model._accepts_scale = getattr(cupy_backend, "ACCEPTS_SCALE", frozenset())
         model._grad_table = lambda: cupy_backend.GRADS
     model.params = {k: device.put(v.copy()) for k, v in reference.params.items()}
     model.mark_changed()

@@ -245,3 +245,40 @@ def test_summary_has_no_planned_peak_for_symbolic_sizes(capsys):
     finally:
         sys.stdin = sys.__stdin__
     assert "planned_activation_bytes" not in json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_batchnorm_folds_by_scale_or_by_scaled_weights(scaled):
+    from cnnc.runtime.executor import Executor
+
+    model = cnnc.compile(SOURCES["residual"]).build(backend="numpy", dtype="float64", seed=2)
+    for key in model.params:
+        if key.endswith("running_var"):
+            model.params[key] = np.linspace(0.5, 2.0, model.params[key].size)
+    accepts = model._accepts_scale if scaled else frozenset()
+    ex = Executor(model.executor.eplan, np, model.kernels, model._accepts_out, model.dtype,
+                  accepts)
+    x = _x(model, 2)
+    got = ex.run({"x": x}, model.params)["y"]
+    _assert_same(got, model.interpret(x))
+
+
+@pytest.mark.parametrize("stride, pad, k", [(1, 1, 3), (2, 0, 1), (2, 3, 7), (1, 0, 1)])
+def test_conv_and_dense_scale_equals_scaled_weights(stride, pad, k):
+    from cnnc.runtime.kernels.conv import conv2d
+    from cnnc.runtime.kernels.linear import dense
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 9, 9))
+    w = rng.standard_normal((6, 4, k, k))
+    b = rng.standard_normal(6)
+    s = rng.uniform(0.5, 2, 6)
+    got = conv2d(x, w, b, stride=stride, pad=pad, act="relu", scale=s)
+    want = conv2d(x, w * s[:, None, None, None], b, stride=stride, pad=pad, act="relu")
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    f = rng.standard_normal((3, 5))
+    wd = rng.standard_normal((6, 5))
+    np.testing.assert_allclose(dense(f, wd, b, scale=s), dense(f, wd * s[:, None], b),
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match=r"scale must be \[6\]"):
+        conv2d(x, w, b, scale=s[:5])
