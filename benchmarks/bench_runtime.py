@@ -11,10 +11,10 @@ all graph optimisations. All three are given the same number of threads, and non
 may spin its threads between calls (ONNX Runtime's ``allow_spinning`` off, OpenMP's wait
 policy passive), or the framework timed next would share its cores with spinning threads.
 
-Memory (``--memory``): each framework runs alone in a fresh child process; after the model
-is loaded and one call has warmed it up, the peak-RSS counter is reset
-(``/proc/self/clear_refs``) and the script reports how far the peak rose above the resting
-RSS during the timed calls: activations and workspaces, not weights.
+Memory (``--memory``): each framework runs alone in a fresh child process. Once the model is
+loaded (weights in memory, nothing run yet) the peak-RSS counter is reset
+(``/proc/self/clear_refs``); the script reports how far the peak rose above that during the
+first call and the timed calls after it: activations, workspaces and arenas, not weights.
 
 Needs torch and onnxruntime (the test extras); a missing one is skipped.
 """
@@ -151,11 +151,10 @@ def child(fw: str, name: str, batch: int, threads: int, reps: int) -> None:
     model, runners = _runners(name, threads, which=(fw,))
     run = runners[fw]
     x = _input(model, batch)
-    run(x)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS counter to the current RSS
     rest = _rss_kib("VmRSS")
-    for _ in range(reps):
+    for _ in range(reps + 1):
         run(x)
     peak = _rss_kib("VmHWM")
     print(json.dumps({"rest_mib": rest / 1024, "peak_rise_mib": (peak - rest) / 1024}))
