@@ -34,19 +34,7 @@ def read_source(path: str) -> bytes:
 def load_network(path: str, sizes: dict | None = None):
     """Read and check a model file. Returns the checked `Network`; when the model has
     errors, prints every diagnostic to stderr and raises CommandError with status 1."""
-    from ..compiler.check import check_bytes
-    from ..dsl.diagnostics import render, source_lines
-
-    data = read_source(path)
-    name = "<stdin>" if path == "-" else path
-    net, text = check_bytes(data, name, sizes or {})
-    if not net.ok:
-        lines = source_lines(text) if text is not None else None
-        for d in net.diagnostics:
-            print(render(d, lines), file=sys.stderr)
-            print(file=sys.stderr)
-        raise CommandError(f"{path} has errors; run `cnnc check {path}`", EXIT_ERRORS)
-    return net
+    return check_model(read_source(path), path, sizes)
 
 
 def fail(err: CommandError) -> int:

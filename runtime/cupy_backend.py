@@ -33,7 +33,6 @@ from .kernels.norm import batchnorm as numpy_batchnorm
 from .kernels.norm import lrn as numpy_lrn
 from .numpy_backend import KERNELS as NUMPY_KERNELS
 from .ops import Op
-from .shapes import checked_out, pads4, pair
 
 # Bytes of workspace (column matrix and GEMM result) one convolution chunk may use.
 WORKSPACE_BYTES = 256 << 20
@@ -375,18 +374,9 @@ def conv_geometry(x, w, b, stride, pad, dilation, groups):
     """Check the shapes and attributes of a convolution as the NumPy kernel does (same
     messages) and return its ConvGeometry."""
     conv_module._check_conv_shapes(x, w, b, groups)
-    sh, sw = pair(stride, "stride")
-    dh, dw = pair(dilation, "dilation")
-    pads = pads4(pad)
-    if min(sh, sw, dh, dw) < 1 or min(pads) < 0:
-        raise ValueError(
-            f"conv2d: stride and dilation must be >= 1 and pad >= 0, got "
-            f"stride={(sh, sw)}, dilation={(dh, dw)}, pad={pads}"
-        )
+    (sh, sw), (dh, dw), pads, (ho, wo) = conv_module.conv_geometry(x, w, stride, pad, dilation)
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
-    ho = checked_out(h, kh, sh, pads[:2], dh, False, "conv2d height")
-    wo = checked_out(wd, kw, sw, pads[2:], dw, False, "conv2d width")
     return ConvGeometry(n, c, h, wd, o, kh, kw, (sh, sw), (dh, dw), pads, groups, ho, wo)
 
 

@@ -155,15 +155,7 @@ class Model:
             raise WeightFileError(f"cannot read weight file {path}: not a weight file "
                                   f"(.npz) ({err})") from None
         expected = {k: tuple(v.shape) for k, v in self.params.items()}
-        problems = []
-        for key in sorted(set(expected) - set(arrays)):
-            problems.append(f"missing {key} {list(expected[key])}")
-        for key in sorted(set(arrays) - set(expected)):
-            problems.append(f"unexpected {key} {list(arrays[key].shape)}")
-        for key in sorted(set(expected) & set(arrays)):
-            if tuple(arrays[key].shape) != expected[key]:
-                problems.append(f"{key} has shape {list(arrays[key].shape)}, expected "
-                                f"{list(expected[key])}")
+        problems = weight_problems(expected, arrays)
         if problems:
             raise WeightFileError(f"weight file {path} does not fit network "
                                   f"{self.plan.network}:\n  " + "\n  ".join(problems))
@@ -327,6 +319,21 @@ class Model:
         dx = {name: flowing.get(name, self.xp.zeros(shapes[name], dtype=self.dtype))
               for name in self.plan.inputs}
         return _one_or_dict(dx)
+
+
+def weight_problems(expected: dict, arrays: dict) -> list[str]:
+    """Every way ``arrays`` (key -> array) fails to fit ``expected`` (key -> shape):
+    missing keys, unexpected keys and wrong shapes, each listed with its shapes."""
+    problems = []
+    for key in sorted(set(expected) - set(arrays)):
+        problems.append(f"missing {key} {list(expected[key])}")
+    for key in sorted(set(arrays) - set(expected)):
+        problems.append(f"unexpected {key} {list(arrays[key].shape)}")
+    for key in sorted(set(expected) & set(arrays)):
+        if tuple(arrays[key].shape) != tuple(expected[key]):
+            problems.append(f"{key} has shape {list(arrays[key].shape)}, expected "
+                            f"{list(expected[key])}")
+    return problems
 
 
 def _root(a):

@@ -33,6 +33,7 @@ import numpy as np
 from .. import __version__
 from ..compiler.plan import Op, Plan
 from . import files
+from .model import weight_problems
 from .kernels.activation import DEFAULTS, SELU_ALPHA, SELU_SCALE
 from .shapes import pads4, pair, pool_out
 
@@ -103,15 +104,7 @@ def _checked_params(plan: Plan, params: dict) -> dict:
     expected = dict(plan.params)
     expected.update(plan.buffers)
     arrays = {k: _host(v) for k, v in params.items()}
-    problems = []
-    for key in sorted(set(expected) - set(arrays)):
-        problems.append(f"missing {key} {list(expected[key])}")
-    for key in sorted(set(arrays) - set(expected)):
-        problems.append(f"unexpected {key} {list(arrays[key].shape)}")
-    for key in sorted(set(expected) & set(arrays)):
-        if tuple(arrays[key].shape) != tuple(expected[key]):
-            problems.append(f"{key} has shape {list(arrays[key].shape)}, expected "
-                            f"{list(expected[key])}")
+    problems = weight_problems(expected, arrays)
     if problems:
         raise ExportError(f"parameters do not fit network {plan.network}:\n  "
                           + "\n  ".join(problems))

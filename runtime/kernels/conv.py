@@ -42,6 +42,24 @@ def _check_conv_shapes(x, w, b, groups):
         raise ValueError(f"conv2d: bias must be [{out_channels}], got {tuple(b.shape)}")
 
 
+def conv_geometry(x, w, stride, pad, dilation):
+    """Checked ``((sh, sw), (dh, dw), (top, bottom, left, right), (Ho, Wo))`` of a
+    convolution of ``x`` by ``w``; shared by every backend, so they refuse alike."""
+    sh, sw = pair(stride, "stride")
+    dh, dw = pair(dilation, "dilation")
+    pads = pads4(pad)
+    if min(sh, sw, dh, dw) < 1 or min(pads) < 0:
+        raise ValueError(
+            f"conv2d: stride and dilation must be >= 1 and pad >= 0, got "
+            f"stride={(sh, sw)}, dilation={(dh, dw)}, pad={pads}"
+        )
+    h, wd = x.shape[2:]
+    kh, kw = w.shape[2:]
+    ho = checked_out(h, kh, sh, pads[:2], dh, False, "conv2d height")
+    wo = checked_out(wd, kw, sw, pads[2:], dw, False, "conv2d width")
+    return (sh, sw), (dh, dw), pads, (ho, wo)
+
+
 def _padded(x, pads, xp):
     """Zero-pad H and W by ``(top, bottom, left, right)``; ``x`` itself when all are 0."""
     top, bottom, left, right = pads
@@ -186,18 +204,9 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
         scale = xp.asarray(scale, dtype=dtype)
         if tuple(scale.shape) != (w.shape[0],):
             raise ValueError(f"conv2d: scale must be [{w.shape[0]}], got {tuple(scale.shape)}")
-    sh, sw = pair(stride, "stride")
-    dh, dw = pair(dilation, "dilation")
-    pads = pads4(pad)
-    if min(sh, sw, dh, dw) < 1 or min(pads) < 0:
-        raise ValueError(
-            f"conv2d: stride and dilation must be >= 1 and pad >= 0, got "
-            f"stride={(sh, sw)}, dilation={(dh, dw)}, pad={pads}"
-        )
+    (sh, sw), (dh, dw), pads, (ho, wo) = conv_geometry(x, w, stride, pad, dilation)
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
-    ho = checked_out(h, kh, sh, pads[:2], dh, False, "conv2d height")
-    wo = checked_out(wd, kw, sw, pads[2:], dw, False, "conv2d width")
     og = o // groups
     spatial = ho * wo
     if SHIFTED and not (kh == kw == sh == sw == 1 and max(pads) == 0):

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc.compiler.plan import Op
 from cnnc.runtime.model import InputError, WeightFileError
 
 EXAMPLES = ["lenet5", "ng_39x39", "nin_cifar10", "resnet18", "googlenet", "alexnet"]
