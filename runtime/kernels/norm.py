@@ -1,6 +1,8 @@
 """Normalisation layers (forward, inference): batch norm with running statistics and
 local response normalisation across channels."""
 
+import math
+
 from ..xp import floating, get_array_module
 
 
@@ -81,7 +83,7 @@ def lrn(x, *, size=5, alpha=1e-4, beta=0.75, k=1.0):
         raise ValueError(f"lrn: input must be [N, C, ...], got shape {tuple(x.shape)}")
     out = xp.empty(x.shape, dtype=x.dtype)
     # A few images at a time, so the window sums run in cache.
-    per_image = max(1, x[0].size * x.itemsize)
+    per_image = max(1, math.prod(x.shape[1:]) * x.itemsize)
     step = max(1, (2 << 20) // per_image)
     for n0 in range(0, x.shape[0], step):
         part = x[n0:n0 + step]

@@ -5,7 +5,10 @@ from ..xp import get_array_module
 
 def flatten(x):
     """``(N, C, H, W) -> (N, C*H*W)``; a view when ``x`` is contiguous."""
-    return x.reshape(x.shape[0], -1)
+    features = 1
+    for d in x.shape[1:]:
+        features *= d
+    return x.reshape(x.shape[0], features)  # spelled out: -1 is ambiguous for an empty batch
 
 
 def concat(*xs, axis=1):

@@ -282,3 +282,11 @@ def test_conv_and_dense_scale_equals_scaled_weights(stride, pad, k):
                                rtol=1e-12)
     with pytest.raises(ValueError, match=r"scale must be \[6\]"):
         conv2d(x, w, b, scale=s[:5])
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_an_empty_batch_gives_empty_outputs(name):
+    model = cnnc.compile(f"examples/{name}.cnn").build(backend="numpy", dtype="float32")
+    shape = next(iter(model.plan.inputs.values()))
+    y = model(np.zeros((0,) + shape, np.float32))
+    assert y.shape[0] == 0 and y.dtype == np.float32
