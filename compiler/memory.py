@@ -86,13 +86,6 @@ class ExecPlan:
         fresh = sum(t.size for t in self.tensors.values() if t.fresh and t.storage == t.name)
         return sum(self.slots) + fresh
 
-    def describe(self) -> list[str]:
-        lines = []
-        for e in self.execs:
-            if e.fused:
-                lines.append(f"{e.step.name}: fused {', '.join(e.fused)}")
-        return lines
-
 
 def plan_memory(plan: Plan, fuse: bool = True) -> ExecPlan:
     """The inference schedule and memory plan of ``plan``; ``fuse=False`` keeps every step
@@ -120,6 +113,7 @@ def plan_memory(plan: Plan, fuse: bool = True) -> ExecPlan:
                 tensors[e.out].storage = src.storage
     # 4. concat slices
     producer = {e.out: e for e in execs}
+    aliased = {t.storage for t in tensors.values() if t.storage != t.name}
     for e in execs:
         if e.op is not Op.CONCAT:
             continue
@@ -128,12 +122,14 @@ def plan_memory(plan: Plan, fuse: bool = True) -> ExecPlan:
             t = tensors[name]
             p = producer.get(name)
             if (p is not None and not p.skip and not t.fresh and t.storage == name
-                    and readers[name] == [e.out] and not _is_storage_of_others(name, tensors)):
+                    and readers[name] == [e.out] and name not in aliased):
                 t.parent, t.offset = e.out, offset
             offset += t.shape[0]
     # 5. in place
-    order = {e.out: i for i, e in enumerate(execs)}
-    last_read = _last_reads(execs, tensors, outputs, order)
+    _, last_read = _spans(execs, tensors)
+    held: dict[str, list[str]] = {}  # root storage -> the tensors it holds
+    for t in tensors.values():
+        held.setdefault(t.storage, []).append(t.name)
     for i, e in enumerate(execs):
         if e.op not in _IN_PLACE or e.skip:
             continue
@@ -148,13 +144,15 @@ def plan_memory(plan: Plan, fuse: bool = True) -> ExecPlan:
                     or root.parent is not None or t.size != out.size
                     or e.inputs.count(name) > 1 or last_read[t.storage] != i):
                 continue
-            out.storage = t.storage
-            _repoint(tensors, e.out, t.storage)
+            for other in held.pop(e.out, [e.out]):
+                tensors[other].storage = t.storage
+                held.setdefault(t.storage, [t.storage]).append(other)
             e.in_place = e.inputs.index(name)
-            last_read = _last_reads(execs, tensors, outputs, order)
+            # the input's storage now also lives as long as the output did
+            last_read[t.storage] = max(last_read[t.storage], last_read.pop(e.out))
             break
     # 6. slots
-    slots, slot_of, live_peak = _assign(execs, tensors, plan, outputs, order)
+    slots, slot_of, live_peak = _assign(execs, tensors, plan)
     naive = sum(prod(s.shape) for s in plan.steps)
     return ExecPlan(plan, execs, tensors, slots, slot_of, naive, live_peak,
                     dict(plan.outputs))
@@ -166,16 +164,6 @@ def _readers(execs) -> dict[str, list[str]]:
         for name in e.inputs:
             readers.setdefault(name, []).append(e.out)
     return readers
-
-
-def _is_storage_of_others(name: str, tensors: dict) -> bool:
-    return any(t.storage == name and t.name != name for t in tensors.values())
-
-
-def _repoint(tensors: dict, old: str, new: str) -> None:
-    for t in tensors.values():
-        if t.storage == old:
-            t.storage = new
 
 
 def _fuse(execs: list[Exec], outputs: set) -> list[Exec]:
@@ -201,10 +189,10 @@ def _fuse(execs: list[Exec], outputs: set) -> list[Exec]:
             src.act_params = list(e.params)
         src.fused.append(e.step.name)
         del by_out[src.out]
+        del readers[src.out]  # its only reader, ``e``, is gone; e's readers now read src
         src.out = e.out
         by_out[e.out] = src
         dropped.add(id(e))
-        readers = _readers([x for x in execs if id(x) not in dropped])
     return [e for e in execs if id(e) not in dropped]
 
 
@@ -218,18 +206,8 @@ def _root(tensors: dict, name: str) -> str:
         t = tensors[t.parent]
 
 
-def _last_reads(execs, tensors, outputs, order) -> dict[str, int]:
-    last: dict[str, int] = {}
-    for i, e in enumerate(execs):
-        for name in e.inputs + [e.out]:
-            root = _root(tensors, name)
-            last[root] = i
-    return last
-
-
-def _assign(execs, tensors, plan, outputs, order):
-    """Give every reusable root storage a slot; returns (slot sizes, root -> slot, the
-    largest live total)."""
+def _spans(execs, tensors) -> tuple[dict, dict]:
+    """The first and the last exec index that touches each root storage."""
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     for i, e in enumerate(execs):
@@ -237,6 +215,13 @@ def _assign(execs, tensors, plan, outputs, order):
             root = _root(tensors, name)
             first.setdefault(root, i)
             last[root] = i
+    return first, last
+
+
+def _assign(execs, tensors, plan):
+    """Give every reusable root storage a slot; returns (slot sizes, root -> slot, the
+    largest live total)."""
+    first, last = _spans(execs, tensors)
     reusable = [r for r in first
                 if r not in plan.inputs and not tensors[r].fresh]
     starts: dict[int, list[str]] = {}

@@ -290,3 +290,16 @@ def test_an_empty_batch_gives_empty_outputs(name):
     shape = next(iter(model.plan.inputs.values()))
     y = model(np.zeros((0,) + shape, np.float32))
     assert y.shape[0] == 0 and y.dtype == np.float32
+
+
+def test_planning_a_long_chain_is_not_quadratic():
+    # 2,000 in-place activations and 2,000 fused ones; each rewrite must be O(1), so this
+    # plans in well under a second (a quadratic planner took minutes at this size). The
+    # assertion is about the result; the size is what would expose quadratic work.
+    chain = " -> conv(2, 1) -> relu -> maxpool(1) -> elu" * 2000
+    plan = cnnc.compile(f"network long\ninput x: [2, 3, 3]\noutput y = x{chain}\n").plan
+    eplan = plan_memory(plan)
+    # every elu runs in place but the last, whose output is the graph's own
+    assert sum(e.in_place is not None for e in eplan.execs) == 1999
+    assert sum(bool(e.fused) for e in eplan.execs) == 2000
+    assert len(eplan.slots) <= 3
