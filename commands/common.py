@@ -37,6 +37,16 @@ def load_network(path: str, sizes: dict | None = None):
     return check_model(read_source(path), path, sizes)
 
 
+def add_report_options(parser, json_holds: str) -> None:
+    """``--format text|json`` and ``-q`` for a command that writes a file: text is one line
+    on stderr naming what was written, json an object on stdout with ``json_holds``."""
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text: one line on stderr naming what was written; json: an "
+                        f"object on stdout with {json_holds} (default: text)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="print nothing on success (with text format)")
+
+
 def fail(err: CommandError) -> int:
     print(f"cnnc: error: {err}", file=sys.stderr)
     return err.status

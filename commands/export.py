@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from .common import EXIT_ERRORS, EXIT_OK, CommandError, load_network, require_readable
+from .common import (
+    EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, load_network, require_readable,
+)
 
 # runtime/onnx_export.py's DEFAULT_OPSET and MIN_OPSET (a test keeps them equal), written out
 # so that building the parser imports neither NumPy nor ONNX.
@@ -41,12 +43,8 @@ def add_parser(sub):
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                         help=f"ONNX opset version, {MIN_OPSET} or newer "
                         f"(default: {DEFAULT_OPSET})")
-    parser.add_argument("--format", choices=("text", "json"), default="text",
-                        help="text: one line on stderr naming what was written; json: an "
-                        "object on stdout with the file, opset, node and initializer counts "
-                        "and the graph's inputs and outputs (default: text)")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="print nothing on success (with text format)")
+    add_report_options(parser, "the file, opset, node and initializer counts and the "
+                       "graph's inputs and outputs")
     return parser
 
 

@@ -14,7 +14,8 @@ import os
 import sys
 
 from .common import (
-    EXIT_ERRORS, EXIT_OK, CommandError, check_model, read_source, require_readable, write_atomically,
+    EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, check_model, read_source,
+    require_readable, write_atomically,
 )
 
 NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
@@ -48,12 +49,7 @@ def add_parser(sub):
     parser.add_argument("--size", type=_size, action="append", default=[], metavar="NAME=N",
                         help="give a size symbol a value, e.g. --size H=224 (repeatable); "
                         "symbols not given are read off the input arrays")
-    parser.add_argument("--format", choices=("text", "json"), default="text",
-                        help="text: one line on stderr naming what was written; json: an "
-                        "object on stdout with the file, the sizes used and every output's "
-                        "shape (default: text)")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="print nothing on success (with text format)")
+    add_report_options(parser, "the file, the sizes used and every output's shape")
     return parser
 
 

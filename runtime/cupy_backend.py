@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy
 
 from . import cuda_kernels
+from .grads._util import as_grad
 from .kernels import activation as activation_module
 from .kernels import conv as conv_module
 from .kernels import pool as pool_module
@@ -137,13 +138,7 @@ def _contiguous(a, dtype, xp):
 
 def _grad_input(dy, shape, dtype, xp, where):
     """``dy`` as a C-contiguous ``dtype`` array of the forward output's ``shape``."""
-    dy = xp.asarray(dy)
-    if tuple(dy.shape) != tuple(shape):
-        raise ValueError(
-            f"{where} backward: dy must have the forward output's shape {tuple(shape)}, "
-            f"got {tuple(dy.shape)}"
-        )
-    return _contiguous(dy, dtype, xp)
+    return _contiguous(as_grad(dy, shape, dtype, xp, where), dtype, xp)
 
 
 def _target(out, shape, dtype, xp, where):

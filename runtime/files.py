@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 
 
 def write_atomically(path, write) -> None:
@@ -35,3 +36,17 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_npz(path) -> dict:
+    """Every array of an .npz file, loaded, without pickles. A file that cannot be read or is
+    not an .npz raises ValueError with the reason in words (``No such file or directory``)."""
+    import numpy as np
+
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except OSError as err:
+        raise ValueError(err.strerror or str(err)) from None
+    except (ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"not an .npz file ({err})") from None

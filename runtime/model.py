@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import zipfile
 
 import numpy as np
 
@@ -144,16 +143,13 @@ class Model:
     def load(self, path) -> None:
         """Read an .npz weight file. Every missing, extra or mis-shaped entry is listed; on
         any problem the model keeps its current weights."""
+        from .files import read_npz
+
         path = os.fspath(path)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except OSError as err:
-            raise WeightFileError(f"cannot read weight file {path}: "
-                                  f"{err.strerror or err}") from None
-        except (ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise WeightFileError(f"cannot read weight file {path}: not a weight file "
-                                  f"(.npz) ({err})") from None
+            arrays = read_npz(path)
+        except ValueError as err:
+            raise WeightFileError(f"cannot read weight file {path}: {err}") from None
         expected = {k: tuple(v.shape) for k, v in self.params.items()}
         problems = weight_problems(expected, arrays)
         if problems:

@@ -33,12 +33,11 @@ import os
 import signal
 import threading
 import time
-import zipfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .files import write_atomically
+from .files import read_npz, write_atomically
 from .losses import accuracy_count, softmax_cross_entropy
 from .optim import Optimizer, OptimizerStateError, Schedule
 
@@ -166,11 +165,9 @@ def load_npz(path) -> Dataset:
     ``x_test`` and ``y_test``; without them the stratified 80/20 split is used."""
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        reason = getattr(err, "strerror", None) or err
-        raise DataError(f"cannot read data file {path}: {reason}") from None
+        arrays = read_npz(path)
+    except ValueError as err:
+        raise DataError(f"cannot read data file {path}: {err}") from None
     found = ", ".join(sorted(arrays)) or "nothing"
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
@@ -271,11 +268,9 @@ class Checkpoint:
 def read_checkpoint(path) -> Checkpoint:
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        reason = getattr(err, "strerror", None) or err
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+        arrays = read_npz(path)
+    except ValueError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
     marker = arrays.get("format")
     if marker is None or marker.shape != () or str(marker) != CHECKPOINT_FORMAT:
         what = "no format marker" if marker is None else f"format {str(marker)[:40]!r}"
@@ -537,7 +532,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "shuffle_rng": _generator_state(self.rng),
             "epoch_rng": self.epoch_rng_state,
-            "dropout_rng": _generator_state(_model_rng(self.model)),
+            "dropout_rng": _generator_state(self.model.rng),
             "partial": asdict(self.partial),
             "history": [asdict(h) for h in self.history],
             "elapsed": elapsed,
@@ -596,7 +591,7 @@ class Trainer:
             if meta["epoch_rng"] is not None:
                 np.random.default_rng().bit_generator.state = meta["epoch_rng"]
             dropout_state = meta.get("dropout_rng")
-            rng = _model_rng(model)
+            rng = model.rng
             if _generator_state(rng) is None:  # CuPy's generators keep their state hidden
                 dropout_state = None
             if dropout_state is not None:
@@ -626,11 +621,6 @@ class Trainer:
         self.elapsed = elapsed
         self._data_id = data_id
         self.saved_epoch = self.epoch
-
-
-def _model_rng(model):
-    """The generator the model draws dropout masks from."""
-    return model.rng
 
 
 def to_json_history(history) -> list[dict]:
