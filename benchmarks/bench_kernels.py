@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from cnnc.runtime.kernels.conv import conv2d
+from cnnc.ops.conv import conv2d
 
 # name, (C, H, W), out channels, kernel, stride, pad: GoogLeNet (Szegedy et al. 2014)
 LAYERS = [

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 
 from .common import (
-    EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, load_network, require_readable,
+    EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, add_size_option, load_network,
+    require_concrete_sizes, require_readable,
 )
 
 # runtime/onnx_export.py's DEFAULT_OPSET and MIN_OPSET (a test keeps them equal), written out
@@ -21,8 +22,6 @@ MIN_OPSET = 17
 
 
 def add_parser(sub):
-    from ..cli import _size
-
     parser = sub.add_parser(
         "export", help="write a model as an ONNX file",
         description="Write a model as an ONNX file with a symbolic batch dimension N, layer "
@@ -37,9 +36,7 @@ def add_parser(sub):
     parser.add_argument("--weights", metavar="W.npz",
                         help="parameters saved by cnnc (keys as stem.conv1.weight); without "
                         "it, the seeded default initialisation (seed 0)")
-    parser.add_argument("--size", type=_size, action="append", default=[], metavar="NAME=N",
-                        help="give a size symbol a value, e.g. --size H=224 (repeatable); "
-                        "every symbol needs one")
+    add_size_option(parser, more="every symbol needs one")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                         help=f"ONNX opset version, {MIN_OPSET} or newer "
                         f"(default: {DEFAULT_OPSET})")
@@ -59,11 +56,7 @@ def main(args) -> int:
     from ..runtime.onnx_export import ExportError, export_model
 
     net = load_network(args.file, dict(args.size))
-    if net.symbols:
-        symbols = ", ".join(net.symbols)
-        example = " ".join(f"--size {s}=32" for s in net.symbols)
-        raise CommandError(f"{args.file} has symbolic sizes {symbols}; ONNX export needs them "
-                           f"fixed (only the batch stays symbolic): add e.g. {example}")
+    require_concrete_sizes(net, args.file, "ONNX export", "only the batch stays symbolic")
     model = Model(lower(net), backend="numpy", seed=0, dtype="float32")
     if args.weights is not None:
         require_readable(args.weights, "weight file")

@@ -14,16 +14,14 @@ import os
 import sys
 
 from .common import (
-    EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, check_model, read_source,
-    require_readable, write_atomically,
+    EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, add_size_option, check_model,
+    read_source, require_concrete_sizes, require_readable, write_atomically,
 )
 
 NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
 
 
 def add_parser(sub):
-    from ..cli import _size
-
     parser = sub.add_parser(
         "run", help="run a model on arrays from a .npy or .npz file",
         description="Run a model on the arrays in a .npy or .npz file and write its outputs. "
@@ -46,9 +44,7 @@ def add_parser(sub):
                         "(default: auto)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="floating-point type to compute in (default: float32)")
-    parser.add_argument("--size", type=_size, action="append", default=[], metavar="NAME=N",
-                        help="give a size symbol a value, e.g. --size H=224 (repeatable); "
-                        "symbols not given are read off the input arrays")
+    add_size_option(parser, more="symbols not given are read off the input arrays")
     add_report_options(parser, "the file, the sizes used and every output's shape")
     return parser
 
@@ -67,10 +63,8 @@ def main(args) -> int:
         found = ", ".join(f"{k}={v}" for k, v in sizes.items())
         net = check_model(data, args.file, {**given, **sizes},
                           context=f"for {found} (read off {args.input})")
-    if net.symbols:
-        missing = ", ".join(net.symbols)
-        raise CommandError(f"cannot tell the sizes {missing} from {args.input}; give them "
-                           f"with --size, e.g. --size {net.symbols[0]}=32")
+    require_concrete_sizes(net, args.file, "running it",
+                           f"they cannot be read off {args.input}")
     _check_output_path(args.output, list(net.outputs))
     plan = lower(net)
     model = _build(plan, args)
@@ -80,7 +74,7 @@ def main(args) -> int:
         import json
 
         print(json.dumps({
-            "output": args.output, "network": plan.network, "backend": model.backend,
+            "output": args.output, "network": plan.network, "backend": str(model.backend),
             "dtype": str(model.dtype), "sizes": {**given, **sizes},
             "outputs": [{"name": name, "shape": list(a.shape)} for name, a in outputs.items()],
         }, indent=2))

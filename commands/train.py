@@ -18,7 +18,9 @@ import os
 import sys
 import time
 
-from .common import EXIT_ERRORS, EXIT_OK, CommandError, load_network
+from .common import (
+    EXIT_ERRORS, EXIT_OK, CommandError, add_size_option, load_network, require_concrete_sizes,
+)
 
 # Defaults of the flags that a checkpoint remembers. They are filled in after parsing, so
 # that a resumed run can tell a flag the user gave from a default.
@@ -79,8 +81,6 @@ def _fraction(text: str) -> float:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from ..cli import _size
-
     p = sub.add_parser(
         "train", help="train a classifier and save its weights",
         description="Train a one-input network whose output scores classes, with softmax "
@@ -135,8 +135,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="json: the last line is a JSON object with the results")
     p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
     p.add_argument("--dtype", choices=("float32", "float64"))
-    p.add_argument("--size", type=_size, action="append", default=[], metavar="NAME=N",
-                   help="give a size symbol a value, e.g. --size H=8 (repeatable)")
+    add_size_option(p, example="H=8")
     return p
 
 
@@ -302,13 +301,10 @@ class _Bar(_Lines):
 def main(args) -> int:
     from ..api import Compiled
     from ..runtime import train
-    from ..runtime.model import Model
+    from ..runtime.model import LayerError, Model
 
     net = load_network(args.file, dict(args.size))
-    if net.symbols:
-        names = ", ".join(net.symbols)
-        raise CommandError(f"{args.file} has symbolic sizes ({names}); give each a value with "
-                           "--size, e.g. --size H=8")
+    require_concrete_sizes(net, args.file, "training")
     plan = Compiled(net).plan
     try:
         train.classifier_shape(plan)
@@ -374,9 +370,10 @@ def main(args) -> int:
     except train.TrainingDiverged as err:
         raise CommandError(str(err), EXIT_ERRORS) from None
     except (ValueError, MemoryError) as err:  # a kernel refusing its input, memory running out
+        # a LayerError already says where (file:line:col and layer); others say what
+        what = str(err) if isinstance(err, LayerError) else f"{type(err).__name__}: {err}"
         raise CommandError(f"training failed at epoch {trainer.epoch + 1}, step "
-                           f"{trainer.step_in_epoch + 1}: {type(err).__name__}: {err}",
-                           EXIT_ERRORS) from None
+                           f"{trainer.step_in_epoch + 1}: {what}", EXIT_ERRORS) from None
     except train.TrainingInterrupted as err:
         out.flush()
         hint = f"; continue with --resume {err.checkpoint}" if err.checkpoint else ""

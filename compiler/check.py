@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..dsl.diagnostics import Diagnostic, Span, sort_key
+from ..dsl.diagnostics import Diagnostic, Span, diagnostic, sort_key
 from ..dsl.parser import parse
-from .elaborate import Elaborator
+from .elaborate import elaborate
 from .graph import Network
 
 
@@ -17,13 +17,9 @@ def decode(data: bytes, file: str) -> tuple[str | None, list[Diagnostic]]:
         line = before.count(b"\n") + 1
         line_start = before[before.rfind(b"\n") + 1:]
         column = len(line_start.decode("utf-8", errors="replace")) + 1
-        diag = Diagnostic(
-            "E104",
-            f"byte 0x{data[err.start]:02x} at offset {err.start} is not valid UTF-8",
-            Span(line, column, line, column + 1),
-            help="save the file as UTF-8",
-            file=file,
-        )
+        diag = diagnostic("E104", Span(line, column, line, column + 1),
+                          help="save the file as UTF-8", file=file,
+                          byte=data[err.start], offset=err.start)
         return None, [diag]
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -31,19 +27,23 @@ def decode(data: bytes, file: str) -> tuple[str | None, list[Diagnostic]]:
 
 
 def check_source(text: str, file: str = "<input>", sizes: dict | None = None) -> Network:
-    """Parse and check source text. The result always carries its diagnostics, sorted;
-    `Network.ok` tells whether there were errors."""
+    """Parse and check source text. The result always carries its diagnostics, sorted, and
+    the text itself (`Network.source`, so that `Network.render` can show them); `Network.ok`
+    tells whether there were errors."""
     module, diags = parse(text, file)
     if module is None:
         net = Network(name="network", file=file)
         net.diagnostics = diags
-        return net
-    net = Elaborator(module, file, text, sizes).run()
-    net.diagnostics.sort(key=sort_key)
+    else:
+        net = elaborate(module, file, text, sizes)
+        net.diagnostics.sort(key=sort_key)
+    net.source = text
     return net
 
 
 def check_bytes(data: bytes, file: str, sizes: dict | None = None) -> tuple[Network, str | None]:
+    """`check_source` of the bytes' UTF-8 text; ``(network, text)``, the text None (and the
+    network's one diagnostic an E104) when they are not UTF-8."""
     text, diags = decode(data, file)
     if text is None:
         net = Network(name="network", file=file)

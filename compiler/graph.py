@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..dsl.diagnostics import Diagnostic, Span
+from ..dsl.diagnostics import Diagnostic, Span, render, source_lines
 
 
 @dataclass
@@ -54,6 +54,8 @@ class Network:
     symbols: list[str] = field(default_factory=list)  # size symbols still free
     valid_sizes: list = field(default_factory=list)  # symbolic.ValidSet per symbol
     conditions: list = field(default_factory=list)  # symbolic.Condition not yet decided
+    # The checked text (None when the bytes were not UTF-8): what the spans point into.
+    source: str | None = field(default=None, repr=False)
     _graph: object = None
 
     @property
@@ -63,6 +65,13 @@ class Network:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def render(self, diagnostics=None) -> str:
+        """The diagnostics (all of them by default) drawn as `cnnc check` prints them,
+        against the checked source, separated by blank lines."""
+        lines = source_lines(self.source) if self.source is not None else None
+        chosen = self.diagnostics if diagnostics is None else diagnostics
+        return "\n\n".join(render(d, lines) for d in chosen)
 
     @property
     def layers(self) -> list[Node]:

@@ -31,12 +31,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import prod
 
-from .plan import Op, Plan, Step
+from ..ops import PRIMITIVES, Op, ops_where
+from .plan import Plan, Step
 
 # Ops whose epilogue can absorb a batchnorm and an activation.
-_GEMM = (Op.CONV2D, Op.DENSE)
-# Ops that may write over their (first, or for add any) input when it dies there.
-_IN_PLACE = (Op.ACTIVATION, Op.BATCHNORM, Op.ADD)
+_GEMM = ops_where("gemm")
+# Ops that may write over their first input (or any input) when it dies there.
+_IN_PLACE = {Op(name): p.in_place for name, p in PRIMITIVES.items() if p.in_place}
+# Ops whose inference output is their input under another name (identity, reshape).
+_ALIAS = ops_where("alias")
 
 
 @dataclass
@@ -106,7 +109,7 @@ def plan_memory(plan: Plan, fuse: bool = True) -> ExecPlan:
     readers = _readers(execs)
     # 3. aliases
     for e in execs:
-        if e.op in (Op.DROPOUT, Op.FLATTEN):
+        if e.op in _ALIAS:
             src = tensors[e.inputs[0]]
             if not tensors[e.out].fresh and src.name not in plan.inputs:
                 e.skip = True
@@ -136,7 +139,7 @@ def plan_memory(plan: Plan, fuse: bool = True) -> ExecPlan:
         out = tensors[e.out]
         if out.fresh or out.parent is not None:
             continue
-        candidates = e.inputs if e.op is Op.ADD else e.inputs[:1]
+        candidates = e.inputs if _IN_PLACE[e.op] == "any" else e.inputs[:1]
         for name in candidates:
             t = tensors[name]
             root = tensors[t.storage]

@@ -5,40 +5,17 @@ one `Op` from the closed vocabulary, its input and output buffers, its attribute
 keyword arguments for the kernel) and its parameter names (as stored in weight files). Every
 step keeps the source span and block trace of the layer it came from.
 
-`Op` lives here, in the compiler, because lowering targets it; the runtime's kernel tables
-are keyed by it (and `runtime/ops.py` re-exports it).
+`Op` is the op registry's enum (``ops/__init__.py``): each layer kind's `lower` hook, in
+its family module, names the primitive it becomes and its attributes.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
-from . import shapes
+from ..ops import LAYERS, MERGES, Op
+from ..ops.base import weight_keys
 from .graph import Network, Node
-
-
-class Op(enum.Enum):
-    CONV2D = "conv2d"
-    MAXPOOL2D = "maxpool2d"
-    AVGPOOL2D = "avgpool2d"
-    GLOBAL_AVGPOOL = "global_avgpool"
-    GLOBAL_MAXPOOL = "global_maxpool"
-    LRN = "lrn"
-    BATCHNORM = "batchnorm"
-    ACTIVATION = "activation"
-    SOFTMAX = "softmax"
-    MAXOUT = "maxout"
-    DENSE = "dense"
-    FLATTEN = "flatten"
-    CONCAT = "concat"
-    ADD = "add"
-    DROPOUT = "dropout"
-
-
-ACTIVATIONS = {
-    "relu", "sigmoid", "tanh", "selu", "softplus", "silu", "leaky_relu", "prelu", "elu", "swish",
-}
 
 
 @dataclass
@@ -62,6 +39,7 @@ class Plan:
     params: dict[str, tuple]  # weight-file key -> shape, trainable
     buffers: dict[str, tuple]  # weight-file key -> shape, running statistics
     initial: dict[str, str] = field(default_factory=dict)  # key -> init rule
+    file: str = "<input>"  # the .cnn file the steps' spans point into
 
 
 def lower(net: Network) -> Plan:
@@ -83,85 +61,20 @@ def lower(net: Network) -> Plan:
         for key, shape in node.params.items():
             full = f"{node.name}.{key}"
             params[full] = shape
-            initial[full] = _init_rule(node, key)
+            initial[full] = LAYERS[node.op].init(key)
         for key, shape in node.buffers.items():
             full = f"{node.name}.{key}"
             buffers[full] = shape
-            initial[full] = "zeros" if key == "running_mean" else "ones"
+            initial[full] = LAYERS[node.op].init(key)
         steps.append(step)
     inputs = {name: net.nodes[name].shape for name in net.inputs}
-    return Plan(net.name, inputs, dict(net.outputs), steps, params, buffers, initial)
-
-
-def _init_rule(node: Node, key: str) -> str:
-    if node.op == "prelu":
-        return "prelu"  # 0.25, as the spec and PyTorch start it
-    if node.op == "batchnorm":
-        return "ones" if key == "weight" else "zeros"
-    return "kaiming_uniform" if key == "weight" else "fan_in_uniform"
-
-
-def _conv_pads(node: Node, net: Network) -> tuple[int, int, int, int]:
-    a = node.args
-    if a["pad"] != "same":
-        return (a["pad"][0], a["pad"][0], a["pad"][1], a["pad"][1])
-    _, h, w = net.nodes[node.inputs[0]].shape
-    top, bottom = shapes.same_pads(h, a["kernel"][0], a["stride"][0], a["dilation"][0])
-    left, right = shapes.same_pads(w, a["kernel"][1], a["stride"][1], a["dilation"][1])
-    return (top, bottom, left, right)
+    return Plan(net.name, inputs, dict(net.outputs), steps, params, buffers, initial,
+                net.file)
 
 
 def _lower_node(net: Network, node: Node) -> Step:
-    a = node.args
-    names = [f"{node.name}.{k}" for k in node.params]
-    step = Step(Op.DROPOUT, node.name, list(node.inputs), {}, names, node.shape, node.span,
-                node.trace)
-    op = node.op
-    if op == "conv":
-        step.op = Op.CONV2D
-        step.attrs = dict(stride=a["stride"], pad=_conv_pads(node, net), dilation=a["dilation"],
-                          groups=a["groups"], act=None)
-    elif op == "maxpool":
-        step.op = Op.MAXPOOL2D
-        step.attrs = dict(kernel=a["kernel"], stride=a["stride"], pad=a["pad"],
-                          dilation=a["dilation"], ceil=a["ceil"])
-    elif op == "avgpool":
-        step.op = Op.AVGPOOL2D
-        step.attrs = dict(kernel=a["kernel"], stride=a["stride"], pad=a["pad"], ceil=a["ceil"],
-                          count_pad=a["count_pad"])
-    elif op == "global_avgpool":
-        step.op = Op.GLOBAL_AVGPOOL
-    elif op == "global_maxpool":
-        step.op = Op.GLOBAL_MAXPOOL
-    elif op == "lrn":
-        step.op = Op.LRN
-        step.attrs = dict(size=a["size"], alpha=a["alpha"], beta=a["beta"], k=a["k"])
-    elif op == "batchnorm":
-        step.op = Op.BATCHNORM
-        step.params = names + [f"{node.name}.{k}" for k in node.buffers]
-        step.attrs = dict(eps=a["eps"], momentum=a["momentum"])
-    elif op in ACTIVATIONS:
-        step.op = Op.ACTIVATION
-        step.attrs = dict(name=op, alpha=a.get("alpha"), beta=a.get("beta"))
-    elif op == "softmax":
-        step.op = Op.SOFTMAX
-        step.attrs = dict(axis=1)
-    elif op == "maxout":
-        step.op = Op.MAXOUT
-        step.attrs = dict(k=a["k"])
-    elif op == "dense":
-        step.op = Op.DENSE
-        step.attrs = dict(act=None)
-    elif op == "flatten":
-        step.op = Op.FLATTEN
-    elif op == "concat":
-        step.op = Op.CONCAT
-        step.attrs = dict(axis=1)
-    elif op == "add":
-        step.op = Op.ADD
-    elif op == "dropout":
-        step.op = Op.DROPOUT
-        step.attrs = dict(p=a["p"])
-    else:
-        raise AssertionError(f"no lowering for layer kind {op!r}")
-    return step
+    kind = LAYERS.get(node.op) or MERGES[node.op]
+    in_shapes = [net.nodes[i].shape for i in node.inputs]
+    name, attrs = kind.lower(node, in_shapes)
+    return Step(Op(name), node.name, list(node.inputs), attrs, weight_keys(node), node.shape,
+                node.span, node.trace)

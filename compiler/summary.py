@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..ops import LAYERS
+from ..ops.base import REQUIRED
 from .graph import Network, Node
-from .layers import LAYERS, REQUIRED
 from .symbolic import is_concrete, shape_text
 
 BYTES_FLOAT32 = 4

@@ -1,4 +1,4 @@
-"""Diagnostics as data: spans, the code registry, and the one renderer.
+"""Diagnostics as data: spans, the code registry with its messages, and the one renderer.
 
 Every problem cnnc finds in a `.cnn` file becomes a `Diagnostic` value; passes collect them
 and never raise on the first one. `render` draws them the way a compiler does: location,
@@ -30,44 +30,123 @@ class Span:
         return f"{self.line}:{self.column}"
 
 
+@dataclass(frozen=True)
+class Code:
+    """One diagnostic code: its title (the short name used in the docs) and the templates its
+    messages are made from, with `str.format` fields that the reporting site fills in.
+
+    ``message`` is the usual template; ``variants`` holds the others by name, where one code
+    covers several situations (E202 for a duplicate binding, block, parameter, output, ...).
+    """
+
+    title: str
+    message: str
+    variants: dict = field(default_factory=dict)
+
+    def format(self, variant: str | None = None, **values) -> str:
+        template = self.message if variant is None else self.variants[variant]
+        return template.format(**values)
+
+    def templates(self) -> list[str]:
+        return [self.message, *self.variants.values()]
+
+
+# A merge's two codes (E302 concat, E303 add) share their messages.
+_MERGE_MESSAGE = "{op} inputs disagree in {axis}: {values}"
+_MERGE_VARIANTS = {"rank": "{op} inputs disagree in rank: {shapes}"}
+
 # The stable codes. Never renumber; add new ones at the end of their group.
-CODES: dict[str, str] = {
-    "E101": "unexpected token",
-    "E102": "unexpected end of file",
-    "E103": "invalid character",
-    "E104": "file is not valid UTF-8",
-    "E105": "nesting too deep",
-    "E201": "undefined name",
-    "E202": "duplicate name",
-    "E203": "unknown layer or block",
-    "E204": "missing argument",
-    "E205": "unknown argument",
-    "E206": "ill-typed argument",
-    "E207": "invalid argument value",
-    "E208": "recursive block",
-    "E209": "too many positional arguments",
-    "E210": "argument given twice",
-    "E211": "a chain must start with a tensor or a merge",
-    "E212": "`in` outside a block",
-    "E213": "invalid repeat count",
-    "E214": "merge needs at least two inputs",
-    "E215": "block calls nested too deeply",
-    "E216": "network has no input",
-    "E217": "network has no output",
-    "E218": "invalid input shape",
-    "E219": "unknown size symbol",
-    "E220": "network too large",
-    "E301": "output size below 1",
-    "E302": "concat inputs disagree",
-    "E303": "add inputs disagree",
-    "E304": "wrong input rank",
-    "E305": "channels not divisible",
-    "E306": "no input size makes the network valid",
-    "W401": "strided window leaves input unused",
-    "W402": "binding never used",
-    "W403": "block never called",
-    "W404": "input never used",
+CODES: dict[str, Code] = {
+    # syntax (the parser, and decoding the file)
+    "E101": Code("unexpected token", "unexpected `{token}`; expected {expected}"),
+    "E102": Code("unexpected end of file", "unexpected end of file; expected {expected}"),
+    "E103": Code("invalid character", "invalid character `{char}`"),
+    "E104": Code("file is not valid UTF-8",
+                 "byte 0x{byte:02x} at offset {offset} is not valid UTF-8"),
+    "E105": Code("nesting too deep", "expression nested deeper than {depth} levels"),
+    # names and arguments
+    "E201": Code("undefined name", "undefined name `{name}`", {
+        "expected": "undefined name `{name}` (expected {expected})",
+    }),
+    "E202": Code("duplicate name", "`{name}` is already defined", {
+        "block": "block `{name}` is defined twice",
+        "builtin": "block `{name}` has the name of a built-in layer",
+        "parameter": "block `{block}` has two parameters named `{name}`",
+        "network": "the network is named twice",
+        "output": "output `{name}` is defined twice",
+        "layer": "layer name `{name}` is already taken",
+    }),
+    "E203": Code("unknown layer or block", "unknown layer or block `{name}`", {
+        "merge": "unknown merge `{name}`",
+        "merge_as_layer": "`{name}` is a merge and starts a chain",
+        "tensor_as_layer": "`{name}` is a tensor, not a layer",
+    }),
+    "E204": Code("missing argument", "{what} is missing argument `{name}`"),
+    "E205": Code("unknown argument", "{what} has no argument `{name}`"),
+    "E206": Code("ill-typed argument", "{label} expects {expected}, got {value}", {
+        "arithmetic": "expected a number in arithmetic, got {value}",
+        "floor_division": "`//` needs integers, got {left} // {right}",
+    }),
+    "E207": Code("invalid argument value", "{label} must be at least {minimum}, got {value}", {
+        "division_by_zero": "division by zero",
+        "finite": "{label} must be a finite number, got {value:g}",
+        "probability": "{label} must be in [0, 1), got {value:g}",
+        "positive": "{label} must be above 0, got {value:g}",
+        "unit": "{label} must be in [0, 1], got {value:g}",
+        "pool_pad": "{op} pad={pad} is more than half the kernel {kernel}",
+    }),
+    "E208": Code("recursive block", "block `{name}` calls itself: {cycle}"),
+    "E209": Code("too many positional arguments",
+                 "{what} takes {count} argument{s} ({names}), got {given}", {
+                     "after_keyword": "a positional argument after a keyword argument",
+                 }),
+    "E210": Code("argument given twice", "argument `{name}` of {what} is given twice"),
+    "E211": Code("a chain must start with a tensor or a merge",
+                 "a chain must start with a tensor or a merge, not the {kind} `{name}`"),
+    "E212": Code("`in` outside a block", "`in` is only defined inside a block"),
+    "E213": Code("invalid repeat count",
+                 "repeat count must be an integer of at least 1, got {value}", {
+                     "alias": "a stage repeated {count} times cannot take one name `{alias}`",
+                 }),
+    "E214": Code("merge needs at least two inputs", "{op} needs at least two inputs, got {count}"),
+    "E215": Code("block calls nested too deeply", "block calls nested deeper than {depth} levels"),
+    "E216": Code("network has no input", "the network has no input"),
+    "E217": Code("network has no output", "the network has no output"),
+    "E218": Code("invalid input shape",
+                 "input `{name}` has {count} dims; expected [C, H, W] or [F]", {
+                     "dim": "input dims must be at least 1, got {value}",
+                 }),
+    "E219": Code("unknown size symbol", "--size gives `{name}`, but no input has that symbol"),
+    "E220": Code("network too large", "the network expands to more than {limit:,} layers", {
+        "estimate": "the network would expand to more than {limit:,} layers "
+                    "({total:,} by this statement)",
+        "repeat": "repeat count {count:,} is more than the {limit:,} layers a network may have",
+    }),
+    # shapes
+    "E301": Code("output size below 1", "{op} output {axis} would be {size}, below 1: {formula}"),
+    "E302": Code("concat inputs disagree", _MERGE_MESSAGE, _MERGE_VARIANTS),
+    "E303": Code("add inputs disagree", _MERGE_MESSAGE, _MERGE_VARIANTS),
+    "E304": Code("wrong input rank", "`{op}` expects {expected}, got {shape}"),
+    "E305": Code("channels not divisible",
+                 "{op} {arg}={value} does not divide the {count} {side} {unit}"),
+    "E306": Code("no input size makes the network valid",
+                 "no value of {symbol} makes the {op} inputs agree in {axis}: {lhs} vs {rhs}", {
+                     "network": "no value of {symbol} makes the network valid",
+                 }),
+    # warnings
+    "W401": Code("strided window leaves input unused",
+                 "{op} leaves the last {parts} unused: {sums}"),
+    "W402": Code("binding never used", "binding `{name}` is never used", {
+        "in_block": "binding `{name}` in block `{block}` is never used",
+    }),
+    "W403": Code("block never called", "block `{name}` is never called"),
+    "W404": Code("input never used", "input `{name}` is never used"),
 }
+
+
+def message(code: str, variant: str | None = None, **values) -> str:
+    """The text of a diagnostic: ``code``'s template (``variant``'s, if given) filled in."""
+    return CODES[code].format(variant, **values)
 
 
 @dataclass
@@ -78,6 +157,10 @@ class Diagnostic:
     notes: list[str] = field(default_factory=list)
     help: str | None = None
     file: str = "<input>"
+
+    @property
+    def title(self) -> str:
+        return CODES[self.code].title
 
     @property
     def severity(self) -> str:
@@ -99,6 +182,12 @@ class Diagnostic:
             "end_column": span.end_column if span else None,
             "notes": notes,
         }
+
+
+def diagnostic(code: str, span: Span | None, *, variant: str | None = None, notes=(),
+               help: str | None = None, file: str = "<input>", **values) -> Diagnostic:
+    """A `Diagnostic` of ``code`` whose message is its template filled with ``values``."""
+    return Diagnostic(code, message(code, variant, **values), span, list(notes), help, file)
 
 
 def sort_key(diag: Diagnostic) -> tuple:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from . import syntax as ast
-from .diagnostics import Diagnostic, Span
+from .diagnostics import Diagnostic, Span, diagnostic
 
 MAX_DEPTH = 200  # deepest expression or list nesting accepted
 
@@ -141,7 +141,7 @@ class _Builder:
 
     def bare_call(self, c):
         span = _tok_span(c[0])
-        return ast.Call(str(c[0]), [], span, span, False)
+        return ast.Call(str(c[0]), [], span, span)
 
     def paren_call(self, c):
         name = c[0]
@@ -151,7 +151,7 @@ class _Builder:
                 args.append(item)
             else:
                 args.append(ast.Arg(None, item, item.span))
-        return ast.Call(str(name), args, _cover(c), _tok_span(name), True)
+        return ast.Call(str(name), args, _cover(c), _tok_span(name))
 
     def repeat(self, c):
         return ("repeat", c[1])
@@ -275,12 +275,11 @@ def parse(text: str, file: str = "<input>") -> tuple[ast.Module | None, list[Dia
     try:
         return parser.parse(text), []
     except _TooDeep as err:
-        diag = Diagnostic("E105", f"expression nested deeper than {MAX_DEPTH} levels", err.span)
+        diag = diagnostic("E105", err.span, depth=MAX_DEPTH)
         return None, [_with_file(diag, file)]
     except _Reserved as err:
         tok = err.token
-        diag = Diagnostic("E101", f"unexpected `{tok}`; expected {err.expected}",
-                          _tok_span(tok))
+        diag = diagnostic("E101", _tok_span(tok), token=tok, expected=err.expected)
         if err.expected == "a value":
             diag.help = f"`{tok}` is a reserved word; a value is a number, a list or a name"
         else:
@@ -337,7 +336,7 @@ def _expected_words(expected, parser) -> str:
 
 def _unexpected_eof(expected, text, parser) -> Diagnostic:
     words = _expected_words(expected, parser) if expected else "more input"
-    diag = Diagnostic("E102", f"unexpected end of file; expected {words}", _end_span(text))
+    diag = diagnostic("E102", _end_span(text), expected=words)
     if "RBRACE" in expected or "RETURN" in expected:
         diag.help = "a block ends with `return CHAIN` and a closing `}`"
     return diag
@@ -351,9 +350,7 @@ def _unexpected_token(err, text, parser) -> Diagnostic:
     words = _expected_words(expected, parser)
     history = getattr(err, "token_history", None) or []
     prev = history[-1] if history else None
-    found = f"`{tok}`"
-    span = _tok_span(tok)
-    diag = Diagnostic("E101", f"unexpected {found}; expected {words}", span)
+    diag = diagnostic("E101", _tok_span(tok), token=tok, expected=words)
     keywords = {"network", "input", "output", "block", "return", "in", "let", "true", "false"}
     if str(tok) in keywords and "NAME" in expected:
         diag.help = f"`{tok}` is a reserved word; choose another name"
@@ -395,7 +392,7 @@ def _unexpected_char(err, text) -> Diagnostic:
     char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
     span = Span(err.line, err.column, err.line, err.column + 1)
     shown = repr(char)[1:-1] if char.isprintable() else f"\\u{ord(char):04x}" if char else "?"
-    diag = Diagnostic("E103", f"invalid character `{shown}`", span)
+    diag = diagnostic("E103", span, char=shown)
     nxt = text[err.pos_in_stream + 1: err.pos_in_stream + 2]
     if char == "=" and nxt == ">" or char == ">":
         diag.help = "stages are joined with `->`"

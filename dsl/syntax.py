@@ -83,7 +83,6 @@ class Call:
     args: list[Arg]
     span: Span
     name_span: Span
-    has_parens: bool
 
 
 @dataclass

@@ -12,17 +12,18 @@ until `invalidate()`; `Model` calls it whenever its parameters may have changed.
 from __future__ import annotations
 
 from ..compiler.memory import ExecPlan
-from ..compiler.plan import Op
+from ..ops import Op, primitive
+from .backend import Backend
+from .errors import at_layer
 
 
 class Executor:
-    def __init__(self, eplan: ExecPlan, xp, kernels: dict, accepts_out: frozenset, dtype,
-                 accepts_scale: frozenset = frozenset()):
+    def __init__(self, eplan: ExecPlan, backend: Backend, dtype):
         self.eplan = eplan
-        self.xp = xp
-        self.kernels = kernels
-        self.accepts_out = accepts_out
-        self.accepts_scale = accepts_scale
+        self.xp = backend.xp
+        self.kernels = backend.kernels
+        self.accepts_out = backend.accepts_out
+        self.accepts_scale = backend.accepts_scale
         self.dtype = dtype
         self._arena = None  # (batch, [slot arrays], {tensor: view})
         self._folded = None
@@ -30,16 +31,6 @@ class Executor:
     def invalidate(self) -> None:
         """Forget folded parameters (after the parameters changed)."""
         self._folded = None
-
-    def release(self) -> None:
-        """Drop the arena; the next call allocates it again."""
-        self._arena = None
-
-    @property
-    def arena_bytes(self) -> int:
-        if self._arena is None:
-            return 0
-        return sum(int(a.nbytes) for a in self._arena[1])
 
     # ---- parameters ---------------------------------------------------------------------
     def _params(self, params: dict) -> dict:
@@ -149,13 +140,16 @@ class Executor:
             if e.act_params:
                 name, extra = attrs["act"]
                 attrs = dict(attrs, act=(name, dict(extra, weight=params[e.act_params[0]])))
-            if e.in_place is not None and e.op is not Op.ADD:
+            if e.in_place is not None and primitive(e.op).in_place == "first":
                 out = xs[e.in_place]
             kernel = self.kernels[e.op]
-            if e.op in self.accepts_out:
-                kernel(*xs, *ps, out=out, **attrs)
-            else:
-                out[...] = kernel(*xs, *ps, **attrs)
+            try:
+                if e.op in self.accepts_out:
+                    kernel(*xs, *ps, out=out, **attrs)
+                else:
+                    out[...] = kernel(*xs, *ps, **attrs)
+            except ValueError as err:
+                raise at_layer(e.step, self.eplan.plan.file, err) from err
             values[e.out] = out
         return {name: values[buf] if buf in values else get(buf)
                 for name, buf in self.eplan.outputs.items()}

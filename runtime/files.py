@@ -50,3 +50,18 @@ def read_npz(path) -> dict:
         raise ValueError(err.strerror or str(err)) from None
     except (ValueError, zipfile.BadZipFile, EOFError) as err:
         raise ValueError(f"not an .npz file ({err})") from None
+
+
+def weight_problems(expected: dict, arrays: dict) -> list[str]:
+    """Every way ``arrays`` (key -> array) fails to fit ``expected`` (key -> shape):
+    missing keys, unexpected keys and wrong shapes, each listed with its shapes."""
+    problems = []
+    for key in sorted(set(expected) - set(arrays)):
+        problems.append(f"missing {key} {list(expected[key])}")
+    for key in sorted(set(arrays) - set(expected)):
+        problems.append(f"unexpected {key} {list(arrays[key].shape)}")
+    for key in sorted(set(expected) & set(arrays)):
+        if tuple(arrays[key].shape) != tuple(expected[key]):
+            problems.append(f"{key} has shape {list(arrays[key].shape)}, expected "
+                            f"{list(expected[key])}")
+    return problems

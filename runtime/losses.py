@@ -11,7 +11,7 @@ single scalar comes back.
 
 from __future__ import annotations
 
-from .xp import get_array_module
+from ..ops.xp import get_array_module
 
 
 class LossInputError(ValueError):

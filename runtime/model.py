@@ -15,50 +15,35 @@ import os
 
 import numpy as np
 
-from ..compiler.plan import Op, Plan
+from ..compiler.plan import Plan
+from ..ops import Op
+from .backend import Backend, gpu_usable
+from .errors import InputError, LayerError, WeightFileError, at_layer
+from .files import weight_problems
+
+__all__ = ["InputError", "LayerError", "Model", "WeightFileError", "select_backend"]
 
 
-class InputError(ValueError):
-    """An input array that does not fit the model."""
-
-
-class WeightFileError(ValueError):
-    """A weight file that cannot be read or does not match the model."""
-
-
-def _backend(name: str):
+def select_backend(name: str) -> Backend:
+    """The backend called ``name``: "numpy", "cupy", or "auto" (CuPy when a CUDA device is
+    usable, else NumPy)."""
     if name == "auto":
-        try:
-            import cupy
-
-            if cupy.cuda.is_available():
-                name = "cupy"
-            else:
-                name = "numpy"
-        except Exception:  # no CuPy, or no usable CUDA driver: the CPU it is
-            name = "numpy"
+        name = "cupy" if gpu_usable() else "numpy"
     if name == "numpy":
-        from .numpy_backend import ACCEPTS_OUT, ACCEPTS_SCALE, KERNELS
-
-        return "numpy", np, KERNELS, ACCEPTS_OUT, ACCEPTS_SCALE
-    if name == "cupy":
-        try:
-            import cupy
-        except ImportError as err:
-            raise RuntimeError("backend 'cupy' needs CuPy: pip install 'cnnc[gpu]'") from err
-        from . import cupy_backend
-
-        accepts_out = getattr(cupy_backend, "ACCEPTS_OUT", frozenset())
-        accepts_scale = getattr(cupy_backend, "ACCEPTS_SCALE", frozenset())
-        return "cupy", cupy, cupy_backend.KERNELS, accepts_out, accepts_scale
-    raise ValueError(f"unknown backend {name!r}; expected 'auto', 'numpy' or 'cupy'")
+        from .numpy_backend import make_backend
+    elif name == "cupy":
+        from .cupy_backend import make_backend
+    else:
+        raise ValueError(f"unknown backend {name!r}; expected 'auto', 'numpy' or 'cupy'")
+    return make_backend()
 
 
 class Model:
     def __init__(self, plan: Plan, backend: str = "auto", seed: int = 0, dtype="float32"):
         self.plan = plan
-        (self.backend, self.xp, self.kernels, self._accepts_out,
-         self._accepts_scale) = _backend(backend)
+        self.backend = select_backend(backend)
+        self.xp = self.backend.xp
+        self.kernels = self.backend.kernels
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
@@ -76,8 +61,7 @@ class Model:
             from ..compiler.memory import plan_memory
             from .executor import Executor
 
-            self._executor = Executor(plan_memory(self.plan), self.xp, self.kernels,
-                                      self._accepts_out, self.dtype, self._accepts_scale)
+            self._executor = Executor(plan_memory(self.plan), self.backend, self.dtype)
         return self._executor
 
     def mark_changed(self) -> None:
@@ -85,13 +69,6 @@ class Model:
         inference then refolds batchnorms into the convolutions before them."""
         if self._executor is not None:
             self._executor.invalidate()
-
-    def _grad_table(self):
-        if self.backend == "cupy":
-            from .cupy_backend import GRADS
-        else:
-            from .grads import GRADS
-        return GRADS
 
     # ---- parameters ---------------------------------------------------------------------
     def _init(self, seed: int) -> dict:
@@ -106,8 +83,8 @@ class Model:
                 value = np.ones(shape)
             elif rule == "zeros":
                 value = np.zeros(shape)
-            elif rule == "prelu":
-                value = np.full(shape, 0.25)
+            elif rule not in ("kaiming_uniform", "fan_in_uniform"):
+                value = np.full(shape, float(rule))  # a constant, e.g. prelu's 0.25
             else:
                 weight_shape = shapes[key.rsplit(".", 1)[0] + ".weight"]
                 fan_in = int(np.prod(weight_shape[1:]))
@@ -119,12 +96,13 @@ class Model:
     def state(self) -> dict:
         """A copy of every parameter and buffer as a NumPy array, keyed by weight-file name
         (later training does not change it)."""
-        return {k: _to_numpy(v).copy() if self.backend == "numpy" else _to_numpy(v)
-                for k, v in self.params.items()}
+        if self.backend.on_device:
+            return self._host()
+        return {k: v.copy() for k, v in self.params.items()}
 
     def _host(self) -> dict:
         """Parameters and buffers on the host, without a copy where they already are."""
-        return {k: _to_numpy(v) for k, v in self.params.items()}
+        return {k: self.backend.to_host(v) for k, v in self.params.items()}
 
     def save(self, path) -> None:
         """Write parameters and buffers to an .npz file, atomically."""
@@ -189,10 +167,8 @@ class Model:
         """``value`` as an array of the model's dtype on the model's device: a CuPy array
         given to a NumPy model is copied to the host, a NumPy array given to a CuPy model
         to the GPU."""
-        if self.backend == "numpy" and type(value).__module__.startswith("cupy"):
-            value = value.get()
         try:
-            return self.xp.asarray(value, dtype=self.dtype)
+            return self.backend.asarray(value, self.dtype)
         except (TypeError, ValueError) as err:
             raise InputError(f"input `{name}` is not a numeric array: {err}") from None
 
@@ -207,7 +183,10 @@ class Model:
         for step in self.plan.steps:
             kernel = self.kernels[step.op]
             args = [values[i] for i in step.inputs] + [self.params[p] for p in step.params]
-            values[step.name] = kernel(*args, **step.attrs)
+            try:
+                values[step.name] = kernel(*args, **step.attrs)
+            except ValueError as err:
+                raise at_layer(step, self.plan.file, err) from err
         outputs = {name: values[buf] for name, buf in self.plan.outputs.items()}
         return _one_or_dict(outputs)
 
@@ -221,7 +200,7 @@ class Model:
         a final softmax comes back as that softmax's input, for a fused softmax
         cross-entropy loss; `backward` then takes the gradient with respect to it.
         """
-        table = self._grad_table()
+        table = self.backend.grads
         values = self._inputs(x)
         self._tape = None
         self.mark_changed()  # batchnorm's running statistics move in training
@@ -229,7 +208,11 @@ class Model:
         for step in self.plan.steps:
             forward, _ = table[step.op]
             args = [values[i] for i in step.inputs] + [self.params[p] for p in step.params]
-            values[step.name], saved = forward(*args, train=train, rng=self.rng, **step.attrs)
+            try:
+                values[step.name], saved = forward(*args, train=train, rng=self.rng,
+                                                   **step.attrs)
+            except ValueError as err:
+                raise at_layer(step, self.plan.file, err) from err
             tape.append((step, saved))
         heads = self._heads(logits)
         outputs = {name: values[buf] for name, buf in heads.items()}
@@ -278,7 +261,7 @@ class Model:
         if self._tape is None:
             raise RuntimeError("backward() needs a forward(x) first (model(x) keeps nothing)")
         tape, heads, shapes = self._tape
-        table = self._grad_table()
+        table = self.backend.grads
         if not isinstance(dy, dict):
             if len(heads) != 1:
                 raise InputError(f"network {self.plan.network} has outputs "
@@ -301,7 +284,10 @@ class Model:
             if g is None:
                 continue  # nothing downstream of this step reaches an output
             _, backward = table[step.op]
-            dinputs, dparams = backward(saved, g)
+            try:
+                dinputs, dparams = backward(saved, g)
+            except ValueError as err:
+                raise at_layer(step, self.plan.file, err) from err
             for name, d in zip(step.inputs, dinputs):
                 _accumulate(flowing, name, d)
             for key, d in zip(step.params, dparams):
@@ -315,21 +301,6 @@ class Model:
         dx = {name: flowing.get(name, self.xp.zeros(shapes[name], dtype=self.dtype))
               for name in self.plan.inputs}
         return _one_or_dict(dx)
-
-
-def weight_problems(expected: dict, arrays: dict) -> list[str]:
-    """Every way ``arrays`` (key -> array) fails to fit ``expected`` (key -> shape):
-    missing keys, unexpected keys and wrong shapes, each listed with its shapes."""
-    problems = []
-    for key in sorted(set(expected) - set(arrays)):
-        problems.append(f"missing {key} {list(expected[key])}")
-    for key in sorted(set(arrays) - set(expected)):
-        problems.append(f"unexpected {key} {list(arrays[key].shape)}")
-    for key in sorted(set(expected) & set(arrays)):
-        if tuple(arrays[key].shape) != tuple(expected[key]):
-            problems.append(f"{key} has shape {list(arrays[key].shape)}, expected "
-                            f"{list(expected[key])}")
-    return problems
 
 
 def _root(a):
@@ -350,9 +321,3 @@ def _one_or_dict(values: dict):
     if len(values) == 1:
         return next(iter(values.values()))
     return values
-
-
-def _to_numpy(a):
-    if isinstance(a, np.ndarray):
-        return a
-    return a.get()  # a CuPy array

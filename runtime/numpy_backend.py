@@ -1,41 +1,20 @@
-"""The NumPy backend: an explicit table from every primitive ``Op`` to its kernel.
+"""The NumPy backend: every primitive's NumPy-API kernel and training pair, from the op
+registry (``ops/``). The kernels pick their array module from their inputs, so the CuPy
+backend reuses them wherever an op has no CUDA kernel of its own."""
 
-The kernels are written against the NumPy API and pick their array module from their
-inputs, so a CuPy backend can reuse most of this table and replace only what differs.
-"""
+from ..ops import PRIMITIVES, Op, ops_where
+from .backend import Backend
 
-from .kernels.activation import activation, maxout, softmax
-from .kernels.conv import conv2d
-from .kernels.linear import dense
-from .kernels.norm import batchnorm, lrn
-from .kernels.pool import avgpool2d, global_avgpool, global_maxpool, maxpool2d
-from .kernels.tensor import add, concat, dropout, flatten
-from .ops import Op
+KERNELS = {Op(name): p.kernel for name, p in PRIMITIVES.items()}
+GRADS = {Op(name): (p.forward, p.backward) for name, p in PRIMITIVES.items()}
+# Ops whose kernel takes ``out=`` (an array the memory plan assigns) or ``scale=`` (a
+# batchnorm folded into it, per output channel).
+ACCEPTS_OUT = ops_where("accepts_out")
+ACCEPTS_SCALE = ops_where("accepts_scale")
 
-# Ops whose kernel takes ``out=`` (an array to write into, as the memory plan assigns);
-# the executor copies the result into place for the others.
-ACCEPTS_OUT = frozenset({
-    Op.CONV2D, Op.DENSE, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.ACTIVATION, Op.ADD, Op.BATCHNORM,
-})
 
-# Ops whose kernel takes ``scale=`` (per output channel, before the bias): a batchnorm folded
-# into them needs no scaled copy of the weights.
-ACCEPTS_SCALE = frozenset({Op.CONV2D, Op.DENSE})
+def make_backend() -> Backend:
+    import numpy
 
-KERNELS = {
-    Op.CONV2D: conv2d,
-    Op.MAXPOOL2D: maxpool2d,
-    Op.AVGPOOL2D: avgpool2d,
-    Op.GLOBAL_AVGPOOL: global_avgpool,
-    Op.GLOBAL_MAXPOOL: global_maxpool,
-    Op.LRN: lrn,
-    Op.BATCHNORM: batchnorm,
-    Op.ACTIVATION: activation,
-    Op.SOFTMAX: softmax,
-    Op.MAXOUT: maxout,
-    Op.DENSE: dense,
-    Op.FLATTEN: flatten,
-    Op.CONCAT: concat,
-    Op.ADD: add,
-    Op.DROPOUT: dropout,
-}
+    return Backend("numpy", numpy, KERNELS, GRADS, ACCEPTS_OUT, ACCEPTS_SCALE,
+                   on_device=False)

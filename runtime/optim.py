@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from .xp import get_array_module
+from ..ops.xp import get_array_module
 
 DECAY_CHOICES = ("all", "weights")
 

@@ -550,10 +550,6 @@ class Trainer:
         _, arrays = self.state(started)
         _atomic_savez(self.checkpoint, arrays)
 
-    def save_checkpoint(self, path) -> None:
-        """Write the trainer's state to ``path`` atomically (as at the end of an epoch)."""
-        _atomic_savez(os.fspath(path), self.state()[1])
-
     def restore(self, ckpt: Checkpoint | str) -> None:
         """Take back a checkpoint (a path or `read_checkpoint`'s result): every check first,
         then every change, so a refused checkpoint leaves the trainer and model as they were.
@@ -621,10 +617,6 @@ class Trainer:
         self.elapsed = elapsed
         self._data_id = data_id
         self.saved_epoch = self.epoch
-
-
-def to_json_history(history) -> list[dict]:
-    return [asdict(h) for h in history]
 
 
 __all__ = [

@@ -291,5 +291,7 @@ def test_a_kernel_refusing_its_input_is_an_error_line(work, capsys):
     np.savez(work / "one.npz", x=x[:1], y=y[:1], x_test=x[1:], y_test=y[1:])
     status, _, err = run(capsys, "bn.cnn", "--data", "one.npz")
     assert status == 1
-    assert err.startswith("cnnc: error: training failed at epoch 1, step 1: ValueError: "
+    # the refusal names the layer and where the file defines it
+    assert err.startswith("cnnc: error: training failed at epoch 1, step 1: bn.cnn:3:40: "
+                          "layer `y.batchnorm1` (batchnorm): "
                           "batchnorm: training needs more than one value per channel")

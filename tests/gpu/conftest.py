@@ -4,7 +4,7 @@
   ``gpu``; skipped unless CuPy imports and sees a device.
 - ``emulated``: the same backend code with NumPy as its array module and the same CUDA
   text compiled by the host C++ compiler, each launch run one thread after another. The
-  kernels use no shared memory, atomics or synchronisation (``runtime/cuda_kernels.py``),
+  kernels use no shared memory, atomics or synchronisation (``ops/cuda_kernels.py``),
   so a serial run computes exactly what the GPU computes, up to floating-point rounding.
   This checks index arithmetic, launch arguments and the host logic on a machine with no
   GPU; skipped when there is no ``g++``. Blocks are kept small here so that every
@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from cnnc.runtime import cuda_kernels
-from cnnc.runtime import cupy_backend
+from cnnc.ops import cuda_kernels, gpu
 
 _CTYPES = {
     "T": None,  # by element type, below
@@ -106,7 +105,7 @@ class EmulatedKernel:
                     assert value.flags.writeable, where
                 converted.append(value.ctypes.data)
             else:
-                # exactly the scalar type the kernel declares, as cupy_backend.pack_args makes
+                # exactly the scalar type the kernel declares, as gpu.pack_args makes
                 want = element if t == "T" else _SCALAR_NUMPY[t]
                 assert type(value) is want, (where, type(value))
                 converted.append(value.item())
@@ -163,10 +162,10 @@ def device(request, monkeypatch):
     if request.param == "cupy":
         return _cupy_device()
     kernel = request.getfixturevalue("emulator")
-    monkeypatch.setattr(cupy_backend, "_cupy", lambda: np)
-    monkeypatch.setattr(cupy_backend, "_kernel", kernel)
-    monkeypatch.setattr(cupy_backend, "BLOCK", 32)
-    monkeypatch.setattr(cupy_backend, "MAX_BLOCKS", 3)
+    monkeypatch.setattr(gpu, "cupy", lambda: np)
+    monkeypatch.setattr(gpu, "kernel", kernel)
+    monkeypatch.setattr(gpu, "BLOCK", 32)
+    monkeypatch.setattr(gpu, "MAX_BLOCKS", 3)
     return Device("emulated", np.asarray, np.asarray, np)
 
 

@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from cnnc.runtime import cuda_kernels
+from cnnc.ops import cuda_kernels
 
 SOURCE = cuda_kernels.source()
 

@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from cnnc.runtime import cuda_kernels
+from cnnc.ops import cuda_kernels
 
 
 def _candidates():

@@ -6,7 +6,7 @@ import pytest
 
 import cnnc
 from cnnc.compiler.memory import plan_memory
-from cnnc.compiler.plan import Op
+from cnnc.ops import Op
 
 EXAMPLES = ["lenet5", "ng_39x39", "nin_cifar10", "resnet18", "googlenet", "alexnet"]
 
@@ -249,15 +249,18 @@ def test_summary_has_no_planned_peak_for_symbolic_sizes(capsys):
 
 @pytest.mark.parametrize("scaled", [True, False])
 def test_batchnorm_folds_by_scale_or_by_scaled_weights(scaled):
+    from dataclasses import replace
+
     from cnnc.runtime.executor import Executor
 
     model = cnnc.compile(SOURCES["residual"]).build(backend="numpy", dtype="float64", seed=2)
     for key in model.params:
         if key.endswith("running_var"):
             model.params[key] = np.linspace(0.5, 2.0, model.params[key].size)
-    accepts = model._accepts_scale if scaled else frozenset()
-    ex = Executor(model.executor.eplan, np, model.kernels, model._accepts_out, model.dtype,
-                  accepts)
+    backend = model.backend
+    if not scaled:
+        backend = replace(backend, accepts_scale=frozenset())
+    ex = Executor(model.executor.eplan, backend, model.dtype)
     x = _x(model, 2)
     got = ex.run({"x": x}, model.params)["y"]
     _assert_same(got, model.interpret(x))
@@ -265,8 +268,8 @@ def test_batchnorm_folds_by_scale_or_by_scaled_weights(scaled):
 
 @pytest.mark.parametrize("stride, pad, k", [(1, 1, 3), (2, 0, 1), (2, 3, 7), (1, 0, 1)])
 def test_conv_and_dense_scale_equals_scaled_weights(stride, pad, k):
-    from cnnc.runtime.kernels.conv import conv2d
-    from cnnc.runtime.kernels.linear import dense
+    from cnnc.ops.conv import conv2d
+    from cnnc.ops.linear import dense
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 4, 9, 9))

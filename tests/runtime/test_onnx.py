@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc.compiler.plan import Op
+from cnnc.ops import Op
 from cnnc.runtime.model import Model
-from cnnc.runtime.shapes import pool_out
+from cnnc.ops.window import pool_out
 
 onnx = pytest.importorskip("onnx")
 

@@ -1,0 +1,305 @@
+"""The walk: statements in source order to nodes, with names resolved and blocks expanded.
+
+Each chain stage becomes a `Node` with its spec-section-5 name; block calls are expanded in
+place with their instantiation trace kept; each layer call's arguments are bound and typed.
+A node whose shape can then be inferred is queued as a job of the infer pass.
+"""
+
+from __future__ import annotations
+
+from ...dsl import syntax as ast
+from ...ops import LAYERS, MERGES
+from ...ops.base import REQUIRED, ArgSpec
+from ..graph import Network, Node
+from ..symbolic import sym
+from .args import Binder
+from .names import MAX_BLOCK_DEPTH, MAX_LAYERS, Env, Names, Tensor
+from .report import Reporter, did_you_mean_help
+from .values import INVALID, Evaluator, Word, listing, show
+
+
+class Expander:
+    def __init__(self, module: ast.Module, net: Network, reporter: Reporter,
+                 lines: list[str], sizes: dict):
+        self.module = module
+        self.net = net
+        self.reporter = reporter
+        self.sizes = sizes
+        self.names = Names(net, reporter, lines)
+        self.evaluator = Evaluator(reporter, self.names.tensors)
+        self.binder = Binder(reporter, self.evaluator)
+        self.symbols: list[str] = []  # the inputs' size symbols without a value, in order
+        self.jobs: list = []  # (node, ast.Merge or None): the shapes the infer pass computes
+        self.depth_reported = False
+        self.anon_outputs = 0
+
+    @property
+    def expansion_cut(self) -> bool:
+        """Whether some block call was not expanded (recursion, depth, the layer budget)."""
+        return self.depth_reported or self.names.too_big or self.reporter.found("E208")
+
+    def run(self) -> bool:
+        """Walk every statement; False when the file is refused before building anything."""
+        statements = self.module.statements
+        self.names.collect_blocks(statements)
+        if too_large(statements, self.names.blocks, self.reporter):
+            return False
+        network_seen = False
+        for stmt in statements:
+            if isinstance(stmt, ast.NetworkStmt):
+                if network_seen:
+                    self.reporter.report("E202", stmt.span, variant="network")
+                network_seen = True
+                self.net.name = stmt.name
+            elif isinstance(stmt, ast.InputStmt):
+                self.input(stmt)
+            elif isinstance(stmt, ast.LetStmt):
+                self.let(stmt, self.names.globals, self.names.tensors)
+            elif isinstance(stmt, ast.Binding):
+                self.top_binding(stmt)
+            elif isinstance(stmt, ast.OutputStmt):
+                self.output(stmt)
+        return True
+
+    # ---- statements -------------------------------------------------------------------------
+    def input(self, stmt: ast.InputStmt):
+        names = self.names
+        if not names.define(stmt.name, stmt.name_span, names.tensors, names.globals):
+            return
+        dims = []
+        ok = True
+        if len(stmt.dims) not in (1, 3):
+            self.reporter.report("E218", stmt.span, name=stmt.name, count=len(stmt.dims),
+                                 help="give the per-sample shape; the batch dimension is "
+                                 "implicit")
+            ok = False
+        for dim in stmt.dims:
+            if isinstance(dim.value, int):
+                if dim.value < 1:
+                    self.reporter.report("E218", dim.span, variant="dim", value=dim.value)
+                    ok = False
+                dims.append(dim.value)
+            elif dim.value in self.sizes:
+                dims.append(self.sizes[dim.value])
+            elif dim.value in names.globals and isinstance(names.globals[dim.value], int):
+                dims.append(names.globals[dim.value])
+            else:
+                if dim.value not in self.symbols:
+                    self.symbols.append(dim.value)
+                dims.append(sym(dim.value))
+        node = Node(stmt.name, "input", {}, [], stmt.name_span, f"input {stmt.name}")
+        node.shape = tuple(dims) if ok else None
+        names.add_node(node)
+        self.net.inputs.append(stmt.name)
+        names.tensors[stmt.name] = Tensor(stmt.name, stmt.name_span, "input")
+
+    def let(self, stmt: ast.LetStmt, values: dict, tensors: dict):
+        if self.names.define(stmt.name, stmt.name_span, values, tensors):
+            value = self.evaluator.value(stmt.value, values)
+            self.names.bind_value(stmt.name, value, stmt.name_span, values)
+
+    def top_binding(self, stmt: ast.Binding):
+        names = self.names
+        node = self.chain(stmt.chain, stmt.name, names.top_env())
+        if names.define(stmt.name, stmt.name_span, names.tensors, names.globals):
+            names.tensors[stmt.name] = Tensor(node, stmt.name_span, "binding")
+
+    def output(self, stmt: ast.OutputStmt):
+        names = self.names
+        if stmt.name is None:
+            if not stmt.chain.stages and isinstance(stmt.chain.start, ast.Source):
+                name = stmt.chain.start.name
+            else:
+                self.anon_outputs += 1
+                name = f"output{self.anon_outputs}"
+            span = stmt.chain.span
+        else:
+            name = stmt.name
+            span = stmt.name_span
+        node = self.chain(stmt.chain, name, names.top_env())
+        if name in self.net.outputs:
+            self.reporter.report("E202", span, variant="output", name=name)
+            return
+        if stmt.name is not None:
+            if not names.define(name, span, names.tensors, names.globals):
+                return
+            names.tensors[name] = Tensor(node, span, "output")
+        if node is not None:
+            self.net.outputs[name] = node
+
+    # ---- chains -----------------------------------------------------------------------------
+    def chain(self, chain: ast.Chain, scope: str, env: Env) -> str | None:
+        cur = self.start(chain.start, scope, env)
+        for stage in chain.stages:
+            cur = self.stage(stage, cur, scope, env)
+        return cur
+
+    def start(self, start, scope: str, env: Env) -> str | None:
+        """A chain's start: a tensor, or a merge of tensors (a node of its own)."""
+        names = self.names
+        if isinstance(start, ast.Source):
+            return names.lookup(start, env)
+        if start.op not in MERGES:  # a misplaced call at the head of a chain
+            kind = "layer" if start.op in LAYERS else "block" if start.op in names.blocks else None
+            if kind:
+                source = start.sources[0].name if start.sources else "x"
+                self.reporter.report("E211", start.span, kind=kind, name=start.op,
+                                     help=f"pipe a tensor into it: `{source} -> {start.op}`")
+            else:
+                self.reporter.report("E203", start.name_span, variant="merge", name=start.op,
+                                     help=did_you_mean_help(start.op, MERGES)
+                                     or f"merges are {listing(MERGES)}")
+            for src in start.sources:
+                names.lookup(src, env)
+            return None
+        inputs = [names.lookup(src, env) for src in start.sources]
+        if len(start.sources) < 2:
+            self.reporter.report("E214", start.span, op=start.op, count=len(start.sources))
+        name = names.auto_name(scope, start.op)
+        node = Node(name, start.op, {}, [i for i in inputs if i is not None], start.span,
+                    names.text(start.span), env.trace)
+        names.add_node(node)
+        if None not in inputs and len(inputs) >= 2:
+            self.jobs.append((node, start))
+        return name
+
+    def stage(self, stage: ast.Stage, cur, scope: str, env: Env):
+        count = self.repeat_count(stage, env)
+        alias = stage.alias if count == 1 else None
+        call = stage.call
+        for _ in range(count):
+            if self.names.too_big:
+                return None
+            if call.name in LAYERS:
+                cur = self.layer(call, cur, scope, env, alias)
+            elif call.name in self.names.blocks:
+                cur = self.block_call(call, cur, scope, env, alias)
+            else:
+                self.names.unknown_call(call)
+                return None
+        return cur
+
+    def repeat_count(self, stage: ast.Stage, env: Env) -> int:
+        """How many times a stage repeats (`* N`): 1 where the count is wrong (reported)."""
+        report = self.reporter.report
+        count = 1
+        if stage.repeat is not None:
+            value = self.evaluator.value(stage.repeat, env.values)
+            if isinstance(value, Word):
+                self.evaluator.undefined(value, env.values, "a repeat count")
+                value = INVALID
+            if value is INVALID:
+                count = 1
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                report("E213", stage.repeat.span, value=show(value))
+                count = 1
+            else:
+                count = value
+        if stage.alias is not None and count > 1:
+            report("E213", stage.alias_span, variant="alias", count=count, alias=stage.alias,
+                   help="drop `as`; the copies are numbered automatically")
+        if count > MAX_LAYERS:
+            report("E220", stage.repeat.span, variant="repeat", count=count, limit=MAX_LAYERS)
+            count = 1
+        return count
+
+    def layer(self, call: ast.Call, cur, scope: str, env: Env, alias):
+        names = self.names
+        auto = names.auto_name(scope, call.name)
+        name = f"{scope}.{alias}" if alias else auto
+        args = self.binder.layer_args(LAYERS[call.name], call, env.values)
+        node = Node(name, call.name, args or {}, [cur] if cur is not None else [], call.span,
+                    names.text(call.span), env.trace)
+        names.add_node(node)
+        if cur is not None and args is not None:
+            self.jobs.append((node, None))
+        return name
+
+    def block_call(self, call: ast.Call, cur, scope: str, env: Env, alias):
+        names = self.names
+        block = names.blocks[call.name]
+        names.called.add(call.name)
+        auto = names.auto_name(scope, call.name)
+        block_scope = f"{scope}.{alias}" if alias else auto
+        if call.name in env.stack:
+            cycle = " -> ".join(env.stack[env.stack.index(call.name):] + (call.name,))
+            self.reporter.report("E208", call.span, name=call.name, cycle=cycle,
+                                 help="a block cannot contain itself; unroll it or use `* N`")
+            return None
+        if len(env.stack) >= MAX_BLOCK_DEPTH:
+            if not self.depth_reported:
+                self.depth_reported = True
+                self.reporter.report("E215", call.span, depth=MAX_BLOCK_DEPTH)
+            return None
+        if names.too_big:
+            return None
+        # bind parameters: defaults may use earlier parameters and global constants
+        specs = [ArgSpec(p.name, "any", REQUIRED if p.default is None else p.default)
+                 for p in block.params]
+        bound = self.binder.bind(call, specs, env.values, f"block `{call.name}`")
+        if bound is None:
+            return None
+        given, _ = bound
+        values = dict(names.globals)
+        for param, spec in zip(block.params, specs):
+            got = given[spec.name]
+            if got is spec.default and param.default is not None:
+                got = self.evaluator.value(param.default, values)
+            values[param.name] = got
+        inner = Env(tensors={}, values=values, in_node=cur, in_block=True,
+                    trace=env.trace + ((call.name, call.span),),
+                    stack=env.stack + (call.name,))
+        outer_trace = self.reporter.trace
+        self.reporter.trace = inner.trace
+        try:
+            for item in block.body:
+                if isinstance(item, ast.LetStmt):
+                    self.let(item, inner.values, inner.tensors)
+                else:
+                    node = self.chain(item.chain, f"{block_scope}.{item.name}", inner)
+                    if names.define(item.name, item.name_span, inner.tensors, inner.values):
+                        inner.tensors[item.name] = Tensor(node, item.name_span, "binding")
+            return self.chain(block.ret, block_scope, inner)
+        finally:
+            self.reporter.trace = outer_trace
+
+
+def too_large(statements, blocks: dict, reporter: Reporter) -> bool:
+    """Refuse, before building anything, a file whose repeats and block calls multiply past
+    the layer budget (E220). Repeat counts that are not literals are taken as 1 here; the
+    budget is enforced again while expanding."""
+    sizes: dict = {}
+
+    def block_size(name: str, active: frozenset) -> int:
+        if name in sizes:
+            return sizes[name]
+        if name in active or len(active) >= MAX_BLOCK_DEPTH:
+            return 0  # recursion and nesting depth are reported while expanding
+        block = blocks[name]
+        inner = active | {name}
+        total = chain_size(block.ret, inner)
+        for item in block.body:
+            if isinstance(item, ast.Binding):
+                total += chain_size(item.chain, inner)
+        sizes[name] = total
+        return total
+
+    def chain_size(chain: ast.Chain, active: frozenset) -> int:
+        total = 1 if isinstance(chain.start, ast.Merge) else 0
+        for stage in chain.stages:
+            count = stage.repeat.value if isinstance(stage.repeat, ast.IntLit) else 1
+            name = stage.call.name
+            unit = block_size(name, active) if name in blocks else 1
+            total += max(count, 1) * unit
+        return total
+
+    total = 0
+    for stmt in statements:
+        if isinstance(stmt, (ast.Binding, ast.OutputStmt)):
+            total += chain_size(stmt.chain, frozenset())
+            if total > MAX_LAYERS:
+                reporter.report("E220", stmt.chain.span, variant="estimate", limit=MAX_LAYERS,
+                                total=total,
+                                help="check the repeat counts `* N` and nested block calls")
+                return True
+    return False

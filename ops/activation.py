@@ -1,0 +1,953 @@
+"""Activations, softmax and maxout: the element-wise and channel-wise non-linearities.
+
+==========================================  ============  ===================================
+layer                                       primitive     attributes
+==========================================  ============  ===================================
+relu, sigmoid, tanh, selu, softplus, silu   ACTIVATION    name, alpha=None, beta=None
+leaky_relu(alpha=0.01), elu(alpha=1.0)      ACTIVATION    name, alpha, beta=None
+swish(beta=1.0)                             ACTIVATION    name, alpha=None, beta
+prelu (learned slopes, 1 or C, init 0.25)   ACTIVATION    name, alpha=None, beta=None
+softmax                                     SOFTMAX       axis=1
+maxout(k)                                   MAXOUT        k
+==========================================  ============  ===================================
+
+Every activation is one entry of ``ACTIVATIONS`` (an ``Activation``): its defaults, what its
+backward keeps, its in-place NumPy-API function, its gradient, its scalar reference, its
+ONNX nodes and its PyTorch function. The layers, the kernel's dispatch, the backward, the
+reference, the ONNX export and the PyTorch oracle all read that table; adding an activation
+is adding an entry (and its device code to ``ops/cuda_kernels.py``, whose
+``ACTIVATION_CODES`` give each activation its number in the CUDA kernels). ``identity`` is
+the no-op epilogue of conv and dense: an activation, but not a layer.
+
+conv and dense run an activation as a fused epilogue: ``apply_act_`` (NumPy API),
+``bias_act``/``act_backward`` and the ``ActSpec`` helpers (CUDA), ``reference_act``,
+``emit_fused``/``emit_activation`` (ONNX).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..compiler.symbolic import is_concrete
+from . import gpu
+from .base import ArgSpec, Example, ExportError, Layer, Primitive, divisor_help, same_shape
+from .cuda_kernels import ACTIVATION_CODES
+from .xp import as_grad, floating, get_array_module, index_dtype, prod
+
+# Klambauer et al. 2017, "Self-Normalizing Neural Networks", eq. 14 (as in PyTorch).
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+# ================================================================ activation: the table
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation, everything about it.
+
+    - ``alpha``/``beta``: the defaults (PyTorch's) of the arguments it takes, None where it
+      takes none; the functions below get them resolved.
+    - ``keeps``: what the backward needs: ``"mask"`` (x > 0), ``"x"``, ``"y"`` or None.
+    - ``apply_(y, alpha, beta, weight, xp) -> y``: the activation, in place on ``y``.
+    - ``backward(kept, dy, alpha, beta, weight, xp) -> (gx, param grads)``.
+    - ``scalar(v, alpha, beta, slope) -> float``: the reference, on one Python float.
+    - ``onnx(g, x, out, purpose, alpha, beta, slope, shape)``: its ONNX nodes.
+    - ``torch(torch, x, alpha, beta, ws) -> tensor``: the same in PyTorch.
+    - ``args``: which of alpha/beta its layer takes; ``ranks``, ``params``, ``init``: the
+      layer's; ``layer``: False for an activation that is no layer (identity).
+    """
+
+    name: str
+    apply_: Callable
+    backward: Callable
+    scalar: Callable
+    onnx: Callable
+    torch: Callable
+    alpha: float | None = None
+    beta: float | None = None
+    keeps: str | None = None
+    args: tuple = ()
+    ranks: tuple | None = None
+    params: Callable | None = None
+    init: str | None = None
+    layer: bool = True
+    doc: str = ""
+
+
+# ---- shared pieces of the entries
+
+
+def _channel_view(weight, y, xp):
+    """Shape prelu's slopes ``(C,)`` to broadcast over axis 1 of ``y``."""
+    weight = xp.asarray(weight, dtype=y.dtype)
+    channels = y.shape[1] if y.ndim > 1 else 1
+    if weight.size not in (1, channels):
+        raise ValueError(
+            f"prelu: weight has {weight.size} slopes, expected 1 or {channels} "
+            f"(one per channel of input {tuple(y.shape)})"
+        )
+    if weight.size == 1 or y.ndim < 2:
+        return weight.reshape(())
+    return weight.reshape((channels,) + (1,) * (y.ndim - 2))
+
+
+def _sigmoid_(y, xp):
+    """Overflow-free sigmoid, in place: ``e^min(x, 0) / (1 + e^-|x|)``.
+
+    Both exponents are <= 0, and the two branches of the usual stable form (x >= 0 and
+    x < 0) become one expression: no mask, which NumPy handles slowly.
+    """
+    t = xp.abs(y)
+    xp.negative(t, out=t)
+    xp.exp(t, out=t)
+    t += 1  # 1 + e^-|x|, in (1, 2]
+    xp.minimum(y, 0, out=y)
+    xp.exp(y, out=y)  # e^min(x, 0), in (0, 1]
+    y /= t
+    return y
+
+
+def _two_slopes_(y, slope, xp):
+    """``max(x, 0) + slope * min(x, 0)`` in place; ``slope`` may broadcast per channel."""
+    neg = xp.minimum(y, 0)
+    neg *= slope
+    xp.maximum(y, 0, out=y)
+    y += neg
+    return y
+
+
+def _exp_part(y, alpha, xp):
+    """``alpha * expm1(min(y, 0))``, the negative branch of elu and selu."""
+    neg = xp.minimum(y, 0)
+    xp.expm1(neg, out=neg)
+    neg *= alpha
+    return neg
+
+
+def _exp_grad(x, dy, alpha, xp):
+    """``dy`` where x > 0, else ``dy * alpha e^x``: elu's and selu's gradient."""
+    d = xp.minimum(x, 0)
+    xp.exp(d, out=d)
+    d *= alpha  # alpha e^min(x, 0)
+    return xp.where(x > 0, dy, dy * d)
+
+
+def _ref_sigmoid(v):
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
+
+
+def _ref_softplus(v):
+    if v > 0:
+        return v + math.log1p(math.exp(-v))
+    return math.log1p(math.exp(v))
+
+
+def _onnx_op(op_type):
+    """The ONNX emission of an activation that is one ONNX operator without attributes."""
+
+    def emit(g, x, out, purpose, alpha, beta, slope, shape):
+        g.node(op_type, [x], out, purpose)
+
+    return emit
+
+
+# ---- leaky_relu
+
+
+def _leaky_relu_(y, alpha, beta, weight, xp):
+    if 0 <= alpha <= 1:
+        # max(x, a*x) is leaky relu exactly when 0 <= a <= 1
+        return xp.maximum(y, y * alpha, out=y)
+    return _two_slopes_(y, alpha, xp)
+
+
+def _leaky_relu_onnx(g, x, out, purpose, alpha, beta, slope, shape):
+    g.node("LeakyRelu", [x], out, purpose, alpha=float(alpha))
+
+
+# ---- prelu
+
+
+def _prelu_(y, alpha, beta, weight, xp):
+    if weight is None:
+        raise ValueError("prelu: needs its per-channel weight, got none")
+    return _two_slopes_(y, _channel_view(weight, y, xp), xp)
+
+
+def _prelu_backward(x, dy, alpha, beta, weight, xp):
+    slope = _channel_view(weight, x, xp)  # (C, 1, ...) or a scalar
+    positive = x > 0
+    gx = xp.where(positive, dy, dy * slope)
+    neg = xp.where(positive, x.dtype.type(0), x)  # min(x, 0)
+    neg *= dy
+    if weight.size == 1 or x.ndim < 2:
+        gW = neg.sum()
+    else:
+        gW = neg.sum(axis=(0,) + tuple(range(2, x.ndim)))
+    return gx, (gW.reshape(weight.shape),)
+
+
+def _prelu_onnx(g, x, out, purpose, alpha, beta, slope, shape):
+    if slope is None:
+        raise ExportError(f"{g.step.name}: prelu needs its slope parameter")
+    if len(shape) > 1:
+        # slopes (C,) -> (C, 1, 1) so that they broadcast along channels
+        axes = g.const("slope_axes", list(range(1, len(shape))), np.int64)
+        slope = g.node("Unsqueeze", [slope, axes], g.temp("slope"), "slope")
+    g.node("PRelu", [x, slope], out, purpose)
+
+
+def _prelu_params(shape, args):
+    return {"weight": (shape[0],)}
+
+
+# ---- elu and selu
+
+
+def _elu_(y, alpha, beta, weight, xp):
+    neg = _exp_part(y, alpha, xp)
+    xp.maximum(y, 0, out=y)
+    y += neg
+    return y
+
+
+def _elu_onnx(g, x, out, purpose, alpha, beta, slope, shape):
+    g.node("Elu", [x], out, purpose, alpha=float(alpha))
+
+
+def _selu_(y, alpha, beta, weight, xp):
+    neg = _exp_part(y, SELU_ALPHA, xp)
+    xp.maximum(y, 0, out=y)
+    y += neg
+    y *= SELU_SCALE
+    return y
+
+
+def _selu_backward(x, dy, alpha, beta, weight, xp):
+    gx = _exp_grad(x, dy, SELU_ALPHA, xp)
+    gx *= SELU_SCALE
+    return gx, ()
+
+
+def _selu_onnx(g, x, out, purpose, alpha, beta, slope, shape):
+    g.node("Selu", [x], out, purpose, alpha=SELU_ALPHA, gamma=SELU_SCALE)
+
+
+# ---- sigmoid, tanh, softplus
+
+
+def _sigmoid_backward(y, dy, alpha, beta, weight, xp):
+    gx = 1 - y
+    gx *= y
+    gx *= dy
+    return gx, ()
+
+
+def _tanh_backward(y, dy, alpha, beta, weight, xp):
+    gx = y * y
+    xp.subtract(1, gx, out=gx)
+    gx *= dy
+    return gx, ()
+
+
+def _softplus_(y, alpha, beta, weight, xp):
+    # log(1 + e^x) = max(x, 0) + log1p(e^-|x|), finite for every x
+    t = xp.abs(y)
+    xp.negative(t, out=t)
+    xp.exp(t, out=t)
+    xp.log1p(t, out=t)
+    xp.maximum(y, 0, out=y)
+    y += t
+    return y
+
+
+def _softplus_backward(x, dy, alpha, beta, weight, xp):
+    gx = _sigmoid_(x.copy(), xp)
+    gx *= dy
+    return gx, ()
+
+
+# ---- swish and silu: x * sigmoid(beta * x)
+
+
+def _swish_(y, alpha, beta, weight, xp):
+    s = y * beta
+    _sigmoid_(s, xp)
+    y *= s
+    return y
+
+
+def _swish_backward(x, dy, alpha, beta, weight, xp):
+    # d/dx x s(beta x) = s + beta x s (1 - s)
+    s = _sigmoid_(x * beta, xp)
+    gx = 1 - s
+    gx *= x
+    gx *= beta
+    gx += 1
+    gx *= s
+    gx *= dy
+    return gx, ()
+
+
+def _swish_onnx(g, x, out, purpose, alpha, beta, slope, shape):
+    scaled = x
+    if float(beta) != 1.0:
+        scaled = g.node("Mul", [x, g.const("beta", beta, np.float32)], g.temp("beta_x"),
+                        "beta_x")
+    gate = g.node("Sigmoid", [scaled], g.temp("sigmoid"), "sigmoid")
+    g.node("Mul", [x, gate], out, purpose)
+
+
+def _swish_torch(torch, x, alpha, beta, ws):
+    return x * torch.sigmoid(beta * x)
+
+
+def _swish(name, args, doc):
+    return Activation(
+        name, _swish_, _swish_backward,
+        scalar=lambda v, alpha, beta, slope: v * _ref_sigmoid(beta * v),
+        onnx=_swish_onnx, torch=_swish_torch, beta=1.0, keeps="x", args=args, doc=doc,
+    )
+
+
+# ---- the table: one entry per activation (keeps: what the backward needs)
+
+ACTIVATIONS = {act.name: act for act in [
+    Activation(
+        "identity",
+        apply_=lambda y, alpha, beta, weight, xp: y,
+        backward=lambda x, dy, alpha, beta, weight, xp: (dy.copy(), ()),
+        scalar=lambda v, alpha, beta, slope: v,
+        onnx=_onnx_op("Identity"),
+        torch=lambda torch, x, alpha, beta, ws: x,
+        layer=False, doc="x (the epilogue of a conv or dense without activation)",
+    ),
+    Activation(
+        "relu",
+        apply_=lambda y, alpha, beta, weight, xp: xp.maximum(y, 0, out=y),
+        backward=lambda mask, dy, alpha, beta, weight, xp: (dy * mask, ()),
+        scalar=lambda v, alpha, beta, slope: v if v > 0 else 0.0,
+        onnx=_onnx_op("Relu"),
+        torch=lambda torch, x, alpha, beta, ws: torch.nn.functional.relu(x),
+        keeps="mask", doc="max(x, 0)",
+    ),
+    Activation(
+        "sigmoid",
+        apply_=lambda y, alpha, beta, weight, xp: _sigmoid_(y, xp),
+        backward=_sigmoid_backward,
+        scalar=lambda v, alpha, beta, slope: _ref_sigmoid(v),
+        onnx=_onnx_op("Sigmoid"),
+        torch=lambda torch, x, alpha, beta, ws: torch.sigmoid(x),
+        keeps="y", doc="1 / (1 + e^-x)",
+    ),
+    Activation(
+        "tanh",
+        apply_=lambda y, alpha, beta, weight, xp: xp.tanh(y, out=y),
+        backward=_tanh_backward,
+        scalar=lambda v, alpha, beta, slope: math.tanh(v),
+        onnx=_onnx_op("Tanh"),
+        torch=lambda torch, x, alpha, beta, ws: torch.tanh(x),
+        keeps="y", doc="tanh(x)",
+    ),
+    Activation(
+        "selu", _selu_, _selu_backward,
+        scalar=lambda v, alpha, beta, slope: SELU_SCALE * (
+            v if v > 0 else SELU_ALPHA * math.expm1(v)),
+        onnx=_selu_onnx,
+        torch=lambda torch, x, alpha, beta, ws: torch.nn.functional.selu(x),
+        keeps="x", doc="scale * (x if x > 0 else alpha (e^x - 1)), fixed scale and alpha",
+    ),
+    Activation(
+        "softplus", _softplus_, _softplus_backward,
+        scalar=lambda v, alpha, beta, slope: _ref_softplus(v),
+        onnx=_onnx_op("Softplus"),
+        torch=lambda torch, x, alpha, beta, ws: torch.nn.functional.softplus(x),
+        keeps="x", doc="log(1 + e^x)",
+    ),
+    _swish("silu", (), "x * sigmoid(x)"),
+    Activation(
+        "leaky_relu", _leaky_relu_,
+        backward=lambda mask, dy, alpha, beta, weight, xp: (xp.where(mask, dy, dy * alpha), ()),
+        scalar=lambda v, alpha, beta, slope: v if v > 0 else alpha * v,
+        onnx=_leaky_relu_onnx,
+        torch=lambda torch, x, alpha, beta, ws: torch.nn.functional.leaky_relu(x, alpha),
+        alpha=0.01, keeps="mask", args=("alpha",), doc="x if x > 0 else alpha x",
+    ),
+    Activation(
+        "prelu", _prelu_, _prelu_backward,
+        scalar=lambda v, alpha, beta, slope: v if v > 0 else slope * v,
+        onnx=_prelu_onnx,
+        torch=lambda torch, x, alpha, beta, ws: torch.nn.functional.prelu(x, ws[0]),
+        keeps="x", ranks=(1, 3), params=_prelu_params, init="0.25",
+        doc="with a learned slope per channel",
+    ),
+    Activation(
+        "elu", _elu_,
+        backward=lambda x, dy, alpha, beta, weight, xp: (_exp_grad(x, dy, alpha, xp), ()),
+        scalar=lambda v, alpha, beta, slope: v if v > 0 else alpha * math.expm1(v),
+        onnx=_elu_onnx,
+        torch=lambda torch, x, alpha, beta, ws: torch.nn.functional.elu(x, alpha),
+        alpha=1.0, keeps="x", args=("alpha",), doc="x if x > 0 else alpha (e^x - 1)",
+    ),
+    _swish("swish", ("beta",), "x * sigmoid(beta x)"),
+]}
+
+
+def _lookup(name, where=""):
+    if name not in ACTIVATIONS:
+        known = ", ".join(sorted(ACTIVATIONS))
+        raise ValueError(f"{where}unknown activation {name!r}; known: {known}")
+    return ACTIVATIONS[name]
+
+
+def _resolved(act, alpha, beta):
+    """``alpha``/``beta`` with the activation's defaults where None."""
+    return (act.alpha if alpha is None else alpha, act.beta if beta is None else beta)
+
+
+# ================================================================ activation: layers
+
+
+def _lower_activation(node, in_shapes):
+    a = node.args
+    return "activation", dict(name=node.op, alpha=a.get("alpha"), beta=a.get("beta"))
+
+
+def _activation_layer(act):
+    extra = {}
+    if act.params is not None:
+        extra = dict(params=act.params, init=lambda key: act.init)
+    return Layer(
+        act.name,
+        [ArgSpec(key, "float", getattr(act, key)) for key in act.args],
+        act.ranks,
+        same_shape,
+        _lower_activation,
+        changes_shape=False,
+        doc=f"activation {act.doc}",
+        **extra,
+    )
+
+
+# ================================================================ activation: the kernel
+
+
+def activate_(y, name, alpha=None, beta=None, weight=None):
+    """Apply activation ``name`` to the float array ``y`` in place and return it.
+
+    ``alpha``/``beta`` default as in PyTorch (leaky_relu 0.01, elu 1.0, swish 1.0);
+    ``weight`` holds prelu's per-channel slopes, broadcast along axis 1.
+    """
+    xp = get_array_module(y)
+    act = _lookup(name)
+    alpha, beta = _resolved(act, alpha, beta)
+    return act.apply_(y, alpha, beta, weight, xp)
+
+
+def apply_act_(y, act):
+    """Fused epilogue: ``act`` is None, a name, or ``(name, params)`` with params a mapping
+    of ``alpha``, ``beta`` and ``weight`` (prelu)."""
+    if act is None:
+        return y
+    if isinstance(act, str):
+        return activate_(y, act)
+    name, params = act
+    return activate_(y, name, **dict(params or {}))
+
+
+def activation(x, weight=None, *, name, alpha=None, beta=None, out=None):
+    """The ACTIVATION op; returns a new array and leaves ``x`` untouched, unless ``out`` is
+    given: then the result goes there, and ``out`` may be ``x`` itself (in place)."""
+    xp = get_array_module(x)
+    if out is None:
+        y = floating(x, xp).copy()
+    else:
+        y = out
+        if y is not x:
+            y[...] = x
+    return activate_(y, name, alpha=alpha, beta=beta, weight=weight)
+
+
+# ---- training
+
+
+def activation_forward(x, weight=None, *, name, alpha=None, beta=None, train=True, rng=None):
+    act = _lookup(name, "activation: ")
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    y = activation(x, weight, name=name, alpha=alpha, beta=beta)
+    alpha, beta = _resolved(act, alpha, beta)
+    if act.keeps == "mask":
+        kept = x > 0
+    elif act.keeps == "x":
+        kept = x
+    elif act.keeps == "y":
+        kept = y
+    else:
+        kept = None
+    weight = weight if act.params is not None else None
+    return y, (act, alpha, beta, weight, kept, tuple(x.shape), x.dtype)
+
+
+def activation_backward(saved, dy):
+    act, alpha, beta, weight, kept, x_shape, dtype = saved
+    xp = get_array_module(dy) if kept is None else get_array_module(kept)
+    dy = as_grad(dy, x_shape, dtype, xp, f"activation {act.name}")
+    gx, gws = act.backward(kept, dy, alpha, beta, weight, xp)
+    return (gx,), gws
+
+
+# ---- GPU: the activation as the CUDA kernels take it, shared with conv's and dense's
+# epilogues
+
+
+@dataclass(frozen=True)
+class ActSpec:
+    """An activation as the kernels take it: code, alpha, beta and prelu's slopes."""
+
+    name: str
+    code: int
+    alpha: float
+    beta: float
+    weight: object = None  # prelu's slopes, an array of 1 or C values
+
+    @property
+    def identity(self):
+        return self.code == ACTIVATION_CODES["identity"]
+
+
+def act_spec(act):
+    """Normalise a fused activation (None, a name, or ``(name, params)``) to an ActSpec,
+    with the defaults of ``ACTIVATIONS``."""
+    if act is None:
+        return make_act_spec("identity")
+    if isinstance(act, str):
+        return make_act_spec(act)
+    name, params = act
+    return make_act_spec(name, **dict(params or {}))
+
+
+def make_act_spec(name, alpha=None, beta=None, weight=None):
+    act = _lookup(name)
+    alpha, beta = _resolved(act, alpha, beta)
+    if act.params is not None and weight is None:
+        raise ValueError(f"{name}: needs its per-channel weight, got none")
+    return ActSpec(name, ACTIVATION_CODES[name], float(alpha or 0.0), float(beta or 0.0),
+                   weight if act.params is not None else None)
+
+
+def _slopes(spec, shape, dtype, xp):
+    """``(slopes array, count)`` for the kernels; a dummy unless the activation is prelu."""
+    if spec.weight is None:
+        return gpu.dummy(dtype, xp), 1
+    slopes = gpu.contiguous(spec.weight, dtype, xp).reshape(-1)
+    channels = shape[1] if len(shape) > 1 else 1
+    if slopes.size not in (1, channels):
+        raise ValueError(
+            f"prelu: weight has {slopes.size} slopes, expected 1 or {channels} "
+            f"(one per channel of input {tuple(shape)})"
+        )
+    return slopes, slopes.size
+
+
+def act_args(spec, shape, dtype, xp):
+    """The activation's trailing kernel arguments: code, alpha, beta, slopes, n_slopes."""
+    slopes, n_slopes = _slopes(spec, shape, dtype, xp)
+    return (spec.code, spec.alpha, spec.beta, slopes, n_slopes)
+
+
+def bias_act(x, y, bias, spec, xp):
+    """``y = act(x + bias[c])`` in one pass; ``y`` may be ``x``."""
+    if bias is None and spec.identity and y is x:
+        return y  # nothing to do
+    dtype = x.dtype
+    channels, inner = gpu.channels_inner(x.shape)
+    has_bias = bias is not None
+    b = gpu.contiguous(bias, dtype, xp) if has_bias else gpu.dummy(dtype, xp)
+    gpu.launch("cnnc_bias_act", dtype, x.size, x, y, b, int(has_bias), x.size, channels,
+               inner, *act_args(spec, x.shape, dtype, xp))
+    return y
+
+
+def act_backward(dy, x, spec, xp):
+    """``dy * act'(x)``, a new array; ``dy`` already has ``x``'s shape."""
+    dtype = x.dtype
+    dy = gpu.contiguous(dy, dtype, xp)
+    dx = xp.empty_like(x)
+    channels, inner = gpu.channels_inner(x.shape)
+    gpu.launch("cnnc_act_backward", dtype, x.size, dy, x, dx, x.size, channels, inner,
+               *act_args(spec, x.shape, dtype, xp))
+    return dx
+
+
+def refuse_fused_prelu(spec, where):
+    """Training: a fused activation with trainable slopes has no gradient to return."""
+    if spec.weight is not None:
+        raise ValueError(
+            f"{where}: a fused prelu has trainable slopes that this step cannot return a "
+            f"gradient for; keep prelu as its own step for training"
+        )
+
+
+def gpu_activation(x, weight=None, *, name, alpha=None, beta=None, out=None):
+    """The ACTIVATION op on the GPU: a new array and ``x`` untouched, unless ``out`` is given
+    (which may be ``x`` itself: in place)."""
+    xp = gpu.cupy()
+    dtype = gpu.compute_dtype(x.dtype)
+    spec = make_act_spec(name, alpha, beta, weight)
+    x = gpu.contiguous(x, dtype, xp)
+    y = gpu.target(out, x.shape, dtype, xp, "activation")
+    return gpu.deliver(bias_act(x, y, None, spec, xp), out)
+
+
+def gpu_activation_forward(x, weight=None, *, train=True, rng=None, name, alpha=None,
+                           beta=None):
+    xp = gpu.cupy()
+    dtype = gpu.compute_dtype(x.dtype)
+    spec = make_act_spec(name, alpha, beta, weight)
+    x = gpu.contiguous(x, dtype, xp)
+    y = bias_act(x, xp.empty_like(x), None, spec, xp)
+    return y, dict(x=x, spec=spec, weight=weight)
+
+
+def gpu_activation_backward(saved, dy):
+    xp = gpu.cupy()
+    x, spec, weight = saved["x"], saved["spec"], saved["weight"]
+    dy = gpu.grad_input(dy, x.shape, x.dtype, xp, "activation")
+    gx = act_backward(dy, x, spec, xp)
+    if spec.weight is None:
+        return (gx,), ()
+    # prelu's slopes: dL/da_c sums dy * x over the cells of channel c where x <= 0
+    contrib = dy * xp.minimum(x, 0)
+    if prod(weight.shape) == 1 or x.ndim < 2:
+        gW = contrib.sum()
+    else:
+        gW = contrib.sum(axis=(0,) + tuple(range(2, x.ndim)))
+    return (gx,), (gW.reshape(weight.shape).astype(x.dtype, copy=False),)
+
+
+# ---- reference
+
+
+def _f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def reference_activation(x, weight=None, *, name, alpha=None, beta=None):
+    """Element by element, on Python floats."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}")
+    act = ACTIVATIONS[name]
+    alpha, beta = _resolved(act, alpha, beta)
+    x = _f64(x)
+    y = np.empty_like(x)
+    slopes = None if weight is None else _f64(weight).reshape(-1)
+    for index in np.ndindex(*x.shape):
+        slope = None
+        if slopes is not None:
+            c = index[1] if x.ndim > 1 and slopes.size > 1 else 0
+            slope = slopes[c]
+        y[index] = act.scalar(float(x[index]), alpha, beta, slope)
+    return y
+
+
+def reference_act(y, act):
+    """The reference of a fused epilogue ``act`` (as ``apply_act_`` takes it)."""
+    if act is None:
+        return y
+    if isinstance(act, str):
+        return reference_activation(y, name=act)
+    name, params = act
+    return reference_activation(y, name=name, **dict(params or {}))
+
+
+# ---- ONNX
+
+
+def emit_activation(g, name, alpha, beta, x, out, slope, shape, purpose=None):
+    """Emit activation ``name`` from ``x`` to ``out``; the last node gets ``purpose``."""
+    if name not in ACTIVATIONS:
+        raise ExportError(f"{g.step.name}: no ONNX mapping for activation {name!r}")
+    act = ACTIVATIONS[name]
+    alpha, beta = _resolved(act, alpha, beta)
+    act.onnx(g, x, out, purpose, alpha, beta, slope, shape)
+
+
+def emit_fused(g, act, x, out, shape):
+    """A conv's or dense's fused activation: ``name`` or ``(name, {alpha, beta})``."""
+    name, options = (act, {}) if isinstance(act, str) else (act[0], dict(act[1] or {}))
+    if "weight" in options:
+        raise ExportError(f"{g.step.name}: a fused prelu cannot be exported; lower prelu "
+                          "as its own ACTIVATION step")
+    emit_activation(g, name, options.get("alpha"), options.get("beta"), x, out, None, shape)
+
+
+def onnx_activation(g, step, xs, ws, out, in_shapes):
+    a = step.attrs
+    slope = ws[0] if ws else None
+    emit_activation(g, a["name"], a.get("alpha"), a.get("beta"), xs[0], out, slope,
+                    in_shapes[0])
+
+
+# ---- PyTorch
+
+
+def torch_activation(step, xs, ws, training):
+    import torch
+
+    a = step.attrs
+    name = a["name"]
+    if name not in ACTIVATIONS:
+        raise AssertionError(f"no PyTorch rule for activation {name!r}")
+    act = ACTIVATIONS[name]
+    alpha, beta = _resolved(act, a.get("alpha"), a.get("beta"))
+    return act.torch(torch, xs[0], alpha, beta, ws)
+
+
+# ---- examples
+
+
+def _away_from_zero(a):
+    """Values at least 0.05 from zero: no kink of relu or prelu within a finite difference."""
+    return np.where(a < 0, a - 0.05, a + 0.05)
+
+
+def activation_examples(rng):
+    """Every activation with its defaults; the ones with arguments with two other values
+    each (a leaky_relu slope above 1 takes the two-slope branch); prelu with C slopes and
+    with one."""
+    samples = {"alpha": (0.2, 1.5), "beta": (0.5, 1.7)}
+    out = []
+    for i, act in enumerate(ACTIVATIONS.values()):
+        shape = (2, 3, 2, 2) if i % 2 == 0 else (2, 3)
+        calls = [dict(alpha=None, beta=None)]
+        for key in act.args:
+            calls += [dict(dict(alpha=None, beta=None), **{key: v}) for v in samples[key]]
+        for attrs in calls:
+            x = _away_from_zero(2 * rng.standard_normal(shape))
+            params = [rng.uniform(-0.5, 0.5, 3)] if act.params is not None else []
+            out.append(Example([x], params, dict(name=act.name, **attrs), note=act.name))
+    x = _away_from_zero(rng.standard_normal((2, 3, 2, 2)))
+    out.append(Example([x], [np.array([0.25])], dict(name="prelu", alpha=None, beta=None),
+                       note="prelu, one slope"))
+    return out
+
+
+# ================================================================ softmax
+
+
+def _lower_softmax(node, in_shapes):
+    return "softmax", dict(axis=1)
+
+
+def softmax(x, *, axis=1):
+    """Softmax over ``axis`` (channels / features), shifted by the max for stability."""
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    y = x - x.max(axis=axis, keepdims=True)
+    xp.exp(y, out=y)
+    y /= y.sum(axis=axis, keepdims=True)
+    return y
+
+
+def softmax_forward(x, *, axis=1, train=True, rng=None):
+    y = softmax(x, axis=axis)
+    return y, (y, axis)
+
+
+def softmax_backward(saved, dy):
+    y, axis = saved
+    xp = get_array_module(y)
+    dy = as_grad(dy, y.shape, y.dtype, xp, "softmax")
+    gx = dy * y
+    gx -= y * gx.sum(axis=axis, keepdims=True)  # y (dy - sum(dy y))
+    return (gx,), ()
+
+
+def reference_softmax(x, *, axis=1):
+    x = np.moveaxis(_f64(x), axis, -1)
+    y = np.empty_like(x)
+    for index in np.ndindex(*x.shape[:-1]):
+        row = [float(v) for v in x[index]]
+        top = max(row)
+        exps = [math.exp(v - top) for v in row]
+        total = sum(exps)
+        y[index] = [e / total for e in exps]
+    return np.moveaxis(y, -1, axis)
+
+
+def onnx_softmax(g, step, xs, ws, out, in_shapes):
+    g.node("Softmax", xs, out, axis=int(step.attrs.get("axis", 1)))
+
+
+def torch_softmax(step, xs, ws, training):
+    import torch
+
+    return torch.nn.functional.softmax(xs[0], dim=step.attrs.get("axis", 1))
+
+
+def softmax_examples(rng):
+    return [
+        Example([2 * rng.standard_normal((2, 5))], attrs=dict(axis=1)),
+        Example([2 * rng.standard_normal((2, 4, 2, 3))], attrs=dict(axis=1)),
+        Example([8 * rng.standard_normal((2, 3))], attrs=dict(axis=1), note="large logits"),
+    ]
+
+
+# ================================================================ maxout
+
+
+def _infer_maxout(shape, a, ctx):
+    channels = shape[0]
+    k = a["k"]
+    if is_concrete(channels) and channels % k:
+        what = "channels" if len(shape) == 3 else "features"
+        ctx.error(
+            "E305",
+            f"maxout k={k} does not divide the {channels} input {what}",
+            help=divisor_help("k", channels, k),
+        )
+        return None
+    return (channels // k,) + tuple(shape[1:])
+
+
+def _lower_maxout(node, in_shapes):
+    return "maxout", dict(k=node.args["k"])
+
+
+def maxout(x, *, k):
+    """Output channel i is the max of input channels k*i .. k*i+k-1."""
+    channels = x.shape[1]
+    if k < 1 or channels % k != 0:
+        raise ValueError(
+            f"maxout: input channels must divide by k: {channels} channels, k={k}"
+        )
+    grouped = x.reshape((x.shape[0], channels // k, k) + tuple(x.shape[2:]))
+    return grouped.max(axis=2)
+
+
+def maxout_forward(x, *, k, train=True, rng=None):
+    """Channel i is the max of channels ``k*i .. k*i+k-1``; keeps which one (ties: first)."""
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    y = maxout(x, k=k)
+    grouped = x.reshape((x.shape[0], x.shape[1] // k, k) + tuple(x.shape[2:]))
+    index = grouped.argmax(axis=2).astype(index_dtype(k))  # (N, C/k, ...)
+    return y, (index, k, x.dtype)
+
+
+def maxout_backward(saved, dy):
+    index, k, dtype = saved
+    xp = get_array_module(index)
+    dy = as_grad(dy, index.shape, dtype, xp, "maxout")
+    n, groups = index.shape[:2]
+    gx = xp.empty((n, groups, k) + tuple(index.shape[2:]), dtype=dtype)  # (N, C/k, k, ...)
+    zero = gx.dtype.type(0)
+    for j in range(k):
+        gx[:, :, j] = xp.where(index == j, dy, zero)
+    return (gx.reshape((n, groups * k) + tuple(index.shape[2:])),), ()
+
+
+def reference_maxout(x, *, k):
+    x = _f64(x)
+    groups = x.shape[1] // k
+    y = np.empty((x.shape[0], groups) + x.shape[2:])
+    for i in range(groups):
+        best = x[:, k * i]
+        for j in range(1, k):
+            best = np.maximum(best, x[:, k * i + j])
+        y[:, i] = best
+    return y
+
+
+def onnx_maxout(g, step, xs, ws, out, in_shapes):
+    k = int(step.attrs["k"])
+    channels, *rest = in_shapes[0]
+    # (N, C, ...) -> (N, C/k, k, ...): 0 copies the batch size, whatever it is at run time
+    grouped_shape = g.const("grouped_shape", [0, channels // k, k] + list(rest), np.int64)
+    grouped = g.node("Reshape", [xs[0], grouped_shape], g.temp("grouped"), "group")
+    g.reduce("ReduceMax", grouped, [2], out)
+
+
+def torch_maxout(step, xs, ws, training):
+    x = xs[0]
+    k = step.attrs["k"]
+    return x.reshape(x.shape[0], x.shape[1] // k, k, *x.shape[2:]).amax(dim=2)
+
+
+def _distinct(rng, shape):
+    """Values 0.1 apart in random order: no two tie within a finite difference."""
+    size = prod(shape)
+    return (rng.permutation(size) - size / 2).reshape(shape) * 0.1
+
+
+def maxout_examples(rng):
+    return [
+        Example([_distinct(rng, (2, 6, 2, 2))], attrs=dict(k=2)),
+        Example([_distinct(rng, (2, 6, 2, 2))], attrs=dict(k=3)),
+        Example([_distinct(rng, (2, 6))], attrs=dict(k=2)),
+        Example([_distinct(rng, (2, 6))], attrs=dict(k=3)),
+        Example([_distinct(rng, (2, 4))], attrs=dict(k=1), note="k=1 is the identity"),
+    ]
+
+
+# ================================================================ the family
+
+LAYERS = [_activation_layer(act) for act in ACTIVATIONS.values() if act.layer] + [
+    Layer("softmax", [], None, same_shape, _lower_softmax, changes_shape=False,
+          doc="softmax over channels / features"),
+    Layer("maxout", [ArgSpec("k", "count")], (1, 3), _infer_maxout, _lower_maxout,
+          doc="max over k channels"),
+]
+
+PRIMITIVES = [
+    Primitive(
+        "activation",
+        "(x, weight=None, *, name, alpha, beta)",
+        kernel=activation,
+        forward=activation_forward,
+        backward=activation_backward,
+        reference=reference_activation,
+        onnx=onnx_activation,
+        torch=torch_activation,
+        examples=activation_examples,
+        gpu_kernel=gpu_activation,
+        gpu_forward=gpu_activation_forward,
+        gpu_backward=gpu_activation_backward,
+        accepts_out=True,
+        in_place="first",
+        doc="an element-wise activation of ACTIVATIONS; weight is prelu's slopes",
+    ),
+    Primitive(
+        "softmax",
+        "(x, *, axis=1)",
+        kernel=softmax,
+        forward=softmax_forward,
+        backward=softmax_backward,
+        reference=reference_softmax,
+        onnx=onnx_softmax,
+        torch=torch_softmax,
+        examples=softmax_examples,
+        doc="softmax along axis",
+    ),
+    Primitive(
+        "maxout",
+        "(x, *, k)",
+        kernel=maxout,
+        forward=maxout_forward,
+        backward=maxout_backward,
+        reference=reference_maxout,
+        onnx=onnx_maxout,
+        torch=torch_maxout,
+        examples=maxout_examples,
+        doc="channel i is the max of channels k*i .. k*i+k-1",
+    ),
+]

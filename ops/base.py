@@ -1,0 +1,225 @@
+"""What an op family module declares: its layers and its primitives.
+
+A family module (``ops/conv.py``, ``ops/pool.py``, ...) holds one op family's whole story
+and ends with two lists that the registry (``ops/__init__.py``) collects:
+
+    LAYERS = [Layer(...), ...]          # the .cnn layer kinds: arguments, shape rule, cost,
+                                        # checks and fix hints, lowering
+    PRIMITIVES = [Primitive(...), ...]  # the plan ops: every implementation of each
+
+Every table of the project (the checker's layer table, the plan's ``Op`` enum, each
+backend's kernels and gradients, the memory plan's fusion and in-place sets, the ONNX
+exporters, the slow references, the PyTorch oracle, the test examples) is derived from
+these two lists; nothing is kept by hand beside them.
+
+The training contract: a forward that keeps what the backward pass needs, and that backward.
+
+Every primitive has a pair ``(forward, backward)`` (each backend's ``GRADS`` table):
+
+    y, saved = forward(*inputs, *params, train=True, rng=None, **step.attrs)
+    dinputs, dparams = backward(saved, dy)
+
+- ``inputs`` and ``params`` are positional, in the plan step's order (``step.inputs`` then
+  ``step.params``), exactly as for the inference kernels.
+- ``y`` equals the inference kernel's output exactly (same arithmetic, same dtype) whenever
+  the op has no training behaviour of its own, and always with ``train=False``.
+- ``train`` selects training behaviour: batchnorm normalises with the batch's statistics and
+  updates ``running_mean``/``running_var`` in place with ``momentum`` (the running variance
+  is the unbiased one, as PyTorch keeps it); dropout draws an inverted mask from ``rng``
+  (a NumPy or CuPy ``Generator``) and keeps it. With ``train=False`` both behave as at
+  inference and the backward pass is still available. Only dropout with ``train=True`` and
+  ``p > 0`` needs ``rng``.
+- Training plans keep activations as steps of their own: conv2d and dense raise a
+  ``ValueError`` for a fused ``act`` other than None.
+- ``saved`` is whatever the backward needs (arrays, shapes, masks); nothing else holds it.
+  It may refer to the forward's inputs, its parameters and ``y`` itself rather than copy
+  them, so none of these may change in place between the forward and its backward (an
+  optimizer steps after the backward pass).
+- ``dy`` must have ``y``'s shape; it is cast to the dtype the forward computed in.
+- ``backward`` returns a tuple of input gradients (one per data input) and a tuple of
+  parameter gradients, one per parameter array the forward was given (conv2d and dense
+  without a bias get ``(gW,)``; prelu ``(gW,)``; other activations ``()``); batchnorm always
+  gets four, ``(gW, gb, None, None)``: ``None`` for its running statistics, which are
+  buffers, not trainable (and for a weight or bias passed as None).
+- Every gradient is a new array owned by the caller: it aliases neither ``dy``, nor
+  ``saved``, nor another returned gradient, so it may be accumulated into in place.
+- Gradients have the dtype the forward computed in (float32 or float64, as the inference
+  kernels choose) and live on the same device. Kernels pick their array module from their
+  inputs (``ops/xp.py``), so the same functions serve NumPy and, where a primitive has no
+  GPU pair of its own, CuPy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+REQUIRED = object()
+
+
+class ExportError(ValueError):
+    """A plan (or a step of it) that cannot be written as ONNX."""
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    """One layer argument. ``kind`` is how the checker types and converts it:
+    count | natural | pair | cpad | ppad | bool | float | prob | positive_float | unit_float.
+    """
+
+    name: str
+    kind: str
+    default: object = REQUIRED
+
+
+def _no_params(shape, args):
+    return {}
+
+
+def _no_macs(shape_in, shape_out, args):
+    return 0
+
+
+def default_init(key: str) -> str:
+    """PyTorch's default: weights kaiming-uniform, the rest U(-1/sqrt(fan_in), +)."""
+    return "kaiming_uniform" if key == "weight" else "fan_in_uniform"
+
+
+@dataclass
+class Layer:
+    """A layer kind of the language.
+
+    - ``infer(shape, args, ctx) -> shape | None``: the per-sample output shape, concrete or
+      symbolic; problems go through ``ctx.error(code, message, notes=(), help=None)`` and a
+      symbolic size that must be >= 1 through ``ctx.positive(size, what)``.
+    - ``params`` / ``buffers(shape, args) -> {key: shape}``: trainable parameters and
+      running statistics, in kernel order (a step's params are these keys, then buffers).
+    - ``init(key) -> rule``: "kaiming_uniform", "fan_in_uniform", "ones", "zeros" or a
+      float given as text (e.g. "0.25").
+    - ``macs(shape_in, shape_out, args)``: multiply-accumulates per sample.
+    - ``lower(node, in_shapes) -> (primitive name, attrs)``: the plan step it becomes.
+    - ``check_args(args, spans, call_span, report) -> args | None``: cross-argument rules
+      run before inference (e.g. pooling's stride default); ``report(code, message, span,
+      help=None)``. Return None after reporting to stop checking this layer.
+    - ``lint(node, in_shape, report)``: warnings once the shape is known; ``report(code,
+      message, span, notes=(), help=None)``.
+    - ``formula(node, in_shape, axis) -> str | None``: the arithmetic of the output size
+      along shape ``axis``, shown in a merge's notes.
+    - ``fix(node, in_shape, axis, target) -> str | None``: a change to this layer that makes
+      its output ``target`` along shape ``axis``, offered as a merge's help.
+    - ``rank_help(shape) -> str | None``: the help of E304 when the input rank is wrong.
+    """
+
+    name: str
+    args: list[ArgSpec]
+    ranks: tuple | None  # accepted input ranks, None for any
+    infer: Callable
+    lower: Callable
+    params: Callable = _no_params
+    buffers: Callable = _no_params
+    init: Callable = default_init
+    macs: Callable = _no_macs
+    changes_shape: bool = True  # False: the output shape always equals the input's
+    check_args: Callable | None = None
+    lint: Callable | None = None
+    formula: Callable | None = None
+    fix: Callable | None = None
+    rank_help: Callable | None = None
+    doc: str = ""
+
+
+@dataclass
+class Merge:
+    """A merge of several tensors (``concat(a, b)``, ``add(a, b)``).
+
+    ``join_axis``: the per-sample axis the inputs are joined along (0, channels, for
+    concat); every other axis must agree. None: every axis must agree. ``code``: the
+    diagnostic for inputs that disagree.
+    """
+
+    name: str
+    code: str
+    lower: Callable  # (node, in_shapes) -> (primitive name, attrs)
+    join_axis: int | None = None
+    doc: str = ""
+
+
+@dataclass
+class Example:
+    """One input set for the generic conformance tests: data inputs, parameter arrays (in
+    the step's order) and attributes, as the kernel takes them. ``grad``: whether finite
+    differences apply (False where the op is not smooth at these inputs or has no
+    gradient). ``onnx``: whether the ONNX round trip applies."""
+
+    inputs: list
+    params: list = field(default_factory=list)
+    attrs: dict = field(default_factory=dict)
+    grad: bool = True
+    onnx: bool = True
+    torch: bool = True
+    note: str = ""
+
+
+@dataclass
+class Primitive:
+    """A plan op and everything that runs it.
+
+    Calling conventions, shared by every implementation: data inputs and parameter arrays
+    are positional (``step.inputs`` then ``step.params``), attributes are keywords.
+
+    - ``kernel(*xs, *ws, **attrs)``: inference, written once against the NumPy API
+      (``ops.xp.get_array_module``), so it runs on CuPy arrays too. With ``accepts_out``
+      it also takes ``out=`` (an array of the output's shape to write into, which may be
+      its first input when ``in_place`` allows); with ``accepts_scale``, ``scale=`` (a
+      per-output-channel factor before the bias: a folded batchnorm).
+    - ``forward(*xs, *ws, train=True, rng=None, **attrs) -> (y, saved)`` and
+      ``backward(saved, dy) -> (input grads, param grads)``: training (the
+      contract is at the top of this module).
+    - ``reference(*xs, *ws, **attrs)``: the slow loop implementation, obviously right,
+      float64; the oracle of the fast kernels.
+    - ``onnx(g, step, xs, ws, out, in_shapes)``: add the ONNX nodes computing ``out``.
+    - ``torch(step, xs, ws, training)``: the same computation in PyTorch (tensors in,
+      tensor out), for the oracle tests and the benchmark.
+    - ``gpu_kernel``, ``gpu_forward``, ``gpu_backward``: CuPy implementations (raw CUDA
+      kernels through ``ops.gpu``) for float32 and float64 inputs; None where ``kernel``,
+      ``forward``, ``backward`` already run well on CuPy arrays. The CuPy backend sends
+      other dtypes to the generic ones.
+    - ``examples(rng) -> [Example]``: inputs for the generic conformance tests.
+    """
+
+    name: str  # the ``Op`` value, e.g. "conv2d"
+    signature: str  # the kernel's arguments, for the docs: "(x, w, b=None, *, stride, ...)"
+    kernel: Callable
+    forward: Callable
+    backward: Callable
+    reference: Callable
+    onnx: Callable
+    torch: Callable
+    examples: Callable
+    gpu_kernel: Callable | None = None
+    gpu_forward: Callable | None = None
+    gpu_backward: Callable | None = None
+    accepts_out: bool = False
+    accepts_scale: bool = False
+    in_place: str | None = None  # None, "first" or "any": which input the output may overwrite
+    alias: bool = False  # inference output is the input itself, reshaped (flatten, dropout)
+    gemm: bool = False  # may absorb a following batchnorm and activation as its epilogue
+    doc: str = ""
+
+
+def divisor_help(what, total, bad):
+    """``"64 divides by groups=2 or groups=4"``: the divisors of ``total`` nearest ``bad``."""
+    divs = [d for d in range(1, min(total, 4 * bad + 8) + 1) if total % d == 0]
+    near = sorted(divs, key=lambda d: (abs(d - bad), d))[:3]
+    listed = " or ".join(f"{what}={d}" for d in sorted(near))
+    return f"{total} divides by {listed}"
+
+
+def same_shape(shape, args, ctx):
+    """The shape rule of a layer that keeps its input's shape."""
+    return shape
+
+
+def weight_keys(node) -> list[str]:
+    """A step's parameter names: the layer's params, then its buffers."""
+    return [f"{node.name}.{k}" for k in list(node.params) + list(node.buffers)]

@@ -1,0 +1,932 @@
+"""Pooling: max and average over sliding windows, and over whole maps.
+
+==============  ==============================================  ================
+layer           arguments                                       primitive
+==============  ==============================================  ================
+maxpool         kernel, stride=kernel, pad=0, dilation=1,       maxpool2d
+                ceil=false
+avgpool         kernel, stride=kernel, pad=0, ceil=false,       avgpool2d
+                count_pad=true
+global_avgpool  (none)                                          global_avgpool
+global_maxpool  (none)                                          global_maxpool
+==============  ==============================================  ================
+
+A rectangular window reduction is separable, so each windowed pool runs as ``kw``
+strided-slice reductions along W followed by ``kh`` along H, instead of ``kh*kw``.
+Max pooling pads with the lowest value of the dtype (-inf for floats), so padding never
+wins a max. Average pooling pads with zeros and divides by a per-position count
+computed in closed form, following PyTorch's ``count_include_pad`` rules.
+
+Training: max pooling keeps, per output, the index of its window's maximum (``0 .. kh*kw-1``
+in row-major tap order, in the smallest unsigned dtype that holds it): ties go to the first
+maximum in that order, and a padding cell never wins. Average pooling keeps nothing but the
+geometry: its divisors are recomputed in closed form. Gradients are a strided-slice scatter,
+one slice per window tap.
+
+The GPU kernels (``cnnc_maxpool_*``, ``cnnc_avgpool_*`` in ``ops/cuda_kernels.py``) cover
+the windowed pools; the global pools are one CuPy reduction each, so the generic kernels
+run on CuPy arrays unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from . import gpu
+from . import window
+from .base import ArgSpec, Example, ExportError, Layer, Primitive
+from .window import checked_out, pads4, pair, pool_out
+from .xp import as_grad, floating, get_array_module, index_dtype
+
+# Elements of padded planes per chunk of the NumPy kernels: small enough to stay in cache.
+CHUNK_ELEMENTS = 1 << 16
+
+
+# ---------------------------------------------------------------- shared by the pools
+
+# the checker's side
+
+
+def _pool_checks(kind):
+    """Cross-argument rules of ``kind``: the stride defaults to the kernel; the pad is at
+    most half the kernel."""
+
+    def check_args(args, spans, call_span, report):
+        if args["stride"] is None:
+            args["stride"] = args["kernel"]
+        for axis in range(2):
+            k = args["kernel"][axis]  # PyTorch's limit: half the kernel, not the dilated span
+            if args["pad"][axis] > k // 2:
+                report(
+                    "E207", f"{kind} pad={args['pad'][axis]} is more than half the "
+                    f"kernel {k}", spans.get("pad", call_span),
+                    help=f"use pad={k // 2} at most; a window must see some input",
+                )
+                return None
+        return args
+
+    return check_args
+
+
+def _lint(node, in_shape, report):
+    window.lint_unused_tail(node, in_shape, report, ceil_fixes=True)
+
+
+def _fix(node, in_shape, axis, target):
+    return window.fix(node, in_shape, axis, target, pool=True)
+
+
+def _rank_help(name):
+    def rank_help(shape):
+        return window.map_only_help(name, shape)
+
+    return rank_help
+
+
+_WINDOW = [ArgSpec("stride", "pair", None), ArgSpec("pad", "ppad", 0)]
+
+
+def _infer_global(shape, a, ctx):
+    return (shape[0], 1, 1)
+
+
+# the kernels' window geometry
+
+
+def check_input(x, where):
+    """The pooling kernels' one rank rule: ``x`` is ``[N, C, H, W]``."""
+    if x.ndim != 4:
+        raise ValueError(f"{where}: input must be [N, C, H, W], got shape {tuple(x.shape)}")
+
+
+def _geometry(x, kernel, stride, pad, dilation, ceil, where):
+    """Normalised window arguments and output size ``(Ho, Wo)``, checked to be >= 1."""
+    kh, kw = pair(kernel, "kernel")
+    sh, sw = pair(kernel if stride is None else stride, "stride")
+    dh, dw = pair(dilation, "dilation")
+    pads = pads4(pad)
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(pads) < 0:
+        raise ValueError(
+            f"{where}: kernel, stride and dilation must be >= 1 and pad >= 0, got "
+            f"kernel={(kh, kw)}, stride={(sh, sw)}, dilation={(dh, dw)}, pad={pads}"
+        )
+    h, w = x.shape[2:]
+    ho = checked_out(h, kh, sh, pads[:2], dh, ceil, f"{where} height")
+    wo = checked_out(w, kw, sw, pads[2:], dw, ceil, f"{where} width")
+    return (kh, kw), (sh, sw), (dh, dw), pads, (ho, wo)
+
+
+def _window_pads(hw, kernel, stride, dilation, pads, out_hw):
+    """``pads`` with bottom and right grown, in ceil mode, until the last windows fit."""
+    top, bottom, left, right = pads
+    need_h = (out_hw[0] - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
+    need_w = (out_hw[1] - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1
+    bottom = max(bottom, need_h - hw[0] - top)
+    right = max(right, need_w - hw[1] - left)
+    return (top, bottom, left, right)
+
+
+def _pad_to_windows(x, kernel, stride, dilation, pads, out_hw, fill, xp):
+    """Pad ``x`` by ``pads`` and, in ceil mode, far enough right and down that the last
+    windows fit; the extra cells hold ``fill`` just like the padding."""
+    n, c, h, w = x.shape
+    top, bottom, left, right = _window_pads((h, w), kernel, stride, dilation, pads, out_hw)
+    if top == bottom == left == right == 0:
+        return x
+    xpad = xp.full((n, c, h + top + bottom, w + left + right), fill, dtype=x.dtype)
+    xpad[:, :, top:top + h, left:left + w] = x
+    return xpad
+
+
+def _pooled(x, kernel, stride, dilation, pads, out_hw, fill, ufunc, out, divisor=None):
+    """Reduce every window of ``x`` with ``ufunc`` into ``out`` (then divide by ``divisor``).
+
+    Planes are padded a chunk at a time into a small buffer and reduced there as flat
+    arrays: in a plane stored row after row, the next tap to the right is one element
+    further on and the next tap down ``Wp`` further on, so each tap is one long contiguous
+    ufunc call, whatever the width. Windows are evaluated at every position (the flat runs
+    wrap across rows; those positions are never read), then the strided output positions
+    are gathered. ``out`` must be ``(N, C, Ho, Wo)``; it may be a channel slice.
+    """
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    sh, sw = stride
+    dh, dw = dilation
+    ho, wo = out_hw
+    top, bottom, left, right = _window_pads((h, w), kernel, stride, dilation, pads, out_hw)
+    hp, wp = h + top + bottom, w + left + right
+    plane = hp * wp
+    if out.flags.c_contiguous:  # planes of every image in one run
+        xs, outs, groups = [x.reshape(n * c, h, w)], [out.reshape(n * c, ho, wo)], n * c
+    else:  # a channel slice of a concat: image by image
+        xs, outs, groups = list(x), list(out), c
+    chunk = max(1, min(groups, CHUNK_ELEMENTS // plane))
+    buf = xp.full((chunk, hp, wp), fill, dtype=x.dtype)
+    flat = buf.reshape(-1)
+    r1 = xp.empty(chunk * plane, dtype=x.dtype)
+    r2 = xp.empty(chunk * plane, dtype=x.dtype)
+    for xsrc, odst in zip(xs, outs):
+        for p0 in range(0, groups, chunk):
+            m = min(chunk, groups - p0)
+            buf[:m, top:top + h, left:left + w] = xsrc[p0:p0 + m]
+            res, length = flat, m * plane
+            for k, step, acc in ((kw, dw, r1), (kh, dh * wp, r2)):
+                if k == 1:
+                    continue
+                length -= (k - 1) * step
+                ufunc(res[:length], res[step:step + length], out=acc[:length])
+                for i in range(2, k):
+                    ufunc(acc[:length], res[i * step:i * step + length], out=acc[:length])
+                res = acc
+            windows = res[:m * plane].reshape(m, hp, wp)
+            picked = windows[:, 0:(ho - 1) * sh + 1:sh, 0:(wo - 1) * sw + 1:sw]
+            if divisor is None:
+                odst[p0:p0 + m] = picked
+            else:
+                xp.divide(picked, divisor, out=odst[p0:p0 + m])
+    return out
+
+
+def _check_out(out, shape, dtype, where):
+    if out is not None and (tuple(out.shape) != shape or out.dtype != dtype):
+        raise ValueError(f"{where}: out must be {list(shape)} {dtype}, got "
+                         f"{list(out.shape)} {out.dtype}")
+
+
+def _tap(a, i, j, stride_dilation, out_hw):
+    """The strided slice of ``a (N, C, Hp, Wp)`` that tap ``(i, j)`` of every window reads."""
+    (sh, sw), (dh, dw) = stride_dilation
+    ho, wo = out_hw
+    rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
+    cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+    return a[:, :, rows, cols]
+
+
+def _scatter(g_taps, x_shape, geometry, dtype, xp):
+    """Sum ``g_taps(i, j)`` (each ``(N, C, Ho, Wo)``) onto the windows' cells; crop padding."""
+    kernel, stride, dilation, pads, out_hw = geometry
+    n, c, h, w = x_shape
+    top, bottom, left, right = _window_pads(x_shape[2:], kernel, stride, dilation, pads,
+                                            out_hw)
+    gpad = xp.zeros((n, c, h + top + bottom, w + left + right), dtype=dtype)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            _tap(gpad, i, j, (stride, dilation), out_hw)[...] += g_taps(i, j)
+    if top == bottom == left == right == 0:
+        return gpad
+    return xp.ascontiguousarray(gpad[:, :, top:top + h, left:left + w])
+
+
+# the CUDA kernels' window arguments, shared by the GPU functions
+
+
+def _gpu_setup(x, kernel, stride, pad, dilation, ceil, where, xp):
+    """Checked geometry as the NumPy kernel computes it (same messages), and ``x`` as a
+    contiguous array on the device."""
+    check_input(x, where)
+    x = gpu.contiguous(x, x.dtype, xp)
+    geometry = _geometry(x, kernel, stride, pad, dilation, ceil, where)
+    return x, geometry
+
+
+def _gpu_args(x, geometry):
+    (kh, kw), (sh, sw), (dh, dw), pads, (ho, wo) = geometry
+    h, w = x.shape[2:]
+    return h, w, ho, wo, kh, kw, sh, sw, pads, dh, dw
+
+
+# the slow references' output size
+
+
+def _f64(a):
+    return numpy.asarray(a, dtype=numpy.float64)
+
+
+def _ref_out_len(n, k, s, p_begin, p_end, d, ceil):
+    """floor (or ceil) of ``(n + p_begin + p_end - d(k-1) - 1) / s``, plus 1; in ceil mode
+    a last window starting in the right padding is dropped (PyTorch). Written out again
+    rather than imported: the oracle shares no arithmetic with the kernels."""
+    exact = (n + p_begin + p_end - d * (k - 1) - 1) / s
+    if ceil:
+        out = math.ceil(exact) + 1
+        last_start = (out - 1) * s - p_begin  # in input coordinates
+        if last_start >= n:
+            out -= 1
+    else:
+        out = math.floor(exact) + 1
+    if out < 1:
+        raise ValueError(f"output size {out} < 1")
+    return out
+
+
+# the ONNX emitters' padding
+
+
+def _end_pads(n, k, s, p, d, ceil):
+    """``(begin, end)`` padding under which floor mode gives the plan's (ceil) size."""
+    size = pool_out(n, k, s, p, d, ceil)
+    reach = (size - 1) * s + d * (k - 1) + 1  # the padded length the last window needs
+    return p, max(p, reach - n - p)
+
+
+def _pool_pads(step, in_shape, dilation):
+    """Per-axis ``(begin, end)`` pads of a pooling step in floor mode, and the kernel."""
+    a = step.attrs
+    kernel = pair(a["kernel"])
+    stride = pair(a["stride"] if a["stride"] is not None else a["kernel"])
+    top, bottom, left, right = pads4(a["pad"])
+    if (top, left) != (bottom, right):
+        raise ExportError(f"{step.name}: pooling pads must be the same before and after, got "
+                          f"{(top, bottom, left, right)}")
+    pads = [_end_pads(in_shape[1 + axis], kernel[axis], stride[axis], (top, left)[axis],
+                      dilation[axis], a["ceil"]) for axis in range(2)]
+    return kernel, stride, pads
+
+
+def _onnx_pads(pads) -> list:
+    """``[(top, bottom), (left, right)]`` -> ONNX's ``[top, left, bottom, right]``."""
+    (top, bottom), (left, right) = pads
+    return [top, left, bottom, right]
+
+
+def _pad(g, x, pads, value) -> str:
+    (top, bottom), (left, right) = pads
+    amounts = g.const("pads", [0, 0, top, left, 0, 0, bottom, right], numpy.int64)
+    fill = g.const("pad_value", value, numpy.float32)
+    return g.node("Pad", [x, amounts, fill], g.temp("padded"), "pad", mode="constant")
+
+
+# the PyTorch mapping's padding, the examples' inputs
+
+
+def _torch_pad(step):
+    """The step's padding as PyTorch's ``(ph, pw)``: the same before and after."""
+    top, bottom, left, right = pads4(step.attrs.get("pad", 0))
+    if (top, left) != (bottom, right):
+        raise ValueError(f"{step.name}: PyTorch pools pad the same before and after, got "
+                         f"{(top, bottom, left, right)}")
+    return (top, left)
+
+
+def _distinct(rng, shape):
+    """Values 0.01 apart in random order: no two elements tie within a finite difference."""
+    size = int(numpy.prod(shape))
+    return (rng.permutation(size) - size / 2).reshape(shape) * 0.01
+
+
+# ---------------------------------------------------------------- maxpool2d
+
+
+def _infer_maxpool(shape, a, ctx):
+    hw = window.spatial("maxpool", shape, ctx, a["kernel"], a["stride"], a["pad"],
+                        a["dilation"], a["ceil"])
+    return None if hw is None else (shape[0],) + hw
+
+
+def _lower_maxpool(node, in_shapes):
+    a = node.args
+    return "maxpool2d", dict(kernel=a["kernel"], stride=a["stride"], pad=a["pad"],
+                             dilation=a["dilation"], ceil=a["ceil"])
+
+
+MAXPOOL = Layer(
+    "maxpool",
+    [ArgSpec("kernel", "pair")] + _WINDOW + [
+        ArgSpec("dilation", "pair", 1),
+        ArgSpec("ceil", "bool", False),
+    ],
+    (3,),
+    _infer_maxpool,
+    _lower_maxpool,
+    check_args=_pool_checks("maxpool"),
+    lint=_lint,
+    formula=window.formula,
+    fix=_fix,
+    rank_help=_rank_help("maxpool"),
+    doc="max pooling",
+)
+
+
+def _lowest(dtype, xp):
+    if dtype.kind == "f":
+        return -xp.inf
+    return xp.iinfo(dtype).min
+
+
+def maxpool2d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, out=None):
+    """Max over windows of ``x (N, C, H, W)``; ``stride`` defaults to ``kernel``.
+
+    ``ceil`` rounds the output size up, dropping a last window that would start in the
+    right padding (PyTorch's rule). Returns a contiguous ``(N, C, Ho, Wo)``.
+    """
+    xp = get_array_module(x)
+    x = xp.asarray(x)
+    check_input(x, "maxpool2d")
+    kernel, stride, dilation, pads, out_hw = _geometry(
+        x, kernel, stride, pad, dilation, ceil, "maxpool2d"
+    )
+    _check_out(out, x.shape[:2] + out_hw, x.dtype, "maxpool2d")
+    if out is None:
+        out = xp.empty(x.shape[:2] + out_hw, dtype=x.dtype)
+    return _pooled(x, kernel, stride, dilation, pads, out_hw, _lowest(x.dtype, xp),
+                   xp.maximum, out)
+
+
+def _first_real_tap(n, k, s, d, p_begin, n_out, xp):
+    """Per output along one axis: the first window tap inside ``[0, n)`` (0 if none).
+    A few hundred numbers at most: worked out on the host, then moved to ``xp``."""
+    cells = numpy.arange(n_out)[:, None] * s - p_begin + numpy.arange(k)[None, :] * d
+    real = (cells >= 0) & (cells < n)  # (n_out, k)
+    return xp.asarray(numpy.argmax(real, axis=1))  # argmax of booleans: the first True
+
+
+def maxpool2d_forward(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, train=True,
+                      rng=None):
+    """Max over windows, as ``maxpool2d``, and the index of each maximum."""
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    check_input(x, "maxpool2d")
+    geometry = _geometry(x, kernel, stride, pad, dilation, ceil, "maxpool2d")
+    kernel, stride, dilation, pads, out_hw = geometry
+    kh, kw = kernel
+    n, c, h, w = x.shape
+    xpad = _pad_to_windows(x, kernel, stride, dilation, pads, out_hw, -xp.inf, xp)
+    first_h = _first_real_tap(h, kh, stride[0], dilation[0], pads[0], out_hw[0], xp)
+    first_w = _first_real_tap(w, kw, stride[1], dilation[1], pads[2], out_hw[1], xp)
+    index = xp.empty((n, c) + out_hw, dtype=index_dtype(kh * kw))  # (N, C, Ho, Wo)
+    index[...] = first_h[:, None] * kw + first_w[None, :]
+    best = xp.full((n, c) + out_hw, -xp.inf, dtype=x.dtype)
+    above = xp.empty(best.shape, dtype=bool)
+    step = xp.empty_like(index)
+    for i in range(kh):
+        for j in range(kw):
+            tap = _tap(xpad, i, j, (stride, dilation), out_hw)
+            # strictly greater: a tie keeps the earlier tap; padding (-inf) never beats
+            # the first real cell that ``index`` starts at
+            xp.greater(tap, best, out=above)
+            # index = tap's number where above, without branching on the mask (a masked
+            # copy is 50x slower on random masks): index += above * (t - index), which
+            # wraps around harmlessly in unsigned arithmetic
+            xp.subtract(index.dtype.type(i * kw + j), index, out=step)
+            xp.multiply(step, above, out=step)
+            xp.add(index, step, out=index)
+            xp.maximum(best, tap, out=best)  # propagates NaN, as the inference kernel does
+    return best, (index, tuple(x.shape), geometry, x.dtype)
+
+
+def maxpool2d_backward(saved, dy):
+    index, x_shape, geometry, dtype = saved
+    xp = get_array_module(index)
+    kw = geometry[0][1]
+    dy = as_grad(dy, index.shape, dtype, xp, "maxpool2d")
+    hit = xp.empty(index.shape, dtype=bool)
+    share = xp.empty(index.shape, dtype=dy.dtype)
+
+    def g_taps(i, j):
+        xp.equal(index, index.dtype.type(i * kw + j), out=hit)
+        return xp.multiply(dy, hit, out=share)  # dy where this tap won, else 0
+
+    return (_scatter(g_taps, x_shape, geometry, dy.dtype, xp),), ()
+
+
+def _gpu_maxpool_raw(x, geometry, save_argmax, xp, out=None):
+    h, w, ho, wo, kh, kw, sh, sw, pads, dh, dw = _gpu_args(x, geometry)
+    if h * w >= 1 << 31:
+        raise ValueError(f"maxpool2d: an input plane of {h}x{w} cells is past int32 indexing")
+    y = gpu.target(out, x.shape[:2] + (ho, wo), x.dtype, xp, "maxpool2d")
+    argmax = xp.empty(y.shape, dtype=numpy.int32) if save_argmax else gpu.dummy(numpy.int32, xp)
+    gpu.launch("cnnc_maxpool_forward", x.dtype, y.size, x, y, argmax, int(save_argmax), y.size,
+               h, w, ho, wo, kh, kw, sh, sw, pads[0], pads[2], dh, dw, -numpy.inf)
+    return y, argmax
+
+
+def gpu_maxpool2d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, out=None):
+    """MAXPOOL2D on the GPU: padding never wins, ties go to the first tap."""
+    xp = gpu.cupy()
+    x, geometry = _gpu_setup(x, kernel, stride, pad, dilation, ceil, "maxpool2d", xp)
+    return gpu.deliver(_gpu_maxpool_raw(x, geometry, False, xp, out)[0], out)
+
+
+def gpu_maxpool2d_forward(x, *, train=True, rng=None, kernel, stride=None, pad=0, dilation=1,
+                          ceil=False):
+    xp = gpu.cupy()
+    x, geometry = _gpu_setup(x, kernel, stride, pad, dilation, ceil, "maxpool2d", xp)
+    y, argmax = _gpu_maxpool_raw(x, geometry, True, xp)
+    return y, dict(argmax=argmax, shape=x.shape, geometry=geometry, dtype=x.dtype)
+
+
+def gpu_maxpool2d_backward(saved, dy):
+    xp = gpu.cupy()
+    shape, dtype = saved["shape"], saved["dtype"]
+    dy = gpu.grad_input(dy, saved["argmax"].shape, dtype, xp, "maxpool2d")
+    gx = xp.empty(shape, dtype=dtype)
+    h, w, ho, wo, kh, kw, sh, sw, pads, dh, dw = _gpu_args(gx, saved["geometry"])
+    gpu.launch("cnnc_maxpool_backward", dtype, gx.size, dy, saved["argmax"], gx, gx.size,
+               h, w, ho, wo, kh, kw, sh, sw, pads[0], pads[2], dh, dw)
+    return (gx,), ()
+
+
+def reference_maxpool2d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False):
+    x = _f64(x)
+    n_batch, channels, height, width = x.shape
+    kh, kw = pair(kernel)
+    sh, sw = pair(kernel if stride is None else stride)
+    dh, dw = pair(dilation)
+    top, bottom, left, right = pads4(pad)
+    ho = _ref_out_len(height, kh, sh, top, bottom, dh, ceil)
+    wo = _ref_out_len(width, kw, sw, left, right, dw, ceil)
+    y = numpy.empty((n_batch, channels, ho, wo))
+    for oh in range(ho):
+        for ow in range(wo):
+            best = numpy.full((n_batch, channels), -numpy.inf)
+            for i in range(kh):
+                ih = oh * sh - top + i * dh
+                for j in range(kw):
+                    iw = ow * sw - left + j * dw
+                    if 0 <= ih < height and 0 <= iw < width:
+                        best = numpy.maximum(best, x[:, :, ih, iw])
+            y[:, :, oh, ow] = best
+    return y
+
+
+def _emit_maxpool(g, step, xs, ws, out, in_shapes):
+    """ONNX MaxPool in floor mode, the end padding of a ceil-mode pool made explicit
+    (runtimes disagree on ``ceil_mode``)."""
+    dilation = pair(step.attrs["dilation"])
+    kernel, stride, pads = _pool_pads(step, in_shapes[0], dilation)
+    x = xs[0]
+    if any(end >= k for (_, end), k in zip(pads, kernel)):
+        # ONNX Runtime wants every pad below the kernel size: pad with -inf up front
+        # (padding never wins a max, exactly as MaxPool's own padding).
+        x = _pad(g, x, pads, -numpy.inf)
+        pads = [(0, 0), (0, 0)]
+    g.node("MaxPool", [x], out, kernel_shape=list(kernel), strides=list(stride),
+           dilations=list(dilation), pads=_onnx_pads(pads), ceil_mode=0)
+
+
+def _torch_maxpool2d(step, xs, ws, training):
+    import torch
+
+    a = step.attrs
+    return torch.nn.functional.max_pool2d(
+        xs[0], a["kernel"], a.get("stride"), _torch_pad(step), a.get("dilation", 1),
+        ceil_mode=a.get("ceil", False),
+    )
+
+
+def _examples_maxpool2d(rng):
+    def x(h, w):
+        return _distinct(rng, (2, 3, h, w))
+
+    return [
+        Example([x(6, 6)], attrs=dict(kernel=2, stride=None, pad=0, dilation=1, ceil=False)),
+        Example([x(7, 6)], attrs=dict(kernel=3, stride=2, pad=1, dilation=1, ceil=True)),
+        Example([x(7, 8)], attrs=dict(kernel=(3, 2), stride=(2, 1), pad=(1, 0), dilation=1,
+                                      ceil=False)),
+        Example([x(7, 7)], attrs=dict(kernel=2, stride=1, pad=1, dilation=2, ceil=True),
+                note="dilated, ceil"),
+        Example([x(6, 5)], attrs=dict(kernel=(2, 3), stride=None, pad=(1, 0, 0, 1),
+                                      dilation=(1, 2), ceil=False),
+                onnx=False, torch=False, note="asymmetric pad"),
+    ]
+
+
+# ---------------------------------------------------------------- avgpool2d
+
+
+def _infer_avgpool(shape, a, ctx):
+    hw = window.spatial("avgpool", shape, ctx, a["kernel"], a["stride"], a["pad"], (1, 1),
+                        a["ceil"])
+    return None if hw is None else (shape[0],) + hw
+
+
+def _lower_avgpool(node, in_shapes):
+    a = node.args
+    return "avgpool2d", dict(kernel=a["kernel"], stride=a["stride"], pad=a["pad"],
+                             ceil=a["ceil"], count_pad=a["count_pad"])
+
+
+AVGPOOL = Layer(
+    "avgpool",
+    [ArgSpec("kernel", "pair")] + _WINDOW + [
+        ArgSpec("ceil", "bool", False),
+        ArgSpec("count_pad", "bool", True),
+    ],
+    (3,),
+    _infer_avgpool,
+    _lower_avgpool,
+    check_args=_pool_checks("avgpool"),
+    lint=_lint,
+    formula=window.formula,
+    fix=_fix,
+    rank_help=_rank_help("avgpool"),
+    doc="average pooling",
+)
+
+
+def _divisor_1d(n, k, s, p_begin, p_end, n_out, count_pad, xp):
+    """How many cells each of the ``n_out`` windows along one axis averages over.
+
+    With ``count_pad`` a window counts the padding but is clipped at the end of the padded
+    input (``n + p_end``); a ceil-mode window hanging past it is shortened there. Without
+    it, only the real cells ``[0, n)`` count.
+    """
+    start = xp.arange(n_out) * s - p_begin
+    end = start + k
+    if count_pad:
+        return xp.minimum(end, n + p_end) - start
+    return xp.minimum(end, n) - xp.maximum(start, 0)
+
+
+def _divisor(hw, geometry, count_pad, dtype, xp):
+    """The ``(Ho, Wo)`` divisors of every window, as ``dtype``."""
+    kernel, stride, _, pads, out_hw = geometry
+    h, w = hw
+    count_h = _divisor_1d(h, kernel[0], stride[0], pads[0], pads[1], out_hw[0], count_pad, xp)
+    count_w = _divisor_1d(w, kernel[1], stride[1], pads[2], pads[3], out_hw[1], count_pad, xp)
+    return (count_h[:, None] * count_w[None, :]).astype(dtype)  # (Ho, Wo)
+
+
+def avgpool2d(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True, out=None):
+    """Mean over windows of ``x (N, C, H, W)``; ``stride`` defaults to ``kernel``.
+
+    ``count_pad=True`` divides by the window size clipped to the padded input (PyTorch's
+    ``count_include_pad=True``), ``False`` by the number of real input cells in the window.
+    """
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    check_input(x, "avgpool2d")
+    geometry = _geometry(x, kernel, stride, pad, 1, ceil, "avgpool2d")
+    kernel, stride, dilation, pads, out_hw = geometry
+    _check_out(out, x.shape[:2] + out_hw, x.dtype, "avgpool2d")
+    if out is None:
+        out = xp.empty(x.shape[:2] + out_hw, dtype=x.dtype)
+    divisor = _divisor(x.shape[2:], geometry, count_pad, x.dtype, xp)
+    divisor = xp.maximum(divisor, 1)  # a window of padding only sums to 0; keep it 0
+    return _pooled(x, kernel, stride, dilation, pads, out_hw, 0, xp.add, out, divisor)
+
+
+def avgpool2d_forward(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True,
+                      train=True, rng=None):
+    y = avgpool2d(x, kernel=kernel, stride=stride, pad=pad, ceil=ceil, count_pad=count_pad)
+    geometry = _geometry(x, kernel, stride, pad, 1, ceil, "avgpool2d")
+    return y, (tuple(x.shape), geometry, count_pad, y.dtype)
+
+
+def avgpool2d_backward(saved, dy):
+    x_shape, geometry, count_pad, dtype = saved
+    out_hw = geometry[4]
+    xp = get_array_module(dy)
+    dy = as_grad(dy, x_shape[:2] + out_hw, dtype, xp, "avgpool2d")
+    divisor = _divisor(x_shape[2:], geometry, count_pad, dtype, xp)
+    share = dy / xp.maximum(divisor, 1)  # what each cell of a window receives
+
+    def g_taps(i, j):
+        return share
+
+    return (_scatter(g_taps, x_shape, geometry, dtype, xp),), ()
+
+
+def gpu_avgpool2d(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True, out=None):
+    """AVGPOOL2D on the GPU: divisors as in ``avgpool2d``."""
+    xp = gpu.cupy()
+    x, geometry = _gpu_setup(x, kernel, stride, pad, 1, ceil, "avgpool2d", xp)
+    h, w, ho, wo, kh, kw, sh, sw, pads, _, _ = _gpu_args(x, geometry)
+    y = gpu.target(out, x.shape[:2] + (ho, wo), x.dtype, xp, "avgpool2d")
+    gpu.launch("cnnc_avgpool_forward", x.dtype, y.size, x, y, y.size, h, w, ho, wo, kh, kw,
+               sh, sw, *pads, int(bool(count_pad)))
+    return gpu.deliver(y, out)
+
+
+def gpu_avgpool2d_forward(x, *, train=True, rng=None, kernel, stride=None, pad=0, ceil=False,
+                          count_pad=True):
+    xp = gpu.cupy()
+    x, geometry = _gpu_setup(x, kernel, stride, pad, 1, ceil, "avgpool2d", xp)
+    y = gpu_avgpool2d(x, kernel=kernel, stride=stride, pad=pad, ceil=ceil,
+                      count_pad=count_pad)
+    return y, dict(shape=x.shape, y_shape=y.shape, geometry=geometry, dtype=x.dtype,
+                   count_pad=count_pad)
+
+
+def gpu_avgpool2d_backward(saved, dy):
+    xp = gpu.cupy()
+    shape, dtype = saved["shape"], saved["dtype"]
+    dy = gpu.grad_input(dy, saved["y_shape"], dtype, xp, "avgpool2d")
+    gx = xp.empty(shape, dtype=dtype)
+    h, w, ho, wo, kh, kw, sh, sw, pads, _, _ = _gpu_args(gx, saved["geometry"])
+    gpu.launch("cnnc_avgpool_backward", dtype, gx.size, dy, gx, gx.size, h, w, ho, wo, kh, kw,
+               sh, sw, *pads, int(bool(saved["count_pad"])))
+    return (gx,), ()
+
+
+def reference_avgpool2d(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True):
+    x = _f64(x)
+    n_batch, channels, height, width = x.shape
+    kh, kw = pair(kernel)
+    sh, sw = pair(kernel if stride is None else stride)
+    top, bottom, left, right = pads4(pad)
+    ho = _ref_out_len(height, kh, sh, top, bottom, 1, ceil)
+    wo = _ref_out_len(width, kw, sw, left, right, 1, ceil)
+    y = numpy.empty((n_batch, channels, ho, wo))
+    for oh in range(ho):
+        for ow in range(wo):
+            total = numpy.zeros((n_batch, channels))
+            real_cells = 0
+            padded_cells = 0  # cells inside the padded input, real ones included
+            for i in range(kh):
+                ih = oh * sh - top + i
+                for j in range(kw):
+                    iw = ow * sw - left + j
+                    if -top <= ih < height + bottom and -left <= iw < width + right:
+                        padded_cells += 1
+                    if 0 <= ih < height and 0 <= iw < width:
+                        real_cells += 1
+                        total += x[:, :, ih, iw]
+            divisor = padded_cells if count_pad else real_cells
+            y[:, :, oh, ow] = total / divisor
+    return y
+
+
+def _emit_avgpool(g, step, xs, ws, out, in_shapes):
+    """ONNX AveragePool in floor mode; where the padding counts and a ceil-mode window
+    needs extra end padding, the original padding is made explicit with ``Pad`` first, so
+    that only it counts."""
+    kernel, stride, pads = _pool_pads(step, in_shapes[0], (1, 1))
+    a = step.attrs
+    x = xs[0]
+    original = pads4(a["pad"])
+    extended = any(end > original[1 + 2 * axis] for axis, (_, end) in enumerate(pads))
+    padded = max(original) > 0
+    if not a["count_pad"]:
+        count = 0  # real cells only, whatever the padding
+    elif not extended:
+        count = 1  # every window lies inside the padded input: divide by the kernel size
+    elif not padded:
+        count = 0  # the only padding makes the last window fit, and must not count
+    else:
+        # Count the original padding but not the cells that only make the last window fit:
+        # zero-pad explicitly, then average over real (now padded) cells only.
+        given = [(original[0], original[1]), (original[2], original[3])]
+        x = _pad(g, x, given, 0.0)
+        pads = [(0, end - given_end) for (_, end), (_, given_end) in zip(pads, given)]
+        count = 0
+    g.node("AveragePool", [x], out, kernel_shape=list(kernel), strides=list(stride),
+           pads=_onnx_pads(pads), count_include_pad=count, ceil_mode=0)
+
+
+def _torch_avgpool2d(step, xs, ws, training):
+    import torch
+
+    a = step.attrs
+    return torch.nn.functional.avg_pool2d(
+        xs[0], a["kernel"], a.get("stride"), _torch_pad(step), ceil_mode=a.get("ceil", False),
+        count_include_pad=a.get("count_pad", True),
+    )
+
+
+def _examples_avgpool2d(rng):
+    def x(h, w):
+        return rng.standard_normal((2, 3, h, w))
+
+    return [
+        Example([x(6, 6)], attrs=dict(kernel=2, stride=None, pad=0, ceil=False,
+                                      count_pad=True)),
+        Example([x(7, 6)], attrs=dict(kernel=3, stride=2, pad=1, ceil=True, count_pad=True),
+                note="ceil, the padding counts"),
+        Example([x(7, 6)], attrs=dict(kernel=3, stride=2, pad=1, ceil=True, count_pad=False)),
+        Example([x(5, 7)], attrs=dict(kernel=(3, 2), stride=(1, 3), pad=(1, 0), ceil=True,
+                                      count_pad=True)),
+        Example([x(6, 5)], attrs=dict(kernel=(2, 3), stride=None, pad=(1, 0, 1, 1),
+                                      ceil=False, count_pad=True),
+                onnx=False, torch=False, note="asymmetric pad"),
+    ]
+
+
+# ---------------------------------------------------------------- global_avgpool
+
+
+def _lower_global_avgpool(node, in_shapes):
+    return "global_avgpool", {}
+
+
+GLOBAL_AVGPOOL = Layer(
+    "global_avgpool", [], (3,), _infer_global, _lower_global_avgpool,
+    rank_help=_rank_help("global_avgpool"), doc="mean over H and W",
+)
+
+
+def global_avgpool(x):
+    """Mean over H and W: ``(N, C, H, W) -> (N, C, 1, 1)``."""
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    check_input(x, "global_avgpool")
+    return x.mean(axis=(2, 3), keepdims=True)
+
+
+def global_avgpool_forward(x, *, train=True, rng=None):
+    y = global_avgpool(x)
+    return y, (tuple(x.shape), y.dtype)
+
+
+def global_avgpool_backward(saved, dy):
+    x_shape, dtype = saved
+    xp = get_array_module(dy)
+    dy = as_grad(dy, x_shape[:2] + (1, 1), dtype, xp, "global_avgpool")
+    gx = xp.empty(x_shape, dtype=dtype)
+    gx[...] = dy / (x_shape[2] * x_shape[3])
+    return (gx,), ()
+
+
+def reference_global_avgpool(x):
+    x = _f64(x)
+    y = numpy.zeros(x.shape[:2] + (1, 1))
+    for h in range(x.shape[2]):
+        for w in range(x.shape[3]):
+            y[:, :, 0, 0] += x[:, :, h, w]
+    return y / (x.shape[2] * x.shape[3])
+
+
+def _emit_global_avgpool(g, step, xs, ws, out, in_shapes):
+    g.node("GlobalAveragePool", xs, out)
+
+
+def _torch_global_avgpool(step, xs, ws, training):
+    return xs[0].mean(dim=(2, 3), keepdim=True)
+
+
+def _examples_global_avgpool(rng):
+    return [
+        Example([rng.standard_normal((2, 3, 4, 5))]),
+        Example([rng.standard_normal((2, 2, 1, 1))], note="a 1x1 map"),
+    ]
+
+
+# ---------------------------------------------------------------- global_maxpool
+
+
+def _lower_global_maxpool(node, in_shapes):
+    return "global_maxpool", {}
+
+
+GLOBAL_MAXPOOL = Layer(
+    "global_maxpool", [], (3,), _infer_global, _lower_global_maxpool,
+    rank_help=_rank_help("global_maxpool"), doc="max over H and W",
+)
+
+
+def global_maxpool(x):
+    """Max over H and W: ``(N, C, H, W) -> (N, C, 1, 1)``."""
+    xp = get_array_module(x)
+    x = xp.asarray(x)
+    check_input(x, "global_maxpool")
+    return x.max(axis=(2, 3), keepdims=True)
+
+
+def global_maxpool_forward(x, *, train=True, rng=None):
+    """Max over H and W, and the flat index ``h*W + w`` of the first maximum."""
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    y = global_maxpool(x)
+    n, c, h, w = x.shape
+    index = x.reshape(n, c, h * w).argmax(axis=2).astype(index_dtype(h * w))  # (N, C)
+    return y, (index, tuple(x.shape), y.dtype)
+
+
+def global_maxpool_backward(saved, dy):
+    index, x_shape, dtype = saved
+    xp = get_array_module(index)
+    n, c, h, w = x_shape
+    dy = as_grad(dy, (n, c, 1, 1), dtype, xp, "global_maxpool")
+    gx = xp.zeros(n * c * h * w, dtype=dtype)
+    flat = xp.arange(n * c) * (h * w) + index.reshape(-1)
+    gx[flat] = dy.reshape(-1)
+    return (gx.reshape(x_shape),), ()
+
+
+def reference_global_maxpool(x):
+    x = _f64(x)
+    y = numpy.full(x.shape[:2] + (1, 1), -numpy.inf)
+    for h in range(x.shape[2]):
+        for w in range(x.shape[3]):
+            y[:, :, 0, 0] = numpy.maximum(y[:, :, 0, 0], x[:, :, h, w])
+    return y
+
+
+def _emit_global_maxpool(g, step, xs, ws, out, in_shapes):
+    g.node("GlobalMaxPool", xs, out)
+
+
+def _torch_global_maxpool(step, xs, ws, training):
+    return xs[0].amax(dim=(2, 3), keepdim=True)
+
+
+def _examples_global_maxpool(rng):
+    return [
+        Example([_distinct(rng, (2, 3, 4, 5))]),
+        Example([_distinct(rng, (2, 2, 1, 3))], note="a one-row map"),
+    ]
+
+
+LAYERS = [MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, GLOBAL_MAXPOOL]
+
+PRIMITIVES = [
+    Primitive(
+        "maxpool2d",
+        "(x, *, kernel, stride, pad, dilation, ceil)",
+        kernel=maxpool2d,
+        forward=maxpool2d_forward,
+        backward=maxpool2d_backward,
+        reference=reference_maxpool2d,
+        onnx=_emit_maxpool,
+        torch=_torch_maxpool2d,
+        examples=_examples_maxpool2d,
+        gpu_kernel=gpu_maxpool2d,
+        gpu_forward=gpu_maxpool2d_forward,
+        gpu_backward=gpu_maxpool2d_backward,
+        accepts_out=True,
+        doc="max over windows; padding never wins, ties go to the first tap",
+    ),
+    Primitive(
+        "avgpool2d",
+        "(x, *, kernel, stride, pad, ceil, count_pad)",
+        kernel=avgpool2d,
+        forward=avgpool2d_forward,
+        backward=avgpool2d_backward,
+        reference=reference_avgpool2d,
+        onnx=_emit_avgpool,
+        torch=_torch_avgpool2d,
+        examples=_examples_avgpool2d,
+        gpu_kernel=gpu_avgpool2d,
+        gpu_forward=gpu_avgpool2d_forward,
+        gpu_backward=gpu_avgpool2d_backward,
+        accepts_out=True,
+        doc="mean over windows, PyTorch's count_include_pad divisors",
+    ),
+    Primitive(
+        "global_avgpool",
+        "(x)",
+        kernel=global_avgpool,
+        forward=global_avgpool_forward,
+        backward=global_avgpool_backward,
+        reference=reference_global_avgpool,
+        onnx=_emit_global_avgpool,
+        torch=_torch_global_avgpool,
+        examples=_examples_global_avgpool,
+        doc="mean over H and W",
+    ),
+    Primitive(
+        "global_maxpool",
+        "(x)",
+        kernel=global_maxpool,
+        forward=global_maxpool_forward,
+        backward=global_maxpool_backward,
+        reference=reference_global_maxpool,
+        onnx=_emit_global_maxpool,
+        torch=_torch_global_maxpool,
+        examples=_examples_global_maxpool,
+        doc="max over H and W",
+    ),
+]

@@ -1,0 +1,745 @@
+"""The conv family (``ops/conv.py``): the ``conv`` layer's shape rule, checks, hints and
+lowering, and CONV2D's kernel against the loop reference, PyTorch and finite differences,
+over parameter grids; its training pair, chunking, ``out=``, ``scale=``, ONNX emitter and
+PyTorch mapping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import types
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from cnnc.compiler.graph import Node
+from cnnc.compiler.symbolic import sym
+from cnnc.ops import conv
+
+CONV = conv.CONV
+CONV2D = conv.CONV2D
+conv2d = conv.conv2d
+reference = conv.reference_conv2d
+
+DTYPES = [np.float32, np.float64]
+# Per computing dtype: float32 kernels sum up to a few hundred products.
+TOLERANCES = {
+    np.dtype(np.float32): dict(rtol=2e-4, atol=2e-5),
+    np.dtype(np.float64): dict(rtol=1e-10, atol=1e-12),
+}
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20240611)
+
+
+def assert_close(actual, expected, dtype=None):
+    """Same shape, values within the tolerance of the actual array's dtype."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, **TOLERANCES[np.dtype(dtype or actual.dtype)])
+
+
+def _case(rng, dtype, kernel, groups, batch=2, channels=4, out_channels=6, hw=(7, 6)):
+    x = rng.standard_normal((batch, channels) + hw).astype(dtype)
+    w = rng.standard_normal((out_channels, channels // groups) + kernel).astype(dtype)
+    b = rng.standard_normal(out_channels).astype(dtype)
+    return x, w, b
+
+
+# ---- the layer -------------------------------------------------------------------------------
+
+
+class Ctx:
+    def __init__(self):
+        self.errors = []
+        self.positive_sizes = []
+
+    def error(self, code, message, notes=(), help=None):
+        self.errors.append((code, message, help))
+
+    def positive(self, size, what):
+        self.positive_sizes.append((size, what))
+
+
+def _args(**given):
+    args = dict(out=6, kernel=(3, 3), stride=(1, 1), pad=(0, 0), dilation=(1, 1), groups=1,
+                bias=True)
+    args.update(given)
+    return args
+
+
+def _node(**given):
+    return Node("y.conv1", "conv", _args(**given), ["x"], None, "conv(...)")
+
+
+def test_layer_arguments_and_defaults():
+    assert [(a.name, a.kind, a.default) for a in CONV.args[2:]] == [
+        ("stride", "pair", 1), ("pad", "cpad", 0), ("dilation", "pair", 1),
+        ("groups", "count", 1), ("bias", "bool", True)]
+    assert [a.name for a in CONV.args[:2]] == ["out", "kernel"]
+    assert CONV.ranks == (3,)
+    assert CONV.changes_shape
+
+
+@pytest.mark.parametrize("shape, args, expected", [
+    ((3, 32, 32), _args(out=16, pad=(1, 1)), (16, 32, 32)),
+    ((3, 224, 224), _args(out=64, kernel=(7, 7), stride=(2, 2), pad=(3, 3)), (64, 112, 112)),
+    ((4, 9, 8), _args(kernel=(2, 3), stride=(2, 3), dilation=(2, 1)), (6, 4, 2)),
+    ((4, 7, 8), _args(stride=(2, 3), pad="same"), (6, 4, 3)),
+    ((8, 5, 5), _args(out=8, groups=8, pad=(1, 1)), (8, 5, 5)),
+])
+def test_shape_rule(shape, args, expected):
+    ctx = Ctx()
+    assert CONV.infer(shape, args, ctx) == expected
+    assert not ctx.errors
+
+
+def test_groups_must_divide_both_channel_counts():
+    ctx = Ctx()
+    assert CONV.infer((6, 8, 8), _args(out=8, groups=4), ctx) is None
+    assert ctx.errors == [("E305", "conv groups=4 does not divide the 6 input channels",
+                           "6 divides by groups=2 or groups=3 or groups=6")]
+    ctx = Ctx()
+    assert CONV.infer((8, 8, 8), _args(out=6, groups=4), ctx) is None
+    assert ctx.errors == [("E305", "conv groups=4 does not divide the 6 output channels",
+                           "6 divides by groups=2 or groups=3 or groups=6")]
+
+
+def test_output_below_one_is_reported():
+    ctx = Ctx()
+    assert CONV.infer((3, 2, 9), _args(kernel=(5, 5)), ctx) is None
+    (code, message, help), = ctx.errors
+    assert code == "E301"
+    assert message == "conv output height would be -2, below 1: 2 - 5 + 1 = -2"
+    assert help.startswith("the input must be at least 5 rows high for this conv; it is 2.")
+
+
+def test_symbolic_sizes_are_required_positive():
+    ctx = Ctx()
+    n = sym("n")
+    out = CONV.infer((sym("c") * 2, n, 16), _args(kernel=(3, 3), stride=(2, 1)), ctx)
+    assert out[0] == 6 and out[2] == 14
+    assert [what for _, what in ctx.positive_sizes] == ["conv output height"]
+    assert not ctx.errors
+
+
+def test_params_and_macs():
+    args = _args(out=8, kernel=(3, 2), groups=2)
+    assert CONV.params((4, 9, 9), args) == {"weight": (8, 2, 3, 2), "bias": (8,)}
+    assert CONV.params((4, 9, 9), dict(args, bias=False)) == {"weight": (8, 2, 3, 2)}
+    assert CONV.buffers((4, 9, 9), args) == {}
+    assert CONV.macs((4, 9, 9), (8, 7, 8), args) == 8 * 7 * 8 * 2 * 3 * 2
+    assert CONV.init("weight") == "kaiming_uniform"
+    assert CONV.init("bias") == "fan_in_uniform"
+
+
+@pytest.mark.parametrize("args, in_shape, pad", [
+    (_args(pad=(1, 2)), (4, 9, 9), (1, 1, 2, 2)),
+    (_args(pad=(0, 0)), (4, 9, 9), (0, 0, 0, 0)),  # valid
+    (_args(pad="same"), (4, 9, 9), (1, 1, 1, 1)),
+    (_args(pad="same", stride=(2, 2)), (4, 8, 7), (0, 1, 1, 1)),  # odd pixel after
+    (_args(pad="same", kernel=(4, 2), dilation=(1, 3)), (4, 8, 7), (1, 2, 1, 2)),
+])
+def test_lowering(args, in_shape, pad):
+    node = types.SimpleNamespace(args=args, inputs=["x"])
+    name, attrs = CONV.lower(node, [in_shape])
+    assert name == "conv2d"
+    assert attrs == dict(stride=args["stride"], pad=pad, dilation=args["dilation"],
+                         groups=args["groups"], act=None)
+
+
+def test_unused_tail_is_linted_without_a_ceil_fix():
+    reports = []
+    node = _node(kernel=(3, 3), stride=(2, 2))
+
+    def report(code, message, span, notes=(), help=None):
+        reports.append((code, message, list(notes), help))
+
+    CONV.lint(node, (4, 8, 9), report)
+    assert reports == [("W401", "conv leaves the last 1 input row unused: (8 - 3) mod 2 = 1",
+                        ["input is [4, 8, 9]"], "use an input size that fits the stride")]
+    reports.clear()
+    CONV.lint(_node(kernel=(3, 3), stride=(2, 2), pad="same"), (4, 8, 9), report)
+    assert reports == []
+
+
+def test_formula_and_fix_for_a_merge():
+    node = _node(kernel=(3, 3), pad=(0, 0))
+    assert CONV.formula(node, (4, 8, 8), 1) == "8 - 3 + 1 = 6"
+    assert CONV.fix(node, (4, 8, 8), 1, 8) == "use pad=1 on the conv at ?"
+    node = _node(kernel=(5, 5), pad=(0, 0))
+    assert CONV.fix(node, (4, 8, 8), 2, 8) == "use pad=2 on the conv at ?"
+    node = _node(kernel=(4, 4), pad=(0, 0))
+    assert CONV.fix(node, (4, 8, 8), 2, 8) == "use pad=same on the conv at ?"
+    assert CONV.formula(_node(pad="same"), (4, 8, 8), 1) is None
+    assert CONV.fix(_node(pad="same"), (4, 8, 8), 1, 5) is None
+
+
+def test_rank_help():
+    assert CONV.rank_help((10,)) == "`conv` works on [C, H, W] maps; move it before `flatten`"
+    assert CONV.rank_help((3, 4)) is None
+
+
+# ---- CONV2D: the kernel against the reference ---------------------------------------------------
+
+KERNEL_SIZES = [(1, 1), (3, 3), (2, 3)]
+STRIDES = [1, 2, (3, 1)]
+PADS = [0, 1, (1, 2, 0, 1)]
+DILATIONS = [1, (2, 1)]
+GROUPS = [1, 2]
+
+GRID = list(itertools.product(KERNEL_SIZES, STRIDES, PADS, DILATIONS, GROUPS))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel, stride, pad, dilation, groups", GRID)
+def test_conv2d_matches_reference(rng, dtype, kernel, stride, pad, dilation, groups):
+    x, w, b = _case(rng, dtype, kernel, groups)
+    args = dict(stride=stride, pad=pad, dilation=dilation, groups=groups)
+    y = conv2d(x, w, b, **args)
+    assert y.dtype == dtype
+    assert y.flags.c_contiguous
+    assert_close(y, reference(x, w, b, **args))
+
+
+@pytest.mark.parametrize("kernel, stride, pad, dilation, groups", GRID)
+def test_im2col_path_matches_reference(rng, monkeypatch, kernel, stride, pad, dilation, groups):
+    """``SHIFTED = False``: the strided im2col path everywhere."""
+    monkeypatch.setattr(conv, "SHIFTED", False)
+    x, w, b = _case(rng, np.float64, kernel, groups, batch=3)
+    args = dict(stride=stride, pad=pad, dilation=dilation, groups=groups)
+    assert_close(conv2d(x, w, b, act="tanh", **args), reference(x, w, b, act="tanh", **args))
+    assert_close(conv2d(x, w, **args), reference(x, w, **args))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_pointwise_conv_skips_im2col_and_matches(rng, dtype, groups):
+    x, w, b = _case(rng, dtype, (1, 1), groups, out_channels=8, hw=(5, 9))
+    y = conv2d(x, w, b, groups=groups)
+    assert_close(y, reference(x, w, b, groups=groups))
+    # without bias, on a non-contiguous input
+    xt = np.swapaxes(np.swapaxes(x, 2, 3).copy(), 2, 3)
+    assert_close(conv2d(xt, w, groups=groups), reference(x, w, groups=groups))
+
+
+def test_depthwise_conv(rng):
+    x, w, b = _case(rng, np.float64, (3, 3), 4, channels=4, out_channels=8)
+    args = dict(stride=2, pad=1, groups=4)
+    assert_close(conv2d(x, w, b, **args), reference(x, w, b, **args))
+
+
+@pytest.mark.parametrize("shifted", [True, False])
+@pytest.mark.parametrize("workspace", [1, 3 * 4 * 9 * 35 * 8, 1 << 30])
+@pytest.mark.parametrize("kernel", [(1, 1), (3, 3)])
+def test_batch_chunking_paths_agree(rng, monkeypatch, workspace, kernel, shifted):
+    """One image per chunk; chunks of 3, 3 and 1 images; the whole batch in one chunk."""
+    monkeypatch.setattr(conv, "WORKSPACE_BYTES", workspace)
+    monkeypatch.setattr(conv, "SHIFTED", shifted)
+    x, w, b = _case(rng, np.float64, kernel, 2, batch=7, channels=4, out_channels=6,
+                    hw=(7, 5))
+    args = dict(pad=1 if kernel == (3, 3) else 0, groups=2, act="relu")
+    assert_close(conv2d(x, w, b, **args), reference(x, w, b, **args))
+
+
+ACTS = [
+    "relu",
+    ("relu", None),
+    ("leaky_relu", {"alpha": 0.2}),
+    ("elu", {"alpha": 0.7}),
+    "selu",
+    "sigmoid",
+    "tanh",
+    "softplus",
+    ("swish", {"beta": 1.5}),
+    "silu",
+]
+
+
+@pytest.mark.parametrize("shifted", [True, False])
+@pytest.mark.parametrize("act", ACTS, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_activation(rng, monkeypatch, dtype, act, shifted):
+    monkeypatch.setattr(conv, "SHIFTED", shifted)
+    x, w, b = _case(rng, dtype, (3, 3), 1, hw=(5, 5))
+    args = dict(pad=1, act=act)
+    assert_close(conv2d(x, w, b, **args), reference(x, w, b, **args))
+    assert_close(conv2d(x, w, **args), reference(x, w, **args))
+
+
+def test_fused_prelu_uses_output_channels(rng):
+    x, w, b = _case(rng, np.float64, (3, 3), 1, hw=(5, 5))
+    slopes = rng.uniform(0, 0.5, size=w.shape[0])
+    act = ("prelu", {"weight": slopes})
+    assert_close(conv2d(x, w, b, act=act), reference(x, w, b, act=act))
+
+
+def test_conv2d_leaves_inputs_alone(rng):
+    x, w, b = _case(rng, np.float32, (3, 3), 1)
+    copies = [a.copy() for a in (x, w, b)]
+    conv2d(x, w, b, pad=1, act="relu")
+    for before, after in zip(copies, (x, w, b)):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_conv2d_float64_weights_promote(rng):
+    x, w, b = _case(rng, np.float32, (3, 3), 1)
+    assert conv2d(x, w.astype(np.float64), b).dtype == np.float64
+    assert conv2d(x.astype(np.int64), w.astype(np.float32)).dtype == np.float64
+
+
+def test_conv2d_reports_channel_mismatch(rng):
+    x, w, b = _case(rng, np.float32, (3, 3), 1)
+    with pytest.raises(ValueError, match=r"expects 2 input channels with groups=1, input has 4"):
+        conv2d(x, w[:, :2])
+    with pytest.raises(ValueError, match=r"must both divide by groups \(3\)"):
+        conv2d(x, w, groups=3)
+    with pytest.raises(ValueError, match=r"conv2d: bias must be \[6\], got \(2,\)"):
+        conv2d(x, w, b[:2])
+    with pytest.raises(ValueError, match=r"conv2d: input must be \[N, C, H, W\], got shape"):
+        conv2d(x[0], w)
+    with pytest.raises(ValueError, match=r"conv2d: weight must be \[out, C/groups, kh, kw\]"):
+        conv2d(x, w[0])
+
+
+def test_conv2d_reports_bad_geometry(rng):
+    x = rng.standard_normal((1, 2, 3, 3))
+    w = rng.standard_normal((2, 2, 5, 5))
+    with pytest.raises(ValueError, match=r"conv2d height: output size must be at least 1"):
+        conv2d(x, w)
+    with pytest.raises(ValueError, match=r"stride and dilation must be >= 1 and pad >= 0"):
+        conv2d(x, w[:, :, :1, :1], stride=0)
+    with pytest.raises(ValueError, match=r"pad must be p, \[ph, pw\] or"):
+        conv2d(x, w[:, :, :1, :1], pad=(1, 2, 3))
+
+
+# ---- out= and scale= ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shifted", [True, False])
+@pytest.mark.parametrize("kernel, groups", [((3, 3), 1), ((1, 1), 2), ((3, 3), 4)])
+def test_out_is_written_contiguous_or_as_a_channel_slice(rng, monkeypatch, kernel, groups,
+                                                         shifted):
+    monkeypatch.setattr(conv, "SHIFTED", shifted)
+    x, w, b = _case(rng, np.float32, kernel, groups, out_channels=8)
+    args = dict(pad=1 if kernel == (3, 3) else 0, groups=groups, act="relu")
+    expected = conv2d(x, w, b, **args)
+    out = np.full(expected.shape, np.nan, np.float32)
+    assert conv2d(x, w, b, out=out, **args) is out
+    np.testing.assert_array_equal(out, expected)
+    wide = np.full((2, 11) + expected.shape[2:], 7.0, np.float32)
+    part = wide[:, 1:9]
+    assert conv2d(x, w, b, out=part, **args) is part
+    np.testing.assert_array_equal(part, expected)
+    assert (wide[:, :1] == 7).all() and (wide[:, 9:] == 7).all()
+    with pytest.raises(ValueError, match=r"conv2d: out must be \[2, 8, .*\] float32, got"):
+        conv2d(x, w, b, out=np.empty(expected.shape), **args)
+    with pytest.raises(ValueError, match=r"conv2d: out must have contiguous rows"):
+        conv2d(x, w, b, out=np.empty(expected.shape[:2] + expected.shape[:1:-1],
+                                     np.float32).swapaxes(2, 3), **args)
+
+
+@pytest.mark.parametrize("shifted", [True, False])
+@pytest.mark.parametrize("kernel, groups", [((3, 3), 1), ((1, 1), 2), ((2, 3), 2)])
+@pytest.mark.parametrize("act", [None, "relu", "tanh"])
+def test_scale_is_a_folded_batchnorm(rng, monkeypatch, kernel, groups, act, shifted):
+    monkeypatch.setattr(conv, "SHIFTED", shifted)
+    x, w, b = _case(rng, np.float64, kernel, groups)
+    scale = rng.uniform(0.5, 2.0, 6)
+    args = dict(pad=1, groups=groups, act=act)
+    expected = reference(x, w * scale.reshape(-1, 1, 1, 1), b, **args)
+    assert_close(conv2d(x, w, b, scale=scale, **args), expected)
+    assert_close(conv2d(x, w, scale=scale, **args),
+                 reference(x, w * scale.reshape(-1, 1, 1, 1), **args))
+    with pytest.raises(ValueError, match=r"conv2d: scale must be \[6\], got \(5,\)"):
+        conv2d(x, w, b, scale=scale[:5], **args)
+
+
+# ---- random geometries -------------------------------------------------------------------------
+
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@st.composite
+def conv_cases(draw):
+    groups = draw(st.sampled_from([1, 2, 3]))
+    channels = groups * draw(st.integers(1, 2))
+    out_channels = groups * draw(st.integers(1, 2))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    height = draw(st.integers(1, 8))
+    width = draw(st.integers(1, 8))
+    span_h = dilation[0] * (kernel[0] - 1) + 1
+    span_w = dilation[1] * (kernel[1] - 1) + 1
+    assume(height + pad[0] + pad[1] >= span_h and width + pad[2] + pad[3] >= span_w)
+    args = dict(stride=stride, pad=pad, dilation=dilation, groups=groups)
+    shapes = ((2, channels, height, width), (out_channels, channels // groups) + kernel)
+    return shapes, args
+
+
+@SETTINGS
+@given(case=conv_cases(), dtype=st.sampled_from([np.float32, np.float64]),
+       with_bias=st.booleans())
+def test_conv2d_random_geometry(rng, case, dtype, with_bias):
+    (x_shape, w_shape), args = case
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype) if with_bias else None
+    assert_close(conv2d(x, w, b, **args), reference(x, w, b, **args))
+
+
+# ---- training: finite differences --------------------------------------------------------------
+
+STEP = 1e-5
+FD_TOL = dict(rtol=1e-6, atol=1e-7)
+
+
+def _numeric(f, a):
+    """Central differences of the scalar ``f()`` with respect to every element of ``a``."""
+    g = np.empty_like(a)
+    for index in np.ndindex(*a.shape):
+        keep = a[index]
+        a[index] = keep + STEP
+        up = f()
+        a[index] = keep - STEP
+        down = f()
+        a[index] = keep
+        g[index] = (up - down) / (2 * STEP)
+    return g
+
+
+def check_fd(inputs, params, **attrs):
+    """``backward`` against finite differences of ``sum(y * r)``, every input and param."""
+    inputs = [np.array(a, dtype=np.float64) for a in inputs]
+    params = [np.array(p, dtype=np.float64) for p in params]
+
+    def run():
+        return conv.conv2d_forward(*inputs, *params, rng=np.random.default_rng(0), **attrs)
+
+    y, saved = run()
+    r = np.random.default_rng(1).standard_normal(y.shape)
+    gxs, gps = conv.conv2d_backward(saved, r)
+    assert len(gxs) == len(inputs)
+    assert len(gps) == len(params)
+
+    def f():
+        return float(np.sum(run()[0] * r))
+
+    for a, g in zip(inputs + params, list(gxs) + list(gps)):
+        assert g.dtype == np.float64 and g.shape == a.shape
+        np.testing.assert_allclose(g, _numeric(f, a), **FD_TOL)
+
+
+FD_GRID = list(itertools.product(
+    [(1, 1), (3, 3), (2, 3)],  # kernel
+    [1, (2, 1)],  # stride
+    [0, (0, 2, 1, 0)],  # pad: none, asymmetric (top, bottom, left, right)
+    [1, (2, 1)],  # dilation
+    [1, 2],  # groups
+))
+
+
+@pytest.mark.parametrize("kernel, stride, pad, dilation, groups", FD_GRID)
+def test_backward_matches_finite_differences(kernel, stride, pad, dilation, groups):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 4, 6, 5))
+    w = rng.standard_normal((4, 4 // groups) + kernel)
+    bias = [rng.standard_normal(4)] if kernel != (2, 3) else []  # with and without a bias
+    check_fd([x], [w] + bias, stride=stride, pad=pad, dilation=dilation, groups=groups,
+             act=None)
+
+
+def test_backward_same_style_padding_and_big_stride():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 2, 7, 7))
+    w = rng.standard_normal((3, 2, 3, 3))
+    check_fd([x], [w], stride=3, pad=(1, 1), dilation=1, groups=1, act=None)
+    check_fd([x], [w], stride=1, pad=(2, 0, 0, 2), dilation=2, groups=1, act=None)
+
+
+def test_backward_in_chunks_matches_one_chunk(monkeypatch):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4, 6, 5))
+    w = rng.standard_normal((6, 2, 3, 3))
+    b = rng.standard_normal(6)
+    attrs = dict(stride=(2, 1), pad=(1, 0, 2, 1), dilation=1, groups=2)
+    dy = rng.standard_normal(conv2d(x, w, b, **attrs).shape)
+    whole = conv.conv2d_backward(conv.conv2d_forward(x, w, b, **attrs)[1], dy)
+    monkeypatch.setattr(conv, "WORKSPACE_BYTES", 1)
+    chunked = conv.conv2d_backward(conv.conv2d_forward(x, w, b, **attrs)[1], dy)
+    for a, c in zip(whole[0] + whole[1], chunked[0] + chunked[1]):
+        np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12)
+
+
+def test_forward_is_the_kernel_and_keeps_float32(rng):
+    x, w, b = _case(rng, np.float32, (3, 3), 2)
+    attrs = dict(stride=2, pad=(1, 0, 0, 1), dilation=1, groups=2, act=None)
+    y, saved = conv.conv2d_forward(x, w, b, **attrs)
+    np.testing.assert_array_equal(y, conv2d(x, w, b, **attrs))
+    (gx,), (gw, gb) = conv.conv2d_backward(saved, np.ones_like(y))
+    assert gx.dtype == gw.dtype == np.float32
+    assert gb.dtype == np.float32
+
+
+def test_fused_activation_is_refused_in_training():
+    x, w = np.ones((1, 2, 3, 3)), np.ones((2, 2, 1, 1))
+    with pytest.raises(ValueError, match=r"conv2d: .*act=None.*'relu'"):
+        conv.conv2d_forward(x, w, stride=1, pad=0, dilation=1, groups=1, act="relu")
+
+
+def test_dy_of_the_wrong_shape_is_refused():
+    x, w = np.ones((2, 3, 4, 4)), np.ones((2, 3, 3, 3))
+    _, saved = conv.conv2d_forward(x, w, pad=1)
+    with pytest.raises(ValueError, match=r"conv2d backward.*\(2, 2, 4, 4\).*\(2, 2, 4, 3\)"):
+        conv.conv2d_backward(saved, np.ones((2, 2, 4, 3)))
+
+
+# ---- PyTorch -----------------------------------------------------------------------------------
+
+TORCH_GRID = list(itertools.product(
+    [(1, 1), (3, 3), (2, 3)],  # kernel
+    [(1, 1), (2, 2), (1, 3)],  # stride
+    [(0, 0), (1, 1), (2, 1)],  # pad
+    [(1, 1), (2, 1)],  # dilation
+    [1, 2],  # groups
+))
+
+TRAIN_GRID = list(itertools.product(
+    [(1, 1), (3, 3), (2, 3)],  # kernel
+    [(1, 1), (2, 1)],  # stride
+    [(0, 0, 0, 0), (1, 1, 1, 1), (0, 2, 1, 0)],  # pad: top, bottom, left, right
+    [(1, 1), (1, 2)],  # dilation
+    [1, 2],  # groups
+))
+
+
+@pytest.fixture
+def torch():
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: more threads only wait on each other
+    yield torch
+    torch.set_num_threads(before)
+
+
+def _t(torch, a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kernel, stride, pad, dilation, groups", TORCH_GRID)
+def test_conv2d_matches_pytorch(torch, rng, kernel, stride, pad, dilation, groups):
+    F = torch.nn.functional
+    x = rng.standard_normal((2, 4, 9, 8))
+    w = rng.standard_normal((6, 4 // groups) + kernel)
+    b = rng.standard_normal(6)
+    y = conv2d(x, w, b, stride=stride, pad=pad, dilation=dilation, groups=groups)
+    expected = F.conv2d(_t(torch, x), _t(torch, w), _t(torch, b), stride=stride, padding=pad,
+                        dilation=dilation, groups=groups)
+    assert_close(y, expected.numpy())
+
+
+@pytest.mark.torch
+def test_conv2d_asymmetric_pad_float32(torch, rng):
+    F = torch.nn.functional
+    x = rng.standard_normal((2, 3, 8, 7)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    pad = (0, 2, 1, 0)  # top, bottom, left, right
+    y = conv2d(x, w, None, pad=pad, stride=2)
+    padded = F.pad(_t(torch, x), (pad[2], pad[3], pad[0], pad[1]))  # torch: W's pads first
+    assert_close(y, F.conv2d(padded, _t(torch, w), stride=2).numpy())
+
+
+def _compare_training(torch, torch_fn, inputs, params, dtype, tol=None, **attrs):
+    """Forward and backward (``dy`` random) against autograd on leaf tensors."""
+    inputs = [np.asarray(a, dtype=dtype) for a in inputs]
+    params = [np.asarray(p, dtype=dtype) for p in params]
+    leaves = [torch.tensor(a, requires_grad=True) for a in inputs + params]
+    y, saved = conv.conv2d_forward(*inputs, *params, rng=np.random.default_rng(0), **attrs)
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    gxs, gps = conv.conv2d_backward(saved, dy)
+    expected = torch_fn(*leaves)
+    tol = tol or TOLERANCES[np.dtype(dtype)]
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, expected.detach().numpy(), **tol)
+    expected.backward(torch.from_numpy(dy))
+    for ours, leaf in zip(list(gxs) + list(gps), leaves):
+        assert ours.dtype == dtype
+        np.testing.assert_allclose(ours, leaf.grad.numpy(), **tol)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel, stride, pad, dilation, groups", TRAIN_GRID)
+def test_training_matches_pytorch(torch, dtype, kernel, stride, pad, dilation, groups):
+    F = torch.nn.functional
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 7, 6))
+    w = rng.standard_normal((6, 4 // groups) + kernel) * 0.5
+    b = rng.standard_normal(6)
+    top, bottom, left, right = pad
+
+    def expected(x, w, b):
+        padded = F.pad(x, (left, right, top, bottom))  # torch orders W's pads first
+        return F.conv2d(padded, w, b, stride=stride, dilation=dilation, groups=groups)
+
+    _compare_training(torch, expected, [x], [w, b], dtype, stride=stride, pad=pad,
+                      dilation=dilation, groups=groups, act=None)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_training_big_batch_runs_in_chunks(torch, dtype):
+    """Enough images that the backward pass walks the batch in several chunks."""
+    F = torch.nn.functional
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((40, 8, 16, 16))
+    w = rng.standard_normal((8, 8, 3, 3)) * 0.2
+    # gW sums 10,240 products per element, to values up to 1e4: float32 rounding of such
+    # sums reaches 1e-4 in absolute terms (both here and in torch)
+    tol = dict(rtol=2e-4, atol=2e-3) if dtype == np.float32 else None
+    _compare_training(torch, lambda x, w: F.conv2d(x, w, padding=1), [x], [w], dtype, tol=tol,
+                      stride=1, pad=1, dilation=1, groups=1, act=None)
+    _compare_training(torch, F.conv2d, [x], [w[:, :, :1, :1]], dtype, tol=tol, stride=1,
+                      pad=0, dilation=1, groups=1, act=None)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("pad", [(1, 1, 2, 2), (0, 2, 1, 0), 1, (2, 1)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_torch_mapping(torch, rng, pad, bias):
+    x, w, b = _case(rng, np.float64, (3, 2), 2)
+    attrs = dict(stride=(2, 1), pad=pad, dilation=(1, 2), groups=2, act=None)
+    ws = [w, b] if bias else [w]
+    step = types.SimpleNamespace(attrs=attrs, name="c", shape=(), inputs=["x"], params=[])
+    got = CONV2D.torch(step, [_t(torch, x)], [_t(torch, a) for a in ws], False)
+    assert_close(got.numpy(), conv2d(x, *ws, **attrs))
+
+
+# ---- ONNX --------------------------------------------------------------------------------------
+
+
+class _Graph:
+    """The part of the ONNX exporter's graph builder an emitter uses."""
+
+    def __init__(self, onnx, step, arrays, opset=17):
+        self.onnx = onnx
+        self.step = step
+        self.arrays = arrays
+        self.opset = opset
+        self.nodes = []
+        self.initializers = [onnx.numpy_helper.from_array(a, k) for k, a in arrays.items()]
+        self.taken = set(arrays) | {"x", "y"}
+
+    def temp(self, purpose):
+        name = f"{self.step.name}/{purpose}"
+        while name in self.taken:
+            name += "'"
+        self.taken.add(name)
+        return name
+
+    def node(self, op_type, inputs, output, purpose=None, **attrs):
+        name = self.step.name if purpose is None else f"{self.step.name}/{purpose}"
+        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [output], name=name,
+                                                     **attrs))
+        return output
+
+    def const(self, purpose, value, dtype):
+        name = self.temp(purpose)
+        array = np.asarray(value, dtype=dtype)
+        self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
+        return name
+
+    def reduce(self, op_type, x, axes, output, purpose=None):
+        return self.node(op_type, [x], output, purpose, axes=axes, keepdims=0)
+
+
+def run_onnx(x, ws, attrs, out_shape):
+    """Emit CONV2D for one step, run it in ONNX Runtime; (output, the graph's nodes)."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    keys = [f"c.p{i}" for i in range(len(ws))]
+    arrays = {k: np.asarray(a, np.float32) for k, a in zip(keys, ws)}
+    step = types.SimpleNamespace(attrs=attrs, name="c", shape=tuple(out_shape[1:]),
+                                 inputs=["x"], params=keys, span=None)
+    g = _Graph(onnx, step, arrays)
+    CONV2D.onnx(g, step, ["x"], keys, "y", [tuple(x.shape[1:])])
+    helper = onnx.helper
+    graph = helper.make_graph(
+        g.nodes, "one", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, out_shape)],
+        g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    (y,) = session.run(["y"], {"x": np.asarray(x, np.float32)})
+    return y, g.nodes
+
+
+@pytest.mark.parametrize("index", range(len(CONV2D.examples(np.random.default_rng(0)))))
+@pytest.mark.parametrize("act", [None, "relu", ("leaky_relu", {"alpha": 0.2}),
+                                 ("swish", {"beta": 1.5})], ids=str)
+def test_onnx_runs_the_same_in_onnx_runtime(index, act):
+    ex = CONV2D.examples(np.random.default_rng(0))[index]
+    attrs = dict(ex.attrs, act=act)
+    args = [np.asarray(a, np.float32) for a in ex.inputs + ex.params]
+    want = conv2d(*args, **attrs)
+    got, nodes = run_onnx(ex.inputs[0], ex.params, attrs, want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert nodes[0].op_type == "Conv"
+    assert nodes[0].name == ("c" if act is None else "c/conv")
+    assert nodes[-1].output == ["y"]
+
+
+def test_onnx_pads_are_in_onnx_order(rng):
+    x, w, b = _case(rng, np.float32, (3, 3), 2)
+    attrs = dict(stride=(2, 1), pad=(0, 2, 1, 3), dilation=(1, 2), groups=2, act=None)
+    want = conv2d(x, w, b, **attrs)
+    got, (node,) = run_onnx(x, [w, b], attrs, want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    onnx = pytest.importorskip("onnx")
+    found = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert found == dict(kernel_shape=[3, 3], strides=[2, 1], dilations=[1, 2], group=2,
+                         pads=[0, 1, 2, 3])
+
+
+def test_onnx_refuses_a_fused_prelu(rng):
+    from cnnc.ops.base import ExportError
+
+    x, w, b = _case(rng, np.float32, (3, 3), 1)
+    act = ("prelu", {"weight": np.full(6, 0.25)})
+    with pytest.raises(ExportError, match="fused prelu"):
+        run_onnx(x, [w, b], dict(stride=1, pad=1, dilation=1, groups=1, act=act),
+                 (2, 6, 7, 6))
+
+
+# ---- the registry entry ------------------------------------------------------------------------
+
+
+def test_primitive_flags_and_examples():
+    assert CONV2D.name == "conv2d"
+    assert CONV2D.accepts_out and CONV2D.accepts_scale and CONV2D.gemm
+    assert CONV2D.in_place is None and not CONV2D.alias
+    assert conv.LAYERS == [CONV] and conv.PRIMITIVES == [CONV2D]
+    examples = CONV2D.examples(np.random.default_rng(0))
+    assert 3 <= len(examples) <= 8
+    seen = set()
+    for ex in examples:
+        x = ex.inputs[0]
+        assert x.dtype == np.float64 and x.shape[0] == 2
+        assert len(ex.params) in (1, 2)
+        assert set(ex.attrs) == {"stride", "pad", "dilation", "groups", "act"}
+        seen.add(len(ex.params))
+        seen.add(("groups", ex.attrs["groups"] > 1))
+        seen.add(("4-pad", isinstance(ex.attrs["pad"], tuple) and len(ex.attrs["pad"]) == 4))
+    assert {1, 2, ("groups", True), ("4-pad", True)} <= seen
+
