@@ -520,20 +520,25 @@ __global__ void cnnc_lrn_forward(const T* x, T* y, long long n, int C, long long
 """
 
 
-def _header() -> str:
-    # Klambauer et al. 2017, eq. 14, as in PyTorch: the NumPy kernels' digits. Imported here,
-    # not at the top: ops/activation.py imports ops/gpu.py, which imports this module.
-    from .activation import SELU_ALPHA, SELU_SCALE
+# SELU's constants, Klambauer et al. 2017, eq. 14, as in PyTorch: the digits of
+# ops/activation.py's SELU_ALPHA and SELU_SCALE (a test holds the two equal; this module
+# imports no family, since the families import it).
+SELU_DEFINES = {
+    "CNNC_SELU_ALPHA": "1.6732632423543772848170429916717",
+    "CNNC_SELU_SCALE": "1.0507009873554804934193349852946",
+}
 
-    lines = ["// cnnc CUDA kernels: generated header (runtime/cuda_kernels.py)"]
+
+def _header() -> str:
+    lines = ["// cnnc CUDA kernels: generated header (ops/cuda_kernels.py)"]
     seen = set()
     for name, code in ACTIVATION_CODES.items():
         if code in seen:
             continue
         seen.add(code)
         lines.append(f"#define CNNC_ACT_{name.upper()} {code}")
-    lines.append(f"#define CNNC_SELU_ALPHA {SELU_ALPHA!r}")
-    lines.append(f"#define CNNC_SELU_SCALE {SELU_SCALE!r}")
+    for name, digits in SELU_DEFINES.items():
+        lines.append(f"#define {name} {digits}")
     return "\n".join(lines) + "\n"
 
 

@@ -78,3 +78,10 @@ def test_nvcc_compiles_every_kernel_for_float_and_double(tmp_path):
     symbols = set(re.findall(rb"_Z\d+(cnnc_\w+?)I([fd])E", cubin.read_bytes()))
     expected = {(name.encode(), t) for name in cuda_kernels.signatures() for t in (b"f", b"d")}
     assert expected <= symbols, sorted(expected - symbols)
+
+
+def test_selu_constants_are_the_activation_family_s():
+    from cnnc.ops.activation import SELU_ALPHA, SELU_SCALE
+
+    assert float(cuda_kernels.SELU_DEFINES["CNNC_SELU_ALPHA"]) == SELU_ALPHA
+    assert float(cuda_kernels.SELU_DEFINES["CNNC_SELU_SCALE"]) == SELU_SCALE

@@ -63,7 +63,8 @@ def _case_id(value):
 
 
 def test_the_table_names_every_activation_once():
-    assert set(A.ACTIVATIONS) == {"identity", "relu", "leaky_relu", "prelu", "elu", "selu",
+    # the activations of the language's section 4 stay; others may join
+    assert set(A.ACTIVATIONS) >= {"identity", "relu", "leaky_relu", "prelu", "elu", "selu",
                                   "sigmoid", "tanh", "softplus", "swish", "silu"}
     for name, act in A.ACTIVATIONS.items():
         assert act.name == name
@@ -76,26 +77,27 @@ def test_every_activation_has_a_cuda_code_and_back():
     assert set(cuda_kernels.ACTIVATION_CODES) == set(A.ACTIVATIONS)
     assert cuda_kernels.ACTIVATION_CODES["identity"] == 0
     source = cuda_kernels.source()
-    assert f"#define CNNC_SELU_ALPHA {A.SELU_ALPHA!r}\n" in source
-    assert f"#define CNNC_SELU_SCALE {A.SELU_SCALE!r}\n" in source
+    for name, value in (("CNNC_SELU_ALPHA", A.SELU_ALPHA), ("CNNC_SELU_SCALE", A.SELU_SCALE)):
+        digits = source.split(f"#define {name} ", 1)[1].split("\n", 1)[0]
+        assert float(digits) == value
 
 
 def test_defaults_are_pytorchs():
     defaults = {name: (act.alpha, act.beta) for name, act in A.ACTIVATIONS.items()}
-    assert defaults == {
+    assert defaults.items() >= {
         "identity": (None, None), "relu": (None, None), "leaky_relu": (0.01, None),
         "prelu": (None, None), "elu": (1.0, None), "selu": (None, None),
         "sigmoid": (None, None), "tanh": (None, None), "softplus": (None, None),
         "swish": (None, 1.0), "silu": (None, 1.0),
-    }
+    }.items()
 
 
 def test_keeps_what_each_backward_needs():
     keeps = {name: act.keeps for name, act in A.ACTIVATIONS.items()}
-    assert keeps == {
+    assert keeps.items() >= {
         "identity": None, "relu": "mask", "leaky_relu": "mask", "prelu": "x", "elu": "x",
         "selu": "x", "sigmoid": "y", "tanh": "y", "softplus": "x", "swish": "x", "silu": "x",
-    }
+    }.items()
 
 
 # ================================================================ layers
