@@ -3,7 +3,8 @@
 ==========================================  ============  ===================================
 layer                                       primitive     attributes
 ==========================================  ============  ===================================
-relu, sigmoid, tanh, selu, softplus, silu   ACTIVATION    name, alpha=None, beta=None
+relu, relu6, sigmoid, tanh, selu, softplus  ACTIVATION    name, alpha=None, beta=None
+silu                                        ACTIVATION    name, alpha=None, beta=None
 leaky_relu(alpha=0.01), elu(alpha=1.0)      ACTIVATION    name, alpha, beta=None
 swish(beta=1.0)                             ACTIVATION    name, alpha=None, beta
 prelu (learned slopes, 1 or C, init 0.25)   ACTIVATION    name, alpha=None, beta=None
@@ -318,6 +319,25 @@ def _swish(name, args, doc):
     )
 
 
+# ---- relu6: MobileNet's bounded relu
+
+
+def _relu6_(y, alpha, beta, weight, xp):
+    return xp.clip(y, 0, 6, out=y)
+
+
+def _relu6_backward(x, dy, alpha, beta, weight, xp):
+    # PyTorch's choice at the kinks: no gradient at 0 nor at 6
+    inside = (x > 0) & (x < 6)
+    return dy * inside, ()
+
+
+def _relu6_onnx(g, x, out, purpose, alpha, beta, slope, shape):
+    low = g.const("min", 0.0, np.float32)
+    high = g.const("max", 6.0, np.float32)
+    g.node("Clip", [x, low, high], out, purpose)
+
+
 # ---- the table: one entry per activation (keeps: what the backward needs)
 
 ACTIVATIONS = {act.name: act for act in [
@@ -398,6 +418,13 @@ ACTIVATIONS = {act.name: act for act in [
         alpha=1.0, keeps="x", args=("alpha",), doc="x if x > 0 else alpha (e^x - 1)",
     ),
     _swish("swish", ("beta",), "x * sigmoid(beta x)"),
+    Activation(
+        "relu6", _relu6_, _relu6_backward,
+        scalar=lambda v, alpha, beta, slope: min(max(v, 0.0), 6.0),
+        onnx=_relu6_onnx,
+        torch=lambda torch, x, alpha, beta, ws: torch.nn.functional.relu6(x),
+        keeps="x", doc="min(max(x, 0), 6)",
+    ),
 ]}
 
 
@@ -715,9 +742,11 @@ def torch_activation(step, xs, ws, training):
 # ---- examples
 
 
-def _away_from_zero(a):
-    """Values at least 0.05 from zero: no kink of relu or prelu within a finite difference."""
-    return np.where(a < 0, a - 0.05, a + 0.05)
+def _away_from_kinks(a):
+    """Values at least 0.05 from 0 and from 6: no kink of relu, prelu or relu6 within a
+    finite difference."""
+    a = np.where(a < 0, a - 0.05, a + 0.05)
+    return np.where(np.abs(a - 6) < 0.05, a + 0.1, a)
 
 
 def activation_examples(rng):
@@ -732,10 +761,10 @@ def activation_examples(rng):
         for key in act.args:
             calls += [dict(dict(alpha=None, beta=None), **{key: v}) for v in samples[key]]
         for attrs in calls:
-            x = _away_from_zero(2 * rng.standard_normal(shape))
+            x = _away_from_kinks(4 * rng.standard_normal(shape))
             params = [rng.uniform(-0.5, 0.5, 3)] if act.params is not None else []
             out.append(Example([x], params, dict(name=act.name, **attrs), note=act.name))
-    x = _away_from_zero(rng.standard_normal((2, 3, 2, 2)))
+    x = _away_from_kinks(rng.standard_normal((2, 3, 2, 2)))
     out.append(Example([x], [np.array([0.25])], dict(name="prelu", alpha=None, beta=None),
                        note="prelu, one slope"))
     return out

@@ -37,6 +37,7 @@ ACTIVATION_CODES = {
     "softplus": 8,
     "swish": 9,
     "silu": 9,
+    "relu6": 10,
 }
 
 # C type of a template instantiation, by NumPy dtype name.
@@ -107,6 +108,8 @@ __device__ __forceinline__ T cnnc_act(T v, int act, T alpha, T beta, T slope) {
         return (v > T(0) ? v : T(0)) + cnnc_log1p(cnnc_exp(-cnnc_abs(v)));
     case CNNC_ACT_SWISH:
         return v * cnnc_sigmoid(beta * v);
+    case CNNC_ACT_RELU6:
+        return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
     default:
         return v;
     }
@@ -140,6 +143,8 @@ __device__ __forceinline__ T cnnc_act_grad(T dy, T v, int act, T alpha, T beta, 
         T s = cnnc_sigmoid(beta * v);
         return dy * (s + beta * v * s * (T(1) - s));
     }
+    case CNNC_ACT_RELU6:
+        return (v > T(0) && v < T(6)) ? dy : T(0);
     default:
         return dy;
     }

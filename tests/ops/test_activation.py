@@ -810,3 +810,27 @@ def test_examples_cover_every_activation_and_argument():
         assert ex.inputs[0].shape[0] == 2
     ks = sorted({ex.attrs["k"] for ex in A.maxout_examples(np.random.default_rng(0))})
     assert {2, 3} <= set(ks)
+
+
+# ================================================================ relu6
+
+
+def test_relu6_clips_at_both_ends_and_its_gradient_stops_at_the_kinks():
+    x = np.array([[-1.0, 0.0, 3.0, 6.0, 7.5]])
+    y, saved = A.activation_forward(x, name="relu6")
+    np.testing.assert_array_equal(y, [[0.0, 0.0, 3.0, 6.0, 6.0]])
+    (gx,), _ = A.activation_backward(saved, np.ones_like(x))
+    np.testing.assert_array_equal(gx, [[0.0, 0.0, 1.0, 0.0, 0.0]])  # as torch's ReLU6
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.relu6(t).sum().backward()
+    np.testing.assert_array_equal(gx, t.grad.numpy())
+
+
+def test_relu6_is_a_layer_and_no_longer_a_typo_of_relu():
+    import cnnc
+
+    net = cnnc.check("network t\ninput x: [3, 8, 8]\noutput y = x -> conv(4, 3) -> relu6\n")
+    assert net.ok, [d.message for d in net.diagnostics]
+    (node,) = [n for n in net.nodes.values() if n.op == "relu6"]
+    assert node.shape == (4, 6, 6)
