@@ -8,6 +8,7 @@ One module per op family holds everything about its ops (``ops/base.py`` says wh
     norm        batchnorm, lrn                               -> BATCHNORM, LRN
     activation  every activation, softmax, maxout            -> ACTIVATION, SOFTMAX, MAXOUT
     tensor      flatten, dropout, and the merges concat, add -> FLATTEN, DROPOUT, CONCAT, ADD
+    resize      upsample, conv_transpose, adaptive pools
 
 Adding a family is adding its module to ``FAMILIES``; adding a layer to a family is adding it
 to that module's lists. Nothing else names ops: the checker, the lowering, every backend's
@@ -19,10 +20,10 @@ from __future__ import annotations
 
 import enum
 
-from . import activation, conv, linear, norm, pool, tensor
+from . import activation, conv, linear, norm, pool, resize, tensor
 from .base import Layer, Merge, Primitive
 
-FAMILIES = (conv, linear, pool, norm, activation, tensor)
+FAMILIES = (conv, linear, pool, norm, activation, tensor, resize)
 
 
 def _collect():

@@ -113,3 +113,27 @@ def test_unreadable_weight_file(tmp_path):
         model.load(path)
     with pytest.raises(WeightFileError, match="cannot read weight file"):
         model.load(tmp_path / "absent.npz")
+
+
+def test_a_kernel_refusing_its_arguments_names_the_layer_and_its_place():
+    from cnnc.runtime.model import LayerError
+
+    source = "network t\ninput x: [3, 8, 8]\noutput y = x -> conv(4, 3)\n    -> relu\n"
+    model = cnnc.compile(source).build(backend="numpy")
+    model.params["y.conv1.weight"] = np.zeros((4, 5, 3, 3), dtype=np.float32)  # 5, not 3
+    x = np.zeros((2, 3, 8, 8), dtype=np.float32)
+    for run in (model, model.interpret, model.forward):
+        with pytest.raises(LayerError) as err:
+            run(x)
+        assert str(err.value).startswith("<string>:3:17: layer `y.conv1` (conv2d): ")
+        assert err.value.layer == "y.conv1"
+        assert err.value.where == "<string>:3:17"
+
+
+def test_the_backend_is_an_object_the_model_asks():
+    model = cnnc.compile("network t\ninput x: [2]\noutput y = x -> dense(3)\n").build(
+        backend="numpy")
+    assert str(model.backend) == "numpy"
+    assert model.backend.xp is np
+    assert not model.backend.on_device
+    assert set(model.backend.kernels) == set(model.backend.grads)
