@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy
 
 from ..compiler import shapes
 from ..compiler.symbolic import is_concrete
@@ -30,7 +29,7 @@ from .activation import act_args, act_backward, act_spec, apply_act_, bias_act, 
 from .activation import reference_act, refuse_fused_prelu
 from .base import ArgSpec, Example, Layer, Primitive, divisor_help
 from .window import checked_out, pads4, pair
-from .xp import as_grad, float_dtype, get_array_module, no_act
+from .xp import as_grad, float_dtype, get_array_module, no_act, numpy
 
 # Bytes of column matrix per chunk of the NumPy kernels: big enough for a wide GEMM, small
 # enough for L2/L3. (The CUDA kernels' budget is ``gpu.WORKSPACE_BYTES``.)

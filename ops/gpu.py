@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import functools
 
-import numpy
 
 from . import cuda_kernels
-from .xp import as_grad
+from .xp import as_grad, numpy
 
 # Bytes of workspace (column matrix and GEMM result) one convolution chunk may use.
 WORKSPACE_BYTES = 256 << 20
@@ -29,7 +28,6 @@ WORKSPACE_BYTES = 256 << 20
 BLOCK = 256
 MAX_BLOCKS = 1 << 16
 
-FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 
 
 # ---------------------------------------------------------------- device plumbing
@@ -115,7 +113,7 @@ def compute_dtype(*dtypes):
     dtype = numpy.result_type(*dtypes)
     if dtype.kind != "f":
         dtype = numpy.dtype(numpy.float64)
-    return dtype if dtype in FLOATS else None
+    return dtype if is_cuda_float(dtype) else None
 
 
 def contiguous(a, dtype, xp):
@@ -170,3 +168,8 @@ def batch_chunk(n, per_sample_bytes, budget=None):
     bytes (``WORKSPACE_BYTES``); at least one, however large a sample."""
     budget = WORKSPACE_BYTES if budget is None else budget
     return max(1, min(n, budget // max(1, per_sample_bytes)))
+
+
+def is_cuda_float(dtype) -> bool:
+    """Whether the CUDA kernels have an instantiation for ``dtype`` (float32, float64)."""
+    return dtype.kind == "f" and dtype.itemsize in (4, 8)

@@ -20,13 +20,12 @@ Training keeps ``x``:
 
 from __future__ import annotations
 
-import numpy
 
 from . import gpu
 from .activation import act_backward, act_spec, apply_act_, bias_act, emit_fused
 from .activation import reference_act, refuse_fused_prelu
 from .base import ArgSpec, Example, Layer, Primitive
-from .xp import as_grad, float_dtype, get_array_module, no_act
+from .xp import as_grad, float_dtype, get_array_module, no_act, numpy
 
 
 # ---- the layer --------------------------------------------------------------------------------

@@ -32,13 +32,11 @@ from __future__ import annotations
 
 import math
 
-import numpy
-
 from . import gpu
 from . import window
 from .base import ArgSpec, Example, ExportError, Layer, Primitive
 from .window import checked_out, pads4, pair, pool_out
-from .xp import as_grad, floating, get_array_module, index_dtype
+from .xp import as_grad, floating, get_array_module, index_dtype, numpy
 
 # Elements of padded planes per chunk of the NumPy kernels: small enough to stay in cache.
 CHUNK_ELEMENTS = 1 << 16

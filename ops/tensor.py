@@ -16,10 +16,9 @@ operations (a reshape, ``concatenate``, ``add``) when handed CuPy arrays.
 
 from __future__ import annotations
 
-import numpy as np
 
 from .base import ArgSpec, Example, Layer, Merge, Primitive, same_shape
-from .xp import as_grad, floating, get_array_module, prod
+from .xp import as_grad, floating, get_array_module, np, prod
 
 
 def _grad_dtype(y):

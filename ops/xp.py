@@ -6,9 +6,32 @@ inputs, as Chainer does. CuPy is imported only when a CuPy array is actually pas
 so the NumPy path never needs it installed.
 """
 
+import importlib
 import math
 
-import numpy
+
+class LazyModule:
+    """A module imported on first use of one of its attributes: ``np.zeros`` imports NumPy
+    then, not when the op families are imported. Checking a model (``cnnc check``, the
+    layers' shape rules) never touches an array, so it never pays NumPy's import; kernels
+    pay one attribute lookup, and each attribute is looked up once."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attribute):
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+        value = getattr(importlib.import_module(self._name), attribute)
+        setattr(self, attribute, value)
+        return value
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self._name!r}>"
+
+
+# NumPy for every module of ops/: ``from .xp import np`` (or ``numpy``).
+np = numpy = LazyModule("numpy")
 
 
 def get_array_module(*arrays):
@@ -17,7 +40,7 @@ def get_array_module(*arrays):
             import cupy
 
             return cupy
-    return numpy
+    return importlib.import_module("numpy")
 
 
 def float_dtype(xp, *arrays):

@@ -24,7 +24,7 @@ def _has_cuda_dtype(args) -> bool:
     in (float32 or float64; not float16, and integers compute in float64 only where the
     generic kernel says so)."""
     x = args[0] if args else None
-    return x is not None and x.dtype in gpu.FLOATS
+    return x is not None and gpu.is_cuda_float(x.dtype)
 
 
 def _kernel(p):

@@ -65,6 +65,9 @@ TOTALS = {
     # the training example, counted in its own header: conv 9,216 + 294,912 + 294,912 MACs
     # (8x8, 8x8 and 4x4 outputs), dense 256 * 64 + 64 * 10
     "digits": (40_506, 616_064, {"logits": (10,)}, 5),
+    # torchvision's mobilenet_v2: 3,504,872 parameters, 0.301 GFLOPS (MACs); depth 53: 52
+    # convolutions and the classifier on the longest path
+    "mobilenet_v2": (3_504_872, 300_774_272, {"logits": (1000,)}, 53),
 }
 
 
