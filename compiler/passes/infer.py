@@ -42,7 +42,7 @@ class InferContext:
         notes = list(notes)
         if self.node.inputs:
             notes.insert(0, origin_note(self.net, "input", self.node.inputs[0]))
-        self.reporter.say(code, message, self.node.span, notes, help)
+        self.reporter.say(code, message, self.node.span, notes=notes, help=help)
 
     def positive(self, size, what):
         self.conditions.append(Condition("ge1", size, None, (self.node, what)))

@@ -22,11 +22,12 @@ class Reporter:
                help: str | None = None, **values) -> None:
         """A problem of ``code``: its message is the code's template (or ``variant``'s)
         filled in with ``values``."""
-        self.say(code, CODES[code].format(variant, **values), span, notes, help)
+        self.say(code, CODES[code].format(variant, **values), span, notes=notes, help=help)
 
-    def say(self, code: str, message: str, span: Span | None, notes=(),
+    def say(self, code: str, message: str, span: Span | None, *, notes=(),
             help: str | None = None) -> None:
-        """A problem of ``code`` whose message is already written (the layers' hooks)."""
+        """A problem of ``code`` whose message is already written: the ``report`` of the
+        layers' ``check_args`` and ``lint`` hooks (``notes`` and ``help`` by keyword)."""
         if code not in CODES:
             raise KeyError(f"diagnostic code {code} is not in the registry")
         key = (code, span, message)
