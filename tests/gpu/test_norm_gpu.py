@@ -179,3 +179,122 @@ def test_generic_training_runs_on_device_arrays(device, rng, dtype, train):
             assert not device.xp.shares_memory(mine, d_dy)  # a new array the caller owns
         for moved, ref in zip(d_params, numpy_params):  # running statistics, in place
             close(device, moved, ref)
+
+
+# ================================================================ spec section 9: scale's GPU
+# kernel, layer and group norm's generic kernels on device arrays, batch norm on every rank
+
+RANK_SHAPES = [(3, 4), (2, 4, 7), (2, 4, 3, 5), (2, 4, 2, 3, 4)]  # [F], [C, L], maps, volumes
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", RANK_SHAPES, ids=str)
+@pytest.mark.parametrize("bias", [False, True])
+def test_scale_matches_numpy(device, rng, dtype, shape, bias):
+    x = rng.standard_normal(shape).astype(dtype)
+    params = [rng.standard_normal(4).astype(dtype) for _ in range(1 + bias)]
+    close(device, norm.scale_gpu(*put(device, [x] + params)), norm.scale(x, *params))
+    same_error(device, norm.scale, norm.scale_gpu, (x, params[0][:3]), {})
+    same_error(device, norm.scale, norm.scale_gpu, (x[0, 0],) + tuple(params), {})
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scale_out_in_place_and_channel_slices(device, rng, dtype):
+    x = rng.standard_normal((2, 4, 6, 5)).astype(dtype)
+    params = [rng.standard_normal(4).astype(dtype), rng.standard_normal(4).astype(dtype)]
+    expected = norm.scale(x, *params)
+    rest = put(device, params)
+    out = device.put(np.full(x.shape, np.nan, dtype=dtype))
+    assert norm.scale_gpu(device.put(x), *rest, out=out) is out
+    close(device, out, expected)
+    d_x = device.put(x.copy())
+    assert norm.scale_gpu(d_x, *rest, out=d_x) is d_x  # in_place="first"
+    close(device, d_x, expected)
+    wide = device.put(np.full((2, 7, 6, 5), 7.0, dtype=dtype))
+    part = wide[:, 1:5]  # a concat's channel slice, not C-contiguous
+    norm.scale_gpu(device.put(x), *rest, out=part)
+    close(device, part, expected)
+    edges = device.get(wide)
+    assert (edges[:, :1] == 7).all() and (edges[:, 5:] == 7).all()
+    view = wide[:, 3:7]  # in place on a non-contiguous view
+    view[...] = device.put(x)
+    norm.scale_gpu(view, *rest, out=view)
+    close(device, view, expected)
+    other = np.float64 if dtype == np.float32 else np.float32
+    with pytest.raises(ValueError, match="scale: out must be"):
+        norm.scale_gpu(device.put(x), *rest, out=device.put(np.empty(x.shape, other)))
+
+
+def test_scale_float16_and_integer_inputs(device, rng):
+    x = rng.standard_normal((2, 3, 4)).astype(np.float16)
+    w = rng.standard_normal(3).astype(np.float16)
+    y = norm.scale_gpu(device.put(x), device.put(w))
+    assert device.get(y).dtype == np.float16  # the generic kernel
+    np.testing.assert_allclose(device.get(y), norm.scale(x, w), rtol=1e-3, atol=1e-3)
+    ints = np.arange(24).reshape(2, 3, 4)
+    w = rng.standard_normal(3)
+    close(device, norm.scale_gpu(device.put(ints), device.put(w)), norm.scale(ints, w))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", RANK_SHAPES, ids=str)
+def test_batchnorm_on_every_rank_matches_numpy(device, rng, dtype, shape):
+    x = rng.standard_normal(shape).astype(dtype)
+    arrays = [x] + _stats(rng, 4, dtype)
+    attrs = dict(eps=1e-3, momentum=0.1)
+    close(device, norm.batchnorm_gpu(*put(device, arrays), **attrs),
+          norm.batchnorm(*arrays, **attrs))
+
+
+NORMS = [
+    ("layernorm", dict(eps=1e-5)),
+    ("groupnorm", dict(groups=2, eps=1e-5)),
+    ("groupnorm", dict(groups=4, eps=1e-3)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", RANK_SHAPES, ids=str)
+@pytest.mark.parametrize("name, attrs", NORMS, ids=str)
+def test_layer_and_group_norm_run_on_device_arrays(device, rng, dtype, shape, name, attrs):
+    kernel = getattr(norm, name)
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    params = [rng.uniform(0.5, 2, 4).astype(dtype), rng.standard_normal(4).astype(dtype)]
+    expected = kernel(x, *params, **attrs)
+    rest = put(device, params)
+    close(device, kernel(device.put(x), *rest, **attrs), expected)
+    d_x = device.put(x.copy())
+    assert kernel(d_x, *rest, out=d_x, **attrs) is d_x  # in place
+    close(device, d_x, expected)
+    wide = device.put(np.full((shape[0], 6) + shape[2:], 7.0, dtype=dtype))
+    part = wide[:, 1:5]
+    kernel(device.put(x), *rest, out=part, **attrs)
+    close(device, part, expected)
+    # the training pair
+    forward, backward = getattr(norm, f"{name}_forward"), getattr(norm, f"{name}_backward")
+    y_ref, saved_ref = forward(x, *params, **attrs)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gxs_ref, gps_ref = backward(saved_ref, dy)
+    y, saved = forward(device.put(x), *rest, **attrs)
+    d_dy = device.put(dy)
+    gxs, gps = backward(saved, d_dy)
+    close(device, y, y_ref)
+    for mine, ref in zip(list(gxs) + list(gps), list(gxs_ref) + list(gps_ref)):
+        close(device, mine, ref)
+        assert not device.xp.shares_memory(mine, d_dy)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_scale_training_pair_on_device_arrays(device, rng, dtype, bias):
+    x = rng.standard_normal((3, 4, 5, 2)).astype(dtype)
+    params = [rng.standard_normal(4).astype(dtype) for _ in range(1 + bias)]
+    y_ref, saved_ref = norm.scale_forward(x, *params)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    gxs_ref, gps_ref = norm.scale_backward(saved_ref, dy)
+    y, saved = norm.scale_forward(device.put(x), *put(device, params))
+    gxs, gps = norm.scale_backward(saved, device.put(dy))
+    close(device, y, y_ref)
+    assert len(gps) == len(params)
+    for mine, ref in zip(list(gxs) + list(gps), list(gxs_ref) + list(gps_ref)):
+        close(device, mine, ref)

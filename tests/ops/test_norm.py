@@ -1,6 +1,6 @@
-"""Batch norm and LRN (ops/norm.py): the layers, the kernels against the naive reference and
-PyTorch, the training pair against finite differences and autograd, running statistics,
-errors, and the ONNX emitters."""
+"""Batch norm, layer norm, group norm, scale and LRN (ops/norm.py): the layers, the kernels
+against the naive reference and PyTorch, the training pair against finite differences and
+autograd, running statistics, errors, and the ONNX emitters."""
 
 from types import SimpleNamespace
 
@@ -58,9 +58,9 @@ def test_batchnorm_layer():
     layer = LAYERS["batchnorm"]
     assert [(a.name, a.kind, a.default) for a in layer.args] == [
         ("eps", "positive_float", 1e-5), ("momentum", "unit_float", 0.1)]
-    assert layer.ranks == (1, 3) and not layer.changes_shape
+    assert layer.ranks == (1, 2, 3, 4) and not layer.changes_shape
     args = dict(eps=1e-3, momentum=0.2)
-    for shape in [(4, 5, 6), (7,)]:
+    for shape in [(4, 5, 6), (7,), (4, 9), (4, 2, 5, 6)]:
         assert layer.infer(shape, args, None) == shape
         assert layer.params(shape, args) == {"weight": (shape[0],), "bias": (shape[0],)}
         assert layer.buffers(shape, args) == {"running_mean": (shape[0],),
@@ -595,3 +595,635 @@ def test_batchnorm_onnx_needs_four_parameters():
     with pytest.raises(ExportError, match=r"net.bn: batchnorm needs weight, bias, "
                                           r"running_mean and running_var"):
         norm.batchnorm_onnx(None, step, ["x"], ["net.bn.weight"], "y", [(3,)])
+
+
+# ================================================================ spec section 9: layernorm,
+# groupnorm, scale, and batchnorm on every rank
+#
+# Shapes per sample: [F], [C, L], [C, H, W], [C, D, H, W] (the batch comes first here).
+
+RANK_SHAPES = [(3, 7), (2, 5, 6), (2, 4, 3, 5), (2, 3, 2, 3, 4)]
+F32_FORWARD = dict(rtol=1e-4, atol=1e-4)  # float32 forward against PyTorch
+F64_GRAD = dict(rtol=1e-6, atol=1e-6)  # float64 gradients against PyTorch autograd
+
+
+def _torch_layernorm(torch, x, weight, bias, eps):
+    """PyTorch's LayerNorm over the channels: ``F.layer_norm`` on the channels-last
+    permutation of a map, on a vector as it is."""
+    if x.dim() == 2:
+        return torch.nn.functional.layer_norm(x, (x.shape[1],), weight, bias, eps)
+    last = (0,) + tuple(range(2, x.dim())) + (1,)
+    back = tuple(int(i) for i in np.argsort(last))
+    y = torch.nn.functional.layer_norm(x.permute(last), (x.shape[1],), weight, bias, eps)
+    return y.permute(back)
+
+
+def _torch_groupnorm(torch, x, weight, bias, eps, groups):
+    module = torch.nn.GroupNorm(groups, x.shape[1], eps=eps).to(x.dtype)
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        module.bias.copy_(bias)
+    return module(x), module
+
+
+def _torch_scale(torch, x, weight, bias):
+    view = (x.shape[1],) + (1,) * (x.dim() - 2)
+    y = x * weight.view(view)
+    return y if bias is None else y + bias.view(view)
+
+
+def _against_torch(forward, backward, kernel, torch_fn, x, params, attrs):
+    """``kernel`` in float32 against ``torch_fn`` (float64 tensors in, a tensor out) within
+    1e-4, and the training pair's input and parameter gradients in float64 within 1e-6."""
+    torch = pytest.importorskip("torch")
+    p32 = [np.asarray(p, np.float32) for p in params]
+    y32 = kernel(x.astype(np.float32), *p32, **attrs)
+    assert y32.dtype == np.float32
+    tx = torch.tensor(x, requires_grad=True)
+    tps = [torch.tensor(p, requires_grad=True) for p in params]
+    ty = torch_fn(tx, *tps)
+    np.testing.assert_allclose(y32, ty.detach().numpy(), **F32_FORWARD)
+    y, saved = forward(x, *params, train=True, **attrs)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-10, atol=1e-10)
+    dy = np.random.default_rng(11).standard_normal(y.shape)
+    (gx,), gps = backward(saved, dy)
+    ty.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(gx, tx.grad.numpy(), **F64_GRAD)
+    assert len(gps) == len(params)
+    for g, t in zip(gps, tps):
+        np.testing.assert_allclose(g, t.grad.numpy(), **F64_GRAD)
+
+
+# ---------------------------------------------------------------- the layers
+
+
+def test_layernorm_groupnorm_and_scale_layers():
+    ln, gn, sc = LAYERS["layernorm"], LAYERS["groupnorm"], LAYERS["scale"]
+    assert [(a.name, a.kind, a.default) for a in ln.args] == [("eps", "positive_float", 1e-5)]
+    assert [(a.name, a.kind) for a in gn.args] == [("groups", "count"),
+                                                   ("eps", "positive_float")]
+    assert gn.args[1].default == 1e-5
+    assert [(a.name, a.kind, a.default) for a in sc.args] == [("bias", "bool", False),
+                                                              ("init", "float", 1.0)]
+    for layer in (ln, gn, sc):
+        assert layer.ranks is None and not layer.changes_shape
+        assert layer.buffers((4, 5), {}) == {}
+    for shape in [(8,), (4, 9), (4, 5, 6), (4, 2, 5, 6)]:
+        assert ln.infer(shape, dict(eps=1e-5), None) == shape
+        assert gn.infer(shape, dict(groups=2, eps=1e-5), None) == shape
+        assert sc.infer(shape, dict(bias=False, init=1.0), None) == shape
+        both = {"weight": (shape[0],), "bias": (shape[0],)}
+        assert ln.params(shape, dict(eps=1e-5)) == both
+        assert gn.params(shape, dict(groups=2, eps=1e-5)) == both
+        assert sc.params(shape, dict(bias=True, init=1.0)) == both
+        assert sc.params(shape, dict(bias=False, init=1.0)) == {"weight": (shape[0],)}
+        for layer in (ln, gn, sc):
+            assert layer.macs(shape, shape, dict(groups=2, bias=True)) == 0  # not counted
+    assert [ln.init(k) for k in ("weight", "bias")] == ["ones", "zeros"]
+    assert [gn.init(k) for k in ("weight", "bias")] == ["ones", "zeros"]
+    assert ln.lower(_node("layernorm", dict(eps=1e-3)), [(4, 5, 6)]) == (
+        "layernorm", dict(eps=1e-3))
+    assert gn.lower(_node("groupnorm", dict(groups=3, eps=1e-4)), [(6, 5, 6)]) == (
+        "groupnorm", dict(groups=3, eps=1e-4))
+    assert sc.lower(_node("scale", dict(bias=True, init=0.5)), [(6, 5, 6)]) == ("scale", {})
+
+
+def test_scale_weight_starts_at_init_as_text():
+    sc = LAYERS["scale"]
+    assert sc.init("weight", dict(bias=False, init=1e-6)) == "1e-06"
+    assert sc.init("weight", dict(bias=True, init=2)) == "2.0"
+    assert sc.init("bias", dict(bias=True, init=1e-6)) == "zeros"
+    assert float(sc.init("weight", dict(bias=False, init=-0.25))) == -0.25
+    assert sc.init("weight") == "1.0"  # the default init=1.0
+
+
+@pytest.mark.xfail(strict=True, reason="compiler/plan.py calls Layer.init(key) without the "
+                   "layer's arguments, so scale(init=...) starts at 1.0; pass node.args and "
+                   "remove this mark")
+def test_scale_init_reaches_the_plan():
+    import cnnc
+    from cnnc.compiler.plan import lower
+
+    net = cnnc.check("network t\ninput x: [3, 4, 4]\noutput y = x -> scale(init=1e-6)\n")
+    assert lower(net).initial["y.scale1.weight"] == "1e-06"
+
+
+def test_new_primitive_flags():
+    ln, gn, sc = PRIMITIVES["layernorm"], PRIMITIVES["groupnorm"], PRIMITIVES["scale"]
+    for p in (ln, gn, sc):
+        assert p.accepts_out and p.in_place == "first" and not p.alias and not p.gemm
+        assert not p.accepts_scale and p.gpu_forward is None
+    assert sc.gpu_kernel is norm.scale_gpu
+    assert ln.gpu_kernel is None and gn.gpu_kernel is None  # NumPy-API kernels on CuPy
+
+
+# ---------------------------------------------------------------- checking networks
+
+
+def _check(source):
+    import cnnc
+
+    return cnnc.check(source)
+
+
+def _node_of(net, op, k=1):
+    return [n for n in net.nodes.values() if n.op == op][k - 1]
+
+
+def test_new_layers_check_on_maps_and_vectors():
+    net = _check("network t\ninput x: [6, 8, 8]\n"
+                 "output y = x -> conv(6, 3) -> layernorm -> groupnorm(3) -> scale(init=1e-6)"
+                 " -> scale(true) -> flatten -> layernorm(eps=1e-6) -> groupnorm(4)"
+                 " -> scale\n")
+    assert net.ok, [d.message for d in net.diagnostics]
+    assert _node_of(net, "layernorm", 1).shape == (6, 6, 6)
+    assert _node_of(net, "layernorm", 2).shape == (216,)
+    assert _node_of(net, "groupnorm", 2).params == {"weight": (216,), "bias": (216,)}
+    assert _node_of(net, "scale", 1).params == {"weight": (6,)}
+    assert _node_of(net, "scale", 2).params == {"weight": (6,), "bias": (6,)}
+    assert all(n.macs == 0 for n in net.nodes.values() if n.op in ("layernorm", "groupnorm",
+                                                                    "scale"))
+
+
+def test_batchnorm_and_the_new_norms_keep_symbolic_sizes():
+    net = _check("network t\ninput x: [4, H, W]\n"
+                 "output y = x -> batchnorm -> layernorm -> groupnorm(2) -> scale(true)\n")
+    assert net.ok, [d.message for d in net.diagnostics]
+    shapes = {n.op: n.shape for n in net.nodes.values() if n.op != "input"}
+    want = net.nodes["x"].shape
+    assert shapes == {"batchnorm": want, "layernorm": want, "groupnorm": want, "scale": want}
+
+
+@pytest.mark.parametrize("source, message, help", [
+    ("input x: [6, 8, 8]\noutput y = x -> groupnorm(4)",
+     "groupnorm groups=4 does not divide the 6 input channels",
+     "6 divides by groups=2 or groups=3 or groups=6"),
+    ("input x: [10]\noutput y = x -> groupnorm(3)",
+     "groupnorm groups=3 does not divide the 10 input features",
+     "10 divides by groups=1 or groups=2 or groups=5"),
+    ("input x: [4, 8, 8]\noutput y = x -> groupnorm(8)",
+     "groupnorm groups=8 does not divide the 4 input channels",
+     "4 divides by groups=1 or groups=2 or groups=4"),
+    ("input x: [6, H, W]\noutput y = x -> groupnorm(4)",
+     "groupnorm groups=4 does not divide the 6 input channels",
+     "6 divides by groups=2 or groups=3 or groups=6"),
+])
+def test_groupnorm_groups_must_divide_the_channels(source, message, help):
+    net = _check("network t\n" + source + "\n")
+    (d,) = net.diagnostics
+    assert (d.code, d.message, d.help) == ("E305", message, help)
+    assert d.notes and d.notes[0].startswith("input is ")
+
+
+@pytest.mark.parametrize("call, code", [
+    ("groupnorm(0)", "E207"), ("groupnorm", "E204"), ("layernorm(eps=0)", "E207"),
+    ("groupnorm(2, eps=-1)", "E207"), ("scale(bias=1)", "E206"), ("scale(init=true)", "E206"),
+])
+def test_new_layers_argument_errors(call, code):
+    net = _check(f"network t\ninput x: [4, 8, 8]\noutput y = x -> {call}\n")
+    assert [d.code for d in net.diagnostics] == [code]
+
+
+# ---------------------------------------------------------------- layernorm
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("shape", RANK_SHAPES + [(2, 1, 3, 3), (2, 2, 4)], ids=str)
+@pytest.mark.parametrize("eps", [1e-5, 1e-2])
+def test_layernorm_matches_torch(shape, eps):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(21)
+    channels = shape[1]
+    x = rng.standard_normal(shape) * 2 + 1
+    params = [rng.uniform(0.5, 2.0, channels), rng.standard_normal(channels)]
+
+    def reference(tx, w, b):
+        return _torch_layernorm(torch, tx, w, b, eps)
+
+    _against_torch(norm.layernorm_forward, norm.layernorm_backward, norm.layernorm, reference,
+                   x, params, dict(eps=eps))
+
+
+@pytest.mark.parametrize("shape", RANK_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layernorm_matches_reference_and_normalises_each_position(shape, dtype):
+    rng = np.random.default_rng(22)
+    x = (rng.standard_normal(shape) * 3 - 2).astype(dtype)
+    y = norm.layernorm(x, None, None, eps=1e-5)
+    assert y.dtype == dtype
+    assert_close(y, norm.layernorm_reference(x, eps=1e-5))
+    # every position of every sample: mean 0 and variance 1 over the channels
+    tol = TOLERANCES[np.dtype(dtype)]
+    np.testing.assert_allclose(y.mean(axis=1), 0, atol=20 * tol["atol"])
+    np.testing.assert_allclose(y.var(axis=1), 1, rtol=1e-3)
+
+
+def test_layernorm_float32_keeps_precision_far_from_zero():
+    """A large common offset: the float32 kernel subtracts a float64-accumulated mean."""
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((2, 64, 5, 5)) + 100.0
+    weight, bias = rng.uniform(0.5, 2, 64), rng.standard_normal(64)
+    want = norm.layernorm_reference(x, weight, bias, eps=1e-5)
+    got = norm.layernorm(x.astype(np.float32), weight.astype(np.float32),
+                         bias.astype(np.float32), eps=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 2, 2)], ids=str)
+@pytest.mark.parametrize("affine", [True, False])
+def test_layernorm_finite_differences(shape, affine):
+    rng = np.random.default_rng(24)
+    c = shape[1]
+    params = [rng.uniform(0.5, 2.0, c), rng.standard_normal(c)] if affine else [None, None]
+    _fd_check(norm.layernorm_forward, norm.layernorm_backward,
+              [rng.standard_normal(shape) * 2], params, eps=1e-3)
+
+
+def test_layernorm_of_one_channel_is_its_bias():
+    x = np.random.default_rng(25).standard_normal((2, 1, 3, 3))
+    y = norm.layernorm(x, np.array([3.0]), np.array([0.5]), eps=1e-5)
+    np.testing.assert_array_equal(y, np.full_like(x, 0.5))
+    _, saved = norm.layernorm_forward(x, np.array([3.0]), np.array([0.5]), eps=1e-5)
+    (gx,), (gW, gb) = norm.layernorm_backward(saved, np.ones_like(x))
+    np.testing.assert_array_equal(gx, 0.0)
+    assert gW == 0.0 and gb == 18.0
+
+
+# ---------------------------------------------------------------- groupnorm
+
+
+GROUP_CASES = [
+    ((2, 6, 3, 4), 1), ((2, 6, 3, 4), 2), ((2, 6, 3, 4), 3), ((2, 6, 3, 4), 6),
+    ((3, 8), 4), ((3, 8), 8), ((2, 4, 7), 2), ((2, 4, 2, 3, 2), 2), ((2, 4, 2, 3, 2), 4),
+]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("shape, groups", GROUP_CASES, ids=str)
+@pytest.mark.parametrize("eps", [1e-5, 1e-2])
+def test_groupnorm_matches_torch(shape, groups, eps):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(31)
+    channels = shape[1]
+    x = rng.standard_normal(shape) * 2 - 1
+    params = [rng.uniform(0.5, 2.0, channels), rng.standard_normal(channels)]
+
+    def reference(tx, w, b):
+        return torch.nn.functional.group_norm(tx, groups, w, b, eps)
+
+    _against_torch(norm.groupnorm_forward, norm.groupnorm_backward, norm.groupnorm, reference,
+                   x, params, dict(groups=groups, eps=eps))
+    # and torch.nn.GroupNorm itself, the module named in the spec
+    y_module, _ = _torch_groupnorm(torch, torch.from_numpy(x), torch.from_numpy(params[0]),
+                                   torch.from_numpy(params[1]), eps, groups)
+    np.testing.assert_allclose(norm.groupnorm(x, *params, groups=groups, eps=eps),
+                               y_module.detach().numpy(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape, groups", GROUP_CASES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_groupnorm_matches_reference(shape, groups, dtype):
+    rng = np.random.default_rng(32)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    weight, bias = rng.uniform(0.5, 2.0, shape[1]), rng.standard_normal(shape[1])
+    y = norm.groupnorm(x, weight.astype(dtype), bias.astype(dtype), groups=groups, eps=1e-5)
+    assert y.dtype == dtype
+    assert_close(y, norm.groupnorm_reference(x, weight, bias, groups=groups, eps=1e-5))
+
+
+@pytest.mark.torch
+def test_groupnorm_extremes_are_instance_norm_and_layer_norm_of_the_sample():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(33).standard_normal((2, 4, 3, 5))
+    instance = torch.nn.functional.instance_norm(torch.from_numpy(x), eps=1e-5)
+    np.testing.assert_allclose(norm.groupnorm(x, groups=4, eps=1e-5), instance.numpy(),
+                               rtol=1e-10, atol=1e-10)
+    whole = torch.nn.functional.layer_norm(torch.from_numpy(x), x.shape[1:], eps=1e-5)
+    np.testing.assert_allclose(norm.groupnorm(x, groups=1, eps=1e-5), whole.numpy(),
+                               rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape, groups", [((4, 6), 3), ((2, 4, 2, 3), 2), ((2, 3, 5), 3)],
+                         ids=str)
+@pytest.mark.parametrize("affine", [True, False])
+def test_groupnorm_finite_differences(shape, groups, affine):
+    rng = np.random.default_rng(34)
+    c = shape[1]
+    params = [rng.uniform(0.5, 2.0, c), rng.standard_normal(c)] if affine else [None, None]
+    _fd_check(norm.groupnorm_forward, norm.groupnorm_backward,
+              [rng.standard_normal(shape) * 2], params, groups=groups, eps=1e-3)
+
+
+def test_groupnorm_kernel_errors():
+    x = np.ones((2, 6, 3))
+    with pytest.raises(ValueError, match=r"groupnorm: groups=4 does not divide the 6 channels "
+                                         r"of input \(2, 6, 3\)"):
+        norm.groupnorm(x, groups=4)
+    with pytest.raises(ValueError, match=r"groupnorm: groups=0 does not divide"):
+        norm.groupnorm_forward(x, groups=0)
+    with pytest.raises(ValueError, match=r"groupnorm: weight must be \[6\] for input "
+                                         r"\(2, 6, 3\), got \(3,\)"):
+        norm.groupnorm(x, np.ones(3), None, groups=2)
+    with pytest.raises(ValueError, match=r"groupnorm: input must be \[N, C, \.\.\.\]"):
+        norm.groupnorm(np.ones(6), groups=2)
+    _, saved = norm.groupnorm_forward(x * np.arange(3), groups=2)
+    with pytest.raises(ValueError, match=r"groupnorm backward: dy must have .*\(2, 6, 3\)"):
+        norm.groupnorm_backward(saved, np.ones((2, 6)))
+
+
+def test_layernorm_and_scale_kernel_errors():
+    x = np.ones((2, 3, 4))
+    with pytest.raises(ValueError, match=r"layernorm: bias must be \[3\] for input "
+                                         r"\(2, 3, 4\), got \(4,\)"):
+        norm.layernorm(x, np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match=r"layernorm: input must be \[N, C, \.\.\.\]"):
+        norm.layernorm_forward(np.ones(3))
+    with pytest.raises(ValueError, match=r"scale: weight must be \[3\] for input "
+                                         r"\(2, 3, 4\), got \(1,\)"):
+        norm.scale(x, np.ones(1))
+    _, saved = norm.layernorm_forward(x * np.arange(3)[:, None])
+    with pytest.raises(ValueError, match=r"layernorm backward: dy must have"):
+        norm.layernorm_backward(saved, np.ones((2, 3)))
+    _, saved = norm.scale_forward(x, np.ones(3))
+    with pytest.raises(ValueError, match=r"scale backward: dy must have"):
+        norm.scale_backward(saved, np.ones((2, 3)))
+
+
+# ---------------------------------------------------------------- scale
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("shape", RANK_SHAPES, ids=str)
+@pytest.mark.parametrize("bias", [False, True])
+def test_scale_matches_torch(shape, bias):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(41)
+    channels = shape[1]
+    weight = rng.standard_normal(channels)
+    weight[0] = 1e-6  # ConvNeXt's layer scale starts there
+    params = [weight] + ([rng.standard_normal(channels)] if bias else [])
+
+    def reference(tx, w, b=None):
+        return _torch_scale(torch, tx, w, b)
+
+    _against_torch(norm.scale_forward, norm.scale_backward, norm.scale, reference,
+                   rng.standard_normal(shape), params, {})
+
+
+@pytest.mark.parametrize("shape", RANK_SHAPES, ids=str)
+@pytest.mark.parametrize("bias", [False, True])
+def test_scale_finite_differences_and_reference(shape, bias):
+    rng = np.random.default_rng(42)
+    c = shape[1]
+    params = [rng.standard_normal(c)] + ([rng.standard_normal(c)] if bias else [])
+    x = rng.standard_normal(shape)
+    assert_close(norm.scale(x, *params), norm.scale_reference(x, *params))
+    _fd_check(norm.scale_forward, norm.scale_backward, [x], params)
+
+
+def test_scale_gradients_follow_the_params_given():
+    x = np.random.default_rng(43).standard_normal((2, 3, 4))
+    y, saved = norm.scale_forward(x, np.ones(3))
+    (gx,), gps = norm.scale_backward(saved, np.ones_like(y))
+    assert len(gps) == 1 and gps[0].shape == (3,)
+    y, saved = norm.scale_forward(x, np.ones(3), np.zeros(3))
+    _, gps = norm.scale_backward(saved, np.ones_like(y))
+    assert [g.shape for g in gps] == [(3,), (3,)]
+    np.testing.assert_array_equal(gps[1], 8.0)
+
+
+# ---------------------------------------------------------------- out= and in place
+
+
+@pytest.mark.parametrize("name, params, attrs", [
+    ("layernorm", 2, dict(eps=1e-5)),
+    ("groupnorm", 2, dict(groups=2, eps=1e-5)),
+    ("scale", 1, {}),
+    ("scale", 2, {}),
+])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_new_kernels_write_into_out_in_place_and_channel_slices(name, params, attrs, dtype):
+    kernel = PRIMITIVES[name].kernel
+    rng = np.random.default_rng(44)
+    x = rng.standard_normal((2, 4, 3, 5)).astype(dtype)
+    ps = [rng.uniform(0.5, 2.0, 4).astype(dtype) for _ in range(params)]
+    want = kernel(x, *ps, **attrs)
+    out = np.full_like(x, np.nan)
+    assert kernel(x, *ps, out=out, **attrs) is out
+    np.testing.assert_array_equal(out, want)
+    wide = np.full((2, 7, 3, 5), 7.0, dtype=dtype)  # a concat buffer: a channel slice
+    part = wide[:, 2:6]
+    kernel(x, *ps, out=part, **attrs)
+    np.testing.assert_array_equal(part, want)
+    assert (wide[:, :2] == 7).all() and (wide[:, 6:] == 7).all()
+    same = x.copy()
+    assert kernel(same, *ps, out=same, **attrs) is same  # in_place="first"
+    np.testing.assert_array_equal(same, want)
+    view = wide[:, 1:5]  # in place on a non-contiguous view
+    view[...] = x
+    kernel(view, *ps, out=view, **attrs)
+    np.testing.assert_array_equal(view, want)
+
+
+@pytest.mark.parametrize("name, params, attrs", [
+    ("layernorm", 2, dict(eps=1e-5)),
+    ("groupnorm", 2, dict(groups=2, eps=1e-5)),
+    ("scale", 2, {}),
+    ("batchnorm", 4, dict(eps=1e-5, momentum=0.1)),
+])
+def test_new_kernels_run_an_empty_batch(name, params, attrs):
+    p = PRIMITIVES[name]
+    x = np.zeros((0, 4, 3, 2))
+    ps = [np.ones(4) for _ in range(params)]
+    assert p.kernel(x, *ps, **attrs).shape == x.shape
+    y, saved = p.forward(x, *[q.copy() for q in ps], train=False, **attrs)
+    (gx,), _ = p.backward(saved, y)
+    assert y.shape == gx.shape == x.shape
+
+
+# ---------------------------------------------------------------- batchnorm on every rank
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("shape", [(3, 4, 7), (2, 4, 2, 3, 4)], ids=["[C, L]", "[C, D, H, W]"])
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_on_signals_and_volumes_matches_torch(shape, train):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(51)
+    x = rng.standard_normal(shape) * 2 + 1
+    weight, bias, mean = (rng.standard_normal(4) for _ in range(3))
+    var = rng.uniform(0.5, 2.0, 4)
+    y32 = norm.batchnorm(*(a.astype(np.float32) for a in (x, weight, bias, mean, var)),
+                         eps=1e-5)
+    module = (torch.nn.BatchNorm1d if len(shape) == 3 else torch.nn.BatchNorm3d)(
+        4, eps=1e-5, momentum=0.3).double()
+    with torch.no_grad():
+        for name, value in dict(weight=weight, bias=bias, running_mean=mean,
+                                running_var=var).items():
+            getattr(module, name).copy_(torch.from_numpy(value))
+    module.eval()
+    np.testing.assert_allclose(y32, module(torch.from_numpy(x)).detach().numpy(), **F32_FORWARD)
+    module.train(train)
+    ours_mean, ours_var = mean.copy(), var.copy()
+    y, saved = norm.batchnorm_forward(x, weight, bias, ours_mean, ours_var, train=train,
+                                      eps=1e-5, momentum=0.3)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = module(tx)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-10, atol=1e-10)
+    dy = np.random.default_rng(52).standard_normal(y.shape)
+    (gx,), (gW, gb, _, _) = norm.batchnorm_backward(saved, dy)
+    ty.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(gx, tx.grad.numpy(), **F64_GRAD)
+    np.testing.assert_allclose(gW, module.weight.grad.numpy(), **F64_GRAD)
+    np.testing.assert_allclose(gb, module.bias.grad.numpy(), **F64_GRAD)
+    np.testing.assert_allclose(ours_mean, module.running_mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ours_var, module.running_var.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 7), (2, 4, 2, 3, 4)], ids=["[C, L]", "[C, D, H, W]"])
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_on_signals_and_volumes_reference_and_finite_differences(shape, train):
+    rng = np.random.default_rng(53)
+    x = rng.standard_normal(shape)
+    stats = [rng.uniform(0.5, 2, 4), rng.standard_normal(4), rng.standard_normal(4),
+             rng.uniform(0.5, 2, 4)]
+    assert_close(norm.batchnorm(x, *stats, eps=1e-5),
+                 norm.batchnorm_reference(x, *stats, eps=1e-5))
+    small = x[:, :, :3] if len(shape) == 3 else x[:, :, :, :2, :2]
+    _fd_check(norm.batchnorm_forward, norm.batchnorm_backward, [small], stats,
+              buffers=(2, 3), train=train, eps=1e-3, momentum=0.1)
+
+
+def test_batchnorm_checks_on_signals_and_volumes():
+    """batchnorm takes [C, L] and [C, D, H, W] per its ranks."""
+    bn = LAYERS["batchnorm"]
+    for shape in [(4, 9), (4, 2, 5, 6)]:
+        assert len(shape) in bn.ranks
+        assert bn.infer(shape, dict(eps=1e-5, momentum=0.1), None) == shape
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+@pytest.mark.parametrize("shape", [s[1:] for s in RANK_SHAPES], ids=str)
+def test_layernorm_onnx_in_onnxruntime(shape):
+    rng = np.random.default_rng(61)
+    params = [rng.uniform(0.5, 2, shape[0]).astype(np.float32),
+              rng.standard_normal(shape[0]).astype(np.float32)]
+    model = _onnx_model(norm.layernorm_onnx, dict(eps=1e-3), shape, params)
+    types = [n.op_type for n in model.graph.node]
+    assert "LayerNormalization" in types
+    assert types.count("Transpose") == (0 if len(shape) == 1 else 2)
+    x = (rng.standard_normal((3,) + shape) * 2 + 1).astype(np.float32)
+    np.testing.assert_allclose(_onnxruntime(model, x), norm.layernorm(x, *params, eps=1e-3),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, groups", [(s[1:], g) for s, g in GROUP_CASES], ids=str)
+def test_groupnorm_onnx_in_onnxruntime(shape, groups):
+    rng = np.random.default_rng(62)
+    params = [rng.uniform(0.5, 2, shape[0]).astype(np.float32),
+              rng.standard_normal(shape[0]).astype(np.float32)]
+    model = _onnx_model(norm.groupnorm_onnx, dict(groups=groups, eps=1e-4), shape, params)
+    types = [n.op_type for n in model.graph.node]
+    assert "InstanceNormalization" in types and "GroupNormalization" not in types
+    x = (rng.standard_normal((3,) + shape) * 2 - 1).astype(np.float32)
+    want = norm.groupnorm(x, *params, groups=groups, eps=1e-4)
+    np.testing.assert_allclose(_onnxruntime(model, x), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [s[1:] for s in RANK_SHAPES], ids=str)
+@pytest.mark.parametrize("bias", [False, True])
+def test_scale_onnx_in_onnxruntime(shape, bias):
+    rng = np.random.default_rng(63)
+    params = [rng.standard_normal(shape[0]).astype(np.float32) for _ in range(1 + bias)]
+    model = _onnx_model(norm.scale_onnx, {}, shape, params)
+    assert [n.op_type for n in model.graph.node if n.op_type != "Unsqueeze"] == (
+        ["Mul", "Add"] if bias else ["Mul"])
+    x = rng.standard_normal((3,) + shape).astype(np.float32)
+    np.testing.assert_allclose(_onnxruntime(model, x), norm.scale(x, *params), rtol=1e-6,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(4, 7), (4, 2, 3, 4)], ids=["[C, L]", "[C, D, H, W]"])
+def test_batchnorm_onnx_on_signals_and_volumes(rng, shape):
+    stats = _stats(rng, shape[0], np.float32)
+    model = _onnx_model(norm.batchnorm_onnx, dict(eps=1e-3, momentum=0.2), shape, stats)
+    x = rng.standard_normal((3,) + shape).astype(np.float32)
+    np.testing.assert_allclose(_onnxruntime(model, x), norm.batchnorm(x, *stats, eps=1e-3),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_new_onnx_emitters_need_their_parameters():
+    step = SimpleNamespace(name="net.ln", attrs=dict(eps=1e-5, groups=2))
+    for emit, label in [(norm.layernorm_onnx, "layernorm needs weight and bias"),
+                        (norm.groupnorm_onnx, "groupnorm needs weight and bias")]:
+        with pytest.raises(ExportError, match=f"net.ln: {label}"):
+            emit(None, step, ["x"], ["net.ln.weight"], "y", [(4, 3, 3)])
+    with pytest.raises(ExportError, match=r"net.ln: scale needs a weight"):
+        norm.scale_onnx(None, step, ["x"], [], "y", [(4, 3, 3)])
+
+
+# ---------------------------------------------------------------- a whole network
+
+
+# A ConvNeXt-like block (tanh standing in for GELU), then the norms on a vector.
+NORMS_NETWORK = """
+network t
+input x: [8, 6, 6]
+a = x -> conv(8, 3, pad=1, groups=8) -> layernorm -> conv(16, 1) -> tanh
+b = a -> conv(8, 1) -> scale(init=1e-6)
+c = add(x, b) -> groupnorm(4) -> scale(true) -> batchnorm -> relu
+output y = c -> flatten -> layernorm -> groupnorm(2) -> dense(5)
+"""
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("train", [True, False])
+def test_a_network_of_the_new_norms_matches_torch_autograd(train):
+    torch = pytest.importorskip("torch")
+    import cnnc
+    from cnnc.runtime.torch_ref import TorchPlan
+
+    model = cnnc.compile(NORMS_NETWORK).build(backend="numpy", dtype="float64",
+                                                        seed=2)
+    rng = np.random.default_rng(71)
+    for key in model.params:  # away from the initial ones and zeros
+        if not key.endswith("running_var"):
+            model.params[key] = model.params[key] + 0.3 * rng.standard_normal(
+                model.params[key].shape)
+    before = {k: v.copy() for k, v in model.state().items()}
+    x = rng.standard_normal((3, 8, 6, 6))
+    # inference, through the memory plan (in-place norms and scales)
+    ref = TorchPlan(model.plan, {k: v.copy() for k, v in before.items()})
+    want = ref({"x": torch.from_numpy(x)})["y"].numpy()
+    np.testing.assert_allclose(model(x), want, rtol=1e-9, atol=1e-10)
+    # training
+    y = model.forward(x, train=train)
+    dy = rng.standard_normal(y.shape)
+    dx = model.backward(dy)
+    ref = TorchPlan(model.plan, {k: v.copy() for k, v in before.items()}, training=train)
+    trainable = {k: v.requires_grad_() for k, v in ref.params.items() if k in model.plan.params}
+    tx = torch.from_numpy(x).requires_grad_()
+    ty = ref({"x": tx})["y"]
+    ty.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-6, atol=1e-8)
+    for key, t in trainable.items():
+        np.testing.assert_allclose(model.grads[key], t.grad.numpy(), rtol=1e-6, atol=1e-8,
+                                   err_msg=key)
+
+
+def test_a_network_of_the_new_norms_exports_to_onnx():
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import cnnc
+
+    model = cnnc.compile(NORMS_NETWORK).build(backend="numpy", dtype="float32",
+                                                        seed=3)
+    proto = model.export()
+    session = ort.InferenceSession(proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(72).standard_normal((2, 8, 6, 6)).astype(np.float32)
+    (got,) = session.run(["y"], {"x": x})
+    np.testing.assert_allclose(got, model(x), rtol=1e-4, atol=1e-5)
