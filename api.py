@@ -6,17 +6,18 @@ import os
 
 from .compiler.check import check_bytes
 from .compiler.graph import Network
-from .dsl.diagnostics import render
 
 
 class CompileError(Exception):
-    """A model has errors. `diagnostics` holds every one of them; str() renders them."""
+    """A model has errors. `network` is the checked network, `diagnostics` every problem
+    found; str() renders the errors against the source."""
 
-    def __init__(self, diagnostics, source: str | None = None):
-        self.diagnostics = list(diagnostics)
-        self.source = source
-        errors = [d for d in self.diagnostics if d.severity == "error"]
-        text = "\n\n".join(render(d, source) for d in errors)
+    def __init__(self, network: Network):
+        self.network = network
+        self.diagnostics = list(network.diagnostics)
+        self.source = network.source
+        errors = network.errors
+        text = network.render(errors)
         super().__init__(f"{len(errors)} error{'s' * (len(errors) != 1)}\n{text}")
 
 
@@ -36,7 +37,8 @@ def _load(source) -> tuple[bytes, str]:
 
 def check(source, sizes: dict | None = None) -> Network:
     """Check a model (a path ending in .cnn, a PathLike, or source text). Never raises for
-    problems in the model: they are in `Network.diagnostics`."""
+    problems in the model: they are in `Network.diagnostics`, and `Network.render()` draws
+    them against the source the network carries."""
     data, name = _load(source)
     net, _ = check_bytes(data, name, sizes)
     return net
@@ -71,7 +73,7 @@ class Compiled:
 def compile(source, sizes: dict | None = None) -> Compiled:  # noqa: A001 - the public name
     """Check a model; raise `CompileError` if it has errors."""
     data, name = _load(source)
-    net, text = check_bytes(data, name, sizes)
+    net, _ = check_bytes(data, name, sizes)
     if not net.ok:
-        raise CompileError(net.diagnostics, text)
+        raise CompileError(net)
     return Compiled(net)

@@ -47,3 +47,16 @@ def test_concat_of_one_tensor_twice_keeps_both_slots():
     net = cnnc.compile("input x: [3, 8, 8]\noutput y = concat(x, x)\n")
     assert net.nodes["y.concat1"].shape == (6, 8, 8)
     assert net.graph.edges["x", "y.concat1"]["slots"] == [0, 1]
+
+
+def test_a_checked_network_renders_its_own_diagnostics():
+    source = "network t\ninput x: [3, 8, 8]\noutput y = x -> conv(4, 9)\n"
+    net = cnnc.check(source)
+    assert not net.ok
+    text = net.render()
+    assert "error[E301]" in text
+    assert "output y = x -> conv(4, 9)" in text  # the source line, without re-reading a file
+    with pytest.raises(cnnc.api.CompileError) as err:
+        cnnc.compile(source)
+    assert err.value.network.source == source
+    assert text in str(err.value)
