@@ -61,11 +61,11 @@ def lower(net: Network) -> Plan:
         for key, shape in node.params.items():
             full = f"{node.name}.{key}"
             params[full] = shape
-            initial[full] = LAYERS[node.op].init(key)
+            initial[full] = LAYERS[node.op].init(key, node.args)
         for key, shape in node.buffers.items():
             full = f"{node.name}.{key}"
             buffers[full] = shape
-            initial[full] = LAYERS[node.op].init(key)
+            initial[full] = LAYERS[node.op].init(key, node.args)
         steps.append(step)
     inputs = {name: net.nodes[name].shape for name in net.inputs}
     return Plan(net.name, inputs, dict(net.outputs), steps, params, buffers, initial,

@@ -108,3 +108,28 @@ def conv_formula(n, k: int, s: int, p, d: int = 1, ceil: bool = False) -> str:
     if ceil and isinstance(n, int) and not isinstance(p, tuple) and ceil_window_dropped(n, k, s, p, d):
         text += " - 1 (the last window would start in the padding)"
     return f"{text} = {out}"
+
+
+# The names of a per-sample shape's axes, by rank (spec section 9: "Shape errors keep naming
+# the dim: length, depth, height, width").
+AXIS_NAMES = {
+    1: ("features",),
+    2: ("channels", "length"),
+    3: ("channels", "height", "width"),
+    4: ("channels", "depth", "height", "width"),
+}
+
+
+def axis_names(rank: int) -> tuple:
+    """The name of each axis of a per-sample shape of ``rank``: ``("channels", "length")``
+    for ``[C, L]``; ``("channels", "depth", "height", "width")`` for ``[C, D, H, W]``; for a
+    rank beyond 4, ``channels`` then ``dim 1``, ``dim 2``, ..."""
+    if rank in AXIS_NAMES:
+        return AXIS_NAMES[rank]
+    return ("channels",) + tuple(f"dim {i}" for i in range(1, rank))
+
+
+def spatial_names(rank: int) -> tuple:
+    """The spatial axes' names of a ``[C, ...]`` shape of ``rank``: ``("height", "width")``
+    for ``[C, H, W]``; none for ``[F]``."""
+    return axis_names(rank)[1:] if rank > 1 else ()

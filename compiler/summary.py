@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
-from ..ops import LAYERS
-from ..ops.base import REQUIRED
+from ..ops import LAYERS, MERGES
+from ..ops.base import REQUIRED, Layer
 from .graph import Network, Node
 from .symbolic import is_concrete, shape_text
 
 BYTES_FLOAT32 = 4
+
+# The MACs of a layer kind without a cost of its own (``Layer.macs`` left at its default).
+_UNCOUNTED = next(f.default for f in fields(Layer) if f.name == "macs")
 
 
 @dataclass
@@ -37,6 +40,9 @@ class Report:
     planned_bytes: object = None
     # What training keeps for the backward pass, per sample (float32); set by --train.
     train_saved_bytes: object = None
+    # The layer and merge kinds of the network whose work MACs leave out (spec section 9),
+    # in order of first use.
+    macs_not_counted: list = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -45,6 +51,7 @@ class Report:
             "outputs": [{"name": n, "shape": _json_shape(s)} for n, s in self.outputs],
             "total_params": _json_num(self.total_params),
             "total_macs": _json_num(self.total_macs),
+            "macs_not_counted": list(self.macs_not_counted),
             "activation_bytes": _json_num(self.activation_bytes),
             **({} if self.planned_bytes is None
                else {"planned_activation_bytes": self.planned_bytes}),
@@ -81,7 +88,7 @@ def _count(shape) -> object:
 
 def layer_text(node: Node) -> str:
     """`conv(64, 7, stride=2, pad=3)`: the op with its arguments, defaults left out."""
-    if node.op in ("concat", "add"):
+    if node.op in MERGES:
         return node.op
     layer = LAYERS.get(node.op)
     if layer is None or not node.args:
@@ -92,7 +99,7 @@ def layer_text(node: Node) -> str:
         if spec.default is REQUIRED:
             parts.append(_arg_text(value))
             continue
-        if value == _normal_default(spec, node.args):
+        if _is_default(value, _normal_default(spec, node.args)):
             continue
         parts.append(f"{spec.name}={_arg_text(value)}")
     return f"{node.op}({', '.join(parts)})" if parts else node.op
@@ -107,18 +114,40 @@ def _normal_default(spec, args):
     return default
 
 
+def _is_default(value, default) -> bool:
+    """Whether an argument has its default value; a per-dim tuple with every item equal to
+    an integer default (``stride=[1, 1, 1]`` of a conv3d, default 1) has."""
+    if value == default:
+        return True
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, tuple):
+        return bool(value) and all(v == default for v in value)
+    return False
+
+
 def _arg_text(value) -> str:
     if value is True:
         return "true"
     if value is False:
         return "false"
     if isinstance(value, tuple):
-        if len(value) == 2 and value[0] == value[1]:
+        if value and all(v == value[0] for v in value):  # one per dim, all equal: the int
             return str(value[0])
         return "[" + ", ".join(str(v) for v in value) + "]"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def macs_not_counted(net: Network) -> list[str]:
+    """The kinds of layer in ``net`` that MACs leave out, in order of first use: every merge
+    and every layer kind without a MACs rule of its own (MACs count convolutions and dense
+    layers, as torchvision does)."""
+    kinds: dict = {}
+    for node in net.layers:
+        layer = LAYERS.get(node.op)
+        if layer is None or layer.macs is _UNCOUNTED:
+            kinds[node.op] = True
+    return list(kinds)
 
 
 def report(net: Network) -> Report:
@@ -154,6 +183,7 @@ def report(net: Network) -> Report:
         input_bytes=input_elems * BYTES_FLOAT32,
         param_bytes=total_params * BYTES_FLOAT32,
         planned_bytes=planned,
+        macs_not_counted=macs_not_counted(net),
     )
 
 
@@ -217,6 +247,9 @@ def render_table(rep: Report) -> str:
     acts = f"{_bytes(rep.activation_bytes)} per sample (float32, every layer output)"
     out.append(f"Total parameters:  {_total(rep.total_params, params)}")
     out.append(f"Total MACs:        {_total(rep.total_macs, macs)}")
+    if rep.macs_not_counted:
+        out.append("MACs count convolutions and dense layers only; not counted: "
+                   + ", ".join(rep.macs_not_counted))
     out.append(f"Activations:       {_total(rep.activation_bytes, acts)}")
     if rep.planned_bytes is not None:
         out.append(f"Planned peak:      {_bytes(rep.planned_bytes)} per sample (inference, "

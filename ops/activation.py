@@ -4,7 +4,9 @@
 layer                                       primitive     attributes
 ==========================================  ============  ===================================
 relu, relu6, sigmoid, tanh, selu, softplus  ACTIVATION    name, alpha=None, beta=None
-silu                                        ACTIVATION    name, alpha=None, beta=None
+silu, hardsigmoid, hardswish, mish          ACTIVATION    name, alpha=None, beta=None
+gelu(approximate=none|tanh)                 ACTIVATION    name gelu | gelu_tanh, alpha=None,
+                                                          beta=None
 leaky_relu(alpha=0.01), elu(alpha=1.0)      ACTIVATION    name, alpha, beta=None
 swish(beta=1.0)                             ACTIVATION    name, alpha=None, beta
 prelu (learned slopes, 1 or C, init 0.25)   ACTIVATION    name, alpha=None, beta=None
@@ -23,10 +25,19 @@ the no-op epilogue of conv and dense: an activation, but not a layer.
 conv and dense run an activation as a fused epilogue: ``apply_act_`` (NumPy API),
 ``bias_act``/``act_backward`` and the ``ActSpec`` helpers (CUDA), ``reference_act``,
 ``emit_fused``/``emit_activation`` (ONNX).
+
+An activation argument that is a word from a fixed set picks one of several entries of the
+table (``Activation.choice``): ``gelu(approximate=tanh)`` lowers to the entry ``gelu_tanh``,
+which is no layer of its own. So a word never reaches the kernels, the CUDA codes or the
+fused epilogues: they only see entry names, alpha and beta.
+
+NumPy has no erf: ``erf`` and ``erfc`` here are vectorised ones, float64 to about an ulp
+(gelu's).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -60,7 +71,10 @@ class Activation:
     - ``onnx(g, x, out, purpose, alpha, beta, slope, shape)``: its ONNX nodes.
     - ``torch(torch, x, alpha, beta, ws) -> tensor``: the same in PyTorch.
     - ``args``: which of alpha/beta its layer takes; ``ranks``, ``params``, ``init``: the
-      layer's; ``layer``: False for an activation that is no layer (identity).
+      layer's; ``layer``: False for an activation that is no layer (identity, gelu_tanh).
+    - ``choice``: ``(argument, {word: entry name})`` for a layer argument that is a word
+      from a fixed set and picks the entry the layer lowers to; the first word is the
+      default (gelu: ``("approximate", {"none": "gelu", "tanh": "gelu_tanh"})``).
     """
 
     name: str
@@ -77,6 +91,7 @@ class Activation:
     params: Callable | None = None
     init: str | None = None
     layer: bool = True
+    choice: tuple | None = None
     doc: str = ""
 
 
@@ -338,6 +353,335 @@ def _relu6_onnx(g, x, out, purpose, alpha, beta, slope, shape):
     g.node("Clip", [x, low, high], out, purpose)
 
 
+# ---- erf and erfc, vectorised (NumPy has neither; SciPy is no dependency of cnnc)
+#
+# Two Chebyshev series, each the interpolant of its function at 96 (48) nodes in 50-digit
+# arithmetic (mpmath), cut where the coefficients fall below 1e-19 of the largest. A dtype
+# uses the terms its precision needs, as powers of s (``_powers``) for Horner's rule; those
+# powers sum in absolute value to about the largest value of the function, so the
+# evaluation loses nothing to cancellation. No piece, no branch: every element takes the
+# same arithmetic. Against math.erf and math.erfc on a dense grid (tests/ops/
+# test_activation.py): float64 within 4e-16 and 1e-15 relative.
+
+# f(s) = (1 + x/4) erfcx(x) for x in [0, inf), s = (4 - x) / (4 + x) in (-1, 1]: so
+# erfc(x) = e^(-x^2) f(s) (1 + s) / 2. Weideman's map (SIAM J. Numer. Anal. 31, 1994);
+# f falls from 1 at x = 0 to 1 / (4 sqrt(pi)) = 0.141 as x grows.
+_ERFC_SERIES = (
+    0.40802446954913146, 0.37635823567636745, 0.14758035457222363, 0.049571317930027586,
+    0.014227107557117175, 0.003443493262717524, 0.000682254183283808, 0.00010340451975756189,
+    9.72854595199015e-06, -1.1988713758412045e-07, -2.1747767703449563e-07,
+    -3.0291767735991394e-08, 9.47991756520455e-10, 8.633411694990956e-10,
+    6.872156425953403e-11, -1.7034898438296277e-11, -3.3921306868290887e-12,
+    2.6158087668540244e-13, 1.212767580310864e-13, -2.114689543244809e-15,
+    -4.117340933404178e-15, -6.328712721700708e-17, 1.4393110983449846e-16,
+    4.5614947982841305e-18, -5.339094257978135e-18, -1.7350920089597047e-19,
+    2.108875643117355e-19,
+)
+_ERFC_SERIES_LEAST = 0.141
+# erf(x) / x for |x| <= 1, in s = 2 x^2 - 1; it falls from 2 / sqrt(pi) to erf(1) = 0.843
+_ERF_SERIES = (
+    0.9754769393826541, -0.14226120510371365, 0.010035582187599796, -0.0005768764699767485,
+    2.741993125219606e-05, -1.1043175507344507e-06, 3.8488755420345036e-08,
+    -1.1808582533875466e-09, 3.2334215826050907e-11, -7.991015947004549e-13,
+    1.7990725113961456e-14, -3.718635487818693e-16, 7.103599003714253e-18,
+    -1.2612455119155226e-19,
+)
+_ERF_SERIES_LEAST = 0.84
+
+
+@functools.lru_cache(maxsize=None)
+def _powers(series, least, eps):
+    """The Chebyshev ``series`` as coefficients of powers of s, to precision ``eps``: the
+    terms left out add up to less than eps/8 of ``least``, the smallest value the
+    function takes. float64 keeps them all, float32 about half."""
+    n = len(series)
+    while n > 2 and sum(abs(c) for c in series[n - 1:]) < eps * least / 8:
+        n -= 1
+    return tuple(float(c) for c in np.polynomial.chebyshev.cheb2poly(series[:n]))
+
+
+def _horner(coefficients, s):
+    """``sum(c_k s^k)``: a new array."""
+    y = s * coefficients[-1]
+    y += coefficients[-2]
+    for c in reversed(coefficients[:-2]):
+        y *= s
+        y += c
+    return y
+
+
+def _float_input(x, xp):
+    """``x`` as float32 or float64 (integers as float64, float16 as float32)."""
+    x = floating(x, xp)
+    if x.dtype.itemsize < 4:
+        x = x.astype(xp.float32)
+    return x
+
+
+def _erfc_of_magnitude(a, xp):
+    """``erfc(a)`` for a float array ``a >= 0`` (NaN passes through): a new array, float32
+    or float64."""
+    a = xp.minimum(_float_input(a, xp), 30.0)  # erfc(30) underflows to 0 in float64
+    eps = float(np.finfo(a.dtype).eps)
+    powers = _powers(_ERFC_SERIES, _ERFC_SERIES_LEAST, eps)
+    s = 4 - a
+    s /= 4 + a
+    y = _horner(powers, s)
+    s += 1
+    s *= 0.5
+    y *= s
+    if a.dtype != xp.float64:
+        # float32: e^(-a^2) with a^2 rounded, within a^2 2^-24 relative (5e-6 at a = 9.2,
+        # where erfc underflows)
+        e = a * a
+        xp.negative(e, out=e)
+        y *= xp.exp(e, out=e)
+        return y
+    # float64: e^(-a^2) to a few ulp, as e^(-z^2) e^((z - a)(z + a)): z, a < 32 rounded
+    # to a multiple of 2^-21, has at most 26 bits, so z^2 is exact
+    z = a * 2.0 ** 21
+    xp.rint(z, out=z)
+    z *= 2.0 ** -21
+    low = (z - a) * (z + a)
+    z *= z
+    xp.negative(z, out=z)
+    y *= xp.exp(z, out=z)
+    y *= xp.exp(low, out=low)
+    return y
+
+
+def erfc(x):
+    """``1 - erf(x)``, element-wise: a new array of x's float type (float64 for integers).
+    float64 is within 1e-15 relative of the true value, the tail to the right too, whose
+    digits ``1 - erf(x)`` would lose; float32 within 7e-7 for |x| < 4, 5e-6 in the far
+    tail."""
+    xp = get_array_module(x)
+    shape = xp.shape(x)
+    x = _float_input(x, xp).reshape(-1)
+    y = _erfc_of_magnitude(xp.abs(x), xp)
+    # erfc(-a) = 2 - erfc(a): y, or -y + 2 where x is negative
+    xp.copysign(y, x, out=y)
+    negative = xp.signbit(x)
+    y += negative
+    y += negative
+    return y.reshape(shape)
+
+
+def erf(x):
+    """The error function, element-wise: a new array of x's float type (float64 for
+    integers); float64 within 4e-16 relative of the true value, float32 within 2e-7."""
+    xp = get_array_module(x)
+    shape = xp.shape(x)
+    x = _float_input(x, xp).reshape(-1)
+    a = xp.abs(x)
+    far = _erfc_of_magnitude(a, xp)
+    xp.subtract(1, far, out=far)
+    xp.copysign(far, x, out=far)  # sign(x) (1 - erfc|x|)
+    # |x| < 1: x P(2x^2 - 1), without 1 - erfc's cancellation near 0
+    s = xp.minimum(a, 1.0)
+    s *= s
+    s *= 2
+    s -= 1
+    near = _horner(_powers(_ERF_SERIES, _ERF_SERIES_LEAST, float(np.finfo(x.dtype).eps)), s)
+    near *= x
+    return xp.where(a < 1, near, far).reshape(shape)
+
+
+# ---- hardsigmoid and hardswish: MobileNet V3's piecewise-linear gates
+
+
+def _hardsigmoid_(y, alpha, beta, weight, xp):
+    # PyTorch's arithmetic: min(max(x + 3, 0), 6) / 6
+    y += 3
+    xp.clip(y, 0, 6, out=y)
+    y /= 6
+    return y
+
+
+def _hardsigmoid_backward(x, dy, alpha, beta, weight, xp):
+    # PyTorch's choice at the kinks: no gradient at -3 nor at 3
+    inside = (x > -3) & (x < 3)
+    gx = dy * inside
+    gx *= 1 / 6
+    return gx, ()
+
+
+def _hardsigmoid_onnx(g, x, out, purpose, alpha, beta, slope, shape):
+    g.node("HardSigmoid", [x], out, purpose, alpha=1 / 6, beta=0.5)
+
+
+def _ref_hardsigmoid(v):
+    return min(max(v + 3.0, 0.0), 6.0) / 6.0
+
+
+def _hardswish_(y, alpha, beta, weight, xp):
+    # x hardsigmoid(x): PyTorch's x * min(max(x + 3, 0), 6) / 6 to one rounding, and no
+    # overflow of x * 6 near the largest floats
+    y *= _hardsigmoid_(y.copy(), alpha, beta, weight, xp)
+    return y
+
+
+def _hardswish_backward(x, dy, alpha, beta, weight, xp):
+    # x/3 + 1/2 inside (-3, 3); at the kinks PyTorch's choice, the outer slopes: 0 at -3
+    # and below, 1 at 3 and above
+    slope = x / 3
+    slope += 0.5
+    gx = xp.where(x <= -3, 0, xp.where(x < 3, slope, 1)).astype(dy.dtype, copy=False)
+    gx *= dy
+    return gx, ()
+
+
+# ---- gelu: x Phi(x), exact (erf) or with PyTorch's tanh approximation
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+_GELU_K = math.sqrt(2 / math.pi)  # the tanh approximation's sqrt(2/pi) ...
+_GELU_C = 0.044715  # ... and its cubic coefficient
+
+
+def _gelu_(y, alpha, beta, weight, xp):
+    # x Phi(x) = max(x, 0) - |x| erfc(|x| / sqrt 2) / 2: Phi(x) = erfc(-x / sqrt 2) / 2,
+    # and for x > 0, erfc(-a) = 2 - erfc(a). No select, and for x < 0 the tiny values keep
+    # their digits, which x (1 + erf(x / sqrt 2)) / 2, PyTorch's form, loses.
+    a = xp.abs(y)
+    tail = _erfc_of_magnitude(a * _SQRT_HALF, xp)
+    tail *= a
+    tail *= 0.5
+    xp.maximum(y, 0, out=y)
+    y -= tail
+    return y
+
+
+def _normal_cdf(x, xp):
+    """Phi(x) = erfc(-x / sqrt 2) / 2: 1 - erfc(|x| / sqrt 2) / 2 where x >= 0 (its sign
+    bit clear), erfc(|x| / sqrt 2) / 2 elsewhere."""
+    half = _erfc_of_magnitude(xp.abs(x) * _SQRT_HALF, xp)
+    half *= 0.5
+    xp.copysign(half, x, out=half)
+    xp.subtract(~xp.signbit(x), half, out=half)
+    return half
+
+
+def _gelu_backward(x, dy, alpha, beta, weight, xp):
+    # d/dx x Phi(x) = Phi(x) + x phi(x); beyond |x| = 40, x phi(x) is 0 (and no x^2 overflows)
+    c = xp.clip(x, -40, 40)
+    gx = c * c
+    gx *= -0.5
+    xp.exp(gx, out=gx)
+    gx *= _INV_SQRT_2PI
+    gx *= c
+    gx += _normal_cdf(x, xp)
+    gx *= dy
+    return gx, ()
+
+
+def _gelu_tanh_gate(x, xp):
+    """sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3): (1 + tanh u) / 2 without its
+    cancellation for x < 0; and the clipped x, beyond which the gate is 0 or 1 exactly."""
+    c = xp.clip(x, -64, 64)
+    u = c * c
+    u *= _GELU_C
+    u += 1
+    u *= c
+    u *= 2 * _GELU_K
+    return _sigmoid_(u, xp), c
+
+
+def _gelu_tanh_(y, alpha, beta, weight, xp):
+    gate, _ = _gelu_tanh_gate(y, xp)
+    y *= gate
+    return y
+
+
+def _gelu_tanh_backward(x, dy, alpha, beta, weight, xp):
+    # d/dx x s(2u) = s + x 2 s (1 - s) u', u' = sqrt(2/pi) (1 + 3 0.044715 x^2)
+    s, c = _gelu_tanh_gate(x, xp)
+    slope = c * c
+    slope *= 3 * _GELU_C
+    slope += 1
+    slope *= 2 * _GELU_K
+    slope *= c
+    slope *= 1 - s
+    slope += 1
+    slope *= s
+    slope *= dy
+    return slope, ()
+
+
+def _gelu_onnx(g, x, out, purpose, alpha, beta, slope, shape):
+    if g.opset >= 20:
+        g.node("Gelu", [x], out, purpose, approximate="none")
+        return
+    # before opset 20 ONNX has no Gelu: x * (1 + erf(x / sqrt 2)) / 2 from Erf
+    scaled = g.node("Mul", [x, g.const("sqrt_half", _SQRT_HALF, np.float32)],
+                    g.temp("scaled"), "scaled")
+    erf_x = g.node("Erf", [scaled], g.temp("erf"), "erf")
+    one_plus = g.node("Add", [erf_x, g.const("one", 1.0, np.float32)], g.temp("one_plus"),
+                      "one_plus")
+    half = g.node("Mul", [one_plus, g.const("half", 0.5, np.float32)], g.temp("cdf"), "cdf")
+    g.node("Mul", [x, half], out, purpose)
+
+
+def _gelu_tanh_onnx(g, x, out, purpose, alpha, beta, slope, shape):
+    if g.opset >= 20:
+        g.node("Gelu", [x], out, purpose, approximate="tanh")
+        return
+    # before opset 20 ONNX has no Gelu: x * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2
+    square = g.node("Mul", [x, x], g.temp("square"), "square")
+    cube = g.node("Mul", [square, x], g.temp("cube"), "cube")
+    term = g.node("Mul", [cube, g.const("c", _GELU_C, np.float32)], g.temp("term"), "term")
+    inner = g.node("Add", [x, term], g.temp("inner"), "inner")
+    u = g.node("Mul", [inner, g.const("k", _GELU_K, np.float32)], g.temp("u"), "u")
+    tanh_u = g.node("Tanh", [u], g.temp("tanh"), "tanh")
+    one_plus = g.node("Add", [tanh_u, g.const("one", 1.0, np.float32)], g.temp("one_plus"),
+                      "one_plus")
+    half = g.node("Mul", [one_plus, g.const("half", 0.5, np.float32)], g.temp("gate"), "gate")
+    g.node("Mul", [x, half], out, purpose)
+
+
+def _ref_gelu(v):
+    return 0.5 * v * math.erfc(-v * _SQRT_HALF)
+
+
+def _ref_gelu_tanh(v):
+    return 0.5 * v * (1.0 + math.tanh(_GELU_K * (v + _GELU_C * v ** 3)))
+
+
+# ---- mish: x tanh(softplus(x))
+
+
+def _tanh_softplus(x, xp):
+    t = _softplus_(x.copy(), None, None, None, xp)
+    return xp.tanh(t, out=t)
+
+
+def _mish_(y, alpha, beta, weight, xp):
+    y *= _tanh_softplus(y, xp)
+    return y
+
+
+def _mish_backward(x, dy, alpha, beta, weight, xp):
+    # d/dx x t = t + x sigmoid(x) (1 - t^2), t = tanh(softplus(x)), as PyTorch
+    t = _tanh_softplus(x, xp)
+    gx = t * t
+    xp.subtract(1, gx, out=gx)
+    gx *= _sigmoid_(x.copy(), xp)
+    gx *= x
+    gx += t
+    gx *= dy
+    return gx, ()
+
+
+def _mish_onnx(g, x, out, purpose, alpha, beta, slope, shape):
+    if g.opset >= 18:
+        g.node("Mish", [x], out, purpose)
+        return
+    # before opset 18 ONNX has no Mish: x * tanh(softplus(x))
+    soft = g.node("Softplus", [x], g.temp("softplus"), "softplus")
+    gate = g.node("Tanh", [soft], g.temp("tanh"), "tanh")
+    g.node("Mul", [x, gate], out, purpose)
+
+
 # ---- the table: one entry per activation (keeps: what the backward needs)
 
 ACTIVATIONS = {act.name: act for act in [
@@ -425,6 +769,43 @@ ACTIVATIONS = {act.name: act for act in [
         torch=lambda torch, x, alpha, beta, ws: torch.nn.functional.relu6(x),
         keeps="x", doc="min(max(x, 0), 6)",
     ),
+    Activation(
+        "hardsigmoid", _hardsigmoid_, _hardsigmoid_backward,
+        scalar=lambda v, alpha, beta, slope: _ref_hardsigmoid(v),
+        onnx=_hardsigmoid_onnx,
+        torch=lambda torch, x, alpha, beta, ws: torch.nn.functional.hardsigmoid(x),
+        keeps="x", doc="min(max(x + 3, 0), 6) / 6",
+    ),
+    Activation(
+        "hardswish", _hardswish_, _hardswish_backward,
+        scalar=lambda v, alpha, beta, slope: v * _ref_hardsigmoid(v),
+        onnx=_onnx_op("HardSwish"),
+        torch=lambda torch, x, alpha, beta, ws: torch.nn.functional.hardswish(x),
+        keeps="x", doc="x min(max(x + 3, 0), 6) / 6",
+    ),
+    Activation(
+        "gelu", _gelu_, _gelu_backward,
+        scalar=lambda v, alpha, beta, slope: _ref_gelu(v),
+        onnx=_gelu_onnx,
+        torch=lambda torch, x, alpha, beta, ws: torch.nn.functional.gelu(x),
+        keeps="x", choice=("approximate", {"none": "gelu", "tanh": "gelu_tanh"}),
+        doc="x Phi(x), Phi the standard normal CDF; approximate=tanh: PyTorch's tanh form",
+    ),
+    Activation(
+        "gelu_tanh", _gelu_tanh_, _gelu_tanh_backward,
+        scalar=lambda v, alpha, beta, slope: _ref_gelu_tanh(v),
+        onnx=_gelu_tanh_onnx,
+        torch=lambda torch, x, alpha, beta, ws: torch.nn.functional.gelu(x, approximate="tanh"),
+        keeps="x", layer=False,
+        doc="x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2 (gelu(approximate=tanh))",
+    ),
+    Activation(
+        "mish", _mish_, _mish_backward,
+        scalar=lambda v, alpha, beta, slope: v * math.tanh(_ref_softplus(v)),
+        onnx=_mish_onnx,
+        torch=lambda torch, x, alpha, beta, ws: torch.nn.functional.mish(x),
+        keeps="x", doc="x tanh(softplus(x))",
+    ),
 ]}
 
 
@@ -443,18 +824,45 @@ def _resolved(act, alpha, beta):
 # ================================================================ activation: layers
 
 
+def chosen_entry(op, args):
+    """The entry of ``ACTIVATIONS`` a layer ``op`` with ``args`` runs: ``op`` itself, or
+    the one its word argument picks (``gelu`` with ``approximate=tanh``: ``gelu_tanh``)."""
+    act = _lookup(op)
+    if act.choice is None:
+        return op
+    key, entries = act.choice
+    word = args.get(key)
+    if word is None:
+        word = next(iter(entries))
+    if word not in entries:
+        words = " or ".join(entries)
+        raise ValueError(f"{op}: {key} must be {words}, got {word!r}")
+    return entries[word]
+
+
 def _lower_activation(node, in_shapes):
     a = node.args
-    return "activation", dict(name=node.op, alpha=a.get("alpha"), beta=a.get("beta"))
+    name = chosen_entry(node.op, a)
+    return "activation", dict(name=name, alpha=a.get("alpha"), beta=a.get("beta"))
+
+
+def _choice_spec(act):
+    """The layer argument of ``act.choice``: a word from a fixed set (kind
+    ``choice:w1|w2``), the first by default."""
+    key, entries = act.choice
+    return ArgSpec(key, "choice:" + "|".join(entries), next(iter(entries)))
 
 
 def _activation_layer(act):
     extra = {}
     if act.params is not None:
-        extra = dict(params=act.params, init=lambda key: act.init)
+        extra = dict(params=act.params, init=lambda key, args=None: act.init)
+    args = [ArgSpec(key, "float", getattr(act, key)) for key in act.args]
+    if act.choice is not None:
+        args.append(_choice_spec(act))
     return Layer(
         act.name,
-        [ArgSpec(key, "float", getattr(act, key)) for key in act.args],
+        args,
         act.ranks,
         same_shape,
         _lower_activation,
@@ -743,10 +1151,12 @@ def torch_activation(step, xs, ws, training):
 
 
 def _away_from_kinks(a):
-    """Values at least 0.05 from 0 and from 6: no kink of relu, prelu or relu6 within a
-    finite difference."""
+    """Values at least 0.05 from 0, from -3 and 3 and from 6: no kink of relu, prelu,
+    hardsigmoid, hardswish or relu6 within a finite difference."""
     a = np.where(a < 0, a - 0.05, a + 0.05)
-    return np.where(np.abs(a - 6) < 0.05, a + 0.1, a)
+    for kink in (-3.0, 3.0, 6.0):
+        a = np.where(np.abs(a - kink) < 0.05, a + 0.1, a)
+    return a
 
 
 def activation_examples(rng):

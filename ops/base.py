@@ -63,8 +63,24 @@ class ExportError(ValueError):
 
 @dataclass(frozen=True)
 class ArgSpec:
-    """One layer argument. ``kind`` is how the checker types and converts it:
-    count | natural | pair | cpad | ppad | bool | float | prob | positive_float | unit_float.
+    """One layer argument. ``kind`` is how the checker (``compiler/passes/args.py``) types
+    and converts it; the layer's hooks get the converted value:
+
+    - ``count``: an integer >= 1; ``natural``: an integer >= 0.
+    - ``pair``: an integer or a list of two, each >= 1 -> ``(h, w)`` (an integer ``k`` gives
+      ``(k, k)``); ``ppad``: the same, each >= 0; ``cpad``: as ``ppad``, or the words
+      ``same`` (-> ``"same"``) and ``valid`` (-> ``(0, 0)``).
+    - ``ints``: an integer or a list of any length >= 1, each >= 1; an integer stays an
+      ``int``, a list becomes a tuple (``upsample(factor)``, ``adaptive_avgpool(size)``).
+    - ``dims``: the same, said as "one per spatial dim" (the kernel, stride and dilation of
+      N-d windows); ``dpad``: as ``dims``, each >= 0; ``dcpad``: as ``dpad``, or ``same``
+      (-> ``"same"``) and ``valid`` (-> ``0``). Rank-free: the layer's shape rule expands an
+      ``int`` to its input's spatial rank and checks a tuple's length against it.
+    - ``choice:w1|w2|...``: one of the bare words (``approximate=tanh``) -> the word as a
+      ``str``; a default may be a word or None. A wrong word is E207 with the choices.
+    - ``bool``: true or false. ``float``: a finite number; ``prob`` in [0, 1);
+      ``positive_float`` above 0; ``unit_float`` in [0, 1].
+    - ``any``: anything (block parameters).
     """
 
     name: str
@@ -80,8 +96,9 @@ def _no_macs(shape_in, shape_out, args):
     return 0
 
 
-def default_init(key: str) -> str:
-    """PyTorch's default: weights kaiming-uniform, the rest U(-1/sqrt(fan_in), +)."""
+def default_init(key: str, args: dict | None = None) -> str:
+    """PyTorch's default: weights kaiming-uniform, the rest U(-1/sqrt(fan_in), +).
+    ``args``: the layer's resolved arguments (unused here)."""
     return "kaiming_uniform" if key == "weight" else "fan_in_uniform"
 
 
@@ -94,8 +111,9 @@ class Layer:
       symbolic size that must be >= 1 through ``ctx.positive(size, what)``.
     - ``params`` / ``buffers(shape, args) -> {key: shape}``: trainable parameters and
       running statistics, in kernel order (a step's params are these keys, then buffers).
-    - ``init(key) -> rule``: "kaiming_uniform", "fan_in_uniform", "ones", "zeros" or a
-      float given as text (e.g. "0.25").
+    - ``init(key, args=None) -> rule``: "kaiming_uniform", "fan_in_uniform", "ones",
+      "zeros" or a float given as text (e.g. "0.25"); ``args`` are the node's resolved
+      arguments (``scale(init=1e-6)``), None where they are not known.
     - ``macs(shape_in, shape_out, args)``: multiply-accumulates per sample.
     - ``lower(node, in_shapes) -> (primitive name, attrs)``: the plan step it becomes.
     - ``check_args(args, spans, call_span, report) -> args | None``: cross-argument rules
@@ -130,17 +148,20 @@ class Layer:
 
 @dataclass
 class Merge:
-    """A merge of several tensors (``concat(a, b)``, ``add(a, b)``).
+    """A merge of several tensors (``concat(a, b)``, ``add(a, b)``, ``mul(x, gate)``).
 
     ``join_axis``: the per-sample axis the inputs are joined along (0, channels, for
-    concat); every other axis must agree. None: every axis must agree. ``code``: the
-    diagnostic for inputs that disagree.
+    concat); every other axis must agree. None: every axis must agree. ``broadcast``: the
+    inputs broadcast as NumPy's do over the per-sample shape (equal ranks; along each axis
+    the sizes other than 1 agree), and the output takes the size other than 1 of each axis
+    (add, mul). ``code``: the diagnostic for inputs that disagree.
     """
 
     name: str
     code: str
     lower: Callable  # (node, in_shapes) -> (primitive name, attrs)
     join_axis: int | None = None
+    broadcast: bool = False
     doc: str = ""
 
 

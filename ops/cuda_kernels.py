@@ -38,6 +38,11 @@ ACTIVATION_CODES = {
     "swish": 9,
     "silu": 9,
     "relu6": 10,
+    "hardsigmoid": 11,
+    "hardswish": 12,
+    "gelu": 13,
+    "gelu_tanh": 14,
+    "mish": 15,
 }
 
 # C type of a template instantiation, by NumPy dtype name.
@@ -69,6 +74,8 @@ __device__ __forceinline__ float cnnc_log1p(float v) { return log1pf(v); }
 __device__ __forceinline__ double cnnc_log1p(double v) { return log1p(v); }
 __device__ __forceinline__ float cnnc_tanh(float v) { return tanhf(v); }
 __device__ __forceinline__ double cnnc_tanh(double v) { return tanh(v); }
+__device__ __forceinline__ float cnnc_erfc(float v) { return erfcf(v); }
+__device__ __forceinline__ double cnnc_erfc(double v) { return erfc(v); }
 __device__ __forceinline__ float cnnc_pow(float a, float b) { return powf(a, b); }
 __device__ __forceinline__ double cnnc_pow(double a, double b) { return pow(a, b); }
 
@@ -110,6 +117,26 @@ __device__ __forceinline__ T cnnc_act(T v, int act, T alpha, T beta, T slope) {
         return v * cnnc_sigmoid(beta * v);
     case CNNC_ACT_RELU6:
         return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
+    case CNNC_ACT_HARDSIGMOID: {
+        T c = v + T(3);
+        return (c < T(0) ? T(0) : (c > T(6) ? T(6) : c)) / T(6);
+    }
+    case CNNC_ACT_HARDSWISH: {
+        // v hardsigmoid(v): no overflow of v * 6 near the largest floats
+        T c = v + T(3);
+        return v * ((c < T(0) ? T(0) : (c > T(6) ? T(6) : c)) / T(6));
+    }
+    case CNNC_ACT_GELU:
+        // v Phi(v), Phi(v) = erfc(-v / sqrt 2) / 2: the left tail keeps its digits
+        return v * (T(0.5) * cnnc_erfc(v * T(-0.70710678118654752440)));
+    case CNNC_ACT_GELU_TANH: {
+        // v sigmoid(2u) = v (1 + tanh u) / 2, u = sqrt(2/pi) (v + 0.044715 v^3); beyond
+        // |v| = 64 the gate is 0 or 1 exactly
+        T c = v < T(-64) ? T(-64) : (v > T(64) ? T(64) : v);
+        return v * cnnc_sigmoid(T(1.5957691216057307118) * c * (T(1) + T(0.044715) * c * c));
+    }
+    case CNNC_ACT_MISH:
+        return v * cnnc_tanh((v > T(0) ? v : T(0)) + cnnc_log1p(cnnc_exp(-cnnc_abs(v))));
     default:
         return v;
     }
@@ -145,6 +172,30 @@ __device__ __forceinline__ T cnnc_act_grad(T dy, T v, int act, T alpha, T beta, 
     }
     case CNNC_ACT_RELU6:
         return (v > T(0) && v < T(6)) ? dy : T(0);
+    case CNNC_ACT_HARDSIGMOID:
+        // PyTorch's choice at the kinks: none at -3 nor at 3
+        return (v > T(-3) && v < T(3)) ? dy * T(1.0 / 6.0) : T(0);
+    case CNNC_ACT_HARDSWISH:
+        // v/3 + 1/2 inside (-3, 3); at the kinks PyTorch's choice, the outer slopes
+        return v <= T(-3) ? T(0) : (v < T(3) ? dy * (v / T(3) + T(0.5)) : dy);
+    case CNNC_ACT_GELU: {
+        // Phi(v) + v phi(v); beyond |v| = 40, v phi(v) is 0 (and v*v stays finite)
+        T c = v < T(-40) ? T(-40) : (v > T(40) ? T(40) : v);
+        T density = T(0.39894228040143267794) * cnnc_exp(T(-0.5) * c * c);
+        return dy * (T(0.5) * cnnc_erfc(v * T(-0.70710678118654752440)) + c * density);
+    }
+    case CNNC_ACT_GELU_TANH: {
+        // s + 2 v s (1 - s) u', s = sigmoid(2u), u' = sqrt(2/pi) (1 + 3 0.044715 v^2)
+        T c = v < T(-64) ? T(-64) : (v > T(64) ? T(64) : v);
+        T s = cnnc_sigmoid(T(1.5957691216057307118) * c * (T(1) + T(0.044715) * c * c));
+        T du = T(1.5957691216057307118) * (T(1) + T(0.134145) * c * c);
+        return dy * (s + c * s * (T(1) - s) * du);
+    }
+    case CNNC_ACT_MISH: {
+        // t + v sigmoid(v) (1 - t^2), t = tanh(softplus(v)), as PyTorch
+        T t = cnnc_tanh((v > T(0) ? v : T(0)) + cnnc_log1p(cnnc_exp(-cnnc_abs(v))));
+        return dy * (t + v * cnnc_sigmoid(v) * (T(1) - t * t));
+    }
     default:
         return dy;
     }

@@ -4,16 +4,38 @@ block, evaluated, and (for layers) checked against each argument's kind."""
 from __future__ import annotations
 
 from ...dsl import syntax as ast
+from ...dsl.diagnostics import FOREIGN_ARGUMENTS, foreign_name
 from ...ops.base import REQUIRED, ArgSpec
 from .report import Reporter, did_you_mean_help
-from .values import INVALID, Evaluator, Word, show
+from .values import INVALID, Evaluator, Word, listing, show
 
 FLOAT_KINDS = ("float", "prob", "positive_float", "unit_float")
+
+# Rank-free kinds: an integer (kept an int) or a list of any length >= 1 (made a tuple); the
+# layer's shape rule expands an int to its input's spatial rank and checks a list's length.
+# Kind -> (the least item, what it takes in words).
+RANK_FREE = {
+    "ints": (1, "an integer or a list of integers"),
+    "dims": (1, "an integer or a list, one per spatial dim"),
+    "dpad": (0, "an integer or a list, one per spatial dim"),
+    "dcpad": (0, "an integer or a list, one per spatial dim, `same` or `valid`"),
+}
+
+# Kinds that also take the words `same` and `valid`: what each word becomes.
+PAD_WORDS = {
+    "cpad": {"same": "same", "valid": (0, 0)},
+    "dcpad": {"same": "same", "valid": 0},
+}
+
+# A kind ``choice:w1|w2`` takes one of the words after the colon.
+CHOICE = "choice:"
 
 # What an argument of a kind takes, said when it is given a word that names nothing.
 WORD_EXPECTED = {
     "cpad": "an integer, a pair, `same` or `valid`",
     "ppad": "an integer or a pair; `same` and `valid` are for conv",
+    "dcpad": "an integer, a list, `same` or `valid`",
+    "dpad": "an integer or a list; `same` and `valid` are for convolutions",
     "bool": "true or false",
 }
 
@@ -53,7 +75,9 @@ class Binder:
                 continue
             seen_keyword = True
             if arg.name not in names:
-                guess = did_you_mean_help(arg.name, names)
+                foreign = foreign_name(arg.name, names, FOREIGN_ARGUMENTS)
+                guess = (f"did you mean `{foreign[0]}`?" if foreign is not None
+                         else did_you_mean_help(arg.name, names))
                 listed = ", ".join(names) if names else "none"
                 report("E205", arg.name_span or arg.span, what=what, name=arg.name,
                        notes=[f"its arguments are: {listed}"], help=guess)
@@ -106,11 +130,16 @@ class Binder:
             return INVALID
         if value is None:
             return None
+        if kind.startswith(CHOICE):
+            return self.choice(kind[len(CHOICE):].split("|"), label, value, span)
         if isinstance(value, Word):
-            if kind == "cpad" and value.name in ("same", "valid"):
-                return "same" if value.name == "same" else (0, 0)
+            words = PAD_WORDS.get(kind, {})
+            if value.name in words:
+                return words[value.name]
             self.evaluator.undefined(value, values, WORD_EXPECTED.get(kind, ""))
             return INVALID
+        if kind in RANK_FREE:
+            return self.rank_free(kind, label, value, span)
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -120,6 +149,8 @@ class Binder:
         minimum = 0 if kind in ("cpad", "ppad") else 1
         if kind == "count":
             return self.integer(label, value, span, minimum)
+        if kind == "natural":
+            return self.integer(label, value, span, 0)
         if kind == "cpad" and not isinstance(value, list) and (
                 isinstance(value, bool) or not isinstance(value, int)):
             return self.bad_type(label, "an integer, a pair [h, w], `same` or `valid`", value,
@@ -134,6 +165,33 @@ class Binder:
             return tuple(items)
         single = self.integer(label, value, span, minimum)
         return INVALID if single is INVALID else (single, single)
+
+    def choice(self, words: list, label: str, value, span):
+        """A word from a fixed set (``approximate=tanh``): the word itself, as a str. A
+        default given as a str is taken as written."""
+        if isinstance(value, str) and value in words:
+            return value
+        choices = listing([f"`{w}`" for w in words], "or")
+        if not isinstance(value, Word):
+            return self.bad_type(label, choices, value, span)
+        if value.name in words:
+            return value.name
+        self.reporter.report("E207", span, variant="choice", label=label, choices=choices,
+                             value=value.name, help=did_you_mean_help(value.name, words))
+        return INVALID
+
+    def rank_free(self, kind: str, label: str, value, span):
+        """An integer (kept) or a list of any length >= 1 (a tuple), each item at least the
+        kind's minimum."""
+        minimum, expected = RANK_FREE[kind]
+        if isinstance(value, list):
+            if not value:
+                return self.bad_type(label, expected, value, span)
+            items = [self.integer(label, v, span, minimum) for v in value]
+            return INVALID if INVALID in items else tuple(items)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return self.bad_type(label, expected, value, span)
+        return self.integer(label, value, span, minimum)
 
     def real(self, kind, label, value, span):
         """A float argument: finite, and in the range its kind allows."""

@@ -13,9 +13,12 @@ from ...ops.base import REQUIRED, ArgSpec
 from ..graph import Network, Node
 from ..symbolic import sym
 from .args import Binder
-from .names import MAX_BLOCK_DEPTH, MAX_LAYERS, Env, Names, Tensor
-from .report import Reporter, did_you_mean_help
-from .values import INVALID, Evaluator, Word, listing, show
+from .names import MAX_BLOCK_DEPTH, MAX_LAYERS, Claimant, Env, Names, Tensor
+from .report import Reporter
+from .values import INVALID, Evaluator, Word, show
+
+# Inputs are [F], [C, L], [C, H, W] or [C, D, H, W] (spec sections 3 and 9).
+MAX_INPUT_RANK = 4
 
 
 class Expander:
@@ -68,7 +71,7 @@ class Expander:
             return
         dims = []
         ok = True
-        if len(stmt.dims) not in (1, 3):
+        if not 1 <= len(stmt.dims) <= MAX_INPUT_RANK:
             self.reporter.report("E218", stmt.span, name=stmt.name, count=len(stmt.dims),
                                  help="give the per-sample shape; the batch dimension is "
                                  "implicit")
@@ -89,7 +92,7 @@ class Expander:
                 dims.append(sym(dim.value))
         node = Node(stmt.name, "input", {}, [], stmt.name_span, f"input {stmt.name}")
         node.shape = tuple(dims) if ok else None
-        names.add_node(node)
+        names.add_node(node, "input")
         self.net.inputs.append(stmt.name)
         names.tensors[stmt.name] = Tensor(stmt.name, stmt.name_span, "input")
 
@@ -100,7 +103,12 @@ class Expander:
 
     def top_binding(self, stmt: ast.Binding):
         names = self.names
-        node = self.chain(stmt.chain, stmt.name, names.top_env())
+        scope = stmt.name
+        if stmt.name not in names.tensors and stmt.name not in names.globals:
+            scope = names.open_scope(scope, Claimant(
+                f"binding `{stmt.name}` at {stmt.name_span.at()}",
+                f"rename the binding `{stmt.name}`"), stmt.name_span)
+        node = self.chain(stmt.chain, scope, names.top_env())
         if names.define(stmt.name, stmt.name_span, names.tensors, names.globals):
             names.tensors[stmt.name] = Tensor(node, stmt.name_span, "binding")
 
@@ -110,13 +118,23 @@ class Expander:
             if not stmt.chain.stages and isinstance(stmt.chain.start, ast.Source):
                 name = stmt.chain.start.name
             else:
-                self.anon_outputs += 1
-                name = f"output{self.anon_outputs}"
+                name = self.unnamed_output()
             span = stmt.chain.span
         else:
             name = stmt.name
             span = stmt.name_span
-        node = self.chain(stmt.chain, name, names.top_env())
+        scope = name
+        if stmt.chain.stages or not isinstance(stmt.chain.start, ast.Source):
+            if stmt.name is None:
+                claimant = Claimant(f"the output at {span.at()}",
+                                    "name the output: `output NAME = ...`")
+            else:
+                claimant = Claimant(f"output `{name}` at {span.at()}",
+                                    f"rename the output `{name}`")
+            taken = name in names.tensors or name in names.globals  # E202 below, if named
+            if name not in self.net.outputs and (stmt.name is None or not taken):
+                scope = names.open_scope(name, claimant, span)
+        node = self.chain(stmt.chain, scope, names.top_env())
         if name in self.net.outputs:
             self.reporter.report("E202", span, variant="output", name=name)
             return
@@ -126,6 +144,17 @@ class Expander:
             names.tensors[name] = Tensor(node, span, "output")
         if node is not None:
             self.net.outputs[name] = node
+
+    def unnamed_output(self) -> str:
+        """``output1``, ``output2``, ...: the name of the next unnamed output, skipping names
+        that something has already (an input, a binding, a constant)."""
+        names = self.names
+        while True:
+            self.anon_outputs += 1
+            name = f"output{self.anon_outputs}"
+            if not (name in names.tensors or name in names.globals or name in names.scopes
+                    or name in self.net.nodes or name in self.net.outputs):
+                return name
 
     # ---- chains -----------------------------------------------------------------------------
     def chain(self, chain: ast.Chain, scope: str, env: Env) -> str | None:
@@ -146,9 +175,9 @@ class Expander:
                 self.reporter.report("E211", start.span, kind=kind, name=start.op,
                                      help=f"pipe a tensor into it: `{source} -> {start.op}`")
             else:
+                source = start.sources[0].name if start.sources else "x"
                 self.reporter.report("E203", start.name_span, variant="merge", name=start.op,
-                                     help=did_you_mean_help(start.op, MERGES)
-                                     or f"merges are {listing(MERGES)}")
+                                     help=names.unknown_merge_help(start.op, source))
             for src in start.sources:
                 names.lookup(src, env)
             return None
@@ -158,7 +187,7 @@ class Expander:
         name = names.auto_name(scope, start.op)
         node = Node(name, start.op, {}, [i for i in inputs if i is not None], start.span,
                     names.text(start.span), env.trace)
-        names.add_node(node)
+        names.add_node(node, "merge")
         if None not in inputs and len(inputs) >= 2:
             self.jobs.append((node, start))
         return name
@@ -210,7 +239,7 @@ class Expander:
         args = self.binder.layer_args(LAYERS[call.name], call, env.values)
         node = Node(name, call.name, args or {}, [cur] if cur is not None else [], call.span,
                     names.text(call.span), env.trace)
-        names.add_node(node)
+        names.add_node(node, "alias" if alias else "layer")
         if cur is not None and args is not None:
             self.jobs.append((node, None))
         return name
@@ -240,6 +269,11 @@ class Expander:
         if bound is None:
             return None
         given, _ = bound
+        fix = ("choose another name after `as`" if alias
+               else f"name the call `{names.text(call.span)} as NAME`")
+        block_scope = names.open_scope(
+            block_scope, Claimant(f"the call of block `{call.name}` at {call.span.at()}", fix),
+            call.span)
         values = dict(names.globals)
         for param, spec in zip(block.params, specs):
             got = given[spec.name]
@@ -256,7 +290,12 @@ class Expander:
                 if isinstance(item, ast.LetStmt):
                     self.let(item, inner.values, inner.tensors)
                 else:
-                    node = self.chain(item.chain, f"{block_scope}.{item.name}", inner)
+                    scope = f"{block_scope}.{item.name}"
+                    if item.name not in inner.tensors and item.name not in inner.values:
+                        scope = names.open_scope(scope, Claimant(
+                            f"binding `{item.name}` at {item.name_span.at()}",
+                            f"rename the binding `{item.name}`"), item.name_span)
+                    node = self.chain(item.chain, scope, inner)
                     if names.define(item.name, item.name_span, inner.tensors, inner.values):
                         inner.tensors[item.name] = Tensor(node, item.name_span, "binding")
             return self.chain(block.ret, block_scope, inner)

@@ -14,13 +14,24 @@ from ..symbolic import Condition, shape_text
 from .merge import merge_shape
 from .notes import origin_note
 from .report import Reporter
+from .values import listing
 
-RANK_WORDS = {1: "a 1-D input [F]", 3: "a [C, H, W] input"}
+RANK_WORDS = {
+    1: "a 1-D input [F]",
+    2: "a [C, L] input",
+    3: "a [C, H, W] input",
+    4: "a [C, D, H, W] input",
+}
+
+
+def rank_words(rank: int) -> str:
+    """A per-sample rank in words: ``a [C, L] input``."""
+    return RANK_WORDS.get(rank, f"a {rank}-D input")
 
 
 def expects(layer) -> str:
-    """The input ranks ``layer`` accepts, in words."""
-    return " or ".join(RANK_WORDS[r] for r in layer.ranks)
+    """The input ranks ``layer`` accepts, in words: ``a [C, L] input or a [C, H, W] input``."""
+    return listing([rank_words(r) for r in layer.ranks], "or")
 
 
 class InferContext:

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ...dsl import syntax as ast
-from ...dsl.diagnostics import Span
+from ...dsl.diagnostics import Span, foreign_name
 from ...ops import LAYERS, MERGES
 from ..graph import Network, Node
 from .report import Reporter, did_you_mean_help
@@ -22,6 +22,27 @@ class Tensor:
     node: str | None  # the node producing it; None when it could not be built
     span: Span  # where the name was bound
     kind: str  # input | binding | output | in
+
+
+@dataclass(frozen=True)
+class Claimant:
+    """Who claims a dotted name, in words (``binding `fire1` at 3:5``), and how to rename it
+    (``rename the binding `fire1```; None where it cannot be renamed)."""
+
+    what: str
+    fix: str | None
+
+
+def node_claimant(node: Node, kind: str) -> Claimant:
+    """A node as the claimant of its name: what it is and how to rename it."""
+    if kind == "merge":
+        return Claimant(f"merge {node.describe()}", None)
+    if kind == "alias":
+        return Claimant(f"layer {node.describe()}", "choose another name after `as`")
+    if kind == "input":
+        return Claimant(f"input `{node.name}` at {node.where()}",
+                        f"rename the input `{node.name}`")
+    return Claimant(f"layer {node.describe()}", f"name the layer `{node.text} as NAME`")
 
 
 @dataclass
@@ -51,6 +72,11 @@ class Names:
         self.tensors: dict = {}
         self.value_spans: dict = {}  # (id of a values dict, name) -> where it was bound
         self.counters: dict[str, Counter] = {}
+        # One name, one claimant (spec section 5): a node (``net.nodes``) or a scope (a block
+        # call, a binding, an output: dotted name -> who opened it). ``kinds``: the nodes
+        # that are not plain layers ("alias", "merge", "input"), for the help of a clash.
+        self.scopes: dict[str, Claimant] = {}
+        self.kinds: dict[str, str] = {}
         self.too_big = False  # the layer budget is spent (E220): expansion stops
 
     def top_env(self) -> Env:
@@ -141,16 +167,42 @@ class Names:
                    help="a chain has one start; merge tensors with "
                    + listing([f"{m}(a, b)" for m in MERGES], "or"))
             return
-        report("E203", call.name_span, name=call.name,
-               help=did_you_mean_help(call.name, list(LAYERS) + list(self.blocks)))
+        foreign = foreign_name(call.name, list(LAYERS) + list(MERGES))
+        if foreign is not None and foreign[0] in MERGES:
+            target = foreign[0]
+            help = (f"did you mean `{target}`? It is a merge and starts a chain: "
+                    f"`{target}(a, b)`")
+        elif foreign is not None:
+            help = foreign[1] or f"did you mean `{foreign[0]}`?"
+        else:
+            help = did_you_mean_help(call.name, list(LAYERS) + list(self.blocks))
+        report("E203", call.name_span, name=call.name, help=help)
+
+    def unknown_merge_help(self, name: str, source: str) -> str:
+        """The help of E203 for a chain start that names no merge (``concatenate(a, b)``);
+        ``source``: the first tensor it was given."""
+        foreign = foreign_name(name, list(LAYERS) + list(MERGES))
+        if foreign is not None and foreign[0] in MERGES:
+            return f"did you mean `{foreign[0]}`?"
+        if foreign is not None:
+            target = foreign[0]
+            said = foreign[1] or f"`{name}` is the layer `{target}` here"
+            return f"{said}; pipe a tensor into it: `{source} -> {target}`"
+        return did_you_mean_help(name, MERGES) or f"merges are {listing(MERGES)}"
 
     def auto_name(self, scope: str, kind: str) -> str:
+        """``<scope>.<kind><k>``, the k-th layer of ``kind`` (or call of block ``kind``) in
+        ``scope``; a kind that ends in a digit takes `_` before k: ``conv3d_1``."""
         counter = self.counters.setdefault(scope, Counter())
         counter[kind] += 1
-        return f"{scope}.{kind}{counter[kind]}"
+        glue = "_" if kind[-1:].isdigit() else ""
+        return f"{scope}.{kind}{glue}{counter[kind]}"
 
-    def add_node(self, node: Node):
-        """Add a node to the network; a name already taken gets a suffix (reported)."""
+    def add_node(self, node: Node, kind: str = "layer"):
+        """Add a node to the network under its name. ``kind``: "layer", "alias" (a layer
+        named with `as`), "merge" or "input", which says how to rename it. A name a node has already
+        is E202 ``layer``; one a scope has is E202 naming both. The node then gets a suffix
+        so that checking goes on."""
         nodes = self.net.nodes
         if len(nodes) >= MAX_LAYERS and not self.too_big:
             self.too_big = True
@@ -161,12 +213,43 @@ class Names:
             self.reporter.report("E202", node.span, variant="layer", name=node.name,
                                  notes=[f"by {nodes[node.name].describe()}"],
                                  help="choose another name with `as`")
-            base = node.name
-            k = 2
-            while f"{base}_{k}" in nodes:
-                k += 1
-            node.name = f"{base}_{k}"
+            node.name = self.free_name(node.name)
+        elif node.name in self.scopes:
+            self.claimed_twice(node.name, self.scopes[node.name],
+                               node_claimant(node, kind), node.span)
+            node.name = self.free_name(node.name)
         nodes[node.name] = node
+        if kind != "layer":
+            self.kinds[node.name] = kind
+
+    def open_scope(self, name: str, claimant: Claimant, span: Span | None) -> str:
+        """Claim the dotted ``name`` for a scope (a block call, a binding, an output); return
+        the scope to name its layers in: ``name``, or, where a node or another scope has it
+        (E202, naming both), a free variant of it, so that nothing inside clashes."""
+        nodes = self.net.nodes
+        if name in nodes or name in self.scopes:
+            if name in nodes:
+                first = node_claimant(nodes[name], self.kinds.get(name, "layer"))
+            else:
+                first = self.scopes[name]
+            self.claimed_twice(name, first, claimant, span)
+            name = self.free_name(name)
+        self.scopes[name] = claimant
+        return name
+
+    def claimed_twice(self, name: str, first: Claimant, second: Claimant, span):
+        """E202: ``second`` claims the name ``name`` that ``first`` has (spec section 5)."""
+        fixes = list(dict.fromkeys(f for f in (second.fix, first.fix) if f))
+        help = f"rename one: {listing(fixes, 'or')}" if fixes else None
+        self.reporter.report("E202", span, variant="claimed", name=name, first=first.what,
+                             second=second.what, help=help)
+
+    def free_name(self, base: str) -> str:
+        """``base_2``, ``base_3``, ...: the first that no node or scope has."""
+        k = 2
+        while f"{base}_{k}" in self.scopes or f"{base}_{k}" in self.net.nodes:
+            k += 1
+        return f"{base}_{k}"
 
     def text(self, span: Span | None) -> str:
         """The source text of a span on one line (the whole line's rest if it goes on)."""

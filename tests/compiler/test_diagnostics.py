@@ -9,7 +9,9 @@ import pytest
 
 from cnnc.compiler.check import check_source
 from cnnc.compiler.elaborate import MAX_BLOCK_DEPTH
+from cnnc.compiler.passes.values import listing
 from cnnc.dsl.diagnostics import CODES, Diagnostic, Span, render
+from cnnc.ops import MERGES
 
 HEAD = "input x: [3, 8, 8]\n"
 
@@ -221,10 +223,16 @@ def test_merge_used_as_a_stage():
 
 
 def test_unknown_merge():
-    d = only(HEAD + "output y = cat(x, x)\n", "E203")
+    d = only(HEAD + "output y = stack(x, x)\n", "E203")
     assert at(d) == (2, 12)
+    assert d.message == "unknown merge `stack`"
+    assert d.help == "merges are " + listing(MERGES)
+
+
+def test_unknown_merge_with_another_frameworks_name():
+    d = only(HEAD + "output y = cat(x, x)\n", "E203")
     assert d.message == "unknown merge `cat`"
-    assert d.help == "merges are concat and add"
+    assert d.help == "did you mean `concat`?"
 
 
 def test_no_cascade_after_an_unknown_last_layer():
@@ -532,16 +540,20 @@ def test_empty_file_has_neither_input_nor_output():
     assert codes("# nothing here\n") == ["E216", "E217"]
 
 
-def test_input_with_two_dims():
-    d = only("input x: [3, 8]\noutput y = x\n", "E218")
+def test_input_with_five_dims():
+    d = only("input x: [1, 3, 4, 8, 8]\noutput y = x\n", "E218")
     assert at(d) == (1, 7)
-    assert d.message == "input `x` has 2 dims; expected [C, H, W] or [F]"
+    assert d.message == ("input `x` has 5 dims; expected [F], [C, L], [C, H, W] or "
+                         "[C, D, H, W]")
     assert d.help == "give the per-sample shape; the batch dimension is implicit"
 
 
-def test_input_with_four_dims():
-    d = only("input x: [1, 3, 8, 8]\noutput y = x\n", "E218")
-    assert d.message == "input `x` has 4 dims; expected [C, H, W] or [F]"
+@pytest.mark.parametrize("dims", ["[8]", "[3, 16]", "[3, 8, 8]", "[3, 4, 8, 8]", "[3, L]",
+                                  "[3, D, H, W]"])
+def test_inputs_of_every_rank_from_one_to_four(dims):
+    net = check_source(f"input x: {dims}\noutput y = x -> relu\n", "m.cnn")
+    assert net.diagnostics == []
+    assert len(net.nodes["y.relu1"].shape) == dims.count(",") + 1
 
 
 def test_input_with_a_zero_dim():
@@ -734,7 +746,9 @@ def test_conv_on_a_vector():
 def test_spatial_layers_on_a_vector(layer):
     src = "input v: [64]\noutput y = v -> " + layer + "\n"
     d = only(src, "E304")
-    assert d.message.endswith("expects a [C, H, W] input, got [64]")
+    # a 2-D layer says "a [C, H, W] input"; a rank-generic one lists the maps it takes
+    assert "expects a" in d.message and "[C, H, W]" in d.message
+    assert d.message.endswith(", got [64]")
     assert "move it before `flatten`" in d.help
 
 
@@ -1027,7 +1041,7 @@ TRIGGERS = {
     "E215": _deep_blocks(MAX_BLOCK_DEPTH + 1),
     "E216": "output y = z\n",
     "E217": HEAD,
-    "E218": "input x: [3, 8]\noutput y = x\n",
+    "E218": "input x: [1, 3, 4, 8, 8]\noutput y = x\n",
     "E219": HEAD + "output y = x\n",  # with sizes={"H": 8}
     "E220": HEAD + "output y = x -> relu * 2000000\n",
     "E301": HEAD + "output y = x -> conv(8, 9)\n",

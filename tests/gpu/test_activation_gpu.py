@@ -9,6 +9,8 @@ Every device test takes the ``device`` fixture (``conftest.py``): ``cupy`` on a 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -86,7 +88,7 @@ def test_act_spec_defaults_and_codes():
 
 def test_act_spec_errors_match_the_numpy_kernels():
     x = np.zeros((2, 3))
-    for args in [dict(name="gelu"), dict(name="prelu")]:
+    for args in [dict(name="bogus"), dict(name="prelu")]:
         with pytest.raises(ValueError) as numpy_error:
             A.activation(x, **args)
         with pytest.raises(ValueError) as ours:
@@ -145,7 +147,7 @@ def test_activation_leaves_its_input_and_handles_integers(device, rng):
 
 def test_activation_errors_match_numpy(device, rng):
     x = rng.standard_normal((2, 3, 4))
-    for weight, name in [(np.ones(2), "prelu"), (None, "prelu"), (None, "gelu")]:
+    for weight, name in [(np.ones(2), "prelu"), (None, "prelu"), (None, "bogus")]:
         with pytest.raises(ValueError) as numpy_error:
             A.activation(x, weight, name=name)
         with pytest.raises(ValueError) as device_error:
@@ -329,3 +331,79 @@ def test_softmax_and_maxout_run_on_device_arrays(device, rng, dtype):
         assert gws == ()
         close(device, y, y_ref)
         close(device, gx, gx_ref)
+
+
+# ================================================================ hardsigmoid, hardswish, gelu,
+# mish (spec section 9)
+
+NEW = ["hardsigmoid", "hardswish", "gelu", "gelu_tanh", "mish"]
+
+
+def edge_grid(dtype):
+    """Through every kink (-3, 0, 3, on a grid of 1/64) and out to the tails and beyond."""
+    grid = np.arange(-512, 513) / 64.0
+    far = [-1000.0, -100.0, -40.0, -30.0, -20.0, -10.0, 10.0, 20.0, 40.0, 100.0, 1000.0]
+    return np.concatenate([grid, far]).reshape(4, -1).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", NEW)
+def test_new_activations_match_numpy_at_the_edges(device, dtype, name):
+    """The CUDA code of each against the NumPy kernel and its backward: forward, and the
+    gradient with PyTorch's choice at the kinks (the same zeros)."""
+    x = edge_grid(dtype)
+    dy = np.random.default_rng(5).standard_normal(x.shape).astype(dtype)
+    y, (gx,), _ = train_step(device, [x], [], dict(name=name, alpha=None, beta=None), dy)
+    y_ref, saved = A.activation_forward(x, name=name)
+    (gx_ref,), _ = A.activation_backward(saved, dy)
+    close(device, y, y_ref)
+    close(device, gx, gx_ref)
+    assert np.isfinite(y).all() and np.isfinite(gx).all()
+    if name.startswith("hard"):
+        np.testing.assert_array_equal(gx == 0, gx_ref == 0)
+    # the fused epilogue's backward is the same function
+    spec = A.act_spec(name)
+    close(device, A.act_backward(device.put(dy), device.put(x), spec, device.xp), gx_ref)
+
+
+def test_gelu_keeps_its_left_tail_on_device(device):
+    """x Phi(x) from erfc in the CUDA code too: tiny negative values keep their digits."""
+    x = np.array([[-30.0, -20.0, -10.0, -5.0, -1.0, 0.0, 1.0, 5.0]])
+    want = [0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x[0]]
+    got = device.get(A.gpu_activation(device.put(x), name="gelu"))
+    np.testing.assert_allclose(got[0], want, rtol=1e-12, atol=0)
+    got = device.get(A.gpu_activation(device.put(x), name="gelu_tanh"))
+    want = []
+    for v in x[0]:
+        e = math.exp(-2 * abs(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)))
+        want.append(v / (1 + e) if v >= 0 else v * e / (1 + e))  # v sigmoid(2u)
+    np.testing.assert_allclose(got[0], want, rtol=1e-12, atol=0)
+
+
+def test_new_activation_codes_are_distinct():
+    codes = [cuda_kernels.ACTIVATION_CODES[name] for name in NEW]
+    assert len(set(codes)) == len(NEW)
+    assert not set(codes) & {cuda_kernels.ACTIVATION_CODES[n] for n in A.ACTIVATIONS
+                             if n not in NEW}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", NEW)
+def test_new_activations_as_conv_and_dense_epilogues(device, rng, dtype, name):
+    """conv2d (im2col and depthwise) and dense with the activation fused, on the device,
+    against the NumPy kernels."""
+    from cnnc.ops import conv, linear
+
+    act = (name, {"alpha": None, "beta": None})
+    x = (2 * rng.standard_normal((2, 4, 6, 5))).astype(dtype)
+    for groups, kernel in [(1, 3), (4, 3)]:
+        w = rng.standard_normal((8, 4 // groups, kernel, kernel)).astype(dtype)
+        b = rng.standard_normal(8).astype(dtype)
+        attrs = dict(stride=1, pad=1, groups=groups, act=act)
+        expected = conv.conv2d(x, w, b, **attrs)
+        close(device, conv.gpu_conv2d(*put(device, x, w, b), **attrs), expected)
+    x = (2 * rng.standard_normal((3, 7))).astype(dtype)
+    w = rng.standard_normal((5, 7)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    close(device, linear.gpu_dense(*put(device, x, w, b), act=act),
+          linear.dense(x, w, b, act=act))

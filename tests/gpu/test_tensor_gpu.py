@@ -96,3 +96,96 @@ def test_dropout_mask_on_device(device):
     np.testing.assert_allclose(device.get(y)[kept], 1 / 0.75, rtol=1e-6)
     (gx,), _ = tensor.dropout_backward(saved, device.xp.ones_like(y))
     np.testing.assert_allclose(device.get(gx), kept / np.float32(0.75), rtol=1e-6)
+
+
+# ---- the section-9 ops: broadcasting add and mul, slice, channel_shuffle, drop_path ------
+
+BROADCASTS = [
+    [(2, 6, 4, 5), (2, 6, 1, 1)],
+    [(2, 6, 1, 1), (2, 6, 4, 5)],
+    [(2, 1, 4, 5), (2, 6, 1, 1)],
+    [(2, 6, 1, 5), (2, 1, 4, 1), (2, 6, 4, 1)],
+    [(2, 3, 7), (2, 3, 1)],
+    [(2, 2, 3, 4, 5), (2, 2, 1, 4, 1)],
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["add", "mul"])
+@pytest.mark.parametrize("shapes", BROADCASTS, ids=str)
+def test_broadcasting_merges_match_numpy(device, rng, dtype, name, shapes):
+    kernel = getattr(tensor, name)
+    xs = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    expected = kernel(*xs)
+    close(device, kernel(*[device.put(x) for x in xs]), expected)
+    for target, x in enumerate(xs):  # in place onto any input of the output's shape
+        if x.shape != expected.shape:
+            continue
+        d_xs = [device.put(a.copy()) for a in xs]
+        assert kernel(*d_xs, out=d_xs[target]) is d_xs[target]
+        close(device, d_xs[target], expected)
+    forward, backward = getattr(tensor, f"{name}_forward"), getattr(tensor, f"{name}_backward")
+    y_ref, saved_ref = forward(*xs)
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    gxs_ref, _ = backward(saved_ref, dy)
+    y, saved = forward(*[device.put(x) for x in xs])
+    gxs, gps = backward(saved, device.put(dy))
+    close(device, y, y_ref)
+    assert gps == ()
+    for mine, ref in zip(gxs, gxs_ref):
+        close(device, mine, ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_slice_and_shuffle_match_numpy(device, rng, dtype):
+    cases = [
+        (tensor.channel_slice, tensor.slice_forward, tensor.slice_backward, (2, 6, 3, 4),
+         dict(start=1, stop=4)),
+        (tensor.channel_slice, tensor.slice_forward, tensor.slice_backward, (2, 6),
+         dict(start=0, stop=6)),
+        (tensor.channel_shuffle, tensor.shuffle_forward, tensor.shuffle_backward, (2, 6, 3, 4),
+         dict(groups=2)),
+        (tensor.channel_shuffle, tensor.shuffle_forward, tensor.shuffle_backward,
+         (2, 6, 2, 3, 2), dict(groups=3)),
+        (tensor.channel_shuffle, tensor.shuffle_forward, tensor.shuffle_backward, (2, 6, 5),
+         dict(groups=6)),
+    ]
+    for kernel, forward, backward, shape, attrs in cases:
+        x = rng.standard_normal(shape).astype(dtype)
+        expected = kernel(x, **attrs)
+        close(device, kernel(device.put(x), **attrs), expected)
+        # into a concat's channel slice: not contiguous
+        c = expected.shape[1]
+        wide = device.put(np.full((shape[0], c + 3) + expected.shape[2:], 7.0, dtype=dtype))
+        part = wide[:, 2:2 + c]
+        assert kernel(device.put(x), out=part, **attrs) is part
+        close(device, part, expected)
+        edges = device.get(wide)
+        assert (edges[:, :2] == 7).all() and (edges[:, 2 + c:] == 7).all()
+        y_ref, saved_ref = forward(x, **attrs)
+        dy = rng.standard_normal(y_ref.shape).astype(dtype)
+        (g_ref,), _ = backward(saved_ref, dy)
+        y, saved = forward(device.put(x), **attrs)
+        (g,), gps = backward(saved, device.put(dy))
+        close(device, y, y_ref)
+        close(device, g, g_ref)
+        assert gps == ()
+
+
+def test_drop_path_mask_on_device(device):
+    """One keep per sample, drawn from the generator handed in: CuPy's on a CUDA device."""
+    x = device.put(np.ones((400, 3, 2, 2), dtype=np.float32))
+    if device.name == "cupy":
+        gen = device.xp.random.default_rng(7)
+    else:
+        gen = np.random.default_rng(7)
+    y, saved = tensor.drop_path_forward(x, p=0.25, train=True, rng=gen)
+    host = device.get(y).reshape(400, -1)
+    kept = (host != 0).all(axis=1)
+    assert (kept | (host == 0).all(axis=1)).all()
+    assert 0.65 < kept.mean() < 0.85
+    np.testing.assert_allclose(host[kept], 1 / 0.75, rtol=1e-6)
+    (gx,), _ = tensor.drop_path_backward(saved, device.xp.ones_like(y))
+    np.testing.assert_allclose(device.get(gx).reshape(400, -1),
+                               np.repeat(kept[:, None] / np.float32(0.75), 12, 1), rtol=1e-6)
+    assert tensor.drop_path(x, p=0.25) is x

@@ -6,6 +6,7 @@ epilogue helpers conv and dense use; the edge cases the generic conformance test
 
 from __future__ import annotations
 
+import math
 import warnings
 from types import SimpleNamespace
 
@@ -38,6 +39,12 @@ CASES = [
     ("swish", {}),
     ("swish", {"beta": 0.5}),
     ("silu", {}),
+    ("relu6", {}),
+    ("hardsigmoid", {}),
+    ("hardswish", {}),
+    ("gelu", {}),
+    ("gelu_tanh", {}),
+    ("mish", {}),
 ]
 # Far enough out that a naive exp(-x) or exp(x) overflows in float32 and float64.
 EXTREMES = [-1000.0, -100.0, -30.0, -1e-3, 0.0, 1e-3, 30.0, 100.0, 1000.0]
@@ -109,7 +116,9 @@ def _layers():
 
 def test_layers_are_the_table_without_identity_plus_softmax_and_maxout():
     layers = _layers()
-    assert set(layers) == (set(A.ACTIVATIONS) - {"identity"}) | {"softmax", "maxout"}
+    entries = {name for name, act in A.ACTIVATIONS.items() if act.layer}
+    assert entries == set(A.ACTIVATIONS) - {"identity", "gelu_tanh"}
+    assert set(layers) == entries | {"softmax", "maxout"}
     for name, layer in layers.items():
         expected_ranks = (1, 3) if name in ("prelu", "maxout") else None
         assert layer.ranks == expected_ranks, name
@@ -290,10 +299,11 @@ def test_prelu_needs_its_slopes():
 
 
 def test_unknown_activation_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"^unknown activation 'gelu'; known: elu, identity, "):
-        A.activation(np.zeros((1, 1)), name="gelu")
-    with pytest.raises(ValueError, match=r"^unknown activation 'gelu'$"):
-        A.reference_activation(np.zeros((1, 1)), name="gelu")
+    known = r"^unknown activation 'bogus'; known: elu, (\w+, )*identity, "
+    with pytest.raises(ValueError, match=known):
+        A.activation(np.zeros((1, 1)), name="bogus")
+    with pytest.raises(ValueError, match=r"^unknown activation 'bogus'$"):
+        A.reference_activation(np.zeros((1, 1)), name="bogus")
 
 
 def test_apply_act_takes_none_a_name_or_a_name_and_params(rng):
@@ -515,8 +525,8 @@ def test_dy_of_the_wrong_shape_is_refused():
 
 
 def test_unknown_activation_names_the_known_ones_in_training():
-    with pytest.raises(ValueError, match=r"^activation: unknown activation 'gelu'.*relu"):
-        A.activation_forward(np.ones((1, 2)), name="gelu", alpha=None, beta=None)
+    with pytest.raises(ValueError, match=r"^activation: unknown activation 'bogus'.*relu"):
+        A.activation_forward(np.ones((1, 2)), name="bogus", alpha=None, beta=None)
 
 
 # ================================================================ PyTorch
@@ -621,8 +631,8 @@ def test_identity_maps_to_itself_and_unknown_names_are_refused(torch):
     x = _t(torch, np.arange(6.0).reshape(2, 3))
     step = SimpleNamespace(attrs=dict(name="identity", alpha=None, beta=None))
     assert A.torch_activation(step, [x], [], False) is x
-    step = SimpleNamespace(attrs=dict(name="gelu", alpha=None, beta=None))
-    with pytest.raises(AssertionError, match="no PyTorch rule for activation 'gelu'"):
+    step = SimpleNamespace(attrs=dict(name="bogus", alpha=None, beta=None))
+    with pytest.raises(AssertionError, match="no PyTorch rule for activation 'bogus'"):
         A.torch_activation(step, [x], [], False)
 
 
@@ -748,8 +758,8 @@ def test_onnx_refusals():
     g = _Graph(onnx)
     with pytest.raises(ExportError, match=r"^layer: prelu needs its slope parameter$"):
         A.emit_activation(g, "prelu", None, None, "x", "y", None, (3,))
-    with pytest.raises(ExportError, match=r"^layer: no ONNX mapping for activation 'gelu'$"):
-        A.emit_activation(g, "gelu", None, None, "x", "y", None, (3,))
+    with pytest.raises(ExportError, match=r"^layer: no ONNX mapping for activation 'bogus'$"):
+        A.emit_activation(g, "bogus", None, None, "x", "y", None, (3,))
     with pytest.raises(ExportError, match=r"^layer: a fused prelu cannot be exported"):
         A.emit_fused(g, ("prelu", {"weight": np.ones(3)}), "x", "y", (3,))
 
@@ -834,3 +844,337 @@ def test_relu6_is_a_layer_and_no_longer_a_typo_of_relu():
     assert net.ok, [d.message for d in net.diagnostics]
     (node,) = [n for n in net.nodes.values() if n.op == "relu6"]
     assert node.shape == (4, 6, 6)
+
+
+# ================================================================ erf and erfc
+
+
+def _erf_grid():
+    """-30 .. 30 densely, the piece ends and specials."""
+    grid = np.linspace(-30.0, 30.0, 240001)
+    specials = [0.0, -0.0, 1e-300, -1e-300, 1e-8, 0.5, 1.0, -1.0, 2.0, 3.0, 4.0, 4.0001,
+                5.9, 6.0, 26.5, 27.0]
+    return np.concatenate([grid, specials])
+
+
+def test_erf_and_erfc_match_math_on_a_dense_grid():
+    x = _erf_grid()
+    erf = A.erf(x)
+    erfc = A.erfc(x)
+    assert erf.dtype == erfc.dtype == np.float64
+    want_erf = np.array([math.erf(v) for v in x])
+    want_erfc = np.array([math.erfc(v) for v in x])
+    np.testing.assert_allclose(erf, want_erf, rtol=5e-16, atol=0)
+    normal = want_erfc > 1e-300  # below, math's own result is subnormal
+    np.testing.assert_allclose(erfc[normal], want_erfc[normal], rtol=1.2e-15, atol=0)
+    np.testing.assert_allclose(erfc[~normal], want_erfc[~normal], rtol=0, atol=1e-300)
+    np.testing.assert_array_equal(np.signbit(erf), np.signbit(x))  # odd, -0.0 included
+
+
+def test_erf_and_erfc_in_float32():
+    x = _erf_grid().astype(np.float32)
+    erf = A.erf(x)
+    erfc = A.erfc(x)
+    assert erf.dtype == erfc.dtype == np.float32
+    x64 = x.astype(np.float64)  # the float32 values themselves, exactly
+    want_erf = np.array([math.erf(v) for v in x64])
+    want_erfc = np.array([math.erfc(v) for v in x64])
+    normal = np.abs(want_erf) > 1e-37
+    np.testing.assert_allclose(erf[normal], want_erf[normal], rtol=2e-7)
+    body = np.abs(x64) < 4
+    np.testing.assert_allclose(erfc[body], want_erfc[body], rtol=7e-7)
+    normal = want_erfc > 1e-37
+    np.testing.assert_allclose(erfc[normal], want_erfc[normal], rtol=5e-6)
+
+
+def test_erf_and_erfc_special_values_dtypes_and_shapes():
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e300, -1e300])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow: |x| is clipped before squaring
+        erf = A.erf(x)
+        erfc = A.erfc(x)
+    np.testing.assert_array_equal(erf, [np.nan, 1, -1, 0, -0.0, 1, -1])
+    np.testing.assert_array_equal(erfc, [np.nan, 0, 2, 1, 1, 0, 2])
+    assert A.erf(np.array([[-2, 0, 3]])).dtype == np.float64  # integers: float64
+    assert A.erfc(np.ones(3, np.float16)).dtype == np.float32  # float16 computes in float32
+    assert A.erf(np.float64(0.5)).shape == ()
+    cube = np.linspace(-3, 3, 24).reshape(2, 3, 4)
+    np.testing.assert_array_equal(A.erf(cube), A.erf(cube.reshape(-1)).reshape(2, 3, 4))
+    assert A.erf(np.zeros((0, 3))).shape == (0, 3)
+
+
+def test_erf_series_are_the_chebyshev_interpolants_they_say():
+    """The coefficients of ops/activation.py, recomputed as its comment says (mpmath)."""
+    mpmath = pytest.importorskip("mpmath")
+
+    def interpolant(f, nodes):
+        with mpmath.workdps(50):
+            angles = [mpmath.pi * (k + mpmath.mpf(1) / 2) / nodes for k in range(nodes)]
+            values = [f(mpmath.cos(t)) for t in angles]
+            cs = [2 * mpmath.fsum(v * mpmath.cos(j * t) for v, t in zip(values, angles)) / nodes
+                  for j in range(nodes)]
+            cs[0] /= 2
+            largest = max(abs(c) for c in cs)
+            last = max(j for j, c in enumerate(cs) if abs(c) > largest * mpmath.mpf(10) ** -19)
+            return [float(c) for c in cs[:last + 1]]
+
+    def erfc_scaled(s):  # (1 + x/4) erfcx(x), s = (4 - x) / (4 + x)
+        if s == -1:
+            return 1 / (4 * mpmath.sqrt(mpmath.pi))
+        x = 4 * (1 - s) / (1 + s)
+        return mpmath.exp(x * x) * mpmath.erfc(x) * (4 + x) / 4
+
+    def erf_over_x(s):  # erf(x) / x, s = 2 x^2 - 1
+        x = mpmath.sqrt((s + 1) / 2)
+        return 2 / mpmath.sqrt(mpmath.pi) if x == 0 else mpmath.erf(x) / x
+
+    np.testing.assert_allclose(interpolant(erfc_scaled, 96), A._ERFC_SERIES, rtol=1e-15,
+                               atol=1e-30)
+    np.testing.assert_allclose(interpolant(erf_over_x, 48), A._ERF_SERIES, rtol=1e-15,
+                               atol=1e-30)
+
+
+# ================================================================ hardsigmoid, hardswish, gelu,
+# mish (spec section 9)
+
+NEW = ["hardsigmoid", "hardswish", "gelu", "gelu_tanh", "mish"]
+# torch.nn.functional by entry name
+TORCH_NEW = {
+    "hardsigmoid": lambda F, t: F.hardsigmoid(t),
+    "hardswish": lambda F, t: F.hardswish(t),
+    "gelu": lambda F, t: F.gelu(t),
+    "gelu_tanh": lambda F, t: F.gelu(t, approximate="tanh"),
+    "mish": lambda F, t: F.mish(t),
+}
+
+
+def _edge_grid():
+    """-8 .. 8 by 1/64 (exact in binary: every kink -3, 0, 3 is on it, and its neighbours),
+    the tails and the far values."""
+    grid = np.arange(-512, 513) / 64.0
+    far = [-1000.0, -100.0, -40.0, -20.0, -12.0, -10.0, 10.0, 12.0, 20.0, 40.0, 100.0,
+           1000.0, -3.0 - 1e-9, -3.0 + 1e-9, 3.0 - 1e-9, 3.0 + 1e-9]
+    return np.concatenate([grid, far]).reshape(1, -1)
+
+
+def test_new_activations_are_rank_generic_layers_without_arguments_but_gelu():
+    layers = _layers()
+    for name in ["hardsigmoid", "hardswish", "gelu", "mish"]:
+        layer = layers[name]
+        assert layer.ranks is None and not layer.changes_shape, name
+        assert layer.params((6, 4, 4), {}) == {}, name
+        for shape in [(6,), (3, 8), (3, 8, 8), (3, 4, 8, 8), ("C", "H", "W")]:
+            assert layer.infer(shape, {}, None) == shape, (name, shape)
+        if name != "gelu":
+            assert layer.args == [], name
+    assert "gelu_tanh" not in layers  # an entry, reached through gelu(approximate=tanh)
+
+
+def test_gelu_takes_approximate_as_a_word_that_picks_the_entry():
+    gelu = _layers()["gelu"]
+    assert [(a.name, a.kind, a.default) for a in gelu.args] == [
+        ("approximate", "choice:none|tanh", "none")]
+    lowered = {}
+    for word in [None, "none", "tanh"]:
+        node = SimpleNamespace(op="gelu", args={"approximate": word})
+        lowered[word] = gelu.lower(node, [(3,)])
+    assert lowered[None] == lowered["none"] == (
+        "activation", dict(name="gelu", alpha=None, beta=None))
+    assert lowered["tanh"] == ("activation", dict(name="gelu_tanh", alpha=None, beta=None))
+    assert gelu.lower(SimpleNamespace(op="gelu", args={}), [(3,)])[1]["name"] == "gelu"
+    with pytest.raises(ValueError, match=r"^gelu: approximate must be none or tanh, got 'erf'$"):
+        A.chosen_entry("gelu", {"approximate": "erf"})
+    assert A.chosen_entry("relu6", {}) == "relu6"
+
+
+def test_new_layers_check_and_lower_in_a_network():
+    from cnnc.compiler.plan import lower
+
+    for shape in ["[6, 4, 4]", "[12]", "[C, H, W]"]:
+        net = _check(f"input x: {shape}\noutput y = x -> hardsigmoid -> hardswish -> gelu"
+                     " -> gelu() -> mish\n")
+        assert net.ok, [d.message for d in net.diagnostics]
+    net = _check("input x: [6, 4, 4]\noutput y = x -> hardsigmoid -> hardswish -> gelu -> mish"
+                 " -> gelu(approximate=tanh) -> gelu(tanh) -> gelu(approximate=none)\n")
+    names = [s.attrs["name"] for s in lower(net).steps]
+    assert names == ["hardsigmoid", "hardswish", "gelu", "mish", "gelu_tanh", "gelu_tanh",
+                     "gelu"]
+    net = _check("input x: [6, 4, 4]\noutput y = x -> hardswish(1)\n")
+    assert [d.code for d in net.diagnostics] == ["E209"]
+    net = _check("input x: [6, 4, 4]\noutput y = x -> gelu(approximate=tan)\n")
+    (d,) = net.diagnostics
+    assert (d.code, d.help) == ("E207", "did you mean `tanh`?")
+    assert "`none` or `tanh`" in d.message and "`tan`" in d.message
+
+
+def test_hardsigmoid_and_hardswish_values_and_gradients_at_the_kinks():
+    x = np.array([[-4.0, -3.0, -1.5, 0.0, 1.5, 3.0, 4.0]])
+    y, saved = A.activation_forward(x, name="hardsigmoid")
+    np.testing.assert_array_equal(y, [[0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]])
+    (gx,), _ = A.activation_backward(saved, np.ones_like(x))
+    np.testing.assert_array_equal(gx, [[0.0, 0.0, 1 / 6, 1 / 6, 1 / 6, 0.0, 0.0]])
+    y, saved = A.activation_forward(x, name="hardswish")
+    np.testing.assert_array_equal(y, [[-0.0, -0.0, -0.375, 0.0, 1.125, 3.0, 4.0]])
+    (gx,), _ = A.activation_backward(saved, np.ones_like(x))
+    # PyTorch's choice at the kinks: the outer slopes, 0 at -3 and 1 at 3
+    np.testing.assert_array_equal(gx, [[0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0]])
+
+
+def test_gelu_keeps_its_left_tail():
+    """x Phi(x) from erfc: digits that x (1 + erf(x / sqrt 2)) / 2 loses to cancellation."""
+    x = np.array([[-35.0, -30.0, -20.0, -10.0, -5.0, -1.0, 0.0, 1.0, 5.0, 30.0]])
+    want = [0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x[0]]
+    # x / sqrt 2 is rounded, here and in the reference: erfc(a) moves by 2 a^2 eps relative
+    np.testing.assert_allclose(A.activation(x, name="gelu")[0], want, rtol=5e-13, atol=0)
+    y, saved = A.activation_forward(x, name="gelu")
+    (gx,), _ = A.activation_backward(saved, np.ones_like(x))
+    phi = [0.5 * math.erfc(-v / math.sqrt(2)) + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+           for v in x[0]]
+    np.testing.assert_allclose(gx[0], phi, rtol=5e-13, atol=0)
+    assert A.activation(np.array([[-10.0]]), name="gelu")[0, 0] < 0  # not rounded to 0
+    # the tanh form: x sigmoid(2u) keeps it too
+    v = -10.0
+    u = math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)
+    np.testing.assert_allclose(A.activation(np.array([[v]]), name="gelu_tanh")[0, 0],
+                               v / (1 + math.exp(-2 * u)), rtol=1e-13)
+
+
+@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("shape", [(2, 5), (2, 3, 4), (2, 3, 4, 5), (2, 3, 2, 4, 5)])
+def test_new_activations_on_every_rank(rng, name, shape):
+    x = 4 * rng.standard_normal(shape)
+    y = A.activation(x, name=name)
+    np.testing.assert_allclose(y, A.reference_activation(x, name=name), rtol=1e-12,
+                               atol=1e-14)
+    flat = A.activation(x.reshape(shape[0], -1), name=name)
+    np.testing.assert_array_equal(y.reshape(shape[0], -1), flat)  # element-wise
+
+
+@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_new_activations_are_finite_far_out(name, dtype):
+    x = np.array([[-3e38, -1e30, -1e6, -1000.0, 1000.0, 1e6, 1e30, 3e38]], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow anywhere, forward or backward
+        y, saved = A.activation_forward(x, name=name)
+        (gx,), _ = A.activation_backward(saved, np.ones_like(x))
+    assert np.isfinite(y).all() and np.isfinite(gx).all(), (y, gx)
+    if name != "hardsigmoid":
+        np.testing.assert_array_equal(y[:, 4:], x[:, 4:])  # x itself on the right
+        np.testing.assert_array_equal(gx[:, 4:], 1)
+    np.testing.assert_array_equal(gx[:, :4], 0)
+
+
+@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 2, 2)])
+def test_new_activations_backward_matches_finite_differences(name, shape):
+    x = A._away_from_kinks(np.random.default_rng(13).standard_normal(shape) * 3)
+    fd_check("activation", [x], name=name, alpha=None, beta=None)
+
+
+@torch_only
+@pytest.mark.parametrize("name", NEW)
+def test_new_activations_match_pytorch_on_grids_that_hit_the_edges(torch, name):
+    """Forward in float32 within 1e-4 and gradients in float64 within 1e-6 of PyTorch, on a
+    grid through every kink (where the gradient is PyTorch's choice) and far out."""
+    F = torch.nn.functional
+    x = _edge_grid()
+    x32 = x.astype(np.float32)
+    y = A.activation(x32, name=name)
+    assert y.dtype == np.float32
+    want = TORCH_NEW[name](F, torch.from_numpy(x32)).numpy()
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+    # the module's own mapping agrees
+    step = SimpleNamespace(attrs=dict(name=name, alpha=None, beta=None))
+    got = A.torch_activation(step, [torch.from_numpy(x32)], [], False)
+    np.testing.assert_array_equal(got.numpy(), want)
+    # gradients, float64, with a random dy
+    dy = np.random.default_rng(2).standard_normal(x.shape)
+    _, saved = A.activation_forward(x, name=name)
+    (gx,), _ = A.activation_backward(saved, dy)
+    leaf = torch.tensor(x, requires_grad=True)
+    TORCH_NEW[name](F, leaf).backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(gx, leaf.grad.numpy(), rtol=1e-6, atol=1e-6)
+    if name.startswith("hard"):
+        # the same zeros, at the kinks too (PyTorch's float64 slope of hardsigmoid is the
+        # float32 1/6, within 3e-8 of ours)
+        np.testing.assert_array_equal(gx == 0, leaf.grad.numpy() == 0)
+
+
+@pytest.mark.parametrize("opset", [17, 18, 20])
+@pytest.mark.parametrize("name", NEW)
+def test_onnx_new_activations_in_every_opset(rng, opset, name):
+    """Opset 17 has no Gelu (20) nor Mish (18): they are composed from Erf, Tanh, Softplus."""
+    onnx = pytest.importorskip("onnx")
+    x = np.concatenate([_edge_grid()[:, ::7], 3 * rng.standard_normal((1, 40))], axis=1)
+    x = np.repeat(x, 2, axis=0).astype(np.float32)
+    g = _Graph(onnx, opset)
+    step = SimpleNamespace(name="layer", attrs=dict(name=name, alpha=None, beta=None))
+    A.onnx_activation(g, step, ["x"], [], "y", [x.shape[1:]])
+    ops = [n.op_type for n in g.nodes]
+    native = {"hardsigmoid": ("HardSigmoid", 17), "hardswish": ("HardSwish", 17),
+              "gelu": ("Gelu", 20), "gelu_tanh": ("Gelu", 20), "mish": ("Mish", 18)}[name]
+    assert (ops == [native[0]]) == (opset >= native[1]), ops
+    if ops == ["Gelu"]:
+        approximate = {a.name: a.s for a in g.nodes[0].attribute}["approximate"]
+        assert approximate == (b"tanh" if name == "gelu_tanh" else b"none")
+    assert g.nodes[-1].name == "layer"
+    y = g.run(x, x.shape[1:])
+    np.testing.assert_allclose(y, A.activation(x, name=name), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_onnx_new_activations_as_a_fused_epilogue(rng, name):
+    onnx = pytest.importorskip("onnx")
+    x = (3 * rng.standard_normal((2, 5))).astype(np.float32)
+    g = _Graph(onnx)
+    A.emit_fused(g, (name, {"alpha": None, "beta": None}), "x", "y", (5,))
+    assert g.nodes[-1].name == "layer"
+    close(g.run(x, (5,)), A.activation(x, name=name))
+
+
+def _gelu_network(activation):
+    """A compiled conv -> gelu -> flatten -> dense -> gelu network, its gelus lowering to
+    the entry ``activation``."""
+    from cnnc.runtime.model import Model
+
+    word = "tanh" if activation == "gelu_tanh" else "none"
+    gelu = f"gelu(approximate={word})"
+    net = cnnc.compile("network t\ninput x: [3, 6, 6]\n"
+                       f"output y = x -> conv(4, 3) -> {gelu} -> flatten -> dense(5) -> {gelu}\n")
+    return Model(net.plan, backend="numpy", seed=0, dtype="float32")
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
+def test_a_gelu_network_runs_fused_against_pytorch_and_onnx_runtime(activation):
+    """conv and dense take the gelu as their epilogue; the NumPy backend, PyTorch (the plan
+    unfused) and ONNX Runtime (opsets 17 and 20) agree."""
+    from cnnc.compiler.memory import plan_memory
+
+    model = _gelu_network(activation)
+    fused = [e.attrs.get("act") for e in plan_memory(model.plan).execs]
+    assert fused == [(activation, {"alpha": None, "beta": None}), None,
+                     (activation, {"alpha": None, "beta": None})]
+    x = (2 * np.random.default_rng(0).standard_normal((3, 3, 6, 6))).astype(np.float32)
+    y = model({"x": x})
+    torch = pytest.importorskip("torch")
+    from cnnc.runtime.torch_ref import TorchPlan
+
+    want = TorchPlan(model.plan, dict(model.params))({"x": torch.from_numpy(x)})["y"]
+    np.testing.assert_allclose(y, want.numpy(), rtol=1e-4, atol=1e-4)
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from cnnc.runtime.onnx_export import export_model
+
+    for opset in (17, 20):
+        proto = export_model(model, None, opset=opset)
+        session = ort.InferenceSession(proto.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], y, rtol=1e-4, atol=1e-4)
+
+
+def test_examples_avoid_the_kinks_at_three():
+    for ex in A.activation_examples(np.random.default_rng(0)):
+        assert np.abs(np.abs(ex.inputs[0]) - 3).min() >= 0.05
+    names = {ex.attrs["name"] for ex in A.activation_examples(np.random.default_rng(0))}
+    assert set(NEW) <= names

@@ -71,13 +71,12 @@ def test_every_primitive_is_reached_by_some_layer():
     """Compiling a network with every layer kind reaches every primitive."""
     import cnnc
 
+    inputs = {1: "[24]", 2: "[4, 6]", 3: "[4, 6, 6]", 4: "[4, 6, 6, 6]"}
     reached = set()
     for name, layer in LAYERS.items():
-        if layer.ranks is not None and 3 not in layer.ranks and 1 in layer.ranks:
-            chain = "x -> flatten -> " + _call(layer)
-        else:
-            chain = "x -> " + _call(layer)
-        source = f"network t\ninput x: [4, 6, 6]\noutput y = {chain}\n"
+        rank = 3 if layer.ranks is None or 3 in layer.ranks else layer.ranks[0]
+        chain = "x -> " + _call(layer)
+        source = f"network t\ninput x: {inputs[rank]}\noutput y = {chain}\n"
         net = cnnc.check(source)
         assert net.ok, (name, [d.message for d in net.diagnostics])
         from cnnc.compiler.plan import lower
@@ -95,10 +94,11 @@ def _call(layer):
     """A call of ``layer`` with its required arguments filled in for a [4, 6, 6] input."""
     from cnnc.ops.base import REQUIRED
 
-    values = {"count": "2", "natural": "2", "pair": "2", "float": "0.5", "prob": "0.5",
+    values = {"count": "2", "natural": "0", "pair": "2", "float": "0.5", "prob": "0.5",
               "positive_float": "0.5", "unit_float": "0.5", "bool": "true", "cpad": "0",
-              "ppad": "0"}
-    required = [values[a.kind] for a in layer.args if a.default is REQUIRED]
+              "ppad": "0", "ints": "2", "dims": "2", "dpad": "0"}
+    required = [values[a.kind] if a.kind in values else a.kind.split(":")[1].split("|")[0]
+                for a in layer.args if a.default is REQUIRED]
     return f"{layer.name}({', '.join(required)})" if required else layer.name
 
 

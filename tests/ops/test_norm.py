@@ -697,9 +697,6 @@ def test_scale_weight_starts_at_init_as_text():
     assert sc.init("weight") == "1.0"  # the default init=1.0
 
 
-@pytest.mark.xfail(strict=True, reason="compiler/plan.py calls Layer.init(key) without the "
-                   "layer's arguments, so scale(init=...) starts at 1.0; pass node.args and "
-                   "remove this mark")
 def test_scale_init_reaches_the_plan():
     import cnnc
     from cnnc.compiler.plan import lower
