@@ -96,6 +96,12 @@ CODES: dict[str, Code] = {
         "unit": "{label} must be in [0, 1], got {value:g}",
         "pool_pad": "{op} pad={pad} is more than half the kernel {kernel}",
         "choice": "{label} must be {choices}, got `{value}`",
+        "beyond": "{op} {arg}={value} is beyond the {count} input {unit}",
+        "transpose_output_pad": "{op} output_pad={value} must be below max(stride, dilation) "
+                                "= {arithmetic}",
+        "spatial_count": "{op} {arg}={value} gives {count} values, but a {map} map has {dims}",
+        "mode_rank": "{op} mode={mode} needs a {need} map, got {shape}, a {have} map",
+        "align_corners": "{op} align_corners=true needs mode={modes}; mode is {mode}",
     }),
     "E208": Code("recursive block", "block `{name}` calls itself: {cycle}"),
     "E209": Code("too many positional arguments",
@@ -128,7 +134,9 @@ CODES: dict[str, Code] = {
     # shapes
     "E301": Code("output size below 1", "{op} output {axis} would be {size}, below 1: {formula}"),
     "E302": Code("concat inputs disagree", _MERGE_MESSAGE, _MERGE_VARIANTS),
-    "E303": Code("add inputs disagree", _MERGE_MESSAGE, _MERGE_VARIANTS),
+    "E303": Code("add inputs disagree", _MERGE_MESSAGE, dict(_MERGE_VARIANTS, **{
+        "broadcast": "{op} inputs do not broadcast: {shapes}; they clash in {clashes}",
+    })),
     "E304": Code("wrong input rank", "`{op}` expects {expected}, got {shape}"),
     "E305": Code("channels not divisible",
                  "{op} {arg}={value} does not divide the {count} {side} {unit}"),

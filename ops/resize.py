@@ -69,11 +69,9 @@ AXIS_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "wi
 LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 UPSAMPLE_MODES = ("nearest", "linear", "bilinear", "trilinear")
 
-# The kind of ``factor`` and ``size``: "ints" (an integer, or a list of any length that the
-# shape rule checks against the rank) once tests/ops/test_conformance.py's ``_call`` knows
-# that kind; until then "pair", whose integer arrives as an equal pair, which
-# ``_spatial_arg`` takes for that integer on any rank.
-DIMS_KIND = "pair"
+# The kind of ``factor`` and ``size``: an integer, or a list of any length that the shape
+# rule checks against the rank.
+DIMS_KIND = "ints"
 
 
 # ================================================================ shared helpers
@@ -92,15 +90,12 @@ def _maps_only(op, shape, ctx):
 
 def _spatial_arg(value, dims):
     """An integer or a list per spatial dim, as a ``dims``-tuple; None if the list's
-    length is wrong. With the interim "pair" kind an integer arrives as an equal pair, which
-    then stands for that integer on every rank."""
+    length is wrong."""
     if isinstance(value, int):
         return (value,) * dims
     items = tuple(value)
     if len(items) == dims:
         return items
-    if DIMS_KIND == "pair" and len(items) == 2 and items[0] == items[1]:
-        return (items[0],) * dims
     return None
 
 

@@ -69,6 +69,13 @@ SOURCES = {
     ("E207", "unit"): (HEAD + "output y = x -> batchnorm(momentum=2)\n", None),
     ("E207", "pool_pad"): (HEAD + "output y = x -> maxpool(3, pad=2)\n", None),
     ("E207", "choice"): (HEAD + "output y = x -> gelu(approximate=tan)\n", None),
+    ("E207", "beyond"): (HEAD + "output y = x -> slice(1, 5)\n", None),
+    ("E207", "transpose_output_pad"): (
+        HEAD + "output y = x -> conv_transpose(4, 3, stride=2, output_pad=2)\n", None),
+    ("E207", "spatial_count"): (HEAD + "output y = x -> upsample([2, 3, 4])\n", None),
+    ("E207", "mode_rank"): (HEAD + "output y = x -> upsample(2, mode=trilinear)\n", None),
+    ("E207", "align_corners"): (HEAD + "output y = x -> upsample(2, align_corners=true)\n",
+                                None),
     ("E208", None): ("block b() {\n  return in -> b\n}\n" + HEAD + "output y = x -> b\n", None),
     ("E209", None): (HEAD + "output y = x -> relu(1)\n", None),
     ("E209", "after_keyword"): (HEAD + "output y = x -> conv(out=8, 3)\n", None),
@@ -91,6 +98,8 @@ SOURCES = {
     ("E302", "rank"): (HEAD + "a = x -> flatten\noutput y = concat(x, a)\n", None),
     ("E303", None): (HEAD + "a = x -> conv(4, 1)\noutput y = add(x, a)\n", None),
     ("E303", "rank"): (HEAD + "a = x -> flatten\noutput y = add(x, a)\n", None),
+    ("E303", "broadcast"): (
+        HEAD + "a = x -> global_avgpool -> conv(4, 1)\noutput y = mul(x, a)\n", None),
     ("E304", None): (HEAD + "output y = x -> dense(10)\n", None),
     ("E305", None): (HEAD + "output y = x -> conv(8, 3, groups=2)\n", None),
     ("E306", None): ("input x: [3, H, 8]\na = x -> conv(3, 3, pad=[0, 1])\n"
