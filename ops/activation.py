@@ -42,13 +42,11 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
 from ..compiler.symbolic import is_concrete
 from . import gpu
 from .base import ArgSpec, Example, ExportError, Layer, Primitive, divisor_help, same_shape
 from .cuda_kernels import ACTIVATION_CODES
-from .xp import as_grad, floating, get_array_module, index_dtype, prod
+from .xp import as_grad, floating, get_array_module, index_dtype, np, prod
 
 # Klambauer et al. 2017, "Self-Normalizing Neural Networks", eq. 14 (as in PyTorch).
 SELU_ALPHA = 1.6732632423543772848170429916717

@@ -48,13 +48,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ..compiler.symbolic import is_concrete
 from . import gpu
 from .base import ArgSpec, Example, ExportError, Layer, Primitive, divisor_help, same_shape
 from .window import map_only_help
-from .xp import as_grad, floating, get_array_module
+from .xp import as_grad, floating, get_array_module, np
 
 # ================================================================ batch normalisation
 
