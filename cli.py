@@ -13,6 +13,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from . import __version__
 from .commands.common import EXIT_ERRORS, EXIT_USAGE, CommandError, fail
@@ -48,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    with warnings.catch_warnings():
+        # A library's warning (NumPy's, say) is said in cnnc's voice: no internal path.
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         try:
             status = args.handler(args)
@@ -64,9 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return EXIT_ERRORS
     except OSError as err:  # e.g. a full disk under `cnnc check x.cnn > out.txt`
-        print(f"cnnc: error: cannot write the output: {err.strerror or err}", file=sys.stderr)
+        what = err.filename if err.filename is not None else "the output"
+        print(f"cnnc: error: cannot write {what}: {err.strerror or err}", file=sys.stderr)
         _silence_stdout()
         return EXIT_USAGE
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = " ".join(str(message).split())
+    print(f"cnnc: warning: {text}", file=sys.stderr)
 
 
 def _silence_stdout() -> None:

@@ -13,5 +13,6 @@ Modules import nothing heavy at the top (no NumPy, no ONNX): `cnnc check` builds
 argument parser on every start, and its start-up time is budgeted.
 
 Exit statuses are those of `common.py`: 0 success, 1 the model has errors (or, for `train`,
-training failed), 2 a file cannot be read or written, or the command is misused.
+training failed), 2 a file cannot be read or written, the model (or a run of it) would not
+fit in the memory available, or the command is misused.
 """

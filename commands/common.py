@@ -9,11 +9,12 @@ start, and its start-up time is budgeted.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 EXIT_OK = 0
 EXIT_ERRORS = 1  # a model has errors (or, for `train`, training failed)
-EXIT_USAGE = 2  # a file cannot be read or written, or the command is misused
+EXIT_USAGE = 2  # a file cannot be read or written, too little memory, or misuse
 
 
 class CommandError(Exception):
@@ -33,15 +34,46 @@ def fail(err: CommandError) -> int:
 
 # ---- options ----------------------------------------------------------------------------------
 
+_DIGITS = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+MAX_DIGITS = 1000  # more digits than any size or count a run could use
+
+
+def whole_number(text: str) -> int:
+    """A whole number written in ASCII digits, as a command-line option's value: ``32``.
+    Python's ``int`` also reads other scripts' digits (``٣٢``), underscores (``3_2``),
+    signs and spaces; an option does not. ValueError, in words, otherwise."""
+    if not _DIGITS.fullmatch(text):
+        raise ValueError(f"expected a whole number in the digits 0-9, got {text!r}")
+    if len(text) > MAX_DIGITS:
+        raise ValueError(f"expected a whole number, got one of {len(text):,} digits")
+    return int(text)
+
+
+def decimal_number(text: str) -> float:
+    """A number written in ASCII, as in ``0.05``, ``1e-3`` or ``-2``; not ``nan``, ``inf``,
+    ``1_0`` or other scripts' digits, which Python's ``float`` reads. ValueError in words."""
+    if len(text) > MAX_DIGITS or not _DECIMAL.fullmatch(text):
+        raise ValueError(f"expected a number such as 0.05 or 1e-3, got {text!r}")
+    return float(text)
+
+
 def parse_size(text: str) -> tuple[str, int]:
-    """The argparse type of ``--size``: ``NAME=N`` -> ``(NAME, N)``, N a whole number >= 1."""
+    """The argparse type of ``--size``: ``NAME=N`` -> ``(NAME, N)``, N a whole number >= 1
+    in ASCII digits."""
     name, sep, value = text.partition("=")
     if not sep or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, as in H=224; got {text!r}")
+    sign = value[:1] if value[:1] in "+-" else ""
     try:
-        number = int(value)
+        number = whole_number(value[len(sign):]) if value[len(sign):] else None
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size {name} must be an integer, got {value!r}")
+        number = None
+    if number is None:
+        raise argparse.ArgumentTypeError(f"size {name} must be an integer in the digits 0-9, "
+                                         f"got {value!r}") from None
+    if sign == "-":
+        number = -number
     if number < 1:
         raise argparse.ArgumentTypeError(f"size {name} must be at least 1, got {number}")
     return name, number
@@ -153,3 +185,46 @@ def write_atomically(path: str, write) -> None:
         write_file(path, write)
     except OSError as err:
         raise CommandError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def remove_stale_temporaries(path: str) -> None:
+    """Remove what a killed earlier run left behind while writing ``path`` (hidden
+    ``.cnnc-NAME.*.tmp`` files next to it; runtime/files.py)."""
+    from ..runtime.files import remove_stale_temporaries as remove
+
+    remove(path)
+
+
+def standard_output_for(what: str, fmt: str = "text", several: str = ""):
+    """``sys.stdout.buffer`` for ``-o -``, once it is known to be fit for ``what`` (as in
+    "the .npy bytes"): refused when standard output is a terminal, when ``--format json``
+    also writes there, or when ``several`` says why one stream will not do."""
+    if several:
+        raise CommandError(several)
+    if fmt == "json":
+        raise CommandError(f"-o - writes {what} to standard output, where --format json "
+                           "writes its report; give -o a file name, or leave out --format "
+                           "json")
+    stream = getattr(sys.stdout, "buffer", None)
+    if stream is None:
+        raise CommandError(f"-o - writes {what} to standard output, which takes no bytes here")
+    try:
+        terminal = sys.stdout.isatty()
+    except (ValueError, OSError):
+        terminal = False
+    if terminal:
+        raise CommandError(f"-o - writes {what} to standard output, which is a terminal; "
+                           "redirect it (-o - > FILE) or pipe it, or give -o a file name")
+    return stream
+
+
+def require_memory(plan, doing: str, parts: list, dtype="float32", batch: int = 0,
+                   on_device: bool = False) -> None:
+    """``runtime.model.require_memory``, its refusal as a CommandError (exit 2)."""
+    from ..runtime.model import TooLargeError
+    from ..runtime.model import require_memory as require
+
+    try:
+        require(plan, doing, parts, dtype, batch, on_device)
+    except TooLargeError as err:
+        raise CommandError(str(err)) from None

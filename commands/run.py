@@ -4,8 +4,12 @@
 
 One input reads from a .npy file (or an .npz holding that input's name); several inputs
 from an .npz keyed by input name. One output writes a .npy file (or an .npz when the name
-ends in .npz); several outputs need an .npz, keyed by output name. Symbolic sizes that
---size does not give are read off the input arrays' shapes.
+ends in .npz); several outputs need an .npz, keyed by output name. ``-o -`` writes the one
+output's .npy bytes to standard output (not to a terminal). Symbolic sizes that --size
+does not give are read off the input arrays' shapes.
+
+Before anything is allocated, the parameters and the memory plan's peak for the batch are
+compared with the memory available; a model that would not fit is refused (exit 2).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import sys
 
 from .common import (
     EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, add_size_option, check_model,
-    read_source, require_concrete_sizes, require_readable, write_atomically,
+    read_source, remove_stale_temporaries, require_concrete_sizes, require_memory,
+    require_readable, standard_output_for, write_atomically,
 )
 
 NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
@@ -27,7 +32,8 @@ def add_parser(sub):
         description="Run a model on the arrays in a .npy or .npz file and write its outputs. "
         "Without --weights the model runs with its seeded default initialisation (seed 0). "
         "Exit 0 on success, 1 when the model has errors, 2 when a file cannot be read or "
-        "written or does not fit the model.",
+        "written or does not fit the model, or the run would not fit in the memory "
+        "available.",
     )
     parser.add_argument("file", metavar="MODEL", help="a .cnn file, or - for stdin")
     parser.add_argument("--input", "-i", required=True, metavar="X",
@@ -35,7 +41,8 @@ def add_parser(sub):
                         "keyed by input name; the first axis is the batch")
     parser.add_argument("-o", "--output", required=True, metavar="Y",
                         help="where to write the outputs: a .npy file for one output, an "
-                        ".npz file keyed by output name (required for several outputs)")
+                        ".npz file keyed by output name (required for several outputs); "
+                        "- writes the one output's .npy bytes to standard output")
     parser.add_argument("--weights", metavar="W.npz",
                         help="parameters saved by cnnc (keys as stem.conv1.weight); without "
                         "it, the seeded default initialisation (seed 0)")
@@ -65,11 +72,17 @@ def main(args) -> int:
                           context=f"for {found} (read off {args.input})")
     require_concrete_sizes(net, args.file, "running it",
                            f"they cannot be read off {args.input}")
-    _check_output_path(args.output, list(net.outputs))
+    stdout = _check_output_path(args.output, list(net.outputs), args.format)
     plan = lower(net)
+    _require_memory(plan, args, next(iter(arrays.values())).shape[0])
     model = _build(plan, args)
     outputs = _infer(model, arrays)
-    write_atomically(args.output, lambda f: _save(f, outputs, args.output))
+    if stdout is not None:
+        sys.stdout.flush()
+        _save(stdout, outputs, "-")
+        stdout.flush()
+    else:
+        write_atomically(args.output, lambda f: _save(f, outputs, args.output))
     if args.format == "json":
         import json
 
@@ -80,40 +93,28 @@ def main(args) -> int:
         }, indent=2))
     elif not args.quiet:
         shapes = ", ".join(f"{name} {list(a.shape)}" for name, a in outputs.items())
-        print(f"cnnc: wrote {args.output}: {shapes} {model.dtype} on {model.backend}",
+        where = "standard output" if stdout is not None else args.output
+        print(f"cnnc: wrote {where}: {shapes} {model.dtype} on {model.backend}",
               file=sys.stderr)
     return EXIT_OK
 
 
 # ---- reading the inputs --------------------------------------------------------------------
 
+# Every dtype but objects is read; `_check_arrays` then names the input a dtype does not fit.
+ANY_DTYPE = "biufcUSVMm"
+
+
 def _read_arrays(path: str, what: str):
-    """An array (.npy) or a dict of arrays (.npz), told apart by content, not by name."""
-    import numpy as np
+    """An array (.npy) or a dict of arrays (.npz), told apart by content, not by name; each
+    header checked against the file's size and the memory available before its data is
+    read (runtime/files.py)."""
+    from ..runtime.files import ArrayFileError, read_arrays
 
     try:
-        with open(path, "rb") as f:
-            loaded = np.load(f, allow_pickle=False)
-            if isinstance(loaded, np.ndarray):
-                return loaded
-            with loaded:
-                return {key: loaded[key] for key in loaded.files}
-    except OSError as err:
-        if err.strerror:  # the file system's error, not a bad zip member
-            raise CommandError(f"cannot read {what} file {path}: {err.strerror}") from None
+        return read_arrays(path, kinds=ANY_DTYPE)
+    except ArrayFileError as err:
         raise CommandError(f"cannot read {what} file {path}: {err}") from None
-    except ValueError as err:
-        text = str(err)
-        if "Object arrays" in text:
-            raise CommandError(f"{what} file {path} holds an object array (Python objects); "
-                               "cnnc reads numeric arrays only") from None
-        if "pickled" in text:  # numpy's guess for bytes that are no array format at all
-            raise CommandError(f"{what} file {path} is not a .npy or .npz file") from None
-        raise CommandError(f"{what} file {path} is not a readable .npy or .npz file: "
-                           f"{text}") from None
-    except Exception as err:  # zip, zlib, header-parsing and truncation errors alike
-        detail = str(err) or type(err).__name__
-        raise CommandError(f"{what} file {path} is corrupt or truncated: {detail}") from None
 
 
 def _match_inputs(loaded, names: list, path: str, network: str) -> dict:
@@ -212,8 +213,16 @@ def _bind_sizes(net, arrays: dict, given: dict, path: str) -> dict:
 
 # ---- running and writing -------------------------------------------------------------------
 
-def _check_output_path(path: str, outputs: list) -> None:
-    """Fail before any work when the outputs cannot go where asked."""
+def _check_output_path(path: str, outputs: list, fmt: str = "text"):
+    """Fail before any work when the outputs cannot go where asked. Returns standard
+    output's byte stream for ``-o -``, else None (and removes what a killed earlier run
+    left behind while writing ``path``)."""
+    if path == "-":
+        several = ""
+        if len(outputs) > 1:
+            several = (f"the network has {len(outputs)} outputs ({', '.join(outputs)}); -o - "
+                       "writes one .npy to standard output, so name an .npz file instead")
+        return standard_output_for("the output's .npy bytes", fmt, several)
     if len(outputs) > 1 and not path.endswith(".npz"):
         raise CommandError(f"the network has {len(outputs)} outputs ({', '.join(outputs)}); "
                            f"-o must name an .npz file, got {path}")
@@ -222,14 +231,32 @@ def _check_output_path(path: str, outputs: list) -> None:
         raise CommandError(f"cannot write {path}: folder {folder} does not exist")
     if os.path.isdir(path):
         raise CommandError(f"cannot write {path}: it is a folder")
+    remove_stale_temporaries(path)
+    return None
+
+
+def _require_memory(plan, args, batch: int) -> None:
+    """Refuse, before building anything, a run whose parameters and memory plan (at its
+    peak, for ``batch`` samples) need more memory than is available."""
+    from ..runtime.model import activation_bytes, param_bytes, select_backend
+
+    try:
+        on_device = select_backend(args.backend).on_device
+    except RuntimeError as err:  # e.g. backend cupy without CuPy
+        raise CommandError(str(err)) from None
+    require_memory(plan, f"running network {plan.network} on a batch of {batch}",
+                   [("parameters", param_bytes(plan, args.dtype)),
+                    ("activations at the memory plan's peak",
+                     activation_bytes(plan, args.dtype, batch))],
+                   args.dtype, batch, on_device)
 
 
 def _build(plan, args):
-    from ..runtime.model import Model, WeightFileError
+    from ..runtime.model import Model, TooLargeError, WeightFileError
 
     try:
         model = Model(plan, backend=args.backend, seed=0, dtype=args.dtype)
-    except RuntimeError as err:  # e.g. backend cupy without CuPy
+    except (RuntimeError, TooLargeError) as err:  # e.g. backend cupy without CuPy
         raise CommandError(str(err)) from None
     if args.weights is None:
         if not args.quiet and args.format == "text":

@@ -42,6 +42,7 @@ def main(args) -> int:
     if args.train:
         require_concrete_sizes(net, args.file, "--train")
         rep.train_saved_bytes = _train_saved_bytes(net)
+        _warn_if_too_large(net)
     if args.format == "json":
         print(json.dumps(rep.to_json(), indent=2))
     else:
@@ -51,14 +52,31 @@ def main(args) -> int:
 
 def _train_saved_bytes(net) -> int:
     """Float32 bytes per sample that a training forward keeps for the backward pass,
-    measured: one training forward on two samples, every kept array counted once."""
-    import numpy as np
-
+    from the plan alone (nothing is built or run): what one training forward on two
+    samples keeps, every kept array counted once, halved."""
     from ..compiler.plan import lower
-    from ..runtime.model import Model
+    from ..runtime.model import estimate_saved_bytes
 
-    model = Model(lower(net), backend="numpy", seed=0, dtype="float32")
-    rng = np.random.default_rng(0)
-    model.forward({name: rng.standard_normal((2,) + tuple(shape)).astype(np.float32)
-                   for name, shape in model.plan.inputs.items()}, train=True)
-    return model.saved_bytes() // 2
+    return estimate_saved_bytes(lower(net), "float32", 2) // 2
+
+
+def _warn_if_too_large(net) -> None:
+    """A `cnnc: warning:` line on stderr when training the model on a single sample would
+    not fit in the memory available (parameters, gradients, Adam's two moments and one
+    sample's activations, in float32). The summary itself is still printed."""
+    from ..compiler.plan import lower
+    from ..runtime.model import (
+        TooLargeError, estimate_saved_bytes, param_bytes, require_memory,
+    )
+
+    plan = lower(net)
+    trainable = param_bytes(plan, "float32", trainable=True)
+    try:
+        require_memory(plan, f"training network {plan.network} on one sample",
+                       [("parameters", param_bytes(plan, "float32")),
+                        ("gradients and Adam's state", 3 * trainable),
+                        ("activations", estimate_saved_bytes(plan, "float32", 1,
+                                                             every_output=True))],
+                       "float32", batch=1)
+    except TooLargeError as err:
+        print(f"cnnc: warning: {err}", file=sys.stderr)

@@ -7,7 +7,9 @@
 Progress: a bar per epoch when stdout is a terminal, one plain line per epoch otherwise;
 with ``--format json`` the last line is a JSON object with the run's results. A checkpoint
 is written after every epoch (and on Ctrl-C); ``--resume`` continues it exactly, keeping the
-settings it was started with.
+settings it was started with. A checkpoint that already holds trained epochs is never
+replaced by a fresh run unless ``--force`` says so, and a training run that would not fit
+in memory is refused before anything is built.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import sys
 import time
 
 from .common import (
-    EXIT_ERRORS, EXIT_OK, CommandError, add_size_option, load_network, require_concrete_sizes,
+    EXIT_ERRORS, EXIT_OK, CommandError, add_size_option, decimal_number, load_network,
+    remove_stale_temporaries, require_concrete_sizes, require_memory, whole_number,
 )
 
 # Defaults of the flags that a checkpoint remembers. They are filled in after parsing, so
@@ -49,9 +52,9 @@ def _int_at_least(minimum: int):
 
     def parse(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+            value = whole_number(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
@@ -65,9 +68,9 @@ _count = _int_at_least(0)
 
 def _nonnegative(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        value = decimal_number(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
@@ -87,8 +90,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "cross-entropy, on scikit-learn's 8x8 digits or on an .npz file (x [N, C, H, W], "
         "integer labels y [N], optionally x_test and y_test; else a stratified 80/20 split). "
         "A checkpoint is written after every epoch and on Ctrl-C; --resume continues one "
-        "exactly. Exit 0 when trained, 1 when the model has errors or training fails (a "
-        "non-finite loss), 2 for bad input or files, 130 when interrupted.",
+        "exactly, and a checkpoint holding trained epochs is replaced only with --force. "
+        "Exit 0 when trained, 1 when the model has errors or training fails (a non-finite "
+        "loss), 2 for bad input or files or a run too large for the memory available, 130 "
+        "when interrupted.",
     )
     p.add_argument("file", metavar="FILE", help="the .cnn model")
     p.add_argument("--data", required=True, metavar="digits|PATH.npz",
@@ -131,6 +136,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "else next to the weights as NAME.ckpt.npz)")
     p.add_argument("--resume", metavar="CKPT.npz",
                    help="continue from a checkpoint, with the settings it was started with")
+    p.add_argument("--force", action="store_true",
+                   help="start afresh even where the checkpoint file already holds trained "
+                   "epochs, replacing it (without --force such a run is refused)")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="json: the last line is a JSON object with the results")
     p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
@@ -243,6 +251,53 @@ def _same_file(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _refuse_to_replace(checkpoint: str, args) -> None:
+    """A fresh run writes its checkpoint over ``checkpoint``: refuse, unless --force, when
+    that file holds trained epochs (or is something other than a cnnc checkpoint), naming
+    what it holds and how to continue it."""
+    from ..runtime import train
+
+    if args.force or not os.path.lexists(checkpoint):
+        return
+    try:
+        held = train.read_checkpoint_meta(checkpoint)
+    except train.CheckpointError as err:
+        raise CommandError(f"the checkpoint path {checkpoint} holds a file that is not a "
+                           f"readable cnnc checkpoint ({err}); choose another --checkpoint, "
+                           "or give --force to replace it") from None
+    epochs, step = held.get("epoch", 0), held.get("step", 0)
+    if not epochs and not step:
+        return
+    done = f"{epochs} trained epoch{'s' if epochs != 1 else ''}"
+    if step:
+        done += f" and {step} step{'s' if step != 1 else ''} of the next"
+    raise CommandError(f"checkpoint {checkpoint} holds {done} of network "
+                       f"{held.get('network')}; continue it with --resume {checkpoint}, or "
+                       "give --force to start afresh and replace it")
+
+
+def _require_memory(plan, s: dict, data, on_device: bool) -> None:
+    """Refuse, before the model is built, a run whose parameters, gradients, optimizer
+    state, activations for one batch and (once ``data`` is read) the data's copy in the
+    model's dtype need more memory than is available."""
+    import numpy as np
+
+    from ..runtime.model import estimate_saved_bytes, param_bytes
+
+    dtype = np.dtype(s["dtype"])
+    batch = s["batch"] if data is None else min(s["batch"], max(1, len(data.x_train)))
+    trainable = param_bytes(plan, dtype, trainable=True)
+    slots = {"sgd": 1 if s["momentum"] else 0, "adam": 2, "adamw": 2}[s["optimizer"]]
+    parts = [("parameters", param_bytes(plan, dtype)), ("gradients", trainable),
+             ("optimizer state", slots * trainable),
+             (f"activations for a batch of {batch}",
+              estimate_saved_bytes(plan, dtype, batch, every_output=True))]
+    if data is not None:
+        copies = [a for a in (data.x_train, data.x_test) if on_device or a.dtype != dtype]
+        parts.append((f"the data in {dtype}", sum(a.size for a in copies) * dtype.itemsize))
+    require_memory(plan, f"training network {plan.network}", parts, dtype, batch, on_device)
+
+
 # ---- progress ---------------------------------------------------------------------------------
 
 
@@ -301,7 +356,7 @@ class _Bar(_Lines):
 def main(args) -> int:
     from ..api import Compiled
     from ..runtime import train
-    from ..runtime.model import LayerError, Model
+    from ..runtime.model import LayerError, Model, TooLargeError, select_backend
 
     net = load_network(args.file, dict(args.size))
     require_concrete_sizes(net, args.file, "training")
@@ -314,7 +369,7 @@ def main(args) -> int:
     ckpt = None
     if args.resume is not None:
         try:
-            ckpt = train.read_checkpoint(args.resume)
+            ckpt = train.read_checkpoint(args.resume, plan)
             s = _resumed_settings(args, ckpt.meta, args.resume)
         except train.CheckpointError as err:
             raise CommandError(str(err)) from None
@@ -326,6 +381,10 @@ def main(args) -> int:
 
     output = args.output or _default_output(args.file)
     checkpoint = args.checkpoint or args.resume or _default_checkpoint(output)
+    for path, flag in ((output, "-o"), (checkpoint, "--checkpoint")):
+        if path == "-":
+            raise CommandError(f"{flag} -: training writes its weights and checkpoint to "
+                               "files; give a file name")
     if _same_file(output, checkpoint):
         raise CommandError(f"the weights (-o {output}) and the checkpoint ({checkpoint}) must "
                            "be different files")
@@ -333,18 +392,27 @@ def main(args) -> int:
         if args.data != "digits" and _same_file(path, args.data):
             raise CommandError(f"the {what} path {path} is the data file; choose another")
         _check_writable(path, what)
+    if args.resume is None or not _same_file(checkpoint, args.resume):
+        _refuse_to_replace(checkpoint, args)
+    for path in (output, checkpoint):
+        remove_stale_temporaries(path)
 
+    try:
+        backend = select_backend(args.backend)
+    except RuntimeError as err:  # e.g. backend cupy without CuPy
+        raise CommandError(str(err)) from None
+    _require_memory(plan, s, None, backend.on_device)  # before the data is even read
     try:
         data = train.load_data(args.data)
         train.check_data(plan, data)
     except train.DataError as err:
         raise CommandError(str(err)) from None
-
+    _require_memory(plan, s, data, backend.on_device)
     try:
-        model = Model(plan, backend=args.backend, seed=s["seed"], dtype=s["dtype"])
+        model = Model(plan, backend=backend.name, seed=s["seed"], dtype=s["dtype"])
         optimizer = _optimizer(s, model)
         schedule = _schedule(s, epochs)
-    except (RuntimeError, ValueError) as err:
+    except (RuntimeError, ValueError, TooLargeError) as err:
         raise CommandError(str(err)) from None
     trainer = train.Trainer(model, optimizer, schedule=schedule, batch_size=s["batch"],
                             seed=s["seed"], label_smoothing=s["label_smoothing"],
@@ -352,7 +420,9 @@ def main(args) -> int:
     if ckpt is not None:
         try:
             trainer.restore(ckpt)
-        except train.CheckpointError as err:
+            if trainer.epoch < epochs:
+                trainer.check_resume(data)
+        except (train.CheckpointError, train.DataError) as err:
             raise CommandError(str(err)) from None
 
     out = sys.stdout
@@ -365,7 +435,7 @@ def main(args) -> int:
               file=out)
     try:
         history = trainer.fit(data, epochs, progress)
-    except train.CheckpointError as err:
+    except (train.CheckpointError, train.DataError) as err:
         raise CommandError(str(err)) from None
     except train.TrainingDiverged as err:
         raise CommandError(str(err), EXIT_ERRORS) from None
@@ -379,6 +449,15 @@ def main(args) -> int:
         hint = f"; continue with --resume {err.checkpoint}" if err.checkpoint else ""
         print(f"cnnc: {err}{hint}", file=sys.stderr)
         return 130
+    except OSError as err:  # writing the checkpoint: a full disk, a folder gone
+        if err.filename is None or not _same_file(os.fsdecode(err.filename), checkpoint):
+            raise
+        kept = ("nothing was saved" if trainer.saved_epoch is None else
+                f"{checkpoint} still holds the state after epoch {trainer.saved_epoch}")
+        where = (f"after epoch {trainer.epoch}" if not trainer.step_in_epoch else
+                 f"in epoch {trainer.epoch + 1}, after step {trainer.step_in_epoch}")
+        raise CommandError(f"cannot write checkpoint {checkpoint}: {err.strerror or err}; "
+                           f"training stopped {where} ({kept})") from None
 
     try:
         model.save(output)

@@ -11,17 +11,34 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
 
 from ..compiler.plan import Plan
 from ..ops import Op
+from . import files
 from .backend import Backend, gpu_usable
 from .errors import InputError, LayerError, WeightFileError, at_layer
-from .files import weight_problems
+from .files import format_bytes, weight_problems
 
-__all__ = ["InputError", "LayerError", "Model", "WeightFileError", "select_backend"]
+__all__ = ["InputError", "LayerError", "Model", "TooLargeError", "WeightFileError",
+           "estimate_saved_bytes", "require_memory", "select_backend"]
+
+_DRAW_CHUNK = 1 << 20  # values drawn at a time by the default initialisation
+
+
+class TooLargeError(MemoryError):
+    """A model, or a run of it, that needs more memory than is available; raised by
+    `require_memory` before anything is allocated. The message names what needs the
+    memory, the largest layer, the size and the memory available (``needed`` and
+    ``available``, in bytes)."""
+
+    def __init__(self, message: str, needed: int, available: int):
+        super().__init__(message)
+        self.needed = needed
+        self.available = available
 
 
 def select_backend(name: str) -> Backend:
@@ -47,6 +64,9 @@ class Model:
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        require_memory(plan, f"building network {plan.network}",
+                       [("parameters", param_bytes(plan, self.dtype))], self.dtype,
+                       on_device=self.backend.on_device)
         self.params = self._init(seed)
         self.grads: dict = {}
         self._tape = None  # what the last forward(...) kept for backward
@@ -72,25 +92,29 @@ class Model:
 
     # ---- parameters ---------------------------------------------------------------------
     def _init(self, seed: int) -> dict:
-        """PyTorch's default initialisation: weights and biases U(-1/sqrt(fan_in), +)."""
+        """PyTorch's default initialisation: weights and biases U(-1/sqrt(fan_in), +).
+
+        Each array is made in the model's dtype, one at a time: the uniform draws come in
+        float64 (so the values are those of one float64 draw of the whole array, rounded),
+        a million at a time, so building never holds more than the model and one chunk."""
         rng = np.random.default_rng(seed)
         out = {}
         shapes = dict(self.plan.params)
         shapes.update(self.plan.buffers)
+        xp, dtype = self.xp, self.dtype
         for key, shape in shapes.items():
             rule = self.plan.initial[key]
             if rule == "ones":
-                value = np.ones(shape)
+                out[key] = xp.ones(shape, dtype=dtype)
             elif rule == "zeros":
-                value = np.zeros(shape)
+                out[key] = xp.zeros(shape, dtype=dtype)
             elif rule not in ("kaiming_uniform", "fan_in_uniform"):
-                value = np.full(shape, float(rule))  # a constant, e.g. prelu's 0.25
+                out[key] = xp.full(shape, float(rule), dtype=dtype)  # e.g. prelu's 0.25
             else:
                 weight_shape = shapes[key.rsplit(".", 1)[0] + ".weight"]
-                fan_in = int(np.prod(weight_shape[1:]))
+                fan_in = math.prod(int(d) for d in weight_shape[1:])
                 bound = 1.0 / np.sqrt(fan_in)
-                value = rng.uniform(-bound, bound, size=shape)
-            out[key] = self.xp.asarray(value, dtype=self.dtype)
+                out[key] = xp.asarray(_uniform(rng, bound, shape, dtype))
         return out
 
     def state(self) -> dict:
@@ -121,19 +145,23 @@ class Model:
     def load(self, path) -> None:
         """Read an .npz weight file. Every missing, extra or mis-shaped entry is listed; on
         any problem the model keeps its current weights."""
-        from .files import read_npz
-
         path = os.fspath(path)
-        try:
-            arrays = read_npz(path)
-        except ValueError as err:
-            raise WeightFileError(f"cannot read weight file {path}: {err}") from None
         expected = {k: tuple(v.shape) for k, v in self.params.items()}
-        problems = weight_problems(expected, arrays)
-        if problems:
-            raise WeightFileError(f"weight file {path} does not fit network "
-                                  f"{self.plan.network}:\n  " + "\n  ".join(problems))
-        self.params = {k: self.xp.asarray(arrays[k], dtype=self.dtype) for k in expected}
+        try:
+            with files.NpzFile(path) as npz:  # every header checked, no data read yet
+                problems = weight_problems(expected, npz.members)
+                if problems:
+                    raise WeightFileError(f"weight file {path} does not fit network "
+                                          f"{self.plan.network}:\n  " + "\n  ".join(problems))
+                arrays = npz.read()
+        except files.ArrayFileError as err:
+            raise WeightFileError(f"cannot read weight file {path}: {err}") from None
+        params = {}
+        for key in expected:
+            params[key] = self.xp.asarray(finite_as(arrays.pop(key), self.dtype,
+                                                    f"weight file {path}: `{key}`",
+                                                    WeightFileError))
+        self.params = params
         self.mark_changed()
 
     # ---- inference ----------------------------------------------------------------------
@@ -301,6 +329,252 @@ class Model:
         dx = {name: flowing.get(name, self.xp.zeros(shapes[name], dtype=self.dtype))
               for name in self.plan.inputs}
         return _one_or_dict(dx)
+
+
+def finite_as(array, dtype, what: str, error=ValueError, noun: str = "weights"):
+    """``array`` as a NumPy array of ``dtype``; ``error`` naming ``what`` and the count
+    when it holds NaN or infinite values, or values too large for ``dtype``."""
+    with np.errstate(all="ignore"):
+        out = np.asarray(array, dtype=dtype)
+    if out.dtype.kind != "f" or out.size == 0:
+        return out
+    finite = np.isfinite(out)
+    if finite.all():
+        return out
+    bad = out.size - int(np.count_nonzero(finite))
+    source = np.asarray(array)
+    if source.dtype.kind == "f":
+        nan = int(np.count_nonzero(np.isnan(source)))
+        inf = int(np.count_nonzero(np.isinf(source)))
+    else:
+        nan = inf = 0
+    large = bad - nan - inf
+
+    def values(n):
+        return f"{n:,} value{'s' if n != 1 else ''}"
+
+    parts = []
+    if nan:
+        parts.append(f"{nan:,} NaN value{'s' if nan != 1 else ''}")
+    if inf:
+        parts.append(f"{inf:,} infinite value{'s' if inf != 1 else ''}")
+    if large:
+        parts.append(f"{values(large)} too large for {np.dtype(dtype)}")
+    index = tuple(int(i) for i in np.argwhere(~finite)[0])
+    where = f"[{', '.join(map(str, index))}]" if index else "its only element"
+    raise error(f"{what} holds {' and '.join(parts)} (the first at {where}, "
+                f"{source[index].item()}); cnnc refuses {noun} that are not finite in "
+                f"{np.dtype(dtype)}")
+
+
+def _uniform(rng, bound, shape, dtype) -> np.ndarray:
+    """``rng.uniform(-bound, bound, size=shape)`` rounded to ``dtype``, drawn in chunks:
+    the same values, without a float64 copy of the whole array."""
+    n = math.prod(int(d) for d in shape)
+    out = np.empty(n, dtype=dtype)
+    for start in range(0, n, _DRAW_CHUNK):
+        stop = min(n, start + _DRAW_CHUNK)
+        out[start:stop] = rng.uniform(-bound, bound, size=stop - start)
+    return out.reshape(shape)
+
+
+# ---- memory ---------------------------------------------------------------------------------
+
+def param_bytes(plan, dtype, trainable: bool = False) -> int:
+    """Bytes of the plan's parameters (and buffers, unless ``trainable``) in ``dtype``."""
+    item = np.dtype(dtype).itemsize
+    shapes = list(plan.params.values()) + ([] if trainable else list(plan.buffers.values()))
+    return sum(math.prod(int(d) for d in s) for s in shapes) * item
+
+
+def activation_bytes(plan, dtype, batch: int) -> int:
+    """Bytes of inference's memory plan at its peak (compiler/memory.py) for ``batch``
+    samples in ``dtype``: the arena and the outputs."""
+    from ..compiler.memory import plan_memory
+
+    return plan_memory(plan).planned * int(batch) * np.dtype(dtype).itemsize
+
+
+def available_memory(on_device: bool = False) -> int | None:
+    """Bytes free to allocate: host memory (runtime/files.py), or the GPU's free memory
+    for a model on the device. None when unknown."""
+    if on_device:
+        try:
+            import cupy
+
+            return int(cupy.cuda.runtime.memGetInfo()[0])
+        except Exception:  # no CuPy or no device: nothing to say
+            return None
+    return files.available_memory()
+
+
+def require_memory(plan, doing: str, parts: list, dtype="float32", batch: int = 0,
+                   on_device: bool = False) -> None:
+    """Raise `TooLargeError` when ``parts`` (``(what, bytes)`` pairs, e.g. the parameters
+    and the activations of a batch) together exceed the memory available. The message
+    says ``doing`` (as in "running network big on a batch of 8"), the total and its parts,
+    the memory available and the largest layer: its parameters and, with ``batch``, its
+    output for the batch. Nothing is allocated; the plan's sizes are all it reads."""
+    needed = sum(int(b) for _, b in parts)
+    available = available_memory(on_device)
+    if available is None or needed <= available:
+        return
+    shown = [(what, int(b)) for what, b in parts if b]
+    if len(shown) == 1:
+        total = f"{format_bytes(needed)} for its {shown[0][0]}"
+    else:
+        total = (f"about {format_bytes(needed)} ("
+                 + ", ".join(f"{format_bytes(b)} of {what}" for what, b in shown) + ")")
+    kind = "GPU memory free" if on_device else "memory available"
+    message = (f"{doing} in {np.dtype(dtype)} needs {total}, more than the "
+               f"{format_bytes(available)} of {kind}")
+    layer = _largest_layer(plan, dtype, batch)
+    if layer:
+        message += f"; the largest layer is {layer}"
+    raise TooLargeError(message, needed, available)
+
+
+def _largest_layer(plan, dtype, batch: int) -> str:
+    """``fc1`` (dense at m.cnn:3:40): 98.0 GiB of parameters, ...: the step whose
+    parameters and output (for ``batch`` samples) take the most memory."""
+    item = np.dtype(dtype).itemsize
+    shapes = dict(plan.params)
+    shapes.update(plan.buffers)
+    best, best_size = None, 0
+    for step in plan.steps:
+        weights = sum(math.prod(int(d) for d in shapes[k]) for k in step.params
+                      if k in shapes) * item
+        output = math.prod(int(d) for d in step.shape) * int(batch) * item
+        if weights + output > best_size:
+            best, best_size = (step, weights, output), weights + output
+    if best is None:
+        return ""
+    step, weights, output = best
+    span = getattr(step, "span", None)
+    where = f" at {plan.file}:{span.at()}" if span is not None else ""
+    sizes = []
+    if weights:
+        sizes.append(f"{format_bytes(weights)} of parameters")
+    if output:
+        whom = "one sample" if batch == 1 else f"a batch of {batch}"
+        sizes.append(f"{format_bytes(output)} of output for {whom}")
+    return f"`{step.name}` ({step.op.value}{where}): {' and '.join(sizes)}"
+
+
+# The primitives whose training forward keeps nothing for the backward pass but shapes.
+_KEEPS_NOTHING = frozenset({
+    "avgpool1d", "avgpool2d", "avgpool3d", "global_avgpool", "concat", "add", "upsample",
+    "adaptive_avgpool", "slice", "channel_shuffle",
+})
+# Every primitive `estimate_saved_bytes` knows exactly; for any other it counts the step's
+# inputs and output, at least what it keeps. (Ideally each primitive would say what its
+# forward keeps, in ops/, beside the forward itself.)
+SAVED_BYTES_KNOWN = _KEEPS_NOTHING | {
+    "conv1d", "conv2d", "conv3d", "conv_transpose2d", "dense", "scale", "lrn", "batchnorm",
+    "layernorm", "groupnorm", "activation", "softmax", "maxout", "maxpool1d", "maxpool2d",
+    "maxpool3d", "global_maxpool", "adaptive_maxpool", "dropout", "flatten",
+}
+
+
+def estimate_saved_bytes(plan, dtype, batch: int, every_output: bool = False) -> int:
+    """Bytes that a training forward (`Model.forward`) keeps for the backward pass on
+    ``batch`` samples in ``dtype``, from the plan alone: what `Model.saved_bytes` measures
+    after one, each array counted once, parameters excluded. With ``every_output``, also
+    every layer output, all of which the forward holds until it returns: its peak."""
+    arrays = _training_arrays(plan, np.dtype(dtype), every_output)
+    return sum(per_sample * int(batch) + fixed for per_sample, fixed in arrays.values())
+
+
+def _training_arrays(plan, dtype, every_output: bool) -> dict:
+    """What each primitive's training forward keeps (ops/: the ``*_forward`` functions):
+    key -> ``(bytes per sample, bytes independent of the batch)``. A tensor of the plan
+    kept by several steps is one entry (``("tensor", root)``); flatten and dropout with
+    p=0 return their input's memory."""
+    from ..ops.activation import ACTIVATIONS
+    from ..ops.xp import index_dtype
+
+    item = dtype.itemsize
+    shape_of = {name: tuple(shape) for name, shape in plan.inputs.items()}
+    shape_of.update({step.name: tuple(step.shape) for step in plan.steps})
+    size = {name: math.prod(int(d) for d in shape) for name, shape in shape_of.items()}
+    root = {name: name for name in shape_of}
+    kept: dict = {}
+
+    def tensor(name):
+        kept[("tensor", root[name])] = (size[root[name]] * item, 0)
+
+    def new(step, what, per_sample, fixed=0):
+        kept[(step.name, what)] = (per_sample, fixed)
+
+    for step in plan.steps:
+        op, attrs = step.op.value, step.attrs
+        x = step.inputs[0] if step.inputs else None
+        nx, ny = (size[x] if x else 0), size[step.name]
+        if op == "flatten" or (op == "dropout" and attrs.get("p", 0.5) == 0):
+            root[step.name] = root[x]
+            continue
+        if every_output:
+            tensor(step.name)
+        if op in ("conv1d", "conv2d", "conv3d", "conv_transpose2d", "dense", "scale"):
+            tensor(x)
+        elif op == "lrn":
+            tensor(x)
+            new(step, "base", nx * item)
+        elif op == "batchnorm":
+            new(step, "xhat", nx * item, shape_of[x][0] * item)
+        elif op == "layernorm":
+            spatial = math.prod(int(d) for d in shape_of[x][1:])
+            new(step, "xhat", (nx + spatial) * item)
+        elif op == "groupnorm":
+            new(step, "xhat", (nx + int(attrs["groups"])) * item)
+        elif op == "activation":
+            keeps = getattr(ACTIVATIONS.get(attrs.get("name")), "keeps", "x")
+            if keeps == "mask":
+                new(step, "mask", nx)
+            elif keeps == "x":
+                tensor(x)
+            elif keeps == "y":
+                tensor(step.name)
+        elif op == "softmax":
+            tensor(step.name)
+        elif op == "maxout":
+            new(step, "index", ny * index_dtype(int(attrs["k"])).itemsize)
+        elif op in ("maxpool1d", "maxpool2d", "maxpool3d"):
+            kernel = attrs["kernel"]
+            rank = len(shape_of[x]) - 1
+            taps = int(kernel) ** rank if isinstance(kernel, int) else math.prod(kernel)
+            new(step, "index", ny * index_dtype(taps).itemsize)
+        elif op == "global_maxpool":
+            spatial = math.prod(int(d) for d in shape_of[x][1:])
+            new(step, "index", ny * index_dtype(spatial).itemsize)
+        elif op == "adaptive_maxpool":
+            new(step, "taps", _adaptive_taps(shape_of[x], attrs["size"], index_dtype))
+        elif op == "dropout":
+            new(step, "mask", nx, item)  # the mask, and the scale as a NumPy scalar
+        elif op in _KEEPS_NOTHING:
+            pass
+        else:  # an op this table does not know: at most its inputs and its output
+            for name in step.inputs:
+                tensor(name)
+            tensor(step.name)
+    return kept
+
+
+def _adaptive_taps(shape, size, index_dtype) -> int:
+    """Bytes per sample of adaptive_maxpool's winning taps: one array per spatial axis
+    that changes size (the last first), each of the shape after that axis's stage."""
+    current = list(shape)
+    total = 0
+    spatial = len(shape) - 1
+    sizes = [size] * spatial if isinstance(size, int) else list(size)
+    for axis in reversed(range(1, len(shape))):
+        n, m = int(current[axis]), int(sizes[axis - 1])
+        if n == m:
+            continue
+        longest = max(-(-((i + 1) * n) // m) - (i * n) // m for i in range(m))
+        current[axis] = m
+        total += math.prod(current) * index_dtype(longest).itemsize
+    return total
 
 
 def _root(a):

@@ -37,9 +37,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .files import read_npz, write_atomically
+from .files import NUMBERS, ArrayFileError, NpzFile, kind_words, shown, write_atomically
 from .losses import accuracy_count, softmax_cross_entropy
-from .optim import Optimizer, OptimizerStateError, Schedule
+from .model import finite_as
+from .optim import DECAY_CHOICES, OPTIMIZERS, SCHEDULES, Optimizer, OptimizerStateError, Schedule
 
 CHECKPOINT_FORMAT = "cnnc-checkpoint/1"
 
@@ -134,13 +135,22 @@ def load_digits() -> Dataset:
     return Dataset("digits", x_tr, y_tr, x_te, y_te)
 
 
+_LARGEST_LABEL = 2 ** 53  # beyond it a float label is no longer exact
+
+
 def _labels(y, key: str, origin: str) -> np.ndarray:
     if y.ndim != 1:
         raise DataError(f"{origin}: `{key}` must be [N] class labels, got shape {list(y.shape)}")
     if y.dtype.kind in "iu":
+        if y.size and y.dtype.kind == "u" and y.dtype.itemsize >= 8:
+            i = int(np.argmax(y))
+            if int(y[i]) > np.iinfo(np.int64).max:
+                raise DataError(f"{origin}: `{key}` holds {int(y[i])} at {key}[{i}] (dtype "
+                                f"{y.dtype}), too large for a class label")
         return y.astype(np.int64)
     if y.dtype.kind == "f":
-        whole = np.isfinite(y) & (y == np.round(y))
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(y) & (y == np.round(y)) & (np.abs(y) <= _LARGEST_LABEL)
         if whole.all():
             return y.astype(np.int64)
         i = int(np.argmin(whole))
@@ -152,6 +162,9 @@ def _labels(y, key: str, origin: str) -> np.ndarray:
 def _features(x, key: str, origin: str) -> np.ndarray:
     if x.dtype.kind not in "iuf":
         raise DataError(f"{origin}: `{key}` must hold numbers, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise DataError(f"{origin}: `{key}` must be [N, C, H, W] samples, got shape "
+                        f"{list(x.shape)}")
     if x.dtype.kind == "f" and x.size and not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]
         where = ", ".join(str(int(i)) for i in bad)
@@ -165,19 +178,11 @@ def load_npz(path) -> Dataset:
     ``x_test`` and ``y_test``; without them the stratified 80/20 split is used."""
     path = os.fspath(path)
     try:
-        arrays = read_npz(path)
-    except ValueError as err:
+        with NpzFile(path, kinds=_ANY_BUT_OBJECTS) as npz:
+            _check_data_headers(npz.members, path)
+            arrays = npz.read([k for k in DATA_KEYS if k in npz.members])
+    except ArrayFileError as err:
         raise DataError(f"cannot read data file {path}: {err}") from None
-    found = ", ".join(sorted(arrays)) or "nothing"
-    missing = [k for k in ("x", "y") if k not in arrays]
-    if missing:
-        raise DataError(f"{path}: missing {', '.join(f'`{k}`' for k in missing)}; expected "
-                        f"arrays x [N, C, H, W] and y [N] (optionally x_test and y_test), "
-                        f"found: {found}")
-    if ("x_test" in arrays) != ("y_test" in arrays):
-        have, lack = ("x_test", "y_test") if "x_test" in arrays else ("y_test", "x_test")
-        raise DataError(f"{path}: has `{have}` but not `{lack}`; give both or neither "
-                        f"(found: {found})")
     x = _features(arrays["x"], "x", path)
     y = _labels(arrays["y"], "y", path)
     if len(x) != len(y):
@@ -194,6 +199,42 @@ def load_npz(path) -> Dataset:
     if len(x_tr) == 0:
         raise DataError(f"{path}: the training set is empty")
     return Dataset(path, x_tr, y_tr, x_te, y_te)
+
+
+DATA_KEYS = ("x", "y", "x_test", "y_test")
+_ANY_BUT_OBJECTS = "biufcUSVMm"
+
+
+def _check_data_headers(members: dict, path: str) -> None:
+    """Refuse from the headers alone, before any data is read: missing arrays, dtypes
+    that are not numbers (labels: not integers or floats) and a training set without
+    samples. Members other than `DATA_KEYS` are never read."""
+    found = ", ".join(shown(k) for k in sorted(members)) or "nothing"
+    missing = [k for k in ("x", "y") if k not in members]
+    if missing:
+        raise DataError(f"{path}: missing {', '.join(f'`{k}`' for k in missing)}; expected "
+                        f"arrays x [N, C, H, W] and y [N] (optionally x_test and y_test), "
+                        f"found: {found}")
+    if ("x_test" in members) != ("y_test" in members):
+        have, lack = ("x_test", "y_test") if "x_test" in members else ("y_test", "x_test")
+        raise DataError(f"{path}: has `{have}` but not `{lack}`; give both or neither "
+                        f"(found: {found})")
+    for key in ("x", "x_test", "y", "y_test"):
+        member = members.get(key)
+        if member is None:
+            continue
+        dtype = member.dtype
+        plain = dtype.names is None and dtype.subdtype is None
+        if plain and dtype.kind in NUMBERS:
+            continue
+        if key.startswith("x"):
+            raise DataError(f"{path}: `{key}` must hold numbers, got dtype {dtype} "
+                            f"({kind_words(dtype)})")
+        raise DataError(f"{path}: `{key}` must hold integer class labels, got dtype {dtype}")
+    shape = members["x"].shape
+    if not shape or shape[0] == 0:
+        raise DataError(f"{path}: `x` holds no samples (shape {list(shape)}); a data set "
+                        "needs at least one")
 
 
 def load_data(spec: str) -> Dataset:
@@ -265,30 +306,233 @@ class Checkpoint:
     optim: dict  # slot -> key -> array
 
 
-def read_checkpoint(path) -> Checkpoint:
-    path = os.fspath(path)
+def _open_checkpoint(path: str) -> NpzFile:
+    """The checkpoint's .npz opened, every header checked; its marker checked too."""
     try:
-        arrays = read_npz(path)
-    except ValueError as err:
+        npz = NpzFile(path, kinds=NUMBERS, text=("format", "meta"))
+    except ArrayFileError as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
-    marker = arrays.get("format")
-    if marker is None or marker.shape != () or str(marker) != CHECKPOINT_FORMAT:
-        what = "no format marker" if marker is None else f"format {str(marker)[:40]!r}"
-        raise CheckpointError(f"{path} is not a cnnc training checkpoint ({what}; expected "
-                              f"{CHECKPOINT_FORMAT!r}; a weights file written by -o is not a "
-                              "checkpoint)")
     try:
-        meta = json.loads(str(arrays["meta"]))
-    except (KeyError, ValueError) as err:
+        marker = npz.members.get("format")
+        text = None
+        if marker is not None and marker.dtype.kind == "U" and marker.shape == ():
+            text = str(npz.read(["format"])["format"])
+        if text != CHECKPOINT_FORMAT:
+            what = ("no format marker" if marker is None else
+                    f"format {shown(text[:40]) if text is not None else marker.describe()!r}")
+            raise CheckpointError(f"{path} is not a cnnc training checkpoint ({what}; expected "
+                                  f"{CHECKPOINT_FORMAT!r}; a weights file written by -o is not "
+                                  "a checkpoint)")
+        if "meta" not in npz.members:
+            raise CheckpointError(f"checkpoint {path} has no readable metadata: no member "
+                                  "`meta`")
+    except ArrayFileError as err:
+        npz.close()
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+    except BaseException:
+        npz.close()
+        raise
+    return npz
+
+
+def _read_meta(npz: NpzFile, path: str) -> dict:
+    try:
+        text = str(npz.read(["meta"])["meta"])
+    except ArrayFileError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as err:
         raise CheckpointError(f"checkpoint {path} has no readable metadata: {err}") from None
+    check_meta(meta, path)
+    return meta
+
+
+def read_checkpoint_meta(path) -> dict:
+    """A checkpoint's metadata alone (epoch, step, network, settings), checked; its arrays
+    are not read. CheckpointError as `read_checkpoint`."""
+    path = os.fspath(path)
+    with _open_checkpoint(path) as npz:
+        return _read_meta(npz, path)
+
+
+def read_checkpoint(path, plan=None) -> Checkpoint:
+    """A checkpoint read back, its metadata checked (`check_meta`). With ``plan``, the
+    network's name and every model array's shape are checked against it from the headers,
+    before any array is read."""
+    path = os.fspath(path)
+    with _open_checkpoint(path) as npz:
+        meta = _read_meta(npz, path)
+        keys = [k for k in npz.members if k.startswith(("model/", "optim/"))]
+        if plan is not None:
+            _check_fits(meta, {k[len("model/"):]: npz.members[k] for k in keys
+                               if k.startswith("model/")}, plan, path)
+        try:
+            arrays = npz.read(keys)
+        except ArrayFileError as err:
+            raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
     model, optim = {}, {}
     for key, arr in arrays.items():
         if key.startswith("model/"):
             model[key[len("model/"):]] = arr
-        elif key.startswith("optim/"):
+        else:
             slot, _, name = key[len("optim/"):].partition("/")
             optim.setdefault(slot, {})[name] = arr
     return Checkpoint(path, meta, model, optim)
+
+
+def _check_fits(meta: dict, arrays: dict, plan, path: str) -> None:
+    """The checkpoint is of ``plan``'s network and its model arrays (key -> anything with
+    a shape) have the plan's keys and shapes; CheckpointError listing every difference."""
+    if meta.get("network") != plan.network:
+        raise CheckpointError(f"checkpoint {path} is for network {meta.get('network')}, "
+                              f"not {plan.network}")
+    expected = {k: tuple(v) for k, v in plan.params.items()}
+    expected.update({k: tuple(v) for k, v in plan.buffers.items()})
+    problems = [f"missing {k} {list(s)}" for k, s in sorted(expected.items())
+                if k not in arrays]
+    problems += [f"unexpected {shown(k)} {list(a.shape)}" for k, a in sorted(arrays.items())
+                 if k not in expected]
+    problems += [f"{k} has shape {list(a.shape)}, expected {list(expected[k])}"
+                 for k, a in sorted(arrays.items())
+                 if k in expected and tuple(a.shape) != expected[k]]
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not fit network "
+                              f"{plan.network}:\n  " + "\n  ".join(problems))
+
+
+# ---- checking a checkpoint's metadata ---------------------------------------------------------
+
+
+def _is_int(v) -> bool:
+    return type(v) is int
+
+
+def _is_real(v) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _whole(low: int):
+    return lambda v: _is_int(v) and v >= low, f"a whole number >= {low}"
+
+
+def _real(low: float, high: float | None = None, high_open: bool = True):
+    def ok(v):
+        if not _is_real(v) or v < low:
+            return False
+        return high is None or (v < high if high_open else v <= high)
+
+    bound = "" if high is None else (f" and < {high}" if high_open else f" and <= {high}")
+    return ok, f"a finite number >= {low}{bound}"
+
+
+def _one_of(choices):
+    return lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices)
+
+
+_ANY_REAL = (_is_real, "a finite number")
+_STRING = (lambda v: isinstance(v, str), "a string")
+_DICT = (lambda v: isinstance(v, dict), "an object")
+_DICT_OR_NONE = (lambda v: v is None or isinstance(v, dict), "an object or null")
+_BOOL = (lambda v: type(v) is bool, "true or false")
+_FRACTION = _real(0, 1, high_open=False)
+_FRACTION_OR_NONE = (lambda v: v is None or _FRACTION[0](v), "null or a number in [0, 1]")
+
+_META = {
+    "network": _STRING, "dtype": _one_of(("float32", "float64")), "epoch": _whole(0),
+    "step": _whole(0), "batch_size": _whole(1), "seed": _whole(0),
+    "label_smoothing": _real(0, 1), "optimizer": _DICT, "schedule": _DICT,
+    "shuffle_rng": _DICT, "epoch_rng": _DICT_OR_NONE, "dropout_rng": _DICT_OR_NONE,
+    "partial": _DICT, "history": (lambda v: isinstance(v, list), "a list"),
+    "elapsed": _real(0), "data": _DICT_OR_NONE,
+}
+_OPTIMIZER = {"kind": _one_of(tuple(OPTIMIZERS)), "hyper": _DICT, "counts": _DICT}
+_HYPER = {"lr": _real(0), "weight_decay": _real(0), "decay": _one_of(DECAY_CHOICES)}
+_SGD = {"momentum": _real(0), "dampening": _real(0), "nesterov": _BOOL}
+_ADAM = {"betas": (lambda v: isinstance(v, list) and len(v) == 2
+                   and all(_real(0, 1)[0](b) for b in v), "two numbers in [0, 1)"),
+         "eps": _real(0)}
+_SCHEDULE = {"base_lr": _real(0), "kind": _one_of(SCHEDULES), "step_size": _whole(1),
+             "gamma": _real(0), "t_max": _whole(1), "eta_min": _real(0), "warmup": _whole(0)}
+_PARTIAL = {"loss_sum": _ANY_REAL, "correct": _whole(0), "seen": _whole(0),
+            "seconds": _real(0)}
+_HISTORY = {"epoch": _whole(1), "lr": _real(0), "train_loss": _ANY_REAL,
+            "train_accuracy": _FRACTION, "test_accuracy": _FRACTION_OR_NONE,
+            "seconds": _real(0), "images_per_second": _real(0)}
+_DATA = {"name": _STRING, "fingerprint": _STRING, "train": _whole(0), "test": _whole(0)}
+
+
+def _value(v) -> str:
+    text = json.dumps(v) if not isinstance(v, str) else repr(v)
+    return shown(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _check_fields(d: dict, spec: dict, where: str, path: str, exact: bool = False) -> None:
+    for key, (ok, expected) in spec.items():
+        if key not in d:
+            raise CheckpointError(f"checkpoint {path}: member `meta`: {where}{key} is missing; "
+                                  f"expected {expected}")
+        if not ok(d[key]):
+            raise CheckpointError(f"checkpoint {path}: member `meta`: {where}{key} is "
+                                  f"{_value(d[key])}; expected {expected}")
+    if exact:
+        extra = sorted(set(d) - set(spec))
+        if extra:
+            raise CheckpointError(f"checkpoint {path}: member `meta`: {where}{shown(extra[0])} "
+                                  "is not a field cnnc writes")
+
+
+def check_meta(meta, path: str) -> None:
+    """Refuse a checkpoint's metadata with an impossible value (a negative epoch, a
+    learning rate that is NaN, a history that disagrees with the epoch count, ...): a
+    CheckpointError naming the file, the member, the field and the value."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: member `meta` is {_value(meta)}; expected "
+                              "an object")
+    _check_fields(meta, _META, "", path)
+    opt = meta["optimizer"]
+    _check_fields(opt, _OPTIMIZER, "optimizer.", path)
+    hyper = dict(_HYPER, **(_SGD if opt["kind"] == "sgd" else _ADAM))
+    _check_fields(opt["hyper"], hyper, "optimizer.hyper.", path, exact=True)
+    for key, count in opt["counts"].items():
+        if not _whole(0)[0](count):
+            raise CheckpointError(f"checkpoint {path}: member `meta`: optimizer.counts."
+                                  f"{shown(key)} is {_value(count)}; expected a whole number "
+                                  ">= 0")
+    _check_fields(meta["schedule"], _SCHEDULE, "schedule.", path, exact=True)
+    _check_fields(meta["partial"], _PARTIAL, "partial.", path, exact=True)
+    partial = meta["partial"]
+    if partial["correct"] > partial["seen"]:
+        raise CheckpointError(f"checkpoint {path}: member `meta`: partial.correct is "
+                              f"{partial['correct']}, more than partial.seen, "
+                              f"{partial['seen']}")
+    history = meta["history"]
+    if len(history) != meta["epoch"]:
+        raise CheckpointError(f"checkpoint {path}: member `meta`: epoch is "
+                              f"{_value(meta['epoch'])}, but the history holds "
+                              f"{len(history)} epochs")
+    for i, entry in enumerate(history):
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"checkpoint {path}: member `meta`: history[{i}] is "
+                                  f"{_value(entry)}; expected an object")
+        _check_fields(entry, _HISTORY, f"history[{i}].", path, exact=True)
+        if entry["epoch"] != i + 1:
+            raise CheckpointError(f"checkpoint {path}: member `meta`: history[{i}].epoch is "
+                                  f"{_value(entry['epoch'])}; expected {i + 1}")
+    if meta["step"] and meta["epoch_rng"] is None:
+        raise CheckpointError(f"checkpoint {path}: member `meta`: step is {meta['step']}, "
+                              "but epoch_rng, the shuffle of that epoch, is null")
+    if meta["data"] is not None:
+        _check_fields(meta["data"], _DATA, "data.", path)
+    for key in ("shuffle_rng", "epoch_rng", "dropout_rng"):
+        state = meta[key]
+        if state is None or (key == "dropout_rng" and state.get("bit_generator") != "PCG64"):
+            continue  # another generator's (CuPy's): its model checks it
+        try:
+            np.random.default_rng().bit_generator.state = state
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as err:
+            raise CheckpointError(f"checkpoint {path}: member `meta`: {key} is not the state "
+                                  f"of a NumPy generator ({type(err).__name__}: {err})") from None
 
 
 # ---- the loop ---------------------------------------------------------------------------------
@@ -370,6 +614,7 @@ class Trainer:
         self.elapsed = 0.0  # seconds of fit() so far, over every resumed run
         self.saved_epoch = None  # the epoch of the last checkpoint written or restored
         self._data_id = None
+        self._restored = None  # the path of the checkpoint restored
         self._stop = False
 
     # ---- evaluation -------------------------------------------------------------------------
@@ -389,23 +634,16 @@ class Trainer:
         """Train until ``epochs`` whole epochs are done (counting those of a restored
         checkpoint) and return the history, one `EpochStats` per epoch."""
         progress = progress or Progress()
-        check_data(self.model.plan, data)
-        data_id = {"name": os.path.basename(data.name), "fingerprint": data.fingerprint(),
-                   "train": int(len(data.x_train)), "test": int(len(data.x_test))}
-        if self._data_id is not None and self._data_id["fingerprint"] != data_id["fingerprint"]:
-            old = self._data_id
-            raise CheckpointError(
-                f"the checkpoint was trained on other data ({old['name']}: {old['train']} "
-                f"training and {old['test']} test samples); this run has {data_id['name']}: "
-                f"{data_id['train']} and {data_id['test']}")
-        self._data_id = data_id
+        self._data_id = self.check_resume(data)
         xp, dtype = self.model.xp, self.model.dtype
-        x_train = xp.asarray(data.x_train, dtype=dtype)
-        y_train = xp.asarray(data.y_train, dtype=np.int64)
-        x_test = xp.asarray(data.x_test, dtype=dtype)
-        y_test = xp.asarray(data.y_test, dtype=np.int64)
         n = len(data.x_train)
         steps = len(batch_bounds(n, self.batch_size))
+        x_train = xp.asarray(finite_as(data.x_train, dtype, f"{data.name}: `x`", DataError,
+                                       "values"))
+        y_train = xp.asarray(data.y_train, dtype=np.int64)
+        x_test = xp.asarray(finite_as(data.x_test, dtype, f"{data.name}: `x_test`", DataError,
+                                      "values"))
+        y_test = xp.asarray(data.y_test, dtype=np.int64)
 
         previous = self._catch_sigint()
         started = time.perf_counter()
@@ -417,6 +655,31 @@ class Trainer:
             self.elapsed += time.perf_counter() - started
             self._release_sigint(previous)
         return self.history
+
+    def check_resume(self, data: Dataset) -> dict:
+        """Refuse ``data`` that does not fit the network (`check_data`) or, after `restore`,
+        is not the data the checkpoint was trained on, or has fewer steps per epoch than
+        the checkpoint has done of its epoch in progress. Returns the data's identity, as
+        a checkpoint keeps it."""
+        check_data(self.model.plan, data)
+        data_id = {"name": os.path.basename(data.name), "fingerprint": data.fingerprint(),
+                   "train": int(len(data.x_train)), "test": int(len(data.x_test))}
+        if self._data_id is not None and self._data_id["fingerprint"] != data_id["fingerprint"]:
+            old = self._data_id
+            raise CheckpointError(
+                f"the checkpoint was trained on other data ({old['name']}: {old['train']} "
+                f"training and {old['test']} test samples); this run has {data_id['name']}: "
+                f"{data_id['train']} and {data_id['test']}")
+        n = len(data.x_train)
+        if n == 0:
+            raise DataError(f"the training set of {data.name} is empty")
+        steps = len(batch_bounds(n, self.batch_size))
+        if self.step_in_epoch and self.step_in_epoch >= steps:
+            where = f"checkpoint {self._restored}" if self._restored else "the checkpoint"
+            raise CheckpointError(
+                f"{where} is at step {self.step_in_epoch} of epoch {self.epoch + 1}, but an "
+                f"epoch of {n} samples in batches of {self.batch_size} has {steps} steps")
+        return data_id
 
     def _run_epoch(self, x_train, y_train, x_test, y_test, n, steps, epochs, progress, started):
         xp = self.model.xp
@@ -575,6 +838,13 @@ class Trainer:
         if problems:
             raise CheckpointError(f"checkpoint {path} does not fit network "
                                   f"{model.plan.network}:\n  " + "\n  ".join(problems))
+        values = {key: finite_as(arr, model.dtype, f"checkpoint {path}: `model/{key}`",
+                                 CheckpointError)
+                  for key, arr in sorted(ckpt.model.items())}
+        for slot, arrays in sorted(ckpt.optim.items()):
+            for key, arr in sorted(arrays.items()):
+                finite_as(arr, model.dtype, f"checkpoint {path}: `optim/{slot}/{key}`",
+                          CheckpointError, "optimizer state")
         try:  # read everything before changing anything
             opt_meta = meta["optimizer"]
             opt_state = {"kind": opt_meta["kind"], "hyper": opt_meta["hyper"],
@@ -597,15 +867,16 @@ class Trainer:
             history = [EpochStats(**h) for h in meta["history"]]
             elapsed = float(meta["elapsed"])
             data_id = meta.get("data")
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as err:
+            # NumPy's own checks of a generator's state among them
             raise CheckpointError(f"checkpoint {path} is damaged: {type(err).__name__}: "
                                   f"{err}") from None
         try:
             self.optimizer.load_state_dict(opt_state)  # all-or-nothing itself
         except (OptimizerStateError, ValueError, TypeError) as err:
             raise CheckpointError(f"checkpoint {path}: {err}") from None
-        for key, arr in ckpt.model.items():
-            model.params[key][...] = model.xp.asarray(arr, dtype=model.dtype)
+        for key, arr in values.items():
+            model.params[key][...] = model.xp.asarray(arr)
         self.schedule = schedule
         self.batch_size, self.seed, self.label_smoothing = settings
         self.rng = shuffle
@@ -617,10 +888,12 @@ class Trainer:
         self.elapsed = elapsed
         self._data_id = data_id
         self.saved_epoch = self.epoch
+        self._restored = path
 
 
 __all__ = [
     "CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "DataError", "Dataset", "EpochStats",
     "Progress", "Trainer", "TrainingDiverged", "TrainingInterrupted", "check_data",
-    "classifier_shape", "load_data", "load_digits", "load_npz", "read_checkpoint",
+    "check_meta", "classifier_shape", "load_data", "load_digits", "load_npz",
+    "read_checkpoint", "read_checkpoint_meta",
 ]
