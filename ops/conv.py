@@ -1,26 +1,35 @@
-"""Convolution: the ``conv`` layer and the CONV2D primitive it lowers to.
+"""Convolution: the ``conv``, ``conv1d`` and ``conv3d`` layers and the CONV2D, CONV1D and
+CONV3D primitives they lower to.
 
 =========  ======================================  =======================================
 layer      arguments                               primitive
 =========  ======================================  =======================================
 conv       out, kernel, stride=1, pad=0,           CONV2D ``(x, w, b=None, *, stride, pad,
            dilation=1, groups=1, bias=true         dilation, groups, act)``
+conv1d     the same, on [C, L] signals             CONV1D (the same attributes)
+conv3d     the same, on [C, D, H, W] volumes       CONV3D (the same attributes)
 =========  ======================================  =======================================
 
-``pad`` of the primitive is ``(top, bottom, left, right)``; the layer's ``pad=same`` is
-resolved at lowering from the input's size. ``act`` is a fused activation epilogue (None, a
-name, or ``(name, params)``), set by the memory plan's fusion, never by the lowering; the
-kernels also take ``scale=``, a folded batchnorm's per-channel factor.
+Kernel, stride and dilation are one value per spatial dim. ``pad`` of a primitive is
+``(begin, end)`` per spatial dim, flattened: ``(top, bottom, left, right)`` for CONV2D,
+``(begin, end)`` for CONV1D, ``(front, back, top, bottom, left, right)`` for CONV3D; the
+layers' ``pad=same`` is resolved at lowering from the input's size. ``act`` is a fused
+activation epilogue (None, a name, or ``(name, params)``), set by the memory plan's fusion,
+never by the lowering; the kernels also take ``scale=``, a folded batchnorm's per-channel
+factor.
 
 Implementations: the NumPy-API kernel (shifted-rows GEMM, or im2col over a strided window
 view), the training pair (col2im backward), the CUDA kernels (im2col, depthwise, epilogue,
 col2im around cuBLAS), the loop reference, ONNX ``Conv`` and ``torch.nn.functional.conv2d``.
+CONV1D runs on all of CONV2D's kernels through height-1 views; CONV3D has an N-d im2col of
+its own (NumPy API, so it runs on CuPy arrays too). ONNX ``Conv`` and PyTorch's
+``conv1d`` / ``conv3d`` take every rank.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-
 
 from ..compiler import shapes
 from ..compiler.symbolic import is_concrete
@@ -29,7 +38,7 @@ from .activation import act_args, act_backward, act_spec, apply_act_, bias_act, 
 from .activation import reference_act, refuse_fused_prelu
 from .base import ArgSpec, Example, Layer, Primitive, divisor_help
 from .window import checked_out, pads4, pair
-from .xp import as_grad, float_dtype, get_array_module, no_act, numpy
+from .xp import as_grad, float_dtype, get_array_module, no_act, numpy, prod
 
 # Bytes of column matrix per chunk of the NumPy kernels: big enough for a wide GEMM, small
 # enough for L2/L3. (The CUDA kernels' budget is ``gpu.WORKSPACE_BYTES``.)
@@ -39,44 +48,65 @@ WORKSPACE_BYTES = 4 << 20
 SHIFTED = True
 
 
-# ---- the layer --------------------------------------------------------------------------------
+# ---- the layers -------------------------------------------------------------------------------
+# ``conv`` on [C, H, W] maps, ``conv1d`` on [C, L] signals, ``conv3d`` on [C, D, H, W] volumes:
+# one set of rules, per spatial dim.
+
+# spatial dims -> the layer, and the primitive it lowers to
+NAMES = {1: "conv1d", 2: "conv", 3: "conv3d"}
+PRIMITIVE_NAMES = {1: "conv1d", 2: "conv2d", 3: "conv3d"}
+# Argument kinds of conv1d and conv3d (ops/base.py): an integer or a list per spatial dim,
+# and that or `same` / `valid` for the padding; ``check_args`` makes each one value per dim.
+DIMS_KIND = "dims"
+DPAD_KIND = "dcpad"
 
 
-def _infer(shape, a, ctx):
-    channels = shape[0]
-    groups = a["groups"]
-    if is_concrete(channels) and channels % groups:
-        ctx.error(
-            "E305",
-            f"conv groups={groups} does not divide the {channels} input channels",
-            help=divisor_help("groups", channels, groups),
-        )
-        return None
-    if a["out"] % groups:
-        ctx.error(
-            "E305",
-            f"conv groups={groups} does not divide the {a['out']} output channels",
-            help=divisor_help("groups", a["out"], groups),
-        )
-        return None
-    hw = window.spatial("conv", shape, ctx, a["kernel"], a["stride"], a["pad"], a["dilation"])
-    if hw is None:
-        return None
-    return (a["out"],) + hw
+def _infer_for(op):
+    def infer(shape, a, ctx):
+        channels = shape[0]
+        groups = a["groups"]
+        if is_concrete(channels) and channels % groups:
+            ctx.error(
+                "E305",
+                f"{op} groups={groups} does not divide the {channels} input channels",
+                help=divisor_help("groups", channels, groups),
+            )
+            return None
+        if a["out"] % groups:
+            ctx.error(
+                "E305",
+                f"{op} groups={groups} does not divide the {a['out']} output channels",
+                help=divisor_help("groups", a["out"], groups),
+            )
+            return None
+        sizes = window.spatial(op, shape, ctx, a["kernel"], a["stride"], a["pad"],
+                               a["dilation"])
+        if sizes is None:
+            return None
+        return (a["out"],) + sizes
+
+    return infer
+
+
+_infer = _infer_for("conv")
 
 
 def _params(shape, a):
-    kh, kw = a["kernel"]
-    out = {"weight": (a["out"], shape[0] // a["groups"], kh, kw)}
+    out = {"weight": (a["out"], shape[0] // a["groups"]) + tuple(a["kernel"])}
     if a["bias"]:
         out["bias"] = (a["out"],)
     return out
 
 
 def _macs(shape_in, shape_out, a):
-    kh, kw = a["kernel"]
-    per_output = shape_in[0] // a["groups"] * kh * kw
-    return shape_out[0] * shape_out[1] * shape_out[2] * per_output
+    """Output elements x C/groups x kernel volume."""
+    per_output = shape_in[0] // a["groups"]
+    for k in a["kernel"]:
+        per_output = per_output * k
+    total = shape_out[0]
+    for size in shape_out[1:]:
+        total = total * size
+    return total * per_output
 
 
 def _lint(node, in_shape, report):
@@ -87,38 +117,55 @@ def _fix(node, in_shape, axis, target):
     return window.fix(node, in_shape, axis, target, pool=False)
 
 
-def _rank_help(shape):
-    return window.map_only_help("conv", shape)
+def _rank_help_for(op):
+    def rank_help(shape):
+        return window.namesake_help(op, NAMES, shape)
+
+    return rank_help
+
+
+_rank_help = _rank_help_for("conv")
 
 
 def _pads(a, in_shape):
-    """``(top, bottom, left, right)`` of the layer's ``pad``; ``same`` from the input size."""
+    """The primitive's ``pad`` of the layer's: ``(begin, end)`` per spatial dim, flattened
+    (``(top, bottom, left, right)`` in 2-D); ``same`` from the input size."""
     if a["pad"] != "same":
-        return (a["pad"][0], a["pad"][0], a["pad"][1], a["pad"][1])
-    _, h, w = in_shape
-    top, bottom = shapes.same_pads(h, a["kernel"][0], a["stride"][0], a["dilation"][0])
-    left, right = shapes.same_pads(w, a["kernel"][1], a["stride"][1], a["dilation"][1])
-    return (top, bottom, left, right)
+        return tuple(p for p in a["pad"] for _ in range(2))
+    pads = ()
+    for n, k, s, d in zip(in_shape[1:], a["kernel"], a["stride"], a["dilation"]):
+        pads += shapes.same_pads(n, k, s, d)
+    return pads
 
 
-def _lower(node, in_shapes):
-    a = node.args
-    attrs = dict(stride=a["stride"], pad=_pads(a, in_shapes[0]), dilation=a["dilation"],
-                 groups=a["groups"], act=None)
-    return "conv2d", attrs
+def _lower_for(primitive):
+    def lower(node, in_shapes):
+        a = node.args
+        attrs = dict(stride=a["stride"], pad=_pads(a, in_shapes[0]), dilation=a["dilation"],
+                     groups=a["groups"], act=None)
+        return primitive, attrs
+
+    return lower
+
+
+_lower = _lower_for("conv2d")
+
+
+def _conv_args(dims_kind, pad_kind):
+    return [
+        ArgSpec("out", "count"),
+        ArgSpec("kernel", dims_kind),
+        ArgSpec("stride", dims_kind, 1),
+        ArgSpec("pad", pad_kind, 0),
+        ArgSpec("dilation", dims_kind, 1),
+        ArgSpec("groups", "count", 1),
+        ArgSpec("bias", "bool", True),
+    ]
 
 
 CONV = Layer(
     "conv",
-    [
-        ArgSpec("out", "count"),
-        ArgSpec("kernel", "pair"),
-        ArgSpec("stride", "pair", 1),
-        ArgSpec("pad", "cpad", 0),
-        ArgSpec("dilation", "pair", 1),
-        ArgSpec("groups", "count", 1),
-        ArgSpec("bias", "bool", True),
-    ],
+    _conv_args("pair", "cpad"),
     (3,),
     _infer,
     _lower,
@@ -132,35 +179,61 @@ CONV = Layer(
 )
 
 
+def _conv_layer(n, doc):
+    op = NAMES[n]
+    return Layer(
+        op,
+        _conv_args(DIMS_KIND, DPAD_KIND),
+        (n + 1,),
+        _infer_for(op),
+        _lower_for(PRIMITIVE_NAMES[n]),
+        params=_params,
+        macs=_macs,
+        check_args=window.per_dim_checks(op, n, ("kernel", "stride", "pad", "dilation")),
+        lint=_lint,
+        formula=window.formula,
+        fix=_fix,
+        rank_help=_rank_help_for(op),
+        doc=doc,
+    )
+
+
+CONV1D = _conv_layer(1, "1-D convolution over [C, L] signals")
+CONV3D = _conv_layer(3, "3-D convolution over [C, D, H, W] volumes")
+
+
 # ---- CONV2D: the kernel -----------------------------------------------------------------------
 
 
-def _check_shapes(x, w, b, groups):
-    if x.ndim != 4:
-        raise ValueError(f"conv2d: input must be [N, C, H, W], got shape {tuple(x.shape)}")
-    if w.ndim != 4:
+def _check_shapes(x, w, b, groups, where="conv2d", n=2):
+    """The ranks and channel counts of a convolution with ``n`` spatial dims."""
+    if x.ndim != n + 2:
+        raise ValueError(f"{where}: input must be [N, C, {window.DIM_LETTERS[n]}], got shape "
+                         f"{tuple(x.shape)}")
+    if w.ndim != n + 2:
         raise ValueError(
-            f"conv2d: weight must be [out, C/groups, kh, kw], got shape {tuple(w.shape)}"
+            f"{where}: weight must be [out, C/groups, {window.KERNEL_LETTERS[n]}], got shape "
+            f"{tuple(w.shape)}"
         )
     channels = x.shape[1]
     out_channels, group_channels = w.shape[:2]
     if groups < 1 or channels % groups != 0 or out_channels % groups != 0:
         raise ValueError(
-            f"conv2d: input channels ({channels}) and output channels ({out_channels}) "
+            f"{where}: input channels ({channels}) and output channels ({out_channels}) "
             f"must both divide by groups ({groups})"
         )
     if group_channels * groups != channels:
         raise ValueError(
-            f"conv2d: weight {tuple(w.shape)} expects {group_channels * groups} input "
+            f"{where}: weight {tuple(w.shape)} expects {group_channels * groups} input "
             f"channels with groups={groups}, input has {channels}"
         )
     if b is not None and tuple(b.shape) != (out_channels,):
-        raise ValueError(f"conv2d: bias must be [{out_channels}], got {tuple(b.shape)}")
+        raise ValueError(f"{where}: bias must be [{out_channels}], got {tuple(b.shape)}")
 
 
-def _check_scale(scale, out_channels):
+def _check_scale(scale, out_channels, where="conv2d"):
     if tuple(scale.shape) != (out_channels,):
-        raise ValueError(f"conv2d: scale must be [{out_channels}], got {tuple(scale.shape)}")
+        raise ValueError(f"{where}: scale must be [{out_channels}], got {tuple(scale.shape)}")
 
 
 def _geometry(x, w, stride, pad, dilation):
@@ -669,6 +742,313 @@ def gpu_conv2d_backward(saved, dy):
     return (gx,), grads
 
 
+# ---- CONV1D: a CONV2D of height 1 --------------------------------------------------------------
+# ``x (N, C, L)`` is seen as ``(N, C, 1, L)`` and ``w (O, C/G, k)`` as ``(O, C/G, 1, k)``
+# (views, no copies), so conv1d runs on CONV2D's kernels: the shifted-rows GEMM on the host,
+# the CUDA kernels on a GPU, the fused scale, bias and activation epilogue on both. Its own
+# checks come first, so that its errors speak of conv1d and lengths.
+
+
+def _geometry_nd(x, w, stride, pad, dilation, where):
+    """Checked ``(strides, dilations, pad pairs, output sizes)`` of a convolution of ``x``
+    by ``w`` with any number of spatial dims."""
+    n = w.ndim - 2
+    strides = window.dims(stride, n, "stride")
+    dilations = window.dims(dilation, n, "dilation")
+    pairs = window.pad_pairs(pad, n)
+    if min(strides + dilations) < 1 or min(window.flat_pads(pairs)) < 0:
+        raise ValueError(
+            f"{where}: stride and dilation must be >= 1 and pad >= 0, got "
+            f"stride={strides}, dilation={dilations}, pad={window.flat_pads(pairs)}"
+        )
+    outs = tuple(
+        checked_out(size, k, s, p, d, False, f"{where} {name}")
+        for size, k, s, p, d, name in zip(x.shape[2:], w.shape[2:], strides, pairs, dilations,
+                                          window.AXIS_NAMES[n])
+    )
+    return strides, dilations, pairs, outs
+
+
+def _check_out(out, shape, dtype, where):
+    if out is not None and (tuple(out.shape) != tuple(shape) or out.dtype != dtype):
+        raise ValueError(f"{where}: out must be {list(shape)} {dtype}, got "
+                         f"{list(out.shape)} {out.dtype}")
+
+
+def _as_2d(x, w, b, stride, pad, dilation, groups, xp):
+    """Check a conv1d as conv1d; return its CONV2D arguments ``(x, w, attrs, out shape)``."""
+    dtype = float_dtype(xp, x, w)
+    x = xp.asarray(x, dtype=dtype)
+    w = xp.asarray(w, dtype=dtype)
+    _check_shapes(x, w, b, groups, "conv1d", 1)
+    (s,), (d,), ((begin, end),), (lo,) = _geometry_nd(x, w, stride, pad, dilation, "conv1d")
+    attrs = dict(stride=(1, s), pad=(0, 0, begin, end), dilation=(1, d), groups=groups)
+    return x[:, :, None, :], w[:, :, None, :], attrs, (x.shape[0], w.shape[0], lo)
+
+
+def conv1d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None,
+           scale=None):
+    """Convolve ``x (N, C, L)`` with ``w (O, C/groups, k)``; returns ``(N, O, Lo)``.
+
+    ``pad`` is ``p`` or ``(begin, end)``; ``stride`` and ``dilation`` an integer or a
+    one-element list; ``act``, ``out`` and ``scale`` as CONV2D's (``out`` may be a channel
+    slice)."""
+    xp = get_array_module(x, w)
+    x2, w2, attrs, shape = _as_2d(x, w, b, stride, pad, dilation, groups, xp)
+    _check_out(out, shape, x2.dtype, "conv1d")
+    target = None if out is None else out[:, :, None, :]
+    y = conv2d(x2, w2, b, act=act, out=target, scale=scale, **attrs)
+    return y[:, :, 0, :] if out is None else out
+
+
+def conv1d_forward(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None,
+                   train=True, rng=None):
+    """CONV2D's training forward on the height-1 views."""
+    no_act(act, "conv1d")
+    xp = get_array_module(x, w)
+    x2, w2, attrs, shape = _as_2d(x, w, b, stride, pad, dilation, groups, xp)
+    y, saved = conv2d_forward(x2, w2, b, **attrs)
+    return y[:, :, 0, :], (saved, shape)
+
+
+def conv1d_backward(saved, dy):
+    inner, y_shape = saved
+    x = inner[0]
+    xp = get_array_module(x)
+    dy = as_grad(dy, y_shape, x.dtype, xp, "conv1d")
+    (gx,), grads = conv2d_backward(inner, dy[:, :, None, :])
+    return (gx[:, :, 0, :],), (grads[0][:, :, 0, :],) + tuple(grads[1:])
+
+
+def gpu_conv1d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None,
+               scale=None):
+    """CONV1D on the GPU: CONV2D's CUDA kernels on the height-1 views."""
+    xp = gpu.cupy()
+    x, w, b = _gpu_inputs(x, w, b, xp)
+    x2, w2, attrs, shape = _as_2d(x, w, b, stride, pad, dilation, groups, xp)
+    _check_out(out, shape, x2.dtype, "conv1d")
+    target = None if out is None else out[:, :, None, :]
+    y = gpu_conv2d(x2, w2, b, act=act, out=target, scale=scale, **attrs)
+    return y[:, :, 0, :] if out is None else out
+
+
+def gpu_conv1d_forward(x, w, b=None, *, train=True, rng=None, stride=1, pad=0, dilation=1,
+                       groups=1, act=None):
+    xp = gpu.cupy()
+    x, w, b = _gpu_inputs(x, w, b, xp)
+    x2, w2, attrs, shape = _as_2d(x, w, b, stride, pad, dilation, groups, xp)
+    y, saved = gpu_conv2d_forward(x2, w2, b, act=act, **attrs)
+    return y[:, :, 0, :], (saved, shape)
+
+
+def gpu_conv1d_backward(saved, dy):
+    xp = gpu.cupy()
+    inner, y_shape = saved
+    dy = as_grad(dy, y_shape, inner["x"].dtype, xp, "conv1d")
+    (gx,), grads = gpu_conv2d_backward(inner, dy[:, :, None, :])
+    return (gx[:, :, 0, :],), (grads[0][:, :, 0, :],) + tuple(grads[1:])
+
+
+# ---- CONV3D: im2col over N-d windows -----------------------------------------------------------
+# The column matrix of a chunk is gathered from a strided window view of the padded input
+# ``(N, C, k..., o...)`` in one copy, channel-major as the weights lie, and multiplied by the
+# weights in one GEMM per group. Chunks take whole samples while a sample's columns fit
+# ``WORKSPACE_BYTES``, else rows of output planes of one sample. The backward pass rebuilds
+# the columns chunk by chunk and scatters the column gradient back with one strided add per
+# kernel tap. Written for any number of spatial dims; conv3d is its one user (conv1d takes
+# CONV2D's faster path). On a GPU these NumPy-API functions run on CuPy arrays.
+
+
+def _chunks(n, outs, per_position):
+    """``(samples, (first, last))`` chunks of a convolution's output, and the most output
+    positions one holds: whole samples while their columns (``per_position`` bytes per
+    output position) fit ``WORKSPACE_BYTES``, else output rows ``first .. last-1`` along
+    the first spatial dim of one sample."""
+    rows = outs[0]
+    per_row = prod(outs[1:])
+    per_sample = per_row * rows
+    if per_sample * per_position <= WORKSPACE_BYTES or rows == 1:
+        nb = max(1, min(n, WORKSPACE_BYTES // max(1, per_sample * per_position)))
+        chunks = [(slice(n0, min(n, n0 + nb)), (0, rows)) for n0 in range(0, n, nb)]
+        return chunks, nb * per_sample
+    step = max(1, WORKSPACE_BYTES // max(1, per_row * per_position))
+    chunks = [(slice(i, i + 1), (a0, min(rows, a0 + step)))
+              for i in range(n) for a0 in range(0, rows, step)]
+    return chunks, step * per_row
+
+
+def _window_part(view, samples, rows, nd):
+    """The windows of ``samples`` at output rows ``rows``: ``(nb, C, k..., a, o2...)``."""
+    return view[(samples, slice(None)) + (slice(None),) * nd + (slice(*rows),)]
+
+
+def _columns_nd(part, groups, xp, buf):
+    """The column matrix of windows ``part (nb, C, k..., o...)``: ``(G, C/G*K, nb*S)``,
+    written into the start of the flat buffer ``buf``."""
+    nb, c = part.shape[:2]
+    nd = (part.ndim - 2) // 2
+    kernel = part.shape[2:2 + nd]
+    outs = part.shape[2 + nd:]
+    shape = (groups, c // groups) + kernel + (nb,) + outs
+    col = buf[:prod(shape)].reshape(shape)
+    src = part.reshape((nb, groups, c // groups) + kernel + outs)
+    order = (1, 2) + tuple(range(3, 3 + nd)) + (0,) + tuple(range(3 + nd, 3 + 2 * nd))
+    col[...] = src.transpose(order)  # (G, C/G, k..., nb, o...)
+    return col.reshape(groups, (c // groups) * prod(kernel), nb * prod(outs))
+
+
+def _gemm(a, b, out, xp):
+    """``a @ b`` per group, into the start of the flat buffer ``out``: ``(G, m, n)``. One
+    group takes a 2-D product (NumPy's batched matmul is slower for a batch of one)."""
+    y = out[:a.shape[0] * a.shape[1] * b.shape[2]].reshape(a.shape[0], a.shape[1], b.shape[2])
+    if a.shape[0] == 1:
+        xp.matmul(a[0], b[0], out=y[0])
+    else:
+        xp.matmul(a, b, out=y)
+    return y
+
+
+def _prepare_nd(x, w, b, scale, groups, n, where):
+    xp = get_array_module(x, w)
+    dtype = float_dtype(xp, x, w)
+    x = xp.asarray(x, dtype=dtype)
+    w = xp.asarray(w, dtype=dtype)
+    if b is not None:
+        b = xp.asarray(b, dtype=dtype)
+    _check_shapes(x, w, b, groups, where, n)
+    if scale is not None:
+        scale = xp.asarray(scale, dtype=dtype)
+        _check_scale(scale, w.shape[0], where)
+    return xp, x, w, b, scale
+
+
+def _depthwise_nd(view, w, samples, rows, dest, tmp, xp):
+    """A depthwise convolution (one input and one output channel per group) of the windows
+    ``view (N, C, k..., o...)`` into ``dest``: one multiply-add per kernel tap over the whole
+    chunk, no column matrix."""
+    nd = w.ndim - 2
+    kernel = w.shape[2:]
+    channel = (1, w.shape[0]) + (1,) * nd
+    for t, tap in enumerate(itertools.product(*(range(k) for k in kernel))):
+        cells = view[(samples, slice(None)) + tap + (slice(*rows),)]  # (nb, C, a, o2...)
+        weight = w[(slice(None), 0) + tap].reshape(channel)
+        if t == 0:
+            xp.multiply(cells, weight, out=dest)
+            continue
+        part = tmp[:prod(dest.shape)].reshape(dest.shape)
+        xp.multiply(cells, weight, out=part)
+        dest += part
+
+
+def _conv_nd(x, w, b, geometry, groups, act, out, scale, xp):
+    """The convolution into ``out (N, O, o...)`` (any strides), with the epilogue."""
+    strides, dilations, pairs, outs = geometry
+    nd = len(outs)
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    kernel = w.shape[2:]
+    wg = w.reshape(groups, o // groups, -1)  # (G, O/G, C/G*K): a view
+    view = window.window_view(window.pad_to(x, pairs, 0, xp), kernel, strides, dilations,
+                              outs, xp)
+    channel = (1, o) + (1,) * nd
+    depthwise = groups == c == o > 1
+    per_position = (2 if depthwise else prod(kernel)) * c * x.itemsize
+    chunks, most = _chunks(n, outs, per_position)
+    if depthwise:
+        tmp = xp.empty(c * most, dtype=x.dtype)
+    else:
+        col_buf = xp.empty(c * prod(kernel) * most, dtype=x.dtype)
+        y_buf = xp.empty(o * most, dtype=x.dtype)
+    for samples, rows in chunks:
+        dest = out[(samples, slice(None), slice(*rows))]
+        if depthwise:
+            _depthwise_nd(view, w, samples, rows, dest, tmp, xp)
+        else:
+            part = _window_part(view, samples, rows, nd)
+            nb = part.shape[0]
+            y = _gemm(wg, _columns_nd(part, groups, xp, col_buf), y_buf, xp)  # (G, O/G, nb*S)
+            y = y.reshape((o, nb, rows[1] - rows[0]) + outs[1:])
+            dest[...] = xp.moveaxis(y, 1, 0)
+        if scale is not None:
+            dest *= scale.reshape(channel)
+        if b is not None:
+            dest += b.reshape(channel)
+        apply_act_(dest, act)
+    return out
+
+
+def conv3d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None,
+           scale=None):
+    """Convolve ``x (N, C, D, H, W)`` with ``w (O, C/groups, kd, kh, kw)``; returns
+    ``(N, O, Do, Ho, Wo)``.
+
+    ``pad`` is ``p``, ``(pd, ph, pw)`` or ``(front, back, top, bottom, left, right)``;
+    ``stride`` and ``dilation`` an integer or a triple. ``act``, ``out`` (any view of the
+    output's shape, a channel slice say) and ``scale`` as CONV2D's."""
+    xp, x, w, b, scale = _prepare_nd(x, w, b, scale, groups, 3, "conv3d")
+    geometry = _geometry_nd(x, w, stride, pad, dilation, "conv3d")
+    shape = (x.shape[0], w.shape[0]) + geometry[3]
+    _check_out(out, shape, x.dtype, "conv3d")
+    if out is None:
+        out = xp.empty(shape, dtype=x.dtype)
+    return _conv_nd(x, w, b, geometry, groups, act, out, scale, xp)
+
+
+def conv3d_forward(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None,
+                   train=True, rng=None):
+    """``y = conv3d(x, w, b)``; keeps ``x`` and ``w`` (references)."""
+    no_act(act, "conv3d")
+    xp, x, w, b, _ = _prepare_nd(x, w, b, None, groups, 3, "conv3d")
+    geometry = _geometry_nd(x, w, stride, pad, dilation, "conv3d")
+    y = conv3d(x, w, b, stride=stride, pad=pad, dilation=dilation, groups=groups)
+    return y, (x, w, b is not None, geometry, groups, tuple(y.shape), "conv3d")
+
+
+def conv3d_backward(saved, dy):
+    x, w, has_bias, geometry, groups, y_shape, where = saved
+    strides, dilations, pairs, outs = geometry
+    xp = get_array_module(x, w)
+    dy = as_grad(dy, y_shape, x.dtype, xp, where)
+    nd = len(outs)
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    kernel = w.shape[2:]
+    og = o // groups
+    wg_t = w.reshape(groups, og, -1).transpose(0, 2, 1)  # (G, C/G*K, O/G)
+    xpad = window.pad_to(x, pairs, 0, xp)
+    view = window.window_view(xpad, kernel, strides, dilations, outs, xp)
+    gpad = xp.zeros(xpad.shape, dtype=x.dtype)
+    gW = xp.zeros((groups, og, wg_t.shape[1]), dtype=x.dtype)
+    taps = list(itertools.product(*(range(k) for k in kernel)))
+    chunks, most = _chunks(n, outs, 2 * c * prod(kernel) * x.itemsize)
+    col_buf = xp.empty(c * prod(kernel) * most, dtype=x.dtype)
+    gcol_buf = xp.empty(c * prod(kernel) * most, dtype=x.dtype)
+    for samples, rows in chunks:
+        part = _window_part(view, samples, rows, nd)
+        nb = part.shape[0]
+        block = (rows[1] - rows[0],) + outs[1:]
+        gy = dy[(samples, slice(None), slice(*rows))]  # (nb, O, a, o2...)
+        gy = xp.ascontiguousarray(xp.moveaxis(gy, 0, 1)).reshape(groups, og, -1)
+        col = _columns_nd(part, groups, xp, col_buf)
+        if groups == 1:
+            gW[0] += xp.matmul(gy[0], col[0].T)
+        else:
+            gW += xp.matmul(gy, col.transpose(0, 2, 1))
+        gcol = _gemm(wg_t, gy, gcol_buf, xp)  # (G, C/G*K, nb*S)
+        gcol = xp.moveaxis(gcol.reshape((c,) + kernel + (nb,) + block), 1 + nd, 0)
+        target = gpad[samples]
+        for tap in taps:
+            target[window.tap_slices(tap, strides, dilations, outs, rows)] += gcol[
+                (slice(None), slice(None)) + tap]
+    crop = (slice(None), slice(None)) + tuple(
+        slice(begin, begin + size) for size, (begin, _) in zip(x.shape[2:], pairs))
+    gx = gpad if gpad.shape == x.shape else xp.ascontiguousarray(gpad[crop])
+    gW = gW.reshape(w.shape)
+    if not has_bias:
+        return (gx,), (gW,)
+    return (gx,), (gW, dy.sum(axis=(0,) + tuple(range(2, 2 + nd))))
+
+
 # ---- CONV2D: reference, ONNX, PyTorch, examples -----------------------------------------------
 
 
@@ -714,33 +1094,75 @@ def reference_conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act
     return reference_act(y, act)
 
 
-def _emit_conv2d(g, step, xs, ws, out, in_shapes):
+def reference_conv_nd(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None):
+    """Any number of spatial dims: loops over output positions and taps, each tap's cell
+    bounds checked; float64."""
+    x = numpy.asarray(x, dtype=numpy.float64)
+    w = numpy.asarray(w, dtype=numpy.float64)
+    n_dims = x.ndim - 2
+    sizes = x.shape[2:]
+    kernel = w.shape[2:]
+    strides = (stride,) * n_dims if isinstance(stride, int) else tuple(stride)
+    dilations = (dilation,) * n_dims if isinstance(dilation, int) else tuple(dilation)
+    if isinstance(pad, int):
+        pad = (pad,) * n_dims
+    pad = tuple(pad)
+    if len(pad) == n_dims:
+        begins, ends = pad, pad
+    else:
+        begins, ends = pad[0::2], pad[1::2]
+    outs = [_out_len(*args) for args in zip(sizes, kernel, strides, begins, ends, dilations)]
+    out_ch, group_ch = w.shape[:2]
+    per_group = out_ch // groups
+    y = numpy.zeros((x.shape[0], out_ch) + tuple(outs))
+    for o in range(out_ch):
+        g = o // per_group
+        channels = slice(g * group_ch, (g + 1) * group_ch)
+        for position in itertools.product(*(range(m) for m in outs)):
+            total = numpy.zeros(x.shape[0]) + (0.0 if b is None else float(b[o]))
+            for tap in itertools.product(*(range(k) for k in kernel)):
+                cell = [p * s - begin + t * d for p, s, begin, t, d in
+                        zip(position, strides, begins, tap, dilations)]
+                if all(0 <= i < size for i, size in zip(cell, sizes)):
+                    total += x[(slice(None), channels) + tuple(cell)] @ w[(o, slice(None))
+                                                                          + tap]
+            y[(slice(None), o) + position] = total
+    return reference_act(y, act)
+
+
+def _emit_conv(g, step, xs, ws, out, in_shapes):
+    """ONNX ``Conv``, of any rank; a fused activation after it."""
     a = step.attrs
-    kh, kw = g.arrays[ws[0]].shape[2:]
-    top, bottom, left, right = pads4(a["pad"])
+    kernel = list(g.arrays[ws[0]].shape[2:])
+    n = len(kernel)
+    pairs = window.pad_pairs(a["pad"], n)
     target = out if a.get("act") is None else g.temp("conv")
     g.node("Conv", xs + ws, target, None if target == out else "conv",
-           kernel_shape=[kh, kw], strides=list(pair(a["stride"])),
-           dilations=list(pair(a["dilation"])), group=a["groups"],
-           pads=[top, left, bottom, right])
+           kernel_shape=kernel, strides=list(window.dims(a["stride"], n)),
+           dilations=list(window.dims(a["dilation"], n)), group=a["groups"],
+           pads=[begin for begin, _ in pairs] + [end for _, end in pairs])
     if target != out:
         emit_fused(g, a["act"], target, out, step.shape)
 
 
-def _torch_conv2d(step, xs, ws, training):
-    """``F.conv2d``; an asymmetric padding as ``F.pad`` first. (No fused activation: the
-    plans the oracle runs are not fused.)"""
+def _torch_conv(step, xs, ws, training):
+    """``F.conv1d``, ``F.conv2d`` or ``F.conv3d`` by the weight's rank; an asymmetric
+    padding as ``F.pad`` first. (No fused activation: the plans the oracle runs are not
+    fused.)"""
     import torch
 
     F = torch.nn.functional
     a = step.attrs
     x = xs[0]
+    n = ws[0].dim() - 2
+    conv = getattr(F, f"conv{n}d")
     bias = ws[1] if len(ws) > 1 else None
-    top, bottom, left, right = pads4(a["pad"])
-    if top == bottom and left == right:
-        return F.conv2d(x, ws[0], bias, a["stride"], (top, left), a["dilation"], a["groups"])
-    x = F.pad(x, (left, right, top, bottom))
-    return F.conv2d(x, ws[0], bias, a["stride"], 0, a["dilation"], a["groups"])
+    pairs = window.pad_pairs(a["pad"], n)
+    if all(begin == end for begin, end in pairs):
+        padding = tuple(begin for begin, _ in pairs)
+        return conv(x, ws[0], bias, a["stride"], padding, a["dilation"], a["groups"])
+    x = F.pad(x, [p for pair_ in reversed(pairs) for p in pair_])  # the last dim first
+    return conv(x, ws[0], bias, a["stride"], 0, a["dilation"], a["groups"])
 
 
 def _examples_conv2d(rng):
@@ -763,6 +1185,46 @@ def _examples_conv2d(rng):
     ]
 
 
+def _examples_conv1d(rng):
+    def example(channels, out, k, groups, bias, note, length=9, **attrs):
+        x = rng.standard_normal((2, channels, length))
+        w = rng.standard_normal((out, channels // groups, k))
+        params = [w, rng.standard_normal(out)] if bias else [w]
+        attrs = dict(dict(stride=1, pad=0, dilation=1, groups=groups, act=None), **attrs)
+        return Example([x], params, attrs, note=note)
+
+    return [
+        example(3, 4, 3, 1, True, "kernel 3, pad 1, bias", pad=1),
+        example(4, 6, 3, 2, False, "asymmetric pad, stride, dilation, groups, no bias",
+                stride=2, pad=(0, 2), dilation=2),
+        example(4, 6, 1, 2, True, "pointwise, grouped"),
+        example(4, 4, 5, 4, False, "depthwise, stride 3, pad as a list", stride=(3,),
+                pad=(2,)),
+        example(2, 3, 4, 1, True, "stride past the dilated kernel, one-sided pad", length=11,
+                stride=5, pad=(3, 0), dilation=(1,)),
+    ]
+
+
+def _examples_conv3d(rng):
+    def example(channels, out, kernel, groups, bias, note, dhw=(4, 5, 4), **attrs):
+        x = rng.standard_normal((2, channels) + dhw)
+        w = rng.standard_normal((out, channels // groups) + kernel)
+        params = [w, rng.standard_normal(out)] if bias else [w]
+        attrs = dict(dict(stride=1, pad=0, dilation=1, groups=groups, act=None), **attrs)
+        return Example([x], params, attrs, note=note)
+
+    return [
+        example(3, 4, (3, 3, 3), 1, True, "3x3x3, pad 1, bias", pad=1),
+        example(4, 6, (2, 3, 1), 2, False, "non-cubic kernel, stride, dilation, groups",
+                dhw=(5, 6, 4), stride=(2, 1, 2), pad=(1, 0, 0), dilation=(1, 2, 1)),
+        example(4, 6, (1, 1, 1), 2, True, "pointwise, grouped"),
+        example(4, 4, (3, 2, 3), 4, False, "depthwise, asymmetric pad", stride=2,
+                pad=(0, 1, 1, 0, 2, 1)),
+        example(2, 3, (2, 2, 2), 1, True, "stride past the dilated kernel", dhw=(6, 7, 5),
+                stride=3, pad=(1, 0, 1), dilation=2),
+    ]
+
+
 CONV2D = Primitive(
     "conv2d",
     "(x, w, b=None, *, stride, pad, dilation, groups, act)",
@@ -770,8 +1232,8 @@ CONV2D = Primitive(
     forward=conv2d_forward,
     backward=conv2d_backward,
     reference=reference_conv2d,
-    onnx=_emit_conv2d,
-    torch=_torch_conv2d,
+    onnx=_emit_conv,
+    torch=_torch_conv,
     examples=_examples_conv2d,
     gpu_kernel=gpu_conv2d,
     gpu_forward=gpu_conv2d_forward,
@@ -782,5 +1244,40 @@ CONV2D = Primitive(
     doc="2-D convolution, with an optional fused scale, bias and activation epilogue",
 )
 
-LAYERS = [CONV]
-PRIMITIVES = [CONV2D]
+CONV1D_PRIMITIVE = Primitive(
+    "conv1d",
+    "(x, w, b=None, *, stride, pad, dilation, groups, act)",
+    kernel=conv1d,
+    forward=conv1d_forward,
+    backward=conv1d_backward,
+    reference=reference_conv_nd,
+    onnx=_emit_conv,
+    torch=_torch_conv,
+    examples=_examples_conv1d,
+    gpu_kernel=gpu_conv1d,
+    gpu_forward=gpu_conv1d_forward,
+    gpu_backward=gpu_conv1d_backward,
+    accepts_out=True,
+    accepts_scale=True,
+    gemm=True,
+    doc="1-D convolution: CONV2D's kernels on height-1 views, its epilogue included",
+)
+
+CONV3D_PRIMITIVE = Primitive(
+    "conv3d",
+    "(x, w, b=None, *, stride, pad, dilation, groups, act)",
+    kernel=conv3d,
+    forward=conv3d_forward,
+    backward=conv3d_backward,
+    reference=reference_conv_nd,
+    onnx=_emit_conv,
+    torch=_torch_conv,
+    examples=_examples_conv3d,
+    accepts_out=True,
+    accepts_scale=True,
+    gemm=True,
+    doc="3-D convolution: N-d im2col and GEMM, with the scale, bias and activation epilogue",
+)
+
+LAYERS = [CONV, CONV1D, CONV3D]
+PRIMITIVES = [CONV2D, CONV1D_PRIMITIVE, CONV3D_PRIMITIVE]

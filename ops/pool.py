@@ -7,8 +7,12 @@ maxpool         kernel, stride=kernel, pad=0, dilation=1,       maxpool2d
                 ceil=false
 avgpool         kernel, stride=kernel, pad=0, ceil=false,       avgpool2d
                 count_pad=true
-global_avgpool  (none)                                          global_avgpool
-global_maxpool  (none)                                          global_maxpool
+maxpool1d,      as maxpool, on [C, L] signals and               maxpool1d,
+maxpool3d       [C, D, H, W] volumes                            maxpool3d
+avgpool1d,      as avgpool, on [C, L] signals and               avgpool1d,
+avgpool3d       [C, D, H, W] volumes                            avgpool3d
+global_avgpool  (none); any map [C, ...] -> [C, 1, ...]         global_avgpool
+global_maxpool  (none); any map [C, ...] -> [C, 1, ...]         global_maxpool
 ==============  ==============================================  ================
 
 A rectangular window reduction is separable, so each windowed pool runs as ``kw``
@@ -23,15 +27,24 @@ maximum in that order, and a padding cell never wins. Average pooling keeps noth
 geometry: its divisors are recomputed in closed form. Gradients are a strided-slice scatter,
 one slice per window tap.
 
+The 1-D pools are the 2-D ones on ``(N, C, 1, L)`` views (a height-1 window), so they run
+on every 2-D kernel, the CUDA ones included. The 3-D pools have N-d NumPy-API kernels of
+their own, written for any number of spatial dims: separable reductions along each axis
+(the last first) for inference, one pass per window tap for the training forward (the
+maximum's tap index) and for the gradients; on a GPU they run on CuPy arrays.
+
 The GPU kernels (``cnnc_maxpool_*``, ``cnnc_avgpool_*`` in ``ops/cuda_kernels.py``) cover
-the windowed pools; the global pools are one CuPy reduction each, so the generic kernels
-run on CuPy arrays unchanged.
+the 2-D (and so the 1-D) windowed pools; the global pools are one CuPy reduction each, so
+the generic kernels run on CuPy arrays unchanged. The global pools reduce every spatial dim
+of a map of any rank.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
+from ..compiler.symbolic import shape_text
 from . import gpu
 from . import window
 from .base import ArgSpec, Example, ExportError, Layer, Primitive
@@ -54,7 +67,7 @@ def _pool_checks(kind):
     def check_args(args, spans, call_span, report):
         if args["stride"] is None:
             args["stride"] = args["kernel"]
-        for axis in range(2):
+        for axis in range(len(args["kernel"])):
             k = args["kernel"][axis]  # PyTorch's limit: half the kernel, not the dilated span
             if args["pad"][axis] > k // 2:
                 report(
@@ -76,9 +89,29 @@ def _fix(node, in_shape, axis, target):
     return window.fix(node, in_shape, axis, target, pool=True)
 
 
+# spatial dims -> the layer of each windowed pool
+MAX_NAMES = {1: "maxpool1d", 2: "maxpool", 3: "maxpool3d"}
+AVG_NAMES = {1: "avgpool1d", 2: "avgpool", 3: "avgpool3d"}
+# Argument kinds of the 1-D and 3-D pools (ops/base.py): an integer or a list per spatial
+# dim (the pad without `same`); ``check_args`` makes each one value per dim.
+DIMS_KIND = "dims"
+PAD_KIND = "dpad"
+
+
 def _rank_help(name):
+    family = MAX_NAMES if name.startswith("max") else AVG_NAMES
+
     def rank_help(shape):
-        return window.map_only_help(name, shape)
+        return window.namesake_help(name, family, shape)
+
+    return rank_help
+
+
+def _global_rank_help(name):
+    def rank_help(shape):
+        if len(shape) == 1:
+            return f"`{name}` works on maps; move it before `flatten`"
+        return None
 
     return rank_help
 
@@ -86,8 +119,16 @@ def _rank_help(name):
 _WINDOW = [ArgSpec("stride", "pair", None), ArgSpec("pad", "ppad", 0)]
 
 
-def _infer_global(shape, a, ctx):
-    return (shape[0], 1, 1)
+def _infer_global_for(name):
+    def infer(shape, a, ctx):
+        """``[C, 1, ...]``: every spatial dim reduced, on a map of any rank."""
+        if len(shape) < 2:
+            ctx.error("E304", op=name, expected="a map [C, L], [C, H, W] or [C, D, H, W]",
+                      shape=shape_text(shape), help=_global_rank_help(name)(shape))
+            return None
+        return (shape[0],) + (1,) * (len(shape) - 1)
+
+    return infer
 
 
 # the kernels' window geometry
@@ -271,28 +312,30 @@ def _end_pads(n, k, s, p, d, ceil):
 
 
 def _pool_pads(step, in_shape, dilation):
-    """Per-axis ``(begin, end)`` pads of a pooling step in floor mode, and the kernel."""
+    """Per-axis ``(begin, end)`` pads of a pooling step in floor mode, and the kernel; any
+    number of spatial dims."""
     a = step.attrs
-    kernel = pair(a["kernel"])
-    stride = pair(a["stride"] if a["stride"] is not None else a["kernel"])
-    top, bottom, left, right = pads4(a["pad"])
-    if (top, left) != (bottom, right):
+    n = len(in_shape) - 1
+    kernel = window.dims(a["kernel"], n, "kernel")
+    stride = window.dims(a["stride"] if a["stride"] is not None else a["kernel"], n, "stride")
+    pairs = window.pad_pairs(a["pad"], n)
+    if any(begin != end for begin, end in pairs):
         raise ExportError(f"{step.name}: pooling pads must be the same before and after, got "
-                          f"{(top, bottom, left, right)}")
-    pads = [_end_pads(in_shape[1 + axis], kernel[axis], stride[axis], (top, left)[axis],
-                      dilation[axis], a["ceil"]) for axis in range(2)]
+                          f"{window.flat_pads(pairs)}")
+    pads = [_end_pads(in_shape[1 + axis], kernel[axis], stride[axis], pairs[axis][0],
+                      dilation[axis], a["ceil"]) for axis in range(n)]
     return kernel, stride, pads
 
 
 def _onnx_pads(pads) -> list:
-    """``[(top, bottom), (left, right)]`` -> ONNX's ``[top, left, bottom, right]``."""
-    (top, bottom), (left, right) = pads
-    return [top, left, bottom, right]
+    """``[(top, bottom), (left, right)]`` -> ONNX's ``[top, left, bottom, right]``: every
+    begin, then every end."""
+    return [begin for begin, _ in pads] + [end for _, end in pads]
 
 
 def _pad(g, x, pads, value) -> str:
-    (top, bottom), (left, right) = pads
-    amounts = g.const("pads", [0, 0, top, left, 0, 0, bottom, right], numpy.int64)
+    amounts = [0, 0] + [begin for begin, _ in pads] + [0, 0] + [end for _, end in pads]
+    amounts = g.const("pads", amounts, numpy.int64)
     fill = g.const("pad_value", value, numpy.float32)
     return g.node("Pad", [x, amounts, fill], g.temp("padded"), "pad", mode="constant")
 
@@ -300,13 +343,14 @@ def _pad(g, x, pads, value) -> str:
 # the PyTorch mapping's padding, the examples' inputs
 
 
-def _torch_pad(step):
-    """The step's padding as PyTorch's ``(ph, pw)``: the same before and after."""
-    top, bottom, left, right = pads4(step.attrs.get("pad", 0))
-    if (top, left) != (bottom, right):
+def _torch_pad(step, n=2):
+    """The step's padding as PyTorch's ``(ph, pw)`` (one per spatial dim): the same before
+    and after."""
+    pairs = window.pad_pairs(step.attrs.get("pad", 0), n)
+    if any(begin != end for begin, end in pairs):
         raise ValueError(f"{step.name}: PyTorch pools pad the same before and after, got "
-                         f"{(top, bottom, left, right)}")
-    return (top, left)
+                         f"{window.flat_pads(pairs)}")
+    return tuple(begin for begin, _ in pairs)
 
 
 def _distinct(rng, shape):
@@ -492,25 +536,28 @@ def reference_maxpool2d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False
 
 def _emit_maxpool(g, step, xs, ws, out, in_shapes):
     """ONNX MaxPool in floor mode, the end padding of a ceil-mode pool made explicit
-    (runtimes disagree on ``ceil_mode``)."""
-    dilation = pair(step.attrs["dilation"])
+    (runtimes disagree on ``ceil_mode``); any number of spatial dims."""
+    n = len(in_shapes[0]) - 1
+    dilation = window.dims(step.attrs["dilation"], n, "dilation")
     kernel, stride, pads = _pool_pads(step, in_shapes[0], dilation)
     x = xs[0]
     if any(end >= k for (_, end), k in zip(pads, kernel)):
         # ONNX Runtime wants every pad below the kernel size: pad with -inf up front
         # (padding never wins a max, exactly as MaxPool's own padding).
         x = _pad(g, x, pads, -numpy.inf)
-        pads = [(0, 0), (0, 0)]
+        pads = [(0, 0)] * n
     g.node("MaxPool", [x], out, kernel_shape=list(kernel), strides=list(stride),
            dilations=list(dilation), pads=_onnx_pads(pads), ceil_mode=0)
 
 
-def _torch_maxpool2d(step, xs, ws, training):
+def _torch_maxpool(step, xs, ws, training):
+    """``F.max_pool1d``, ``2d`` or ``3d`` by the input's rank."""
     import torch
 
     a = step.attrs
-    return torch.nn.functional.max_pool2d(
-        xs[0], a["kernel"], a.get("stride"), _torch_pad(step), a.get("dilation", 1),
+    n = xs[0].dim() - 2
+    return getattr(torch.nn.functional, f"max_pool{n}d")(
+        xs[0], a["kernel"], a.get("stride"), _torch_pad(step, n), a.get("dilation", 1),
         ceil_mode=a.get("ceil", False),
     )
 
@@ -691,13 +738,14 @@ def reference_avgpool2d(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=
 def _emit_avgpool(g, step, xs, ws, out, in_shapes):
     """ONNX AveragePool in floor mode; where the padding counts and a ceil-mode window
     needs extra end padding, the original padding is made explicit with ``Pad`` first, so
-    that only it counts."""
-    kernel, stride, pads = _pool_pads(step, in_shapes[0], (1, 1))
+    that only it counts. Any number of spatial dims."""
+    n = len(in_shapes[0]) - 1
+    kernel, stride, pads = _pool_pads(step, in_shapes[0], (1,) * n)
     a = step.attrs
     x = xs[0]
-    original = pads4(a["pad"])
-    extended = any(end > original[1 + 2 * axis] for axis, (_, end) in enumerate(pads))
-    padded = max(original) > 0
+    given = window.pad_pairs(a["pad"], n)
+    extended = any(end > given_end for (_, end), (_, given_end) in zip(pads, given))
+    padded = max(window.flat_pads(given)) > 0
     if not a["count_pad"]:
         count = 0  # real cells only, whatever the padding
     elif not extended:
@@ -707,7 +755,6 @@ def _emit_avgpool(g, step, xs, ws, out, in_shapes):
     else:
         # Count the original padding but not the cells that only make the last window fit:
         # zero-pad explicitly, then average over real (now padded) cells only.
-        given = [(original[0], original[1]), (original[2], original[3])]
         x = _pad(g, x, given, 0.0)
         pads = [(0, end - given_end) for (_, end), (_, given_end) in zip(pads, given)]
         count = 0
@@ -715,13 +762,15 @@ def _emit_avgpool(g, step, xs, ws, out, in_shapes):
            pads=_onnx_pads(pads), count_include_pad=count, ceil_mode=0)
 
 
-def _torch_avgpool2d(step, xs, ws, training):
+def _torch_avgpool(step, xs, ws, training):
+    """``F.avg_pool1d``, ``2d`` or ``3d`` by the input's rank."""
     import torch
 
     a = step.attrs
-    return torch.nn.functional.avg_pool2d(
-        xs[0], a["kernel"], a.get("stride"), _torch_pad(step), ceil_mode=a.get("ceil", False),
-        count_include_pad=a.get("count_pad", True),
+    n = xs[0].dim() - 2
+    return getattr(torch.nn.functional, f"avg_pool{n}d")(
+        xs[0], a["kernel"], a.get("stride"), _torch_pad(step, n),
+        ceil_mode=a.get("ceil", False), count_include_pad=a.get("count_pad", True),
     )
 
 
@@ -743,6 +792,525 @@ def _examples_avgpool2d(rng):
     ]
 
 
+# ---------------------------------------------------------------- 1-D and 3-D windowed pools
+
+# the layers: the 2-D rules, per spatial dim
+
+_MAX_KEYS = ("kernel", "stride", "pad", "dilation", "ceil")
+_AVG_KEYS = ("kernel", "stride", "pad", "ceil", "count_pad")
+
+
+def _infer_window(op, dilated):
+    def infer(shape, a, ctx):
+        dilation = a["dilation"] if dilated else None
+        sizes = window.spatial(op, shape, ctx, a["kernel"], a["stride"], a["pad"], dilation,
+                               a["ceil"])
+        return None if sizes is None else (shape[0],) + sizes
+
+    return infer
+
+
+def _lower_window(primitive, keys):
+    def lower(node, in_shapes):
+        return primitive, {key: node.args[key] for key in keys}
+
+    return lower
+
+
+def _pool_layer(n, kind):
+    """``maxpool1d``, ``maxpool3d``, ``avgpool1d`` or ``avgpool3d``: the arguments of the
+    2-D namesake, each an integer or one value per spatial dim."""
+    op = (MAX_NAMES if kind == "max" else AVG_NAMES)[n]
+    args = [ArgSpec("kernel", DIMS_KIND), ArgSpec("stride", DIMS_KIND, None),
+            ArgSpec("pad", PAD_KIND, 0)]
+    if kind == "max":
+        args += [ArgSpec("dilation", DIMS_KIND, 1), ArgSpec("ceil", "bool", False)]
+        per_dim, keys = ("kernel", "stride", "pad", "dilation"), _MAX_KEYS
+    else:
+        args += [ArgSpec("ceil", "bool", False), ArgSpec("count_pad", "bool", True)]
+        per_dim, keys = ("kernel", "stride", "pad"), _AVG_KEYS
+    what = "max" if kind == "max" else "average"
+    return Layer(
+        op, args, (n + 1,), _infer_window(op, kind == "max"),
+        _lower_window(f"{kind}pool{n}d", keys),
+        check_args=window.per_dim_checks(op, n, per_dim, then=_pool_checks(op)),
+        lint=_lint, formula=window.formula, fix=_fix, rank_help=_rank_help(op),
+        doc=f"{what} pooling over {window.MAP_WORDS[n]} {window.KIND_WORDS[n]}",
+    )
+
+
+# the kernels' geometry, any number of spatial dims
+
+
+def _check_rank(x, where, n):
+    if x.ndim != n + 2:
+        raise ValueError(f"{where}: input must be [N, C, {window.DIM_LETTERS[n]}], got shape "
+                         f"{tuple(x.shape)}")
+
+
+def _geometry_nd(x, kernel, stride, pad, dilation, ceil, where):
+    """``(kernel, stride, dilation, pad pairs, output sizes)`` of a pool on ``x``, one value
+    per spatial dim, checked (output sizes >= 1)."""
+    n = x.ndim - 2
+    kernel = window.dims(kernel, n, "kernel")
+    stride = window.dims(kernel if stride is None else stride, n, "stride")
+    dilation = window.dims(dilation, n, "dilation")
+    pairs = window.pad_pairs(pad, n)
+    if min(kernel + stride + dilation) < 1 or min(window.flat_pads(pairs)) < 0:
+        raise ValueError(
+            f"{where}: kernel, stride and dilation must be >= 1 and pad >= 0, got "
+            f"kernel={kernel}, stride={stride}, dilation={dilation}, "
+            f"pad={window.flat_pads(pairs)}"
+        )
+    outs = tuple(
+        checked_out(size, k, s, p, d, ceil, f"{where} {name}")
+        for size, k, s, p, d, name in zip(x.shape[2:], kernel, stride, pairs, dilation,
+                                          window.AXIS_NAMES[n])
+    )
+    return kernel, stride, dilation, pairs, outs
+
+
+def _window_pairs(sizes, geometry):
+    """The pad pairs with each end grown, in ceil mode, until the last windows fit."""
+    kernel, stride, dilation, pairs, outs = geometry
+    grown = []
+    for n, k, s, d, (begin, end), o in zip(sizes, kernel, stride, dilation, pairs, outs):
+        need = (o - 1) * s + d * (k - 1) + 1
+        grown.append((begin, max(end, need - n - begin)))
+    return tuple(grown)
+
+
+# 1-D: the 2-D kernels on (N, C, 1, L) views
+
+
+def _as_2d(x, kernel, stride, pad, dilation, ceil, where):
+    """Check a 1-D pool as itself; its 2-D attributes (a height-1 window) and output
+    shape."""
+    _check_rank(x, where, 1)
+    (k,), (s,), (d,), ((begin, end),), (lo,) = _geometry_nd(x, kernel, stride, pad, dilation,
+                                                             ceil, where)
+    attrs = dict(kernel=(1, k), stride=(1, s), pad=(0, 0, begin, end), dilation=(1, d),
+                 ceil=ceil)
+    return attrs, tuple(x.shape[:2]) + (lo,)
+
+
+def _unsqueezed(out):
+    return None if out is None else out[:, :, None, :]
+
+
+def maxpool1d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, out=None):
+    """Max over windows of ``x (N, C, L)``: ``maxpool2d`` with a height-1 window."""
+    xp = get_array_module(x)
+    x = xp.asarray(x)
+    attrs, shape = _as_2d(x, kernel, stride, pad, dilation, ceil, "maxpool1d")
+    _check_out(out, shape, x.dtype, "maxpool1d")
+    y = maxpool2d(x[:, :, None, :], out=_unsqueezed(out), **attrs)
+    return y[:, :, 0, :] if out is None else out
+
+
+def maxpool1d_forward(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, train=True,
+                      rng=None):
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    attrs, shape = _as_2d(x, kernel, stride, pad, dilation, ceil, "maxpool1d")
+    y, saved = maxpool2d_forward(x[:, :, None, :], **attrs)
+    return y[:, :, 0, :], (saved, shape, y.dtype)
+
+
+def _backward_2d(backward, where):
+    """The backward of a 1-D pool from its 2-D namesake's."""
+
+    def backward_1d(saved, dy):
+        inner, shape, dtype = saved
+        xp = get_array_module(dy)
+        dy = as_grad(dy, shape, dtype, xp, where)
+        (gx,), _ = backward(inner, dy[:, :, None, :])
+        return (gx[:, :, 0, :],), ()
+
+    backward_1d.__name__ = f"{where}_backward"
+    return backward_1d
+
+
+maxpool1d_backward = _backward_2d(maxpool2d_backward, "maxpool1d")
+
+
+def gpu_maxpool1d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, out=None):
+    """MAXPOOL1D on the GPU: MAXPOOL2D's CUDA kernel on a height-1 view."""
+    attrs, shape = _as_2d(x, kernel, stride, pad, dilation, ceil, "maxpool1d")
+    _check_out(out, shape, x.dtype, "maxpool1d")
+    y = gpu_maxpool2d(x[:, :, None, :], out=_unsqueezed(out), **attrs)
+    return y[:, :, 0, :] if out is None else out
+
+
+def gpu_maxpool1d_forward(x, *, train=True, rng=None, kernel, stride=None, pad=0, dilation=1,
+                          ceil=False):
+    attrs, shape = _as_2d(x, kernel, stride, pad, dilation, ceil, "maxpool1d")
+    y, saved = gpu_maxpool2d_forward(x[:, :, None, :], **attrs)
+    return y[:, :, 0, :], (saved, shape, y.dtype)
+
+
+gpu_maxpool1d_backward = _backward_2d(gpu_maxpool2d_backward, "maxpool1d")
+
+
+def _avg_as_2d(x, kernel, stride, pad, ceil, where):
+    attrs, shape = _as_2d(x, kernel, stride, pad, 1, ceil, where)
+    del attrs["dilation"]
+    return attrs, shape
+
+
+def avgpool1d(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True, out=None):
+    """Mean over windows of ``x (N, C, L)``: ``avgpool2d`` with a height-1 window."""
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    attrs, shape = _avg_as_2d(x, kernel, stride, pad, ceil, "avgpool1d")
+    _check_out(out, shape, x.dtype, "avgpool1d")
+    y = avgpool2d(x[:, :, None, :], count_pad=count_pad, out=_unsqueezed(out), **attrs)
+    return y[:, :, 0, :] if out is None else out
+
+
+def avgpool1d_forward(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True,
+                      train=True, rng=None):
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    attrs, shape = _avg_as_2d(x, kernel, stride, pad, ceil, "avgpool1d")
+    y, saved = avgpool2d_forward(x[:, :, None, :], count_pad=count_pad, **attrs)
+    return y[:, :, 0, :], (saved, shape, y.dtype)
+
+
+avgpool1d_backward = _backward_2d(avgpool2d_backward, "avgpool1d")
+
+
+def gpu_avgpool1d(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True, out=None):
+    """AVGPOOL1D on the GPU: AVGPOOL2D's CUDA kernel on a height-1 view."""
+    attrs, shape = _avg_as_2d(x, kernel, stride, pad, ceil, "avgpool1d")
+    _check_out(out, shape, x.dtype, "avgpool1d")
+    y = gpu_avgpool2d(x[:, :, None, :], count_pad=count_pad, out=_unsqueezed(out), **attrs)
+    return y[:, :, 0, :] if out is None else out
+
+
+def gpu_avgpool1d_forward(x, *, train=True, rng=None, kernel, stride=None, pad=0, ceil=False,
+                          count_pad=True):
+    attrs, shape = _avg_as_2d(x, kernel, stride, pad, ceil, "avgpool1d")
+    y, saved = gpu_avgpool2d_forward(x[:, :, None, :], count_pad=count_pad, **attrs)
+    return y[:, :, 0, :], (saved, shape, y.dtype)
+
+
+gpu_avgpool1d_backward = _backward_2d(gpu_avgpool2d_backward, "avgpool1d")
+
+
+# 3-D (any number of spatial dims): separable reductions, one pass per tap for training
+
+
+def _blocks(n, c, volume):
+    """``(samples, channels)`` blocks of about ``CHUNK_ELEMENTS`` padded cells, one volume
+    at least."""
+    if c * volume <= CHUNK_ELEMENTS:
+        nb = max(1, CHUNK_ELEMENTS // (c * volume))
+        for n0 in range(0, n, nb):
+            yield slice(n0, min(n, n0 + nb)), slice(None)
+        return
+    cb = max(1, CHUNK_ELEMENTS // volume)
+    for i in range(n):
+        for c0 in range(0, c, cb):
+            yield slice(i, i + 1), slice(c0, min(c, c0 + cb))
+
+
+def _pooled_nd(x, geometry, fill, ufunc, out, divisor=None):
+    """Reduce every window of ``x (N, C, ...)`` with ``ufunc`` into ``out`` (any view of the
+    output's shape), then divide by ``divisor``: a block of volumes at a time, padded with
+    ``fill``, then per spatial axis (the last first) ``k - 1`` ufunc calls over strided
+    slices, each axis shrinking to its output size before the next."""
+    xp = get_array_module(x)
+    kernel, stride, dilation, _, outs = geometry
+    pairs = _window_pairs(x.shape[2:], geometry)
+    volume = math.prod(n + begin + end for n, (begin, end) in zip(x.shape[2:], pairs))
+    for block in _blocks(x.shape[0], x.shape[1], volume):
+        res = window.pad_to(x[block], pairs, fill, xp)
+        for axis in reversed(range(len(kernel))):
+            k, s, d, o = kernel[axis], stride[axis], dilation[axis], outs[axis]
+            lead = (slice(None),) * (2 + axis)
+            taps = [res[lead + (slice(j * d, j * d + s * (o - 1) + 1, s),)] for j in range(k)]
+            if k == 1:
+                res = taps[0]
+                continue
+            acc = ufunc(taps[0], taps[1])
+            for tap in taps[2:]:
+                ufunc(acc, tap, out=acc)
+            res = acc
+        if divisor is None:
+            out[block] = res
+        else:
+            xp.divide(res, divisor, out=out[block])
+    return out
+
+
+def _taps(kernel):
+    """Every tap of a window, in row-major order (the order of the maximum's index)."""
+    return itertools.product(*(range(k) for k in kernel))
+
+
+def _scatter_nd(g_tap, x_shape, geometry, dtype, xp):
+    """Sum ``g_tap(t)`` (each of the output's shape) onto the cells tap ``t`` of every
+    window reads; crop the padding."""
+    kernel, stride, dilation, _, outs = geometry
+    pairs = _window_pairs(x_shape[2:], geometry)
+    sizes = tuple(n + begin + end for n, (begin, end) in zip(x_shape[2:], pairs))
+    gpad = xp.zeros(tuple(x_shape[:2]) + sizes, dtype=dtype)
+    for t, tap in enumerate(_taps(kernel)):
+        gpad[window.tap_slices(tap, stride, dilation, outs)] += g_tap(t)
+    if sizes == tuple(x_shape[2:]):
+        return gpad
+    crop = tuple(slice(begin, begin + n) for n, (begin, _) in zip(x_shape[2:], pairs))
+    return xp.ascontiguousarray(gpad[(slice(None), slice(None)) + crop])
+
+
+def maxpool3d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, out=None):
+    """Max over windows of ``x (N, C, D, H, W)``; ``stride`` defaults to ``kernel``;
+    ``ceil`` and the padding as ``maxpool2d``'s. ``out`` may be any view of the output's
+    shape (a channel slice)."""
+    xp = get_array_module(x)
+    x = xp.asarray(x)
+    _check_rank(x, "maxpool3d", 3)
+    geometry = _geometry_nd(x, kernel, stride, pad, dilation, ceil, "maxpool3d")
+    shape = tuple(x.shape[:2]) + geometry[4]
+    _check_out(out, shape, x.dtype, "maxpool3d")
+    if out is None:
+        out = xp.empty(shape, dtype=x.dtype)
+    return _pooled_nd(x, geometry, _lowest(x.dtype, xp), xp.maximum, out)
+
+
+def maxpool3d_forward(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, train=True,
+                      rng=None):
+    """Max over windows, and the index of each maximum (row-major tap order, the first of
+    ties; the padding never wins)."""
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    _check_rank(x, "maxpool3d", 3)
+    geometry = _geometry_nd(x, kernel, stride, pad, dilation, ceil, "maxpool3d")
+    kernel, stride, dilation, pairs, outs = geometry
+    xpad = window.pad_to(x, _window_pairs(x.shape[2:], geometry), -xp.inf, xp)
+    nd = len(kernel)
+    first = 0  # per output: the first real tap of its window
+    place = 1
+    for axis in reversed(range(nd)):
+        tap = _first_real_tap(x.shape[2 + axis], kernel[axis], stride[axis], dilation[axis],
+                              pairs[axis][0], outs[axis], xp)
+        first = first + tap.reshape(outs[axis:axis + 1] + (1,) * (nd - 1 - axis)) * place
+        place *= kernel[axis]
+    index = xp.empty(tuple(x.shape[:2]) + outs, dtype=index_dtype(place))  # (N, C, o...)
+    index[...] = first
+    best = xp.full(index.shape, -xp.inf, dtype=x.dtype)
+    above = xp.empty(best.shape, dtype=bool)
+    step = xp.empty_like(index)
+    for t, tap in enumerate(_taps(kernel)):
+        cells = xpad[window.tap_slices(tap, stride, dilation, outs)]
+        # as maxpool2d_forward: strictly greater keeps the first of ties, and the index
+        # moves without a masked copy
+        xp.greater(cells, best, out=above)
+        xp.subtract(index.dtype.type(t), index, out=step)
+        xp.multiply(step, above, out=step)
+        xp.add(index, step, out=index)
+        xp.maximum(best, cells, out=best)
+    return best, (index, tuple(x.shape), geometry, x.dtype)
+
+
+def maxpool3d_backward(saved, dy):
+    index, x_shape, geometry, dtype = saved
+    xp = get_array_module(index)
+    dy = as_grad(dy, index.shape, dtype, xp, "maxpool3d")
+    hit = xp.empty(index.shape, dtype=bool)
+    share = xp.empty(index.shape, dtype=dy.dtype)
+
+    def g_tap(t):
+        xp.equal(index, index.dtype.type(t), out=hit)
+        return xp.multiply(dy, hit, out=share)  # dy where this tap won, else 0
+
+    return (_scatter_nd(g_tap, x_shape, geometry, dy.dtype, xp),), ()
+
+
+def _divisor_nd(sizes, geometry, count_pad, dtype, xp):
+    """The divisors of every window ``(o...)``: the product of each axis's counts."""
+    kernel, stride, _, pairs, outs = geometry
+    nd = len(kernel)
+    divisor = 1
+    for axis in range(nd):
+        count = _divisor_1d(sizes[axis], kernel[axis], stride[axis], pairs[axis][0],
+                            pairs[axis][1], outs[axis], count_pad, xp)
+        divisor = divisor * count.reshape(outs[axis:axis + 1] + (1,) * (nd - 1 - axis))
+    return divisor.astype(dtype)
+
+
+def avgpool3d(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True, out=None):
+    """Mean over windows of ``x (N, C, D, H, W)``; divisors as ``avgpool2d``'s (PyTorch's
+    ``count_include_pad``). ``out`` may be any view of the output's shape."""
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    _check_rank(x, "avgpool3d", 3)
+    geometry = _geometry_nd(x, kernel, stride, pad, 1, ceil, "avgpool3d")
+    shape = tuple(x.shape[:2]) + geometry[4]
+    _check_out(out, shape, x.dtype, "avgpool3d")
+    if out is None:
+        out = xp.empty(shape, dtype=x.dtype)
+    divisor = xp.maximum(_divisor_nd(x.shape[2:], geometry, count_pad, x.dtype, xp), 1)
+    return _pooled_nd(x, geometry, 0, xp.add, out, divisor)
+
+
+def avgpool3d_forward(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True,
+                      train=True, rng=None):
+    xp = get_array_module(x)
+    x = floating(x, xp)
+    y = avgpool3d(x, kernel=kernel, stride=stride, pad=pad, ceil=ceil, count_pad=count_pad)
+    geometry = _geometry_nd(x, kernel, stride, pad, 1, ceil, "avgpool3d")
+    return y, (tuple(x.shape), geometry, count_pad, y.dtype)
+
+
+def avgpool3d_backward(saved, dy):
+    x_shape, geometry, count_pad, dtype = saved
+    xp = get_array_module(dy)
+    dy = as_grad(dy, tuple(x_shape[:2]) + geometry[4], dtype, xp, "avgpool3d")
+    divisor = _divisor_nd(x_shape[2:], geometry, count_pad, dtype, xp)
+    share = dy / xp.maximum(divisor, 1)  # what each cell of a window receives
+
+    def g_tap(t):
+        return share
+
+    return (_scatter_nd(g_tap, x_shape, geometry, dtype, xp),), ()
+
+
+# the slow references, any number of spatial dims
+
+
+def _ref_geometry(x, kernel, stride, pad, dilation, ceil):
+    n = x.ndim - 2
+    kernel = window.dims(kernel, n)
+    stride = window.dims(kernel if stride is None else stride, n)
+    dilation = window.dims(dilation, n)
+    pairs = window.pad_pairs(pad, n)
+    outs = [_ref_out_len(size, k, s, begin, end, d, ceil) for size, k, s, (begin, end), d
+            in zip(x.shape[2:], kernel, stride, pairs, dilation)]
+    return kernel, stride, dilation, pairs, outs
+
+
+def _ref_cells(position, kernel, stride, dilation, pairs):
+    """Every cell of the window at ``position``, padding included."""
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        yield tuple(p * s - begin + t * d for p, s, (begin, _), t, d in
+                    zip(position, stride, pairs, tap, dilation))
+
+
+def reference_maxpool_nd(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False):
+    x = _f64(x)
+    kernel, stride, dilation, pairs, outs = _ref_geometry(x, kernel, stride, pad, dilation,
+                                                          ceil)
+    y = numpy.empty(x.shape[:2] + tuple(outs))
+    for position in itertools.product(*(range(o) for o in outs)):
+        best = numpy.full(x.shape[:2], -numpy.inf)
+        for cell in _ref_cells(position, kernel, stride, dilation, pairs):
+            if all(0 <= i < n for i, n in zip(cell, x.shape[2:])):
+                best = numpy.maximum(best, x[(slice(None), slice(None)) + cell])
+        y[(slice(None), slice(None)) + position] = best
+    return y
+
+
+def reference_avgpool_nd(x, *, kernel, stride=None, pad=0, ceil=False, count_pad=True):
+    x = _f64(x)
+    kernel, stride, dilation, pairs, outs = _ref_geometry(x, kernel, stride, pad, 1, ceil)
+    y = numpy.empty(x.shape[:2] + tuple(outs))
+    for position in itertools.product(*(range(o) for o in outs)):
+        total = numpy.zeros(x.shape[:2])
+        real_cells = 0
+        padded_cells = 0  # cells inside the padded input, real ones included
+        for cell in _ref_cells(position, kernel, stride, dilation, pairs):
+            if all(-begin <= i < n + end for i, n, (begin, end) in
+                   zip(cell, x.shape[2:], pairs)):
+                padded_cells += 1
+            if all(0 <= i < n for i, n in zip(cell, x.shape[2:])):
+                real_cells += 1
+                total += x[(slice(None), slice(None)) + cell]
+        y[(slice(None), slice(None)) + position] = total / (
+            padded_cells if count_pad else real_cells)
+    return y
+
+
+# the examples
+
+
+def _examples_maxpool1d(rng):
+    def x(length):
+        return _distinct(rng, (2, 3, length))
+
+    return [
+        Example([x(8)], attrs=dict(kernel=2, stride=None, pad=0, dilation=1, ceil=False)),
+        Example([x(9)], attrs=dict(kernel=3, stride=2, pad=1, dilation=1, ceil=True),
+                note="ceil, padded"),
+        Example([x(9)], attrs=dict(kernel=(3,), stride=(1,), pad=(1,), dilation=(2,),
+                                   ceil=False), note="dilated, lists of one"),
+        Example([x(7)], attrs=dict(kernel=2, stride=3, pad=0, dilation=2, ceil=True),
+                note="ceil's last window past the input by a kernel"),
+        Example([x(7)], attrs=dict(kernel=3, stride=2, pad=(1, 0), dilation=1, ceil=False),
+                onnx=False, torch=False, note="asymmetric pad"),
+    ]
+
+
+def _examples_avgpool1d(rng):
+    def x(length):
+        return rng.standard_normal((2, 3, length))
+
+    return [
+        Example([x(8)], attrs=dict(kernel=2, stride=None, pad=0, ceil=False, count_pad=True)),
+        Example([x(9)], attrs=dict(kernel=3, stride=2, pad=1, ceil=True, count_pad=True),
+                note="ceil, the padding counts"),
+        Example([x(10)], attrs=dict(kernel=(4,), stride=(3,), pad=(2,), ceil=True,
+                                    count_pad=False), note="ceil, real cells only"),
+        Example([x(7)], attrs=dict(kernel=3, stride=1, pad=(0, 1), ceil=False,
+                                   count_pad=True),
+                onnx=False, torch=False, note="asymmetric pad"),
+    ]
+
+
+def _examples_maxpool3d(rng):
+    def x(d, h, w):
+        return _distinct(rng, (2, 2, d, h, w))
+
+    return [
+        Example([x(4, 4, 6)], attrs=dict(kernel=2, stride=None, pad=0, dilation=1,
+                                         ceil=False)),
+        Example([x(5, 4, 7)], attrs=dict(kernel=(3, 2, 3), stride=(2, 1, 2), pad=(1, 0, 1),
+                                         dilation=1, ceil=True), note="non-cubic, ceil"),
+        Example([x(5, 6, 5)], attrs=dict(kernel=2, stride=1, pad=1, dilation=(2, 1, 2),
+                                         ceil=False), note="dilated along depth and width"),
+        Example([x(4, 5, 4)], attrs=dict(kernel=2, stride=3, pad=0, dilation=2, ceil=True),
+                note="ceil's last window past the input by a kernel"),
+        Example([x(3, 4, 4)], attrs=dict(kernel=2, stride=None, pad=(1, 0, 0, 1, 1, 1),
+                                         dilation=1, ceil=False),
+                onnx=False, torch=False, note="asymmetric pad"),
+    ]
+
+
+def _examples_avgpool3d(rng):
+    def x(d, h, w):
+        return rng.standard_normal((2, 2, d, h, w))
+
+    return [
+        Example([x(4, 4, 6)], attrs=dict(kernel=2, stride=None, pad=0, ceil=False,
+                                         count_pad=True)),
+        Example([x(5, 4, 7)], attrs=dict(kernel=(3, 2, 3), stride=(2, 1, 2), pad=(1, 0, 1),
+                                         ceil=True, count_pad=True),
+                note="non-cubic, ceil, the padding counts"),
+        Example([x(5, 6, 5)], attrs=dict(kernel=3, stride=2, pad=1, ceil=True,
+                                         count_pad=False), note="ceil, real cells only"),
+        Example([x(3, 4, 4)], attrs=dict(kernel=2, stride=1, pad=(0, 1, 1, 0, 0, 0),
+                                         ceil=False, count_pad=True),
+                onnx=False, torch=False, note="asymmetric pad"),
+    ]
+
+
+MAXPOOL1D = _pool_layer(1, "max")
+MAXPOOL3D = _pool_layer(3, "max")
+AVGPOOL1D = _pool_layer(1, "avg")
+AVGPOOL3D = _pool_layer(3, "avg")
+
+
 # ---------------------------------------------------------------- global_avgpool
 
 
@@ -751,17 +1319,31 @@ def _lower_global_avgpool(node, in_shapes):
 
 
 GLOBAL_AVGPOOL = Layer(
-    "global_avgpool", [], (3,), _infer_global, _lower_global_avgpool,
-    rank_help=_rank_help("global_avgpool"), doc="mean over H and W",
+    "global_avgpool", [], None, _infer_global_for("global_avgpool"), _lower_global_avgpool,
+    rank_help=_global_rank_help("global_avgpool"),
+    doc="mean over every spatial dim: [C, ...] -> [C, 1, ...]",
 )
 
 
+def check_map(x, where):
+    """The global pools' rank rule: ``x`` is ``[N, C, ...]`` with a spatial dim at least."""
+    if x.ndim < 3:
+        raise ValueError(f"{where}: input must be [N, C, ...] with at least one spatial dim "
+                         f"([N, C, L], [N, C, H, W], [N, C, D, H, W]), got shape "
+                         f"{tuple(x.shape)}")
+
+
+def _spatial_axes(x_shape):
+    return tuple(range(2, len(x_shape)))
+
+
 def global_avgpool(x):
-    """Mean over H and W: ``(N, C, H, W) -> (N, C, 1, 1)``."""
+    """Mean over every spatial dim: ``(N, C, H, W) -> (N, C, 1, 1)``, and so on for every
+    rank."""
     xp = get_array_module(x)
     x = floating(x, xp)
-    check_input(x, "global_avgpool")
-    return x.mean(axis=(2, 3), keepdims=True)
+    check_map(x, "global_avgpool")
+    return x.mean(axis=_spatial_axes(x.shape), keepdims=True)
 
 
 def global_avgpool_forward(x, *, train=True, rng=None):
@@ -772,19 +1354,20 @@ def global_avgpool_forward(x, *, train=True, rng=None):
 def global_avgpool_backward(saved, dy):
     x_shape, dtype = saved
     xp = get_array_module(dy)
-    dy = as_grad(dy, x_shape[:2] + (1, 1), dtype, xp, "global_avgpool")
+    ones = (1,) * (len(x_shape) - 2)
+    dy = as_grad(dy, x_shape[:2] + ones, dtype, xp, "global_avgpool")
     gx = xp.empty(x_shape, dtype=dtype)
-    gx[...] = dy / (x_shape[2] * x_shape[3])
+    gx[...] = dy / math.prod(x_shape[2:])
     return (gx,), ()
 
 
 def reference_global_avgpool(x):
     x = _f64(x)
-    y = numpy.zeros(x.shape[:2] + (1, 1))
-    for h in range(x.shape[2]):
-        for w in range(x.shape[3]):
-            y[:, :, 0, 0] += x[:, :, h, w]
-    return y / (x.shape[2] * x.shape[3])
+    ones = (1,) * (x.ndim - 2)
+    y = numpy.zeros(x.shape[:2])
+    for cell in numpy.ndindex(*x.shape[2:]):
+        y += x[(slice(None), slice(None)) + cell]
+    return (y / math.prod(x.shape[2:])).reshape(x.shape[:2] + ones)
 
 
 def _emit_global_avgpool(g, step, xs, ws, out, in_shapes):
@@ -792,13 +1375,15 @@ def _emit_global_avgpool(g, step, xs, ws, out, in_shapes):
 
 
 def _torch_global_avgpool(step, xs, ws, training):
-    return xs[0].mean(dim=(2, 3), keepdim=True)
+    return xs[0].mean(dim=_spatial_axes(xs[0].shape), keepdim=True)
 
 
 def _examples_global_avgpool(rng):
     return [
         Example([rng.standard_normal((2, 3, 4, 5))]),
         Example([rng.standard_normal((2, 2, 1, 1))], note="a 1x1 map"),
+        Example([rng.standard_normal((2, 3, 7))], note="a [C, L] signal"),
+        Example([rng.standard_normal((2, 2, 3, 4, 2))], note="a [C, D, H, W] volume"),
     ]
 
 
@@ -810,65 +1395,79 @@ def _lower_global_maxpool(node, in_shapes):
 
 
 GLOBAL_MAXPOOL = Layer(
-    "global_maxpool", [], (3,), _infer_global, _lower_global_maxpool,
-    rank_help=_rank_help("global_maxpool"), doc="max over H and W",
+    "global_maxpool", [], None, _infer_global_for("global_maxpool"), _lower_global_maxpool,
+    rank_help=_global_rank_help("global_maxpool"),
+    doc="max over every spatial dim: [C, ...] -> [C, 1, ...]",
 )
 
 
 def global_maxpool(x):
-    """Max over H and W: ``(N, C, H, W) -> (N, C, 1, 1)``."""
+    """Max over every spatial dim: ``(N, C, H, W) -> (N, C, 1, 1)``, and so on for every
+    rank."""
     xp = get_array_module(x)
     x = xp.asarray(x)
-    check_input(x, "global_maxpool")
-    return x.max(axis=(2, 3), keepdims=True)
+    check_map(x, "global_maxpool")
+    return x.max(axis=_spatial_axes(x.shape), keepdims=True)
 
 
 def global_maxpool_forward(x, *, train=True, rng=None):
-    """Max over H and W, and the flat index ``h*W + w`` of the first maximum."""
+    """Max over every spatial dim, and the flat index (``h*W + w`` on a map) of the first
+    maximum."""
     xp = get_array_module(x)
     x = floating(x, xp)
     y = global_maxpool(x)
-    n, c, h, w = x.shape
-    index = x.reshape(n, c, h * w).argmax(axis=2).astype(index_dtype(h * w))  # (N, C)
+    n, c = x.shape[:2]
+    cells = math.prod(x.shape[2:])
+    index = x.reshape(n, c, cells).argmax(axis=2).astype(index_dtype(cells))  # (N, C)
     return y, (index, tuple(x.shape), y.dtype)
 
 
 def global_maxpool_backward(saved, dy):
     index, x_shape, dtype = saved
     xp = get_array_module(index)
-    n, c, h, w = x_shape
-    dy = as_grad(dy, (n, c, 1, 1), dtype, xp, "global_maxpool")
-    gx = xp.zeros(n * c * h * w, dtype=dtype)
-    flat = xp.arange(n * c) * (h * w) + index.reshape(-1)
+    n, c = x_shape[:2]
+    cells = math.prod(x_shape[2:])
+    dy = as_grad(dy, (n, c) + (1,) * (len(x_shape) - 2), dtype, xp, "global_maxpool")
+    gx = xp.zeros(n * c * cells, dtype=dtype)
+    flat = xp.arange(n * c) * cells + index.reshape(-1)
     gx[flat] = dy.reshape(-1)
     return (gx.reshape(x_shape),), ()
 
 
 def reference_global_maxpool(x):
     x = _f64(x)
-    y = numpy.full(x.shape[:2] + (1, 1), -numpy.inf)
-    for h in range(x.shape[2]):
-        for w in range(x.shape[3]):
-            y[:, :, 0, 0] = numpy.maximum(y[:, :, 0, 0], x[:, :, h, w])
-    return y
+    y = numpy.full(x.shape[:2], -numpy.inf)
+    for cell in numpy.ndindex(*x.shape[2:]):
+        y = numpy.maximum(y, x[(slice(None), slice(None)) + cell])
+    return y.reshape(x.shape[:2] + (1,) * (x.ndim - 2))
 
 
 def _emit_global_maxpool(g, step, xs, ws, out, in_shapes):
-    g.node("GlobalMaxPool", xs, out)
+    """``GlobalMaxPool`` on a [C, H, W] map. ONNX defines it on every rank, but ONNX's own
+    reference evaluator (1.23) reduces the wrong axes off 2-D, so other ranks are the same
+    computation as ``ReduceMax`` over the spatial axes, kept."""
+    rank = len(in_shapes[0])
+    if rank == 3:
+        g.node("GlobalMaxPool", xs, out)
+        return
+    g.node("ReduceMax", xs, out, axes=list(range(2, rank + 1)), keepdims=1)
 
 
 def _torch_global_maxpool(step, xs, ws, training):
-    return xs[0].amax(dim=(2, 3), keepdim=True)
+    return xs[0].amax(dim=_spatial_axes(xs[0].shape), keepdim=True)
 
 
 def _examples_global_maxpool(rng):
     return [
         Example([_distinct(rng, (2, 3, 4, 5))]),
         Example([_distinct(rng, (2, 2, 1, 3))], note="a one-row map"),
+        Example([_distinct(rng, (2, 3, 6))], note="a [C, L] signal"),
+        Example([_distinct(rng, (2, 2, 3, 2, 4))], note="a [C, D, H, W] volume"),
     ]
 
 
-LAYERS = [MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, GLOBAL_MAXPOOL]
+LAYERS = [MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, GLOBAL_MAXPOOL, MAXPOOL1D, MAXPOOL3D, AVGPOOL1D,
+          AVGPOOL3D]
 
 PRIMITIVES = [
     Primitive(
@@ -879,7 +1478,7 @@ PRIMITIVES = [
         backward=maxpool2d_backward,
         reference=reference_maxpool2d,
         onnx=_emit_maxpool,
-        torch=_torch_maxpool2d,
+        torch=_torch_maxpool,
         examples=_examples_maxpool2d,
         gpu_kernel=gpu_maxpool2d,
         gpu_forward=gpu_maxpool2d_forward,
@@ -895,7 +1494,7 @@ PRIMITIVES = [
         backward=avgpool2d_backward,
         reference=reference_avgpool2d,
         onnx=_emit_avgpool,
-        torch=_torch_avgpool2d,
+        torch=_torch_avgpool,
         examples=_examples_avgpool2d,
         gpu_kernel=gpu_avgpool2d,
         gpu_forward=gpu_avgpool2d_forward,
@@ -913,7 +1512,7 @@ PRIMITIVES = [
         onnx=_emit_global_avgpool,
         torch=_torch_global_avgpool,
         examples=_examples_global_avgpool,
-        doc="mean over H and W",
+        doc="mean over every spatial dim",
     ),
     Primitive(
         "global_maxpool",
@@ -925,6 +1524,64 @@ PRIMITIVES = [
         onnx=_emit_global_maxpool,
         torch=_torch_global_maxpool,
         examples=_examples_global_maxpool,
-        doc="max over H and W",
+        doc="max over every spatial dim",
+    ),
+    Primitive(
+        "maxpool1d",
+        "(x, *, kernel, stride, pad, dilation, ceil)",
+        kernel=maxpool1d,
+        forward=maxpool1d_forward,
+        backward=maxpool1d_backward,
+        reference=reference_maxpool_nd,
+        onnx=_emit_maxpool,
+        torch=_torch_maxpool,
+        examples=_examples_maxpool1d,
+        gpu_kernel=gpu_maxpool1d,
+        gpu_forward=gpu_maxpool1d_forward,
+        gpu_backward=gpu_maxpool1d_backward,
+        accepts_out=True,
+        doc="max over windows of [N, C, L]: maxpool2d with a height-1 window",
+    ),
+    Primitive(
+        "maxpool3d",
+        "(x, *, kernel, stride, pad, dilation, ceil)",
+        kernel=maxpool3d,
+        forward=maxpool3d_forward,
+        backward=maxpool3d_backward,
+        reference=reference_maxpool_nd,
+        onnx=_emit_maxpool,
+        torch=_torch_maxpool,
+        examples=_examples_maxpool3d,
+        accepts_out=True,
+        doc="max over windows of [N, C, D, H, W]; padding never wins, ties go to the first tap",
+    ),
+    Primitive(
+        "avgpool1d",
+        "(x, *, kernel, stride, pad, ceil, count_pad)",
+        kernel=avgpool1d,
+        forward=avgpool1d_forward,
+        backward=avgpool1d_backward,
+        reference=reference_avgpool_nd,
+        onnx=_emit_avgpool,
+        torch=_torch_avgpool,
+        examples=_examples_avgpool1d,
+        gpu_kernel=gpu_avgpool1d,
+        gpu_forward=gpu_avgpool1d_forward,
+        gpu_backward=gpu_avgpool1d_backward,
+        accepts_out=True,
+        doc="mean over windows of [N, C, L]: avgpool2d with a height-1 window",
+    ),
+    Primitive(
+        "avgpool3d",
+        "(x, *, kernel, stride, pad, ceil, count_pad)",
+        kernel=avgpool3d,
+        forward=avgpool3d_forward,
+        backward=avgpool3d_backward,
+        reference=reference_avgpool_nd,
+        onnx=_emit_avgpool,
+        torch=_torch_avgpool,
+        examples=_examples_avgpool3d,
+        accepts_out=True,
+        doc="mean over windows of [N, C, D, H, W], PyTorch's count_include_pad divisors",
     ),
 ]

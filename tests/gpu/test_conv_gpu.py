@@ -505,3 +505,92 @@ def test_conv_geometry_errors_match_the_numpy_kernel():
             conv.conv_geometry(x, w, None, attrs.get("stride", 1), attrs.get("pad", 0),
                                attrs.get("dilation", 1), attrs.get("groups", 1))
         assert str(ours.value) == str(numpy_error.value)
+
+
+# ---------------------------------------------------------------- conv1d and conv3d (spec 9)
+# conv1d runs on CONV2D's CUDA kernels through height-1 views; conv3d's generic NumPy-API
+# kernels run on device arrays as they are (the CuPy backend's table picks them).
+
+CONV1D_GRID = list(itertools.product(
+    [1, 3, 4],  # kernel
+    [1, 2],  # stride
+    [0, 1, (2, 0)],  # pad
+    [1, 2],  # dilation
+    [1, 2],  # groups
+))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv1d_matches_numpy(device, rng, dtype):
+    for k, stride, pad, dilation, groups in CONV1D_GRID:
+        x = rng.standard_normal((2, 4, 11)).astype(dtype)
+        w = rng.standard_normal((6, 4 // groups, k)).astype(dtype)
+        b = rng.standard_normal(6).astype(dtype)
+        attrs = dict(stride=stride, pad=pad, dilation=dilation, groups=groups)
+        close(device, run(device, conv.gpu_conv1d, x, w, b, **attrs),
+              conv.conv1d(x, w, b, **attrs))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv1d_epilogue_and_out_slices(device, rng, dtype):
+    x = rng.standard_normal((2, 4, 9)).astype(dtype)
+    w = rng.standard_normal((4, 1, 3)).astype(dtype)  # depthwise: CONV2D's direct kernel
+    b = rng.standard_normal(4).astype(dtype)
+    scale = (rng.random(4) + 0.5).astype(dtype)
+    for act in (None, "relu", ("leaky_relu", {"alpha": 0.2})):
+        attrs = dict(stride=2, pad=1, dilation=1, groups=4, act=act)
+        want = conv.conv1d(x, w, b, scale=scale, **attrs)
+        close(device, run(device, conv.gpu_conv1d, x, w, b, scale=scale, **attrs), want)
+        wide = device.put(np.full((2, 6) + want.shape[2:], 7.0, dtype=dtype))
+        part = wide[:, 1:5]
+        got = conv.gpu_conv1d(device.put(x), device.put(w), device.put(b), out=part,
+                              scale=device.put(scale), **attrs)
+        assert got is part
+        close(device, part, want)
+        edges = device.get(wide)
+        assert (edges[:, :1] == 7).all() and (edges[:, 5:] == 7).all()
+
+
+def test_conv1d_errors_match_numpy(device, rng):
+    x = rng.standard_normal((2, 4, 5))
+    w = rng.standard_normal((6, 4, 7))
+    same_error(device, conv.conv1d, conv.gpu_conv1d, [x, w, None], {})
+    same_error(device, conv.conv1d, conv.gpu_conv1d, [x, w[:, :3, :3], None], {})
+    same_error(device, conv.conv1d, conv.gpu_conv1d, [x[:, :, None], w, None], {})
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("train", [True, False])
+def test_nd_grads_match_the_numpy_pair(device, rng, dtype, train):
+    """conv1d's GPU pair and conv3d's generic pair on device arrays, against NumPy."""
+    from cnnc.runtime import cupy_backend
+    from cnnc.ops import Op
+
+    cases = [
+        (Op.CONV1D, rng.standard_normal((3, 4, 10)), rng.standard_normal((6, 2, 3)),
+         dict(stride=2, pad=(1, 0), dilation=2, groups=2, act=None)),
+        (Op.CONV1D, rng.standard_normal((3, 4, 10)), rng.standard_normal((4, 1, 3)),
+         dict(stride=1, pad=1, dilation=1, groups=4, act=None)),
+        (Op.CONV3D, rng.standard_normal((2, 4, 5, 6, 4)), rng.standard_normal((6, 2, 3, 2, 1)),
+         dict(stride=(1, 2, 1), pad=(1, 0, 0), dilation=(2, 1, 1), groups=2, act=None)),
+        (Op.CONV3D, rng.standard_normal((2, 4, 5, 6, 4)), rng.standard_normal((4, 1, 3, 3, 3)),
+         dict(stride=2, pad=1, dilation=1, groups=4, act=None)),
+    ]
+    for op, x, w, attrs in cases:
+        x, w = x.astype(dtype), w.astype(dtype)
+        b = rng.standard_normal(w.shape[0]).astype(dtype)
+        p = conv.CONV1D_PRIMITIVE if op is Op.CONV1D else conv.CONV3D_PRIMITIVE
+        y_ref, saved_ref = p.forward(x, w, b, train=train, rng=None, **attrs)
+        dy = rng.standard_normal(y_ref.shape).astype(dtype)
+        gxs_ref, gps_ref = p.backward(saved_ref, dy)
+        forward, backward = cupy_backend.GRADS[op]
+        y, saved = forward(device.put(x), device.put(w), device.put(b), train=train, rng=None,
+                           **attrs)
+        d_dy = device.put(dy)
+        gxs, gps = backward(saved, d_dy)
+        close(device, y, y_ref)
+        for mine, ref in zip(list(gxs) + list(gps), list(gxs_ref) + list(gps_ref)):
+            close(device, mine, ref)
+            assert not device.xp.shares_memory(mine, d_dy)
+        close(device, cupy_backend.KERNELS[op](device.put(x), device.put(w), device.put(b),
+                                                **attrs), y_ref)

@@ -316,3 +316,67 @@ def test_primitives_name_their_gpu_kernels():
         assert prim.gpu_forward is not None and prim.gpu_backward is not None
     for prim in (GAVG, GMAX):
         assert prim.gpu_kernel is prim.gpu_forward is prim.gpu_backward is None
+
+
+# ---------------------------------------------------------------- 1-D and 3-D pools (spec 9)
+# The 1-D pools run on the 2-D CUDA kernels through height-1 views; the 3-D ones are the
+# generic NumPy-API kernels on device arrays.
+
+MAX1 = PRIMS["maxpool1d"]
+AVG1 = PRIMS["avgpool1d"]
+MAX3 = PRIMS["maxpool3d"]
+AVG3 = PRIMS["avgpool3d"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_1d_pools_match_numpy(device, rng, dtype):
+    for k, s, p, d, ceil in itertools.product([2, 3], [None, 1, 2], [0, 1], [1, 2],
+                                              [False, True]):
+        x = distinct(rng, (2, 3, 11), dtype)
+        _check(device, MAX1, x, dict(kernel=k, stride=s, pad=p, dilation=d, ceil=ceil),
+               exact=True)
+        if d == 1:
+            for count_pad in (True, False):
+                _check(device, AVG1, x, dict(kernel=k, stride=s, pad=p, ceil=ceil,
+                                             count_pad=count_pad), exact=False)
+    _check(device, MAX1, distinct(rng, (2, 3, 3), dtype), dict(kernel=5), exact=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("train", [True, False])
+def test_nd_pool_grads_match_numpy(device, rng, dtype, train):
+    from cnnc.runtime import cupy_backend
+    from cnnc.ops import Op
+
+    x1 = rng.standard_normal((2, 3, 11)).astype(dtype)
+    x3 = rng.standard_normal((2, 3, 5, 6, 4)).astype(dtype)
+    cases = [
+        (MAX1, distinct(rng, (2, 3, 11), dtype),
+         dict(kernel=3, stride=2, pad=1, dilation=2, ceil=True)),
+        (AVG1, x1, dict(kernel=3, stride=2, pad=1, ceil=True, count_pad=False)),
+        (MAX3, distinct(rng, (2, 3, 5, 6, 4), dtype),
+         dict(kernel=(3, 2, 2), stride=(2, 1, 2), pad=(1, 0, 1), dilation=1, ceil=True)),
+        (AVG3, x3, dict(kernel=2, stride=1, pad=1, ceil=False, count_pad=True)),
+    ]
+    for prim, x, attrs in cases:
+        y_ref, saved_ref = prim.forward(x, train=train, rng=None, **attrs)
+        dy = rng.standard_normal(y_ref.shape).astype(dtype)
+        (gx_ref,), _ = prim.backward(saved_ref, dy)
+        forward, backward = cupy_backend.GRADS[Op(prim.name)]
+        y, saved = forward(device.put(x), train=train, rng=None, **attrs)
+        d_dy = device.put(dy)
+        (gx,), gps = backward(saved, d_dy)
+        close(device, y, y_ref)
+        close(device, gx, gx_ref)
+        assert tuple(gps) == () and not device.xp.shares_memory(gx, d_dy)
+        # inference, into a channel slice of a wider buffer
+        want = prim.kernel(x, **{k: v for k, v in attrs.items()})
+        wide = device.put(np.full((2, 5) + want.shape[2:], 7.0, dtype=dtype))
+        part = wide[:, 1:4]
+        cupy_backend.KERNELS[Op(prim.name)](device.put(x), out=part, **attrs)
+        close(device, part, want)
+
+
+def test_nd_pool_gpu_kernels():
+    assert MAX1.gpu_kernel is pool.gpu_maxpool1d and AVG1.gpu_kernel is pool.gpu_avgpool1d
+    assert MAX3.gpu_kernel is AVG3.gpu_kernel is None  # the generic kernels on CuPy arrays

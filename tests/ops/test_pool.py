@@ -183,12 +183,18 @@ def test_pool_reports_output_below_one(rng):
         pool.avgpool2d(x[:, :, :, :1], kernel=(1, 2))
 
 
-@pytest.mark.parametrize("kernel", [pool.maxpool2d, pool.avgpool2d, pool.global_avgpool,
-                                    pool.global_maxpool])
+@pytest.mark.parametrize("kernel", [pool.maxpool2d, pool.avgpool2d])
 def test_pools_need_four_axes(kernel):
-    attrs = {} if kernel in (pool.global_avgpool, pool.global_maxpool) else dict(kernel=2)
     with pytest.raises(ValueError, match=r"input must be \[N, C, H, W\], got shape \(2, 3\)"):
-        kernel(np.zeros((2, 3)), **attrs)
+        kernel(np.zeros((2, 3)), kernel=2)
+
+
+@pytest.mark.parametrize("kernel", [pool.global_avgpool, pool.global_maxpool])
+def test_global_pools_need_a_spatial_dim(kernel):
+    """Rank-generic (spec section 9): any [N, C, ...] with a spatial dim, not [N, F]."""
+    with pytest.raises(ValueError, match=r"input must be \[N, C, \.\.\.\] with at least one "
+                                         r"spatial dim .*got shape \(2, 3\)"):
+        kernel(np.zeros((2, 3)))
 
 
 def test_window_arguments_are_checked():
@@ -687,7 +693,7 @@ def _args(layer, **given):
 
 
 def test_layer_table():
-    assert list(LAYERS) == ["maxpool", "avgpool", "global_avgpool", "global_maxpool"]
+    assert list(LAYERS)[:4] == ["maxpool", "avgpool", "global_avgpool", "global_maxpool"]
     assert [(a.name, a.kind, a.default) for a in LAYERS["maxpool"].args[1:]] == [
         ("stride", "pair", None), ("pad", "ppad", 0), ("dilation", "pair", 1),
         ("ceil", "bool", False)]
@@ -696,7 +702,9 @@ def test_layer_table():
         ("count_pad", "bool", True)]
     assert LAYERS["maxpool"].args[0].name == "kernel"
     for layer in LAYERS.values():
-        assert layer.ranks == (3,)
+        ranks = {"global_avgpool": None, "global_maxpool": None, "maxpool1d": (2,),
+                 "avgpool1d": (2,), "maxpool3d": (4,), "avgpool3d": (4,)}
+        assert layer.ranks == ranks.get(layer.name, (3,))
         assert layer.changes_shape
         assert layer.params((3, 8, 8), {}) == {} and layer.buffers((3, 8, 8), {}) == {}
         assert layer.macs((3, 8, 8), (3, 4, 4), {}) == 0
@@ -837,10 +845,16 @@ def test_formula_and_fix_of_a_merge():
 
 
 def test_rank_help():
-    for name, layer in LAYERS.items():
+    for name in ("maxpool", "avgpool"):
+        layer = LAYERS[name]
         assert layer.rank_help((64,)) == f"`{name}` works on [C, H, W] maps; move it before " \
                                          "`flatten`"
-        assert layer.rank_help((3, 4, 4, 4)) is None
+        assert layer.rank_help((3, 4, 4, 4)) == (f"`{name}` works on [C, H, W] maps; use "
+                                                 f"`{name}3d` on a [C, D, H, W] volume")
+    for name in ("global_avgpool", "global_maxpool"):
+        assert LAYERS[name].rank_help((64,)) == f"`{name}` works on maps; move it before " \
+                                                "`flatten`"
+        assert LAYERS[name].rank_help((3, 4, 4, 4)) is None
 
 
 # ---------------------------------------------------------------- ONNX
@@ -1020,3 +1034,393 @@ def test_ceil_mode_pools_mean_the_same_everywhere():
     """All ceil-mode pools of the grid in one graph: ONNX Runtime and ONNX's reference
     evaluator both agree with the NumPy kernels."""
     _onnx_agrees(_ceil_grid(), batches=(2,), evaluator=True)
+
+
+# ---------------------------------------------------------------- 1-D and 3-D pools (spec 9)
+# The layers' rules per spatial dim; the kernels against the N-d references and PyTorch
+# (forward float32 within 1e-4, gradients float64 within 1e-6, ties included) over grids with
+# non-cubic kernels, strides, pads, dilation and ceil mode; 1-D on the 2-D kernels; out=
+# slices; their errors naming the rank and the dim; global pools on every rank; ONNX.
+
+MAX1 = PRIMS["maxpool1d"]
+MAX3 = PRIMS["maxpool3d"]
+AVG1 = PRIMS["avgpool1d"]
+AVG3 = PRIMS["avgpool3d"]
+ND = {("max", 1): MAX1, ("max", 3): MAX3, ("avg", 1): AVG1, ("avg", 3): AVG3}
+
+
+def _nd_args(layer, **given):
+    """A pool layer's arguments as the checker hands them to ``check_args``: integers stay
+    integers, lists are tuples (the rank-free kinds)."""
+    args = {spec.name: spec.default for spec in LAYERS[layer].args}
+    args.update(given)
+    return args
+
+
+def _nd_checked(layer, **given):
+    reports, report = _reporter()
+    args = LAYERS[layer].check_args(_nd_args(layer, **given), {}, SPAN, report)
+    return args, reports
+
+
+def test_nd_pool_layers():
+    for name, rank in (("maxpool1d", 2), ("maxpool3d", 4), ("avgpool1d", 2), ("avgpool3d", 4)):
+        layer = LAYERS[name]
+        assert layer.ranks == (rank,)
+        kinds = [(a.name, a.kind, a.default) for a in layer.args[1:]]
+        if name.startswith("max"):
+            assert kinds == [("stride", "dims", None), ("pad", "dpad", 0),
+                             ("dilation", "dims", 1), ("ceil", "bool", False)]
+        else:
+            assert kinds == [("stride", "dims", None), ("pad", "dpad", 0),
+                             ("ceil", "bool", False), ("count_pad", "bool", True)]
+        assert layer.params((3, 8, 8, 8), {}) == {} and layer.macs((3, 8), (3, 4), {}) == 0
+
+
+def test_nd_pool_arguments_per_dim_and_the_stride_default():
+    args, reports = _nd_checked("maxpool3d", kernel=(1, 2, 2))
+    assert reports == []
+    assert (args["kernel"], args["stride"], args["pad"], args["dilation"]) == (
+        (1, 2, 2), (1, 2, 2), (0, 0, 0), (1, 1, 1))
+    args, reports = _nd_checked("avgpool1d", kernel=4, stride=2, pad=2)
+    assert reports == [] and (args["kernel"], args["stride"], args["pad"]) == ((4,), (2,), (2,))
+    args, reports = _nd_checked("maxpool3d", kernel=(3, 3))
+    assert args is None
+    [d] = reports
+    assert (d.code, d.message) == ("E207", "maxpool3d kernel=[3, 3] gives 2 values, but a "
+                                           "[C, D, H, W] map has 3 spatial dims")
+    assert d.help == "give one integer for every spatial dim, or a list [depth, height, width]"
+    args, reports = _nd_checked("maxpool3d", kernel=(1, 3, 3), pad=(1, 1, 1))
+    assert args is None
+    [d] = reports
+    assert (d.code, d.message) == ("E207", "maxpool3d pad=1 is more than half the kernel 1")
+    assert d.help == "use pad=0 at most; a window must see some input"
+
+
+def test_nd_pool_shapes_and_messages():
+    ctx = _Ctx()
+    max3, max1 = LAYERS["maxpool3d"], LAYERS["maxpool1d"]
+    args = _nd_checked("maxpool3d", kernel=(1, 3, 3), stride=(1, 2, 2), pad=(0, 1, 1))[0]
+    assert max3.infer((64, 16, 112, 112), args, ctx) == (64, 16, 56, 56)
+    args = _nd_checked("maxpool3d", kernel=2, ceil=True)[0]
+    assert max3.infer((8, 5, 7, 9), args, ctx) == (8, 3, 4, 5)
+    args = _nd_checked("avgpool3d", kernel=(2, 3, 1), stride=1, pad=(1, 0, 0))[0]
+    assert LAYERS["avgpool3d"].infer((8, 5, 7, 9), args, ctx) == (8, 6, 5, 9)
+    args = _nd_checked("maxpool1d", kernel=3, stride=2, dilation=2)[0]
+    assert max1.infer((4, 20), args, ctx) == (4, 8)
+    assert ctx.errors == []
+    args = _nd_checked("maxpool3d", kernel=3, stride=2)[0]
+    assert max3.infer((3, 8, 2, 8), args, ctx) is None
+    [(code, message, help)] = ctx.errors
+    assert code == "E301"
+    assert message == "maxpool3d output height would be 0, below 1: floor((2 - 3)/2) + 1 = 0"
+    assert "at least 3 rows high for this maxpool3d; it is 2" in help
+    ctx = _Ctx()
+    assert max1.infer((3, 2), _nd_checked("maxpool1d", kernel=4)[0], ctx) is None
+    assert ctx.errors[0][1] == "maxpool1d output length would be 0, below 1: " \
+                               "floor((2 - 4)/4) + 1 = 0"
+    assert "at least 4 samples long" in ctx.errors[0][2]
+
+
+def test_nd_pool_lint_formula_fix_and_rank_help():
+    reports, report = _reporter()
+    args = _nd_checked("maxpool3d", kernel=3, stride=2)[0]
+    node = _node("maxpool3d", args)
+    LAYERS["maxpool3d"].lint(node, (3, 16, 56, 57), report)
+    [d] = reports
+    assert d.message == ("maxpool3d leaves the last 1 input slice and 1 input row unused: "
+                         "(16 - 3) mod 2 = 1; (56 - 3) mod 2 = 1")
+    assert d.help == "use ceil=true, or an input size that fits the stride"
+    assert LAYERS["maxpool3d"].formula(node, (3, 16, 56, 57), 1) == "floor((16 - 3)/2) + 1 = 7"
+    assert LAYERS["maxpool3d"].fix(node, (3, 16, 56, 57), 2, 28) == (
+        "use pad=1 or ceil=true on the maxpool3d at 3:11")
+    node = _node("avgpool1d", _nd_checked("avgpool1d", kernel=2)[0])
+    LAYERS["avgpool1d"].lint(node, (3, 9), report)
+    assert reports[-1].message == "avgpool1d leaves the last 1 input sample unused: " \
+                                  "(9 - 2) mod 2 = 1"
+    assert LAYERS["maxpool3d"].rank_help((3, 8, 8)) == (
+        "`maxpool3d` works on [C, D, H, W] volumes; use `maxpool` on a [C, H, W] map")
+    assert LAYERS["avgpool1d"].rank_help((8,)) == (
+        "`avgpool1d` works on [C, L] signals; move it before `flatten`")
+    assert LAYERS["avgpool"].rank_help((3, 8)) == (
+        "`avgpool` works on [C, H, W] maps; use `avgpool1d` on a [C, L] signal")
+
+
+def test_nd_pools_check_and_global_pools_on_every_rank():
+    import cnnc
+
+    net = cnnc.check("input x: [2, 40]\ninput v: [3, 8, 16, 16]\n"
+                     "output a = x -> maxpool1d(3, stride=2, pad=1) -> avgpool1d(2, ceil=true)"
+                     " -> global_maxpool\n"
+                     "output b = v -> maxpool3d([1, 2, 2]) -> avgpool3d(2, count_pad=false)"
+                     " -> global_avgpool\n")
+    assert net.ok, net.render()
+    shapes = {name: node.shape for name, node in net.nodes.items()}
+    assert shapes["a.maxpool1d1"] == (2, 20) and shapes["a.avgpool1d1"] == (2, 10)
+    assert shapes["a.global_maxpool1"] == (2, 1)
+    assert shapes["b.maxpool3d1"] == (3, 8, 8, 8) and shapes["b.avgpool3d1"] == (3, 4, 4, 4)
+    assert shapes["b.global_avgpool1"] == (3, 1, 1, 1)
+    net = cnnc.check("input x: [3, 32, 32]\noutput y = x -> maxpool3d(2)\n")
+    [d] = net.diagnostics
+    assert (d.code, d.message) == ("E304", "`maxpool3d` expects a [C, D, H, W] input, got "
+                                           "[3, 32, 32]")
+    net = cnnc.check("input x: [3, 32, 32]\noutput y = x -> flatten -> global_avgpool\n")
+    [d] = net.diagnostics
+    assert (d.code, d.message) == ("E304", "`global_avgpool` expects a map [C, L], [C, H, W] "
+                                           "or [C, D, H, W], got [3072]")
+    assert d.help == "`global_avgpool` works on maps; move it before `flatten`"
+
+
+def _nd_pool_grid(kind, n):
+    """(kernel, stride, pad, dilation or count_pad, ceil) cases PyTorch takes on the sizes
+    of ``_ND_SIZES``: pads at most half the kernel, windows no larger than the padded
+    input."""
+    if n == 1:
+        kernels, strides, pads = [2, 3, 4], [None, 1, 2, 3], [0, 1, 2]
+        dilations = [1, 2]
+    else:
+        kernels = [2, (3, 2, 3), (1, 3, 2)]
+        strides = [None, 1, (2, 1, 2)]
+        pads = [0, (1, 0, 1), (0, 1, 1)]
+        dilations = [1, (2, 1, 2)]
+    thirds = dilations if kind == "max" else [True, False]
+    cases = []
+    for k, s, p, third, ceil in itertools.product(kernels, strides, pads, thirds,
+                                                  [False, True]):
+        ks = pool.window.dims(k, n)
+        ps = pool.window.dims(p, n)
+        ds = pool.window.dims(third if kind == "max" else 1, n)
+        if any(pp > kk // 2 for pp, kk in zip(ps, ks)):
+            continue
+        if any(size + 2 * pp < dd * (kk - 1) + 1
+               for size, pp, kk, dd in zip(_ND_SIZES[n], ps, ks, ds)):
+            continue
+        cases.append((k, s, p, third, ceil))
+    return cases
+
+
+_ND_SIZES = {1: (11,), 3: (5, 6, 7)}
+
+
+def _nd_attrs(kind, case):
+    k, s, p, third, ceil = case
+    if kind == "max":
+        return dict(kernel=k, stride=s, pad=p, dilation=third, ceil=ceil)
+    return dict(kernel=k, stride=s, pad=p, ceil=ceil, count_pad=third)
+
+
+def _torch_pool(kind, n, x, attrs):
+    F = _torch().nn.functional
+    if kind == "max":
+        return getattr(F, f"max_pool{n}d")(x, attrs["kernel"], attrs["stride"], attrs["pad"],
+                                           attrs["dilation"], ceil_mode=attrs["ceil"])
+    return getattr(F, f"avg_pool{n}d")(x, attrs["kernel"], attrs["stride"], attrs["pad"],
+                                       ceil_mode=attrs["ceil"],
+                                       count_include_pad=attrs["count_pad"])
+
+
+ND_CASES = [pytest.param(kind, n, id=f"{kind}pool{n}d") for kind in ("max", "avg")
+            for n in (1, 3)]
+
+
+@pytest.mark.parametrize("kind, n", ND_CASES)
+def test_nd_pools_match_the_reference(kind, n):
+    prim = ND[(kind, n)]
+    rng = np.random.default_rng(8)
+    for case in _nd_pool_grid(kind, n)[::2]:
+        attrs = _nd_attrs(kind, case)
+        x = rng.standard_normal((2, 3) + _ND_SIZES[n])
+        np.testing.assert_allclose(prim.kernel(x, **attrs), prim.reference(x, **attrs),
+                                   rtol=1e-12, atol=1e-14, err_msg=str(attrs))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind, n", ND_CASES)
+def test_nd_pools_forward_float32_match_pytorch(kind, n):
+    torch = _torch()
+    prim = ND[(kind, n)]
+    rng = np.random.default_rng(9)
+    for case in _nd_pool_grid(kind, n):
+        attrs = _nd_attrs(kind, case)
+        x = rng.standard_normal((2, 3) + _ND_SIZES[n]).astype(np.float32)
+        y = prim.kernel(x, **attrs)
+        want = _torch_pool(kind, n, torch.from_numpy(x).double(), attrs).numpy()
+        assert y.dtype == np.float32
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5, err_msg=str(attrs))
+        ours, _ = prim.forward(x, rng=None, **attrs)
+        np.testing.assert_array_equal(ours, y)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind, n", ND_CASES)
+def test_nd_pools_gradients_float64_match_pytorch(kind, n):
+    torch = _torch()
+    prim = ND[(kind, n)]
+    rng = np.random.default_rng(10)
+    for case in _nd_pool_grid(kind, n):
+        attrs = _nd_attrs(kind, case)
+        inputs = [rng.standard_normal((2, 3) + _ND_SIZES[n])]
+        if kind == "max":
+            inputs.append(rng.integers(0, 3, (2, 3) + _ND_SIZES[n]).astype(float))  # ties
+        for x in inputs:
+            leaf = torch.tensor(x, requires_grad=True)
+            y, saved = prim.forward(x, rng=None, **attrs)
+            dy = rng.standard_normal(y.shape)
+            (gx,), gps = prim.backward(saved, dy)
+            want = _torch_pool(kind, n, leaf, attrs)
+            np.testing.assert_allclose(y, want.detach().numpy(), rtol=1e-12, atol=1e-12)
+            want.backward(torch.from_numpy(dy))
+            assert gps == () and gx.dtype == np.float64 and gx.shape == x.shape
+            np.testing.assert_allclose(gx, leaf.grad.numpy(), rtol=1e-6, atol=1e-6,
+                                       err_msg=str(attrs))
+
+
+def test_nd_maxpool_ties_and_padding():
+    """The first maximum in row-major tap order wins; padding (-inf) never does, even
+    against -inf inputs."""
+    x = np.zeros((1, 1, 2, 2, 2))
+    y, saved = MAX3.forward(x, rng=None, kernel=2)
+    (gx,), _ = MAX3.backward(saved, np.ones(y.shape))
+    assert gx[0, 0, 0, 0, 0] == 1 and gx.sum() == 1
+    x = np.full((1, 1, 3, 3, 3), -np.inf)
+    x[0, 0, 2, 2, 2] = -1.0
+    y, saved = MAX3.forward(x, rng=None, kernel=3, stride=2, pad=1, ceil=True)
+    assert y.shape == (1, 1, 2, 2, 2)
+    (gx,), _ = MAX3.backward(saved, np.ones(y.shape))
+    assert gx.sum() == 8 and np.isfinite(gx).all()  # each window's gradient lands in it
+    assert (MAX3.kernel(-1.0 - np.random.default_rng(0).random((1, 2, 4, 4, 4)),
+                        kernel=3, stride=2, pad=1, ceil=True) < -1.0).all()
+    # integers stay integers at inference
+    xi = np.arange(-64, 0, dtype=np.int32).reshape(1, 1, 4, 4, 4)
+    yi = MAX3.kernel(xi, kernel=2)
+    assert yi.dtype == np.int32 and yi[0, 0, 1, 1, 1] == -1
+
+
+def test_nd_pool_chunks_and_out_slices(monkeypatch):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 4, 5, 6, 7))
+    for prim, attrs in ((MAX3, dict(kernel=(3, 2, 3), stride=2, pad=1, dilation=1, ceil=True)),
+                        (AVG3, dict(kernel=3, stride=(1, 2, 2), pad=1, ceil=True,
+                                    count_pad=False)),
+                        (MAX1, dict(kernel=3, stride=2, pad=1, dilation=2, ceil=True)),
+                        (AVG1, dict(kernel=3, stride=2, pad=1, ceil=True, count_pad=True))):
+        data = x if prim in (MAX3, AVG3) else x.reshape(3, 4, -1)
+        want = prim.reference(data, **attrs)
+        for chunk in (40, 300, 1 << 16):  # a block of channels, of samples, everything
+            monkeypatch.setattr(pool, "CHUNK_ELEMENTS", chunk)
+            np.testing.assert_allclose(prim.kernel(data, **attrs), want, rtol=1e-12)
+            out = np.full(want.shape, np.nan)
+            assert prim.kernel(data, out=out, **attrs) is out
+            np.testing.assert_allclose(out, want, rtol=1e-12)
+            wide = np.full((3, 6) + want.shape[2:], 7.0)
+            prim.kernel(data, out=wide[:, 1:5], **attrs)
+            np.testing.assert_allclose(wide[:, 1:5], want, rtol=1e-12)
+            assert (wide[:, :1] == 7).all() and (wide[:, 5:] == 7).all()
+        with pytest.raises(ValueError, match=rf"{prim.name}: out must be "):
+            prim.kernel(data, out=np.empty(want.shape, np.float32), **attrs)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: pool.maxpool3d(np.zeros((2, 3, 4, 4)), kernel=2),
+     r"maxpool3d: input must be \[N, C, D, H, W\], got shape \(2, 3, 4, 4\)"),
+    (lambda: pool.avgpool1d(np.zeros((2, 3, 4, 4)), kernel=2),
+     r"avgpool1d: input must be \[N, C, L\], got shape \(2, 3, 4, 4\)"),
+    (lambda: pool.maxpool1d(np.zeros((2, 3, 4)), kernel=5),
+     r"maxpool1d length: output size must be at least 1"),
+    (lambda: pool.avgpool3d(np.zeros((1, 1, 4, 4, 1)), kernel=(1, 1, 2)),
+     r"avgpool3d width: output size must be at least 1"),
+    (lambda: pool.maxpool3d(np.zeros((1, 1, 4, 4, 4)), kernel=2, stride=(1, 0, 1)),
+     r"maxpool3d: kernel, stride and dilation must be >= 1 and pad >= 0, got "
+     r"kernel=\(2, 2, 2\), stride=\(1, 0, 1\)"),
+    (lambda: pool.maxpool3d(np.zeros((1, 1, 4, 4, 4)), kernel=(2, 2)),
+     r"kernel must be an integer or a list of 3 \[depth, height, width\]"),
+])
+def test_nd_pools_refuse_with_their_own_names(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_nd_pool_backward_checks_dy():
+    x = np.zeros((1, 2, 4, 4, 4))
+    for prim, attrs in ((MAX3, dict(kernel=2)), (AVG3, dict(kernel=2)),
+                        (MAX1, dict(kernel=2)), (AVG1, dict(kernel=2))):
+        data = x if prim in (MAX3, AVG3) else x.reshape(1, 2, -1)
+        y, saved = prim.forward(data, rng=None, **attrs)
+        with pytest.raises(ValueError, match=rf"{prim.name} backward: dy must have the "
+                                             rf"forward output's shape"):
+            prim.backward(saved, np.zeros(y.shape + (1,)))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7), (2, 3, 4, 5), (2, 2, 3, 4, 2), (1, 2, 2, 2, 2, 2)])
+def test_global_pools_on_every_rank(shape):
+    rng = np.random.default_rng(12)
+    x = _distinct(rng, shape)
+    spatial = tuple(range(2, len(shape)))
+    ones = shape[:2] + (1,) * (len(shape) - 2)
+    avg, top = pool.global_avgpool(x), pool.global_maxpool(x)
+    assert avg.shape == top.shape == ones
+    np.testing.assert_allclose(avg, x.mean(axis=spatial, keepdims=True), rtol=1e-12)
+    np.testing.assert_array_equal(top, x.max(axis=spatial, keepdims=True))
+    np.testing.assert_allclose(avg, pool.reference_global_avgpool(x), rtol=1e-12)
+    np.testing.assert_array_equal(top, pool.reference_global_maxpool(x))
+    fd_check(GAVG, x)
+    fd_check(GMAX, x)
+
+
+@pytest.mark.torch
+def test_nd_torch_mapping_and_asymmetric_pads():
+    x = np.random.default_rng(13).standard_normal((2, 3, 5, 6, 7))
+    attrs = dict(kernel=(3, 2, 3), stride=(2, 1, 2), pad=(1, 0, 1), dilation=(1, 2, 1),
+                 ceil=True)
+    got = MAX3.torch(_step(attrs), [_t(x)], [], False)
+    np.testing.assert_array_equal(got.numpy(), pool.maxpool3d(x, **attrs))
+    attrs = dict(kernel=3, stride=2, pad=1, ceil=True, count_pad=False)
+    got = AVG1.torch(_step(attrs), [_t(x[:, :, 0, 0])], [], False)
+    np.testing.assert_allclose(got.numpy(), pool.avgpool1d(x[:, :, 0, 0], **attrs), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"layer: PyTorch pools pad the same before and "
+                                         r"after, got \(1, 0, 0, 0, 0, 1\)"):
+        MAX3.torch(_step(dict(kernel=2, pad=(1, 0, 0, 0, 0, 1))), [_t(x)], [], False)
+
+
+def test_nd_onnx_every_variant():
+    """ONNX Runtime and ONNX's reference evaluator against the kernels: ceil mode with the
+    end padding made explicit, the padding counting or not, dilation, and the global pools
+    on [C, L] and [C, D, H, W] (``ReduceMax`` there: the reference evaluator's
+    GlobalMaxPool is wrong off 2-D)."""
+    cases = [
+        (MAX1, _maxpool(3, 2, 1, ceil=True), (3, 10)),
+        (MAX1, _maxpool(2, 3, dilation=2, ceil=True), (2, 7)),
+        (AVG1, _avgpool(3, 2, 1, ceil=True), (3, 10)),
+        (AVG1, _avgpool(4, 3, 2, ceil=True, count_pad=False), (3, 10)),
+        (MAX3, _maxpool((3, 2, 3), (2, 1, 2), (1, 0, 1), ceil=True), (2, 5, 6, 7)),
+        (MAX3, _maxpool(2, 3, dilation=(2, 1, 2), ceil=True), (2, 4, 5, 7)),
+        (AVG3, _avgpool(3, 2, 1, ceil=True), (2, 5, 6, 7)),
+        (AVG3, _avgpool((3, 2, 2), (2, 3, 1), (1, 1, 0), ceil=True, count_pad=False),
+         (2, 5, 6, 7)),
+        (GAVG, {}, (3, 7)),
+        (GMAX, {}, (3, 7)),
+        (GAVG, {}, (2, 3, 4, 5)),
+        (GMAX, {}, (2, 3, 4, 5)),
+    ]
+    model = _onnx_agrees(cases, batches=(1, 2), evaluator=True)
+    ops = {}
+    for node in model.graph.node:
+        ops.setdefault(node.name, []).append(node.op_type)
+    assert ops["p1"] == ["MaxPool"] and ops["p1/pad"] == ["Pad"]
+    assert ops["p9"] == ["ReduceMax"] and ops["p8"] == ["GlobalAveragePool"]
+    assert ops["p11"] == ["ReduceMax"]
+
+
+def test_nd_ceil_grid_means_the_same_in_onnx_runtime():
+    """1-D pools over a grid of sizes, kernels, strides, pads and dilations in ceil mode:
+    ONNX Runtime agrees with the kernels. (Not ONNX's reference evaluator: 1.23 indexes
+    past the padded input on a 1-D MaxPool with padding and stride 1.)"""
+    cases = []
+    for n, k, s, p, d in itertools.product((3, 5, 7), (1, 2, 3), (1, 2, 3), (0, 1), (1, 2)):
+        if p > k // 2 or pool_out(n, k, s, p, d, True) < 1:
+            continue
+        cases.append((MAX1, _maxpool(k, s, p, d, ceil=True), (1, n)))
+        if d == 1:
+            for count in (True, False):
+                cases.append((AVG1, _avgpool(k, s, p, ceil=True, count_pad=count), (1, n)))
+    _onnx_agrees(cases, batches=(2,))

@@ -1,7 +1,12 @@
-"""Size arithmetic against the formulas of the language spec (section 4)."""
+"""Size arithmetic against the formulas of the language spec (section 4), and the window
+machinery on every number of spatial dims (section 9)."""
 
+import itertools
+
+import numpy as np
 import pytest
 
+from cnnc.ops import window
 from cnnc.ops.window import checked_out, conv_out, pads4, pair, pool_out
 
 
@@ -65,3 +70,97 @@ def test_argument_normalisation():
     assert pads4((0, 1, 2, 3)) == (0, 1, 2, 3)
     with pytest.raises(ValueError, match="pad must be"):
         pads4((1, 2, 3))
+
+
+# ---- any number of spatial dims (spec section 9) ------------------------------------------------
+
+def test_dims_and_pads_per_spatial_dim():
+    assert window.dims(3, 1) == (3,) and window.dims(3, 3) == (3, 3, 3)
+    assert window.dims([1, 2, 3], 3) == (1, 2, 3)
+    assert window.dims((2, 5), 2) == pair((2, 5))
+    with pytest.raises(ValueError, match=r"stride must be an integer or a list of 3 "
+                                         r"\[depth, height, width\], got \(1, 2\)"):
+        window.dims((1, 2), 3, "stride")
+    assert window.pad_pairs(1, 3) == ((1, 1),) * 3
+    assert window.pad_pairs((1, 2, 3), 3) == ((1, 1), (2, 2), (3, 3))
+    assert window.pad_pairs((0, 1, 2, 3, 4, 5), 3) == ((0, 1), (2, 3), (4, 5))
+    assert window.pad_pairs((2,), 1) == ((2, 2),) and window.pad_pairs((0, 3), 1) == ((0, 3),)
+    for pad in (1, (1, 2), (0, 1, 2, 3)):  # the 2-D form is pads4's
+        assert window.flat_pads(window.pad_pairs(pad, 2)) == pads4(pad)
+    with pytest.raises(ValueError, match=r"pad must be p, a list of 3 or 6 values"):
+        window.pad_pairs((1, 2), 3)
+
+
+def test_per_dim_keeps_a_rank_free_argument_to_its_rank():
+    assert window.per_dim(3, 3) == (3, 3, 3)
+    assert window.per_dim((1, 2, 2), 3) == (1, 2, 2)
+    assert window.per_dim((2, 2), 3) is None  # never guessed
+    assert window.per_dim((4,), 1) == (4,)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_window_view_and_tap_slices_read_the_same_cells(n):
+    rng = np.random.default_rng(n)
+    sizes = (9, 8, 7)[:n]
+    x = rng.standard_normal((2, 3) + sizes)
+    kernel, stride, dilation = (3, 2, 2)[:n], (2, 1, 3)[:n], (1, 2, 1)[:n]
+    pairs = ((1, 0), (0, 2), (1, 1))[:n]
+    xpad = window.pad_to(x, pairs, -5.0, np)
+    assert xpad.shape == (2, 3) + tuple(s + b + e for s, (b, e) in zip(sizes, pairs))
+    inner = (slice(None), slice(None)) + tuple(slice(b, b + s) for s, (b, _) in
+                                               zip(sizes, pairs))
+    np.testing.assert_array_equal(xpad[inner], x)
+    assert (xpad == -5.0).sum() == xpad.size - x.size
+    outs = tuple((s + b + e - d * (k - 1) - 1) // t + 1
+                 for s, (b, e), k, t, d in zip(sizes, pairs, kernel, stride, dilation))
+    view = window.window_view(xpad, kernel, stride, dilation, outs, np)
+    assert view.shape == (2, 3) + kernel + outs
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        cells = xpad[window.tap_slices(tap, stride, dilation, outs)]
+        np.testing.assert_array_equal(view[(slice(None), slice(None)) + tap], cells)
+        for position in itertools.product(*(range(o) for o in outs)):
+            where = tuple(p * t + i * d for p, t, i, d in zip(position, stride, tap, dilation))
+            assert cells[(0, 1) + position] == xpad[(0, 1) + where]
+        rows = window.tap_slices(tap, stride, dilation, outs, (1, outs[0]))
+        np.testing.assert_array_equal(xpad[rows], cells[:, :, 1:])
+    assert window.pad_to(x, ((0, 0),) * n, 0.0, np) is x
+
+
+def test_namesake_help():
+    family = {1: "conv1d", 2: "conv", 3: "conv3d"}
+    assert window.namesake_help("conv", family, (10,)) == window.map_only_help("conv", (10,))
+    assert window.namesake_help("conv3d", family, (3, 8, 8)) == (
+        "`conv3d` works on [C, D, H, W] volumes; use `conv` on a [C, H, W] map")
+    assert window.namesake_help("conv1d", family, (3, 8, 8, 8, 8)) is None
+
+
+class _Ctx:
+    def __init__(self):
+        self.errors = []
+        self.positives = []
+
+    def error(self, code, message, notes=(), help=None):
+        self.errors.append((code, message, help))
+
+    def positive(self, size, what):
+        self.positives.append(what)
+
+
+def test_spatial_names_every_dim():
+    ctx = _Ctx()
+    assert window.spatial("conv1d", (3, 20), ctx, (3,), (2,), (1,)) == (10,)
+    assert window.spatial("pool", (3, 9, 8, 7), ctx, (2, 2, 2), (2, 2, 2), (0, 0, 0),
+                          ceil=True) == (5, 4, 4)
+    assert ctx.errors == []
+    for shape, name, unit in (((3, 1), "length", "samples long"),
+                              ((3, 1, 5, 5), "depth", "slices deep"),
+                              ((3, 5, 1, 5), "height", "rows high"),
+                              ((3, 5, 5, 1), "width", "columns wide")):
+        ctx = _Ctx()
+        n = len(shape) - 1
+        assert window.spatial("op", shape, ctx, (3,) * n, (1,) * n, (0,) * n) is None
+        [(code, message, help)] = ctx.errors
+        assert (code, message) == ("E301", f"op output {name} would be -1, below 1: "
+                                           f"1 - 3 + 1 = -1")
+        assert help.startswith(f"the input must be at least 3 {unit} for this op; it is 1.")
+    assert window.unit(0) == "rows high" and window.unit(1) == "columns wide"
