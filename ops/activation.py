@@ -44,7 +44,8 @@ from typing import Callable
 
 from ..compiler.symbolic import is_concrete
 from . import gpu
-from .base import ArgSpec, Example, ExportError, Layer, Primitive, divisor_help, same_shape
+from .base import ArgSpec, Example, ExportError, Layer, Primitive, divisor_help, elements
+from .base import keeps_output, same_shape
 from .cuda_kernels import ACTIVATION_CODES
 from .xp import as_grad, floating, get_array_module, index_dtype, np, prod
 
@@ -1345,6 +1346,26 @@ LAYERS = [_activation_layer(act) for act in ACTIVATIONS.values() if act.layer] +
           doc="max over k channels"),
 ]
 
+
+# ---- what the training forwards keep (Primitive.keeps)
+
+
+def _activation_keeps(step, in_shapes, itemsize):
+    keeps = ACTIVATIONS[step.attrs["name"]].keeps
+    if keeps == "mask":
+        return [("new", "mask", elements(in_shapes[0]), 0)]  # x > 0, a byte each
+    if keeps == "x":
+        return [("input", 0)]
+    if keeps == "y":
+        return [("output",)]
+    return []
+
+
+def _maxout_keeps(step, in_shapes, itemsize):
+    index = index_dtype(int(step.attrs["k"])).itemsize
+    return [("new", "index", elements(step.shape) * index, 0)]
+
+
 PRIMITIVES = [
     Primitive(
         "activation",
@@ -1362,6 +1383,7 @@ PRIMITIVES = [
         accepts_out=True,
         in_place="first",
         doc="an element-wise activation of ACTIVATIONS; weight is prelu's slopes",
+        keeps=_activation_keeps,
     ),
     Primitive(
         "softmax",
@@ -1374,6 +1396,7 @@ PRIMITIVES = [
         torch=torch_softmax,
         examples=softmax_examples,
         doc="softmax along axis",
+        keeps=keeps_output,
     ),
     Primitive(
         "maxout",
@@ -1386,5 +1409,6 @@ PRIMITIVES = [
         torch=torch_maxout,
         examples=maxout_examples,
         doc="channel i is the max of channels k*i .. k*i+k-1",
+        keeps=_maxout_keeps,
     ),
 ]

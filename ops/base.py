@@ -206,6 +206,13 @@ class Primitive:
       ``forward``, ``backward`` already run well on CuPy arrays. The CuPy backend sends
       other dtypes to the generic ones.
     - ``examples(rng) -> [Example]``: inputs for the generic conformance tests.
+    - ``keeps(step, in_shapes, itemsize) -> [item]``: what the training forward keeps for
+      the backward pass, from the plan alone (``cnnc summary --train`` and the memory check
+      before training read it; ``tests/runtime/test_sizes.py`` holds it to what a forward
+      really keeps). Items: ``("input", i)`` or ``("output",)``, a tensor of the plan kept
+      by reference; ``("new", what, bytes per sample, bytes in all)``, an array of its own;
+      ``("alias",)`` alone: the output is the input's memory. None: at most the inputs and
+      the output (an estimate from above).
     """
 
     name: str  # the ``Op`` value, e.g. "conv2d"
@@ -225,6 +232,7 @@ class Primitive:
     in_place: str | None = None  # None, "first" or "any": which input the output may overwrite
     alias: bool = False  # inference output is the input itself, reshaped (flatten, dropout)
     gemm: bool = False  # may absorb a following batchnorm and activation as its epilogue
+    keeps: Callable | None = None
     doc: str = ""
 
 
@@ -239,6 +247,29 @@ def divisor_help(what, total, bad):
 def same_shape(shape, args, ctx):
     """The shape rule of a layer that keeps its input's shape."""
     return shape
+
+
+def keeps_input(step, in_shapes, itemsize):
+    """``keeps`` of a primitive whose backward needs its (first) input."""
+    return [("input", 0)]
+
+
+def keeps_output(step, in_shapes, itemsize):
+    """``keeps`` of a primitive whose backward needs its output."""
+    return [("output",)]
+
+
+def keeps_nothing(step, in_shapes, itemsize):
+    """``keeps`` of a primitive whose backward needs nothing but shapes."""
+    return []
+
+
+def elements(shape) -> int:
+    """The number of elements of a per-sample shape."""
+    total = 1
+    for d in shape:
+        total *= int(d)
+    return total
 
 
 def weight_keys(node) -> list[str]:

@@ -36,7 +36,7 @@ from ..compiler.symbolic import is_concrete
 from . import gpu, window
 from .activation import act_args, act_backward, act_spec, apply_act_, bias_act, emit_fused
 from .activation import reference_act, refuse_fused_prelu
-from .base import ArgSpec, Example, Layer, Primitive, divisor_help
+from .base import ArgSpec, Example, Layer, Primitive, divisor_help, keeps_input
 from .window import checked_out, pads4, pair
 from .xp import as_grad, float_dtype, get_array_module, no_act, numpy, prod
 
@@ -1225,6 +1225,9 @@ def _examples_conv3d(rng):
     ]
 
 
+
+
+
 CONV2D = Primitive(
     "conv2d",
     "(x, w, b=None, *, stride, pad, dilation, groups, act)",
@@ -1242,6 +1245,7 @@ CONV2D = Primitive(
     accepts_scale=True,
     gemm=True,
     doc="2-D convolution, with an optional fused scale, bias and activation epilogue",
+    keeps=keeps_input,
 )
 
 CONV1D_PRIMITIVE = Primitive(
@@ -1261,6 +1265,7 @@ CONV1D_PRIMITIVE = Primitive(
     accepts_scale=True,
     gemm=True,
     doc="1-D convolution: CONV2D's kernels on height-1 views, its epilogue included",
+    keeps=keeps_input,
 )
 
 CONV3D_PRIMITIVE = Primitive(
@@ -1277,6 +1282,7 @@ CONV3D_PRIMITIVE = Primitive(
     accepts_scale=True,
     gemm=True,
     doc="3-D convolution: N-d im2col and GEMM, with the scale, bias and activation epilogue",
+    keeps=keeps_input,
 )
 
 LAYERS = [CONV, CONV1D, CONV3D]

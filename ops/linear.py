@@ -24,7 +24,7 @@ from __future__ import annotations
 from . import gpu
 from .activation import act_backward, act_spec, apply_act_, bias_act, emit_fused
 from .activation import reference_act, refuse_fused_prelu
-from .base import ArgSpec, Example, Layer, Primitive
+from .base import ArgSpec, Example, Layer, Primitive, keeps_input
 from .xp import as_grad, float_dtype, get_array_module, no_act, numpy
 
 
@@ -232,6 +232,9 @@ def _examples_dense(rng):
     ]
 
 
+
+
+
 DENSE = Primitive(
     "dense",
     "(x, w, b=None, *, act)",
@@ -249,6 +252,7 @@ DENSE = Primitive(
     accepts_scale=True,
     gemm=True,
     doc="fully connected, with an optional fused scale, bias and activation epilogue",
+    keeps=keeps_input,
 )
 
 LAYERS = [DENSE_LAYER]

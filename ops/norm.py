@@ -50,7 +50,8 @@ import math
 
 from ..compiler.symbolic import is_concrete
 from . import gpu
-from .base import ArgSpec, Example, ExportError, Layer, Primitive, divisor_help, same_shape
+from .base import ArgSpec, Example, ExportError, Layer, Primitive, divisor_help, elements
+from .base import keeps_input, same_shape
 from .window import map_only_help
 from .xp import as_grad, floating, get_array_module, np
 
@@ -1135,6 +1136,32 @@ LAYERS = [
     ),
 ]
 
+
+# ---- what the training forwards keep (Primitive.keeps)
+
+
+def _batchnorm_keeps(step, in_shapes, itemsize):
+    # x-hat, and 1/sqrt(var + eps) per channel
+    return [("new", "xhat", elements(in_shapes[0]) * itemsize, in_shapes[0][0] * itemsize)]
+
+
+def _layernorm_keeps(step, in_shapes, itemsize):
+    # x-hat, and 1/sqrt(var + eps) per position
+    spatial = elements(in_shapes[0][1:])
+    return [("new", "xhat", (elements(in_shapes[0]) + spatial) * itemsize, 0)]
+
+
+def _groupnorm_keeps(step, in_shapes, itemsize):
+    # x-hat, and 1/sqrt(var + eps) per group
+    groups = int(step.attrs["groups"])
+    return [("new", "xhat", (elements(in_shapes[0]) + groups) * itemsize, 0)]
+
+
+def _lrn_keeps(step, in_shapes, itemsize):
+    # x, and the base k + alpha/size * sum of squares
+    return [("input", 0), ("new", "base", elements(in_shapes[0]) * itemsize, 0)]
+
+
 PRIMITIVES = [
     Primitive(
         "batchnorm",
@@ -1150,6 +1177,7 @@ PRIMITIVES = [
         accepts_out=True,
         in_place="first",
         doc="per-channel normalisation: batch statistics in training, running ones else",
+        keeps=_batchnorm_keeps,
     ),
     Primitive(
         "layernorm",
@@ -1164,6 +1192,7 @@ PRIMITIVES = [
         accepts_out=True,
         in_place="first",
         doc="normalisation over the channels at each position",
+        keeps=_layernorm_keeps,
     ),
     Primitive(
         "groupnorm",
@@ -1178,6 +1207,7 @@ PRIMITIVES = [
         accepts_out=True,
         in_place="first",
         doc="normalisation over each group of channels and every position",
+        keeps=_groupnorm_keeps,
     ),
     Primitive(
         "scale",
@@ -1193,6 +1223,7 @@ PRIMITIVES = [
         accepts_out=True,
         in_place="first",
         doc="a per-channel multiplier and bias",
+        keeps=keeps_input,
     ),
     Primitive(
         "lrn",
@@ -1206,5 +1237,6 @@ PRIMITIVES = [
         examples=lrn_examples,
         gpu_kernel=lrn_gpu,
         doc="local response normalisation across channels (PyTorch's window)",
+        keeps=_lrn_keeps,
     ),
 ]

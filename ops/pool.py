@@ -47,7 +47,7 @@ import math
 from ..compiler.symbolic import shape_text
 from . import gpu
 from . import window
-from .base import ArgSpec, Example, ExportError, Layer, Primitive
+from .base import ArgSpec, Example, ExportError, Layer, Primitive, elements, keeps_nothing
 from .window import checked_out, pads4, pair, pool_out
 from .xp import as_grad, floating, get_array_module, index_dtype, numpy
 
@@ -1469,6 +1469,23 @@ def _examples_global_maxpool(rng):
 LAYERS = [MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, GLOBAL_MAXPOOL, MAXPOOL1D, MAXPOOL3D, AVGPOOL1D,
           AVGPOOL3D]
 
+
+# ---- what the training forwards keep (Primitive.keeps)
+
+
+def _maxpool_keeps(step, in_shapes, itemsize):
+    # the winning tap of each output, in the smallest integer that holds a tap
+    kernel = step.attrs["kernel"]
+    rank = len(in_shapes[0]) - 1
+    taps = int(kernel) ** rank if isinstance(kernel, int) else math.prod(kernel)
+    return [("new", "index", elements(step.shape) * index_dtype(taps).itemsize, 0)]
+
+
+def _global_maxpool_keeps(step, in_shapes, itemsize):
+    spatial = elements(in_shapes[0][1:])
+    return [("new", "index", elements(step.shape) * index_dtype(spatial).itemsize, 0)]
+
+
 PRIMITIVES = [
     Primitive(
         "maxpool2d",
@@ -1485,6 +1502,7 @@ PRIMITIVES = [
         gpu_backward=gpu_maxpool2d_backward,
         accepts_out=True,
         doc="max over windows; padding never wins, ties go to the first tap",
+        keeps=_maxpool_keeps,
     ),
     Primitive(
         "avgpool2d",
@@ -1501,6 +1519,7 @@ PRIMITIVES = [
         gpu_backward=gpu_avgpool2d_backward,
         accepts_out=True,
         doc="mean over windows, PyTorch's count_include_pad divisors",
+        keeps=keeps_nothing,
     ),
     Primitive(
         "global_avgpool",
@@ -1513,6 +1532,7 @@ PRIMITIVES = [
         torch=_torch_global_avgpool,
         examples=_examples_global_avgpool,
         doc="mean over every spatial dim",
+        keeps=keeps_nothing,
     ),
     Primitive(
         "global_maxpool",
@@ -1525,6 +1545,7 @@ PRIMITIVES = [
         torch=_torch_global_maxpool,
         examples=_examples_global_maxpool,
         doc="max over every spatial dim",
+        keeps=_global_maxpool_keeps,
     ),
     Primitive(
         "maxpool1d",
@@ -1541,6 +1562,7 @@ PRIMITIVES = [
         gpu_backward=gpu_maxpool1d_backward,
         accepts_out=True,
         doc="max over windows of [N, C, L]: maxpool2d with a height-1 window",
+        keeps=_maxpool_keeps,
     ),
     Primitive(
         "maxpool3d",
@@ -1554,6 +1576,7 @@ PRIMITIVES = [
         examples=_examples_maxpool3d,
         accepts_out=True,
         doc="max over windows of [N, C, D, H, W]; padding never wins, ties go to the first tap",
+        keeps=_maxpool_keeps,
     ),
     Primitive(
         "avgpool1d",
@@ -1570,6 +1593,7 @@ PRIMITIVES = [
         gpu_backward=gpu_avgpool1d_backward,
         accepts_out=True,
         doc="mean over windows of [N, C, L]: avgpool2d with a height-1 window",
+        keeps=keeps_nothing,
     ),
     Primitive(
         "avgpool3d",
@@ -1583,5 +1607,6 @@ PRIMITIVES = [
         examples=_examples_avgpool3d,
         accepts_out=True,
         doc="mean over windows of [N, C, D, H, W], PyTorch's count_include_pad divisors",
+        keeps=keeps_nothing,
     ),
 ]

@@ -52,7 +52,8 @@ import itertools
 
 from ..compiler.symbolic import is_concrete, shape_text
 from . import gpu, window
-from .base import ArgSpec, Example, Layer, Primitive, divisor_help
+from .base import ArgSpec, Example, Layer, Primitive, divisor_help, elements
+from .base import keeps_input, keeps_nothing
 from .window import pair
 from .xp import as_grad, float_dtype, floating, get_array_module, index_dtype, numpy
 
@@ -1321,6 +1322,28 @@ def _examples_adaptive(distinct):
 
 LAYERS = [UPSAMPLE, CONV_TRANSPOSE, ADAPTIVE_AVGPOOL, ADAPTIVE_MAXPOOL]
 
+
+# ---- what the training forwards keep (Primitive.keeps)
+
+
+def _adaptive_maxpool_keeps(step, in_shapes, itemsize):
+    """The winning taps: one array per spatial axis that changes size (the last first),
+    each of the shape after that axis's stage."""
+    shape = in_shapes[0]
+    current = list(shape)
+    size = step.attrs["size"]
+    sizes = [size] * (len(shape) - 1) if isinstance(size, int) else list(size)
+    total = 0
+    for axis in reversed(range(1, len(shape))):
+        n, m = int(current[axis]), int(sizes[axis - 1])
+        if n == m:
+            continue
+        longest = max(-(-((i + 1) * n) // m) - (i * n) // m for i in range(m))
+        current[axis] = m
+        total += elements(current) * index_dtype(longest).itemsize
+    return [("new", "taps", total, 0)]
+
+
 PRIMITIVES = [
     Primitive(
         "upsample",
@@ -1334,6 +1357,7 @@ PRIMITIVES = [
         examples=_examples_upsample,
         accepts_out=True,
         doc="nearest or linear upsampling by integer factors, any rank",
+        keeps=keeps_nothing,
     ),
     Primitive(
         "conv_transpose2d",
@@ -1347,6 +1371,7 @@ PRIMITIVES = [
         examples=_examples_conv_transpose2d,
         accepts_out=True,
         doc="2-D transposed convolution: a GEMM and a col2im per tap",
+        keeps=keeps_input,
     ),
     Primitive(
         "adaptive_avgpool",
@@ -1359,6 +1384,7 @@ PRIMITIVES = [
         torch=_torch_adaptive("avg"),
         examples=_examples_adaptive(False),
         doc="mean over PyTorch's adaptive windows, any rank",
+        keeps=keeps_nothing,
     ),
     Primitive(
         "adaptive_maxpool",
@@ -1371,5 +1397,6 @@ PRIMITIVES = [
         torch=_torch_adaptive("max"),
         examples=_examples_adaptive(True),
         doc="max over PyTorch's adaptive windows, any rank; ties go to the first",
+        keeps=_adaptive_maxpool_keeps,
     ),
 ]

@@ -29,7 +29,8 @@ here: the generic ones are CuPy's own array operations (a reshape, ``concatenate
 from __future__ import annotations
 
 from ..compiler.symbolic import is_concrete
-from .base import ArgSpec, Example, Layer, Merge, Primitive, divisor_help, same_shape
+from .base import ArgSpec, Example, Layer, Merge, Primitive, divisor_help, elements
+from .base import keeps_nothing, same_shape
 from .xp import as_grad, floating, get_array_module, np, prod
 
 
@@ -857,6 +858,32 @@ LAYERS = [
           doc="element-wise product, broadcasting"),
 ]
 
+
+# ---- what the training forwards keep (Primitive.keeps)
+
+
+def _alias_keeps(step, in_shapes, itemsize):
+    return [("alias",)]
+
+
+def _mask_keeps(step, in_shapes, itemsize):
+    # p=0 returns the input itself; else a bool mask and the scale as a NumPy scalar
+    if step.attrs.get("p", 0.5) == 0:
+        return [("alias",)]
+    return [("new", "mask", elements(in_shapes[0]), itemsize)]
+
+
+def _row_mask_keeps(step, in_shapes, itemsize):
+    # one keep flag per sample, and the scale
+    if step.attrs.get("p", 0.5) == 0:
+        return [("alias",)]
+    return [("new", "mask", 1, itemsize)]
+
+
+def _mul_keeps(step, in_shapes, itemsize):
+    return [("input", i) for i in range(len(in_shapes))]
+
+
 PRIMITIVES = [
     Primitive(
         "flatten",
@@ -870,6 +897,7 @@ PRIMITIVES = [
         examples=flatten_examples,
         alias=True,
         doc="(N, ...) -> (N, prod(...)); a view",
+        keeps=_alias_keeps,
     ),
     Primitive(
         "dropout",
@@ -883,6 +911,7 @@ PRIMITIVES = [
         examples=dropout_examples,
         alias=True,
         doc="inverted dropout in training; the identity at inference",
+        keeps=_mask_keeps,
     ),
     Primitive(
         "concat",
@@ -895,6 +924,7 @@ PRIMITIVES = [
         torch=concat_torch,
         examples=concat_examples,
         doc="join along an axis (channels)",
+        keeps=keeps_nothing,
     ),
     Primitive(
         "add",
@@ -909,6 +939,7 @@ PRIMITIVES = [
         accepts_out=True,
         in_place="any",
         doc="element-wise sum, broadcasting",
+        keeps=keeps_nothing,
     ),
     Primitive(
         "mul",
@@ -923,6 +954,7 @@ PRIMITIVES = [
         accepts_out=True,
         in_place="any",
         doc="element-wise product, broadcasting",
+        keeps=_mul_keeps,
     ),
     Primitive(
         "slice",
@@ -936,6 +968,7 @@ PRIMITIVES = [
         examples=slice_examples,
         accepts_out=True,
         doc="x[:, start:stop], a copy",
+        keeps=keeps_nothing,
     ),
     Primitive(
         "channel_shuffle",
@@ -949,6 +982,7 @@ PRIMITIVES = [
         examples=shuffle_examples,
         accepts_out=True,
         doc="(N, g, C/g, ...) -> (N, C/g, g, ...): PyTorch's ChannelShuffle",
+        keeps=keeps_nothing,
     ),
     Primitive(
         "drop_path",
@@ -962,5 +996,6 @@ PRIMITIVES = [
         examples=drop_path_examples,
         alias=True,
         doc="stochastic depth in training; the identity at inference",
+        keeps=_row_mask_keeps,
     ),
 ]

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from ..compiler.plan import Plan
-from ..ops import Op
+from ..ops import Op, primitive
 from . import files
 from .backend import Backend, gpu_usable
 from .errors import InputError, LayerError, WeightFileError, at_layer
@@ -461,21 +461,6 @@ def _largest_layer(plan, dtype, batch: int) -> str:
     return f"`{step.name}` ({step.op.value}{where}): {' and '.join(sizes)}"
 
 
-# The primitives whose training forward keeps nothing for the backward pass but shapes.
-_KEEPS_NOTHING = frozenset({
-    "avgpool1d", "avgpool2d", "avgpool3d", "global_avgpool", "concat", "add", "upsample",
-    "adaptive_avgpool", "slice", "channel_shuffle",
-})
-# Every primitive `estimate_saved_bytes` knows exactly; for any other it counts the step's
-# inputs and output, at least what it keeps. (Ideally each primitive would say what its
-# forward keeps, in ops/, beside the forward itself.)
-SAVED_BYTES_KNOWN = _KEEPS_NOTHING | {
-    "conv1d", "conv2d", "conv3d", "conv_transpose2d", "dense", "scale", "lrn", "batchnorm",
-    "layernorm", "groupnorm", "activation", "softmax", "maxout", "maxpool1d", "maxpool2d",
-    "maxpool3d", "global_maxpool", "adaptive_maxpool", "dropout", "flatten",
-}
-
-
 def estimate_saved_bytes(plan, dtype, batch: int, every_output: bool = False) -> int:
     """Bytes that a training forward (`Model.forward`) keeps for the backward pass on
     ``batch`` samples in ``dtype``, from the plan alone: what `Model.saved_bytes` measures
@@ -486,13 +471,9 @@ def estimate_saved_bytes(plan, dtype, batch: int, every_output: bool = False) ->
 
 
 def _training_arrays(plan, dtype, every_output: bool) -> dict:
-    """What each primitive's training forward keeps (ops/: the ``*_forward`` functions):
-    key -> ``(bytes per sample, bytes independent of the batch)``. A tensor of the plan
-    kept by several steps is one entry (``("tensor", root)``); flatten and dropout with
-    p=0 return their input's memory."""
-    from ..ops.activation import ACTIVATIONS
-    from ..ops.xp import index_dtype
-
+    """What each step's training forward keeps, as its primitive says (``Primitive.keeps``
+    in ops/): key -> ``(bytes per sample, bytes independent of the batch)``. A tensor of
+    the plan kept by several steps is one entry (``("tensor", root)``)."""
     item = dtype.itemsize
     shape_of = {name: tuple(shape) for name, shape in plan.inputs.items()}
     shape_of.update({step.name: tuple(step.shape) for step in plan.steps})
@@ -503,78 +484,26 @@ def _training_arrays(plan, dtype, every_output: bool) -> dict:
     def tensor(name):
         kept[("tensor", root[name])] = (size[root[name]] * item, 0)
 
-    def new(step, what, per_sample, fixed=0):
-        kept[(step.name, what)] = (per_sample, fixed)
-
     for step in plan.steps:
-        op, attrs = step.op.value, step.attrs
-        x = step.inputs[0] if step.inputs else None
-        nx, ny = (size[x] if x else 0), size[step.name]
-        if op == "flatten" or (op == "dropout" and attrs.get("p", 0.5) == 0):
-            root[step.name] = root[x]
+        in_shapes = [shape_of[name] for name in step.inputs]
+        keeps = primitive(step.op).keeps
+        items = keeps(step, in_shapes, item) if keeps is not None else None
+        if items == [("alias",)]:
+            root[step.name] = root[step.inputs[0]]
             continue
         if every_output:
             tensor(step.name)
-        if op in ("conv1d", "conv2d", "conv3d", "conv_transpose2d", "dense", "scale"):
-            tensor(x)
-        elif op == "lrn":
-            tensor(x)
-            new(step, "base", nx * item)
-        elif op == "batchnorm":
-            new(step, "xhat", nx * item, shape_of[x][0] * item)
-        elif op == "layernorm":
-            spatial = math.prod(int(d) for d in shape_of[x][1:])
-            new(step, "xhat", (nx + spatial) * item)
-        elif op == "groupnorm":
-            new(step, "xhat", (nx + int(attrs["groups"])) * item)
-        elif op == "activation":
-            keeps = getattr(ACTIVATIONS.get(attrs.get("name")), "keeps", "x")
-            if keeps == "mask":
-                new(step, "mask", nx)
-            elif keeps == "x":
-                tensor(x)
-            elif keeps == "y":
+        if items is None:  # nothing said: at most its inputs and its output
+            items = [("input", i) for i in range(len(step.inputs))] + [("output",)]
+        for entry in items:
+            if entry[0] == "input":
+                tensor(step.inputs[entry[1]])
+            elif entry[0] == "output":
                 tensor(step.name)
-        elif op == "softmax":
-            tensor(step.name)
-        elif op == "maxout":
-            new(step, "index", ny * index_dtype(int(attrs["k"])).itemsize)
-        elif op in ("maxpool1d", "maxpool2d", "maxpool3d"):
-            kernel = attrs["kernel"]
-            rank = len(shape_of[x]) - 1
-            taps = int(kernel) ** rank if isinstance(kernel, int) else math.prod(kernel)
-            new(step, "index", ny * index_dtype(taps).itemsize)
-        elif op == "global_maxpool":
-            spatial = math.prod(int(d) for d in shape_of[x][1:])
-            new(step, "index", ny * index_dtype(spatial).itemsize)
-        elif op == "adaptive_maxpool":
-            new(step, "taps", _adaptive_taps(shape_of[x], attrs["size"], index_dtype))
-        elif op == "dropout":
-            new(step, "mask", nx, item)  # the mask, and the scale as a NumPy scalar
-        elif op in _KEEPS_NOTHING:
-            pass
-        else:  # an op this table does not know: at most its inputs and its output
-            for name in step.inputs:
-                tensor(name)
-            tensor(step.name)
+            else:
+                _, what, per_sample, fixed = entry
+                kept[(step.name, what)] = (per_sample, fixed)
     return kept
-
-
-def _adaptive_taps(shape, size, index_dtype) -> int:
-    """Bytes per sample of adaptive_maxpool's winning taps: one array per spatial axis
-    that changes size (the last first), each of the shape after that axis's stage."""
-    current = list(shape)
-    total = 0
-    spatial = len(shape) - 1
-    sizes = [size] * spatial if isinstance(size, int) else list(size)
-    for axis in reversed(range(1, len(shape))):
-        n, m = int(current[axis]), int(sizes[axis - 1])
-        if n == m:
-            continue
-        longest = max(-(-((i + 1) * n) // m) - (i * n) // m for i in range(m))
-        current[axis] = m
-        total += math.prod(current) * index_dtype(longest).itemsize
-    return total
 
 
 def _root(a):
