@@ -244,60 +244,6 @@ def source_lines(text: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
-# What other frameworks (PyTorch, Keras, Caffe, ONNX) call a layer or merge, lower-cased, and
-# the cnnc spelling: the "did you mean" of an unknown layer or merge (E203). A value is a
-# layer or merge name, or ``(name, help)`` where the spelling takes more than a name. The
-# checker offers an entry only while its name is a layer or merge of the registry
-# (``ops.LAYERS``, ``ops.MERGES``); names that are layers of their own are not here.
-_DEPTHWISE = ("conv", "a depthwise convolution is `conv(C, k, groups=C)`, C the input "
-              "channels")
-_SEPARABLE = ("conv", "a separable convolution is `conv(C, k, groups=C) -> conv(out, 1)`, "
-              "C the input channels")
-FOREIGN_NAMES: dict = {
-    **dict.fromkeys(("linear", "fc", "fully_connected", "fullyconnected", "innerproduct",
-                     "inner_product"), "dense"),
-    **dict.fromkeys(("conv2d", "convolution", "convolution2d"), "conv"),
-    **dict.fromkeys(("dwconv", "dw_conv", "depthwise", "depthwise_conv", "depthwiseconv",
-                     "depthwiseconv2d", "depthwise_conv2d"), _DEPTHWISE),
-    **dict.fromkeys(("separableconv2d", "separable_conv", "separable_conv2d",
-                     "sepconv"), _SEPARABLE),
-    **dict.fromkeys(("deconv", "deconvolution", "convtranspose", "convtranspose2d",
-                     "conv_transpose2d", "conv2dtranspose", "conv2d_transpose",
-                     "transposed_conv", "transpose_conv"), "conv_transpose"),
-    **dict.fromkeys(("bn", "batchnorm1d", "batchnorm2d", "batchnorm3d", "batch_norm",
-                     "batchnormalization", "batch_normalization"), "batchnorm"),
-    **dict.fromkeys(("ln", "layer_norm", "layernormalization"), "layernorm"),
-    **dict.fromkeys(("gn", "group_norm", "groupnormalization"), "groupnorm"),
-    **dict.fromkeys(("localresponsenorm", "local_response_norm"), "lrn"),
-    **dict.fromkeys(("maxpool2d", "max_pool", "max_pool2d", "maxpooling2d", "max_pooling2d"),
-                    "maxpool"),
-    **dict.fromkeys(("avgpool2d", "avg_pool", "avg_pool2d", "averagepool", "averagepooling2d",
-                     "average_pooling2d"), "avgpool"),
-    **dict.fromkeys(("gap", "globalavgpool", "global_avg_pool", "globalaveragepool",
-                     "globalaveragepooling2d", "global_average_pooling2d"), "global_avgpool"),
-    **dict.fromkeys(("globalmaxpool", "global_max_pool", "globalmaxpooling2d",
-                     "global_max_pooling2d"), "global_maxpool"),
-    **dict.fromkeys(("adaptiveavgpool2d", "adaptive_avg_pool", "adaptive_avg_pool2d"),
-                    "adaptive_avgpool"),
-    **dict.fromkeys(("adaptivemaxpool2d", "adaptive_max_pool", "adaptive_max_pool2d"),
-                    "adaptive_maxpool"),
-    **dict.fromkeys(("upsampling", "upsampling2d", "upsamplingnearest2d",
-                     "upsamplingbilinear2d", "interpolate", "resize"), "upsample"),
-    **dict.fromkeys(("leakyrelu", "lrelu"), "leaky_relu"),
-    **dict.fromkeys(("hard_swish", "hswish", "h_swish"), "hardswish"),
-    **dict.fromkeys(("hard_sigmoid", "hsigmoid", "h_sigmoid"), "hardsigmoid"),
-    **dict.fromkeys(("droppath", "stochastic_depth", "stochasticdepth"), "drop_path"),
-    **dict.fromkeys(("layerscale", "layer_scale"), "scale"),
-    **dict.fromkeys(("channelshuffle", "shuffle"), "channel_shuffle"),
-    "split": ("slice", "take each part of the channels with `slice(start, stop)`"),
-    **dict.fromkeys(("view", "reshape"), ("flatten", "cnnc reshapes with `flatten` only")),
-    **dict.fromkeys(("concatenate", "cat"), "concat"),
-    **dict.fromkeys(("sum", "eltwise", "elementwise_add"), "add"),
-    **dict.fromkeys(("multiply", "mult", "prod", "elementwise_mul"), "mul"),
-}
-
-# Argument names of other frameworks and the cnnc spelling: the "did you mean" of an
-# unknown argument (E205), offered where the layer has an argument of that name.
 FOREIGN_ARGUMENTS: dict = {
     **dict.fromkeys(("padding",), "pad"),
     **dict.fromkeys(("kernel_size", "pool_size"), "kernel"),
@@ -319,10 +265,11 @@ FOREIGN_ARGUMENTS: dict = {
 }
 
 
-def foreign_name(name: str, known, table: dict | None = None):
+def foreign_name(name: str, known, table: dict):
     """``(cnnc name, help or None)`` for ``name`` as another framework spells it, where the
-    cnnc name is among ``known``; else None. ``table``: FOREIGN_NAMES unless given."""
-    entry = (FOREIGN_NAMES if table is None else table).get(name.lower())
+    cnnc name is among ``known``; else None. ``table``: what other frameworks call a layer
+    (``ops.FOREIGN_NAMES``, from the op families) or an argument (``FOREIGN_ARGUMENTS``)."""
+    entry = table.get(name.lower())
     if entry is None:
         return None
     target, text = entry if isinstance(entry, tuple) else (entry, None)

@@ -45,6 +45,12 @@ def _collect():
 
 LAYERS, MERGES, PRIMITIVES = _collect()
 
+# What other frameworks call a layer or merge (lower-cased) -> the cnnc name, or
+# ``(name, help)``: each family's own ``FOREIGN_NAMES``, for the checker's "did you mean".
+FOREIGN_NAMES = {}
+for _family in FAMILIES:
+    FOREIGN_NAMES.update(getattr(_family, "FOREIGN_NAMES", {}))
+
 # The closed vocabulary between compiler and runtime: one member per primitive, its value the
 # primitive's name (``Op.CONV2D.value == "conv2d"``).
 Op = enum.Enum("Op", {name.upper(): name for name in PRIMITIVES}, module=__name__)
@@ -72,4 +78,5 @@ def table(attribute: str, fallback: str | None = None) -> dict:
     return out
 
 
-__all__ = ["FAMILIES", "LAYERS", "MERGES", "PRIMITIVES", "Op", "ops_where", "primitive", "table"]
+__all__ = ["FAMILIES", "FOREIGN_NAMES", "LAYERS", "MERGES", "PRIMITIVES", "Op", "ops_where",
+           "primitive", "table"]

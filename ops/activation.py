@@ -1412,3 +1412,18 @@ PRIMITIVES = [
         keeps=_maxout_keeps,
     ),
 ]
+
+
+# What other frameworks (PyTorch, Keras, Caffe, ONNX) call this family's layers, lower-cased:
+# the "did you mean" of an unknown layer (E203). A value is the cnnc layer, or
+# ``(layer, help)`` where the spelling takes more than a name.
+FOREIGN_NAMES = {
+    "leakyrelu": "leaky_relu",
+    "lrelu": "leaky_relu",
+    "hard_swish": "hardswish",
+    "hswish": "hardswish",
+    "h_swish": "hardswish",
+    "hard_sigmoid": "hardsigmoid",
+    "hsigmoid": "hardsigmoid",
+    "h_sigmoid": "hardsigmoid",
+}

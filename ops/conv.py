@@ -1287,3 +1287,28 @@ CONV3D_PRIMITIVE = Primitive(
 
 LAYERS = [CONV, CONV1D, CONV3D]
 PRIMITIVES = [CONV2D, CONV1D_PRIMITIVE, CONV3D_PRIMITIVE]
+
+
+# What other frameworks (PyTorch, Keras, Caffe, ONNX) call this family's layers, lower-cased:
+# the "did you mean" of an unknown layer (E203). A value is the cnnc layer, or
+# ``(layer, help)`` where the spelling takes more than a name.
+_HELP_1 = ("conv",
+           "a depthwise convolution is `conv(C, k, groups=C)`, C the input channels")
+_HELP_2 = ("conv", "a separable convolution is `conv(C, k, groups=C) -> conv(out, 1)`, "
+           "C the input channels")
+FOREIGN_NAMES = {
+    "conv2d": "conv",
+    "convolution": "conv",
+    "convolution2d": "conv",
+    "dwconv": _HELP_1,
+    "dw_conv": _HELP_1,
+    "depthwise": _HELP_1,
+    "depthwise_conv": _HELP_1,
+    "depthwiseconv": _HELP_1,
+    "depthwiseconv2d": _HELP_1,
+    "depthwise_conv2d": _HELP_1,
+    "separableconv2d": _HELP_2,
+    "separable_conv": _HELP_2,
+    "separable_conv2d": _HELP_2,
+    "sepconv": _HELP_2,
+}

@@ -257,3 +257,16 @@ DENSE = Primitive(
 
 LAYERS = [DENSE_LAYER]
 PRIMITIVES = [DENSE]
+
+
+# What other frameworks (PyTorch, Keras, Caffe, ONNX) call this family's layers, lower-cased:
+# the "did you mean" of an unknown layer (E203). A value is the cnnc layer, or
+# ``(layer, help)`` where the spelling takes more than a name.
+FOREIGN_NAMES = {
+    "linear": "dense",
+    "fc": "dense",
+    "fully_connected": "dense",
+    "fullyconnected": "dense",
+    "innerproduct": "dense",
+    "inner_product": "dense",
+}

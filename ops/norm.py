@@ -1240,3 +1240,27 @@ PRIMITIVES = [
         keeps=_lrn_keeps,
     ),
 ]
+
+
+# What other frameworks (PyTorch, Keras, Caffe, ONNX) call this family's layers, lower-cased:
+# the "did you mean" of an unknown layer (E203). A value is the cnnc layer, or
+# ``(layer, help)`` where the spelling takes more than a name.
+FOREIGN_NAMES = {
+    "bn": "batchnorm",
+    "batchnorm1d": "batchnorm",
+    "batchnorm2d": "batchnorm",
+    "batchnorm3d": "batchnorm",
+    "batch_norm": "batchnorm",
+    "batchnormalization": "batchnorm",
+    "batch_normalization": "batchnorm",
+    "ln": "layernorm",
+    "layer_norm": "layernorm",
+    "layernormalization": "layernorm",
+    "gn": "groupnorm",
+    "group_norm": "groupnorm",
+    "groupnormalization": "groupnorm",
+    "localresponsenorm": "lrn",
+    "local_response_norm": "lrn",
+    "layerscale": "scale",
+    "layer_scale": "scale",
+}

@@ -1610,3 +1610,31 @@ PRIMITIVES = [
         keeps=keeps_nothing,
     ),
 ]
+
+
+# What other frameworks (PyTorch, Keras, Caffe, ONNX) call this family's layers, lower-cased:
+# the "did you mean" of an unknown layer (E203). A value is the cnnc layer, or
+# ``(layer, help)`` where the spelling takes more than a name.
+FOREIGN_NAMES = {
+    "maxpool2d": "maxpool",
+    "max_pool": "maxpool",
+    "max_pool2d": "maxpool",
+    "maxpooling2d": "maxpool",
+    "max_pooling2d": "maxpool",
+    "avgpool2d": "avgpool",
+    "avg_pool": "avgpool",
+    "avg_pool2d": "avgpool",
+    "averagepool": "avgpool",
+    "averagepooling2d": "avgpool",
+    "average_pooling2d": "avgpool",
+    "gap": "global_avgpool",
+    "globalavgpool": "global_avgpool",
+    "global_avg_pool": "global_avgpool",
+    "globalaveragepool": "global_avgpool",
+    "globalaveragepooling2d": "global_avgpool",
+    "global_average_pooling2d": "global_avgpool",
+    "globalmaxpool": "global_maxpool",
+    "global_max_pool": "global_maxpool",
+    "globalmaxpooling2d": "global_maxpool",
+    "global_max_pooling2d": "global_maxpool",
+}

@@ -1400,3 +1400,31 @@ PRIMITIVES = [
         keeps=_adaptive_maxpool_keeps,
     ),
 ]
+
+
+# What other frameworks (PyTorch, Keras, Caffe, ONNX) call this family's layers, lower-cased:
+# the "did you mean" of an unknown layer (E203). A value is the cnnc layer, or
+# ``(layer, help)`` where the spelling takes more than a name.
+FOREIGN_NAMES = {
+    "deconv": "conv_transpose",
+    "deconvolution": "conv_transpose",
+    "convtranspose": "conv_transpose",
+    "convtranspose2d": "conv_transpose",
+    "conv_transpose2d": "conv_transpose",
+    "conv2dtranspose": "conv_transpose",
+    "conv2d_transpose": "conv_transpose",
+    "transposed_conv": "conv_transpose",
+    "transpose_conv": "conv_transpose",
+    "adaptiveavgpool2d": "adaptive_avgpool",
+    "adaptive_avg_pool": "adaptive_avgpool",
+    "adaptive_avg_pool2d": "adaptive_avgpool",
+    "adaptivemaxpool2d": "adaptive_maxpool",
+    "adaptive_max_pool": "adaptive_maxpool",
+    "adaptive_max_pool2d": "adaptive_maxpool",
+    "upsampling": "upsample",
+    "upsampling2d": "upsample",
+    "upsamplingnearest2d": "upsample",
+    "upsamplingbilinear2d": "upsample",
+    "interpolate": "upsample",
+    "resize": "upsample",
+}

@@ -999,3 +999,29 @@ PRIMITIVES = [
         keeps=_row_mask_keeps,
     ),
 ]
+
+
+# What other frameworks (PyTorch, Keras, Caffe, ONNX) call this family's layers, lower-cased:
+# the "did you mean" of an unknown layer (E203). A value is the cnnc layer, or
+# ``(layer, help)`` where the spelling takes more than a name.
+_HELP_1 = ("slice", "take each part of the channels with `slice(start, stop)`")
+_HELP_2 = ("flatten", "cnnc reshapes with `flatten` only")
+FOREIGN_NAMES = {
+    "droppath": "drop_path",
+    "stochastic_depth": "drop_path",
+    "stochasticdepth": "drop_path",
+    "channelshuffle": "channel_shuffle",
+    "shuffle": "channel_shuffle",
+    "split": _HELP_1,
+    "view": _HELP_2,
+    "reshape": _HELP_2,
+    "concatenate": "concat",
+    "cat": "concat",
+    "sum": "add",
+    "eltwise": "add",
+    "elementwise_add": "add",
+    "multiply": "mul",
+    "mult": "mul",
+    "prod": "mul",
+    "elementwise_mul": "mul",
+}

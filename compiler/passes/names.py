@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ...dsl import syntax as ast
 from ...dsl.diagnostics import Span, foreign_name
-from ...ops import LAYERS, MERGES
+from ...ops import FOREIGN_NAMES, LAYERS, MERGES
 from ..graph import Network, Node
 from .report import Reporter, did_you_mean_help
 from .values import Word, listing, show
@@ -167,7 +167,7 @@ class Names:
                    help="a chain has one start; merge tensors with "
                    + listing([f"{m}(a, b)" for m in MERGES], "or"))
             return
-        foreign = foreign_name(call.name, list(LAYERS) + list(MERGES))
+        foreign = foreign_name(call.name, list(LAYERS) + list(MERGES), FOREIGN_NAMES)
         if foreign is not None and foreign[0] in MERGES:
             target = foreign[0]
             help = (f"did you mean `{target}`? It is a merge and starts a chain: "
@@ -181,7 +181,7 @@ class Names:
     def unknown_merge_help(self, name: str, source: str) -> str:
         """The help of E203 for a chain start that names no merge (``concatenate(a, b)``);
         ``source``: the first tensor it was given."""
-        foreign = foreign_name(name, list(LAYERS) + list(MERGES))
+        foreign = foreign_name(name, list(LAYERS) + list(MERGES), FOREIGN_NAMES)
         if foreign is not None and foreign[0] in MERGES:
             return f"did you mean `{foreign[0]}`?"
         if foreign is not None:

@@ -17,7 +17,8 @@ from cnnc.compiler.passes.values import INVALID, Evaluator, Word
 from cnnc.compiler.plan import lower
 from cnnc.compiler.shapes import axis_names, spatial_names
 from cnnc.compiler.summary import macs_not_counted, render_table, report
-from cnnc.dsl.diagnostics import FOREIGN_ARGUMENTS, FOREIGN_NAMES, Span, foreign_name
+from cnnc.dsl.diagnostics import FOREIGN_ARGUMENTS, Span, foreign_name
+from cnnc.ops import FOREIGN_NAMES
 from cnnc.ops import LAYERS, MERGES
 from cnnc.ops.base import ArgSpec, Layer, default_init, same_shape
 
@@ -415,10 +416,10 @@ def test_other_frameworks_argument_names():
 
 def test_the_table_offers_only_names_of_the_registry():
     known = ["dense"]
-    assert foreign_name("fc", known) == ("dense", None)
-    assert foreign_name("FC", known) == ("dense", None)
-    assert foreign_name("deconv", known) is None
-    assert foreign_name("dwconv", ["conv"])[0] == "conv"
+    assert foreign_name("fc", known, FOREIGN_NAMES) == ("dense", None)
+    assert foreign_name("FC", known, FOREIGN_NAMES) == ("dense", None)
+    assert foreign_name("deconv", known, FOREIGN_NAMES) is None
+    assert foreign_name("dwconv", ["conv"], FOREIGN_NAMES)[0] == "conv"
     assert foreign_name("padding", ["pad"], FOREIGN_ARGUMENTS) == ("pad", None)
 
 
