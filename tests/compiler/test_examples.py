@@ -47,7 +47,7 @@ def weighted_depth(net):
     depth = {}
     for name in nx.topological_sort(g):
         before = max((depth[p] for p in g.predecessors(name)), default=0)
-        depth[name] = before + (g.nodes[name]["op"] in ("conv", "dense"))
+        depth[name] = before + (g.nodes[name]["op"] in ("conv", "conv1d", "conv3d", "conv_transpose", "dense"))
     return max(depth[node] for node in net.outputs.values())
 
 
@@ -68,6 +68,14 @@ TOTALS = {
     # torchvision's mobilenet_v2: 3,504,872 parameters, 0.301 GFLOPS (MACs); depth 53: 52
     # convolutions and the classifier on the longest path
     "mobilenet_v2": (3_504_872, 300_774_272, {"logits": (1000,)}, 53),
+    # torchvision: efficientnet_b0 5,288,548 / 0.39 GFLOPS, convnext_tiny 28,589,128 / 4.46,
+    # shufflenet_v2_x1_0 2,278,604 / 0.14 (MACs); the rest counted in their headers and tests
+    "efficientnet_b0": (5_288_548, 385_814_752, {"logits": (1000,)}, 82),
+    "convnext_tiny": (28_589_128, 4_455_531_264, {"logits": (1000,)}, 59),
+    "shufflenet_v2": (2_278_604, 144_907_992, {"logits": (1000,)}, 51),
+    "unet": (31_030_658, 192_384_335_872, {"scores": (2, 512, 512)}, 23),
+    "m5": (571_939, 69_944_832, {"logits": (35,)}, 5),
+    "c3d": (79_991_015, 38_548_959_232, {"logits": (487,)}, 11),
 }
 
 
