@@ -14,6 +14,7 @@ import pytest
 from cnnc.compiler.check import check_source
 from cnnc.compiler.summary import report
 from cnnc.compiler.symbolic import evaluate
+from examples_support import weighted_depth
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -37,18 +38,6 @@ def conv_params(cout, cin, k, bias=True):
 def dense_params(fin, fout):
     return fin * fout + fout
 
-
-def weighted_depth(net):
-    """The largest number of conv and dense layers on one path from an input to an output:
-    the depth that gives AlexNet 8, VGG 16, ResNet 18 and GoogLeNet 22."""
-    import networkx as nx
-
-    g = net.graph
-    depth = {}
-    for name in nx.topological_sort(g):
-        before = max((depth[p] for p in g.predecessors(name)), default=0)
-        depth[name] = before + (g.nodes[name]["op"] in ("conv", "conv1d", "conv3d", "conv_transpose", "dense"))
-    return max(depth[node] for node in net.outputs.values())
 
 
 # ---- every example --------------------------------------------------------------------------

@@ -18,7 +18,6 @@ plain `torch.nn` (same module tree, so the same state-dict keys); where torchvis
 imported, a test checks that the transcription is torchvision's model.
 """
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import pytest
 
 import cnnc
 from cnnc.compiler.summary import report
+from examples_support import torchvision_models
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MOBILENET_V2 = EXAMPLES / "mobilenet_v2.cnn"
@@ -117,42 +117,6 @@ def test_mobilenet_v2_totals():
 
 
 # ---- PyTorch ---------------------------------------------------------------------------------
-
-
-def _forget_torchvision():
-    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-        del sys.modules[name]
-
-
-def torchvision_models():
-    """`torchvision.models`, or a skip.
-
-    A torchvision wheel built for another torch release fails in its own import: its compiled
-    ops do not load, and `torchvision/_meta_registrations.py` then registers a fake kernel for
-    an op that does not exist (RuntimeError "operator torchvision::nms does not exist"). The
-    model classes need none of the compiled ops, so the import is retried once with
-    `torch.library.register_fake` made a no-op for its duration (and restored after)."""
-    torch = pytest.importorskip("torch")
-    try:
-        import torchvision.models as models
-
-        return models
-    except ImportError as err:
-        pytest.skip(f"torchvision cannot be imported: {err}")
-    except RuntimeError as err:
-        if "torchvision::" not in str(err):
-            raise
-    _forget_torchvision()
-    register_fake = torch.library.register_fake
-    torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
-    try:
-        import torchvision.models as models
-    except (ImportError, RuntimeError) as err:
-        _forget_torchvision()
-        pytest.skip(f"torchvision cannot be imported: {type(err).__name__}: {err}")
-    finally:
-        torch.library.register_fake = register_fake
-    return models
 
 
 def transcription():

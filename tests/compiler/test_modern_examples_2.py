@@ -21,7 +21,6 @@ in plain `torch.nn` (same module trees, so the same state-dict keys); where torc
 imported, a test checks that each transcription is torchvision's model.
 """
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ import pytest
 
 import cnnc
 from cnnc.compiler.summary import report
+from examples_support import torchvision_models, weighted_depth
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EFFICIENTNET_B0 = EXAMPLES / "efficientnet_b0.cnn"
@@ -129,17 +129,6 @@ def convnext_table_totals():
     return params, macs, probs
 
 
-def weighted_depth(net):
-    """conv and dense layers on the longest path, as tests/compiler/test_examples.py counts."""
-    import networkx as nx
-
-    g = net.graph
-    depth = {}
-    for name in nx.topological_sort(g):
-        before = max((depth[p] for p in g.predecessors(name)), default=0)
-        depth[name] = before + (g.nodes[name]["op"] in ("conv", "dense"))
-    return max(depth[node] for node in net.outputs.values())
-
 
 # ---- the compiler's figures ------------------------------------------------------------------
 
@@ -230,38 +219,6 @@ def test_convnext_tiny_totals():
 
 
 # ---- PyTorch ---------------------------------------------------------------------------------
-
-
-def _forget_torchvision():
-    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-        del sys.modules[name]
-
-
-def torchvision_models():
-    """`torchvision.models`, or a skip (see tests/compiler/test_modern_examples.py: a wheel
-    built for another torch release is imported with `torch.library.register_fake` made a
-    no-op for the duration)."""
-    torch = pytest.importorskip("torch")
-    try:
-        import torchvision.models as models
-
-        return models
-    except ImportError as err:
-        pytest.skip(f"torchvision cannot be imported: {err}")
-    except RuntimeError as err:
-        if "torchvision::" not in str(err):
-            raise
-    _forget_torchvision()
-    register_fake = torch.library.register_fake
-    torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
-    try:
-        import torchvision.models as models
-    except (ImportError, RuntimeError) as err:
-        _forget_torchvision()
-        pytest.skip(f"torchvision cannot be imported: {type(err).__name__}: {err}")
-    finally:
-        torch.library.register_fake = register_fake
-    return models
 
 
 def _stochastic_depth():

@@ -21,7 +21,6 @@ modules in order, with every kind, shape, stride, padding and group count checke
 torchvision is optional: where it is absent or cannot be imported its tests skip.
 """
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ import pytest
 
 import cnnc
 from cnnc.compiler.summary import report
+from examples_support import torchvision_models
 from cnnc.compiler.symbolic import evaluate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -239,38 +239,6 @@ def test_unet_valid_sizes_are_multiples_of_16():
 
 
 # ---- PyTorch ---------------------------------------------------------------------------------
-
-
-def _forget_torchvision():
-    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-        del sys.modules[name]
-
-
-def torchvision_models():
-    """`torchvision.models`, or a skip (as in test_modern_examples.py: a wheel built for
-    another torch release fails registering fake kernels for its compiled ops, which the model
-    classes do not need, so the import is retried once with `register_fake` a no-op)."""
-    torch = pytest.importorskip("torch")
-    try:
-        import torchvision.models as models
-
-        return models
-    except ImportError as err:
-        pytest.skip(f"torchvision cannot be imported: {err}")
-    except RuntimeError as err:
-        if "torchvision::" not in str(err):
-            raise
-    _forget_torchvision()
-    register_fake = torch.library.register_fake
-    torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
-    try:
-        import torchvision.models as models
-    except (ImportError, RuntimeError) as err:
-        _forget_torchvision()
-        pytest.skip(f"torchvision cannot be imported: {type(err).__name__}: {err}")
-    finally:
-        torch.library.register_fake = register_fake
-    return models
 
 
 def shufflenet_transcription():

@@ -20,6 +20,7 @@ import pytest
 import cnnc
 from cnnc.cli import main as cli_main
 from cnnc.compiler.summary import report
+from examples_support import weighted_depth
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 M5 = EXAMPLES / "m5.cnn"
@@ -134,17 +135,6 @@ def c3d_transcription(classes=C3D_CLASSES):
 
 # ---- shared ---------------------------------------------------------------------------------
 
-
-def weighted_depth(net, kinds=("conv", "conv1d", "conv3d", "dense")):
-    """The largest number of convolution and dense layers on one path to an output."""
-    import networkx as nx
-
-    g = net.graph
-    depth = {}
-    for name in nx.topological_sort(g):
-        before = max((depth[p] for p in g.predecessors(name)), default=0)
-        depth[name] = before + (g.nodes[name]["op"] in kinds)
-    return max(depth[node] for node in net.outputs.values())
 
 
 def seeded(model, seed=0):
