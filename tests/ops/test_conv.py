@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from cnnc.compiler.graph import Node
 from cnnc.compiler.symbolic import sym
 from cnnc.ops import conv
+from ops_support import StepGraph
 
 CONV = conv.CONV
 CONV2D = conv.CONV2D
@@ -630,40 +631,6 @@ def test_torch_mapping(torch, rng, pad, bias):
 # ---- ONNX --------------------------------------------------------------------------------------
 
 
-class _Graph:
-    """The part of the ONNX exporter's graph builder an emitter uses."""
-
-    def __init__(self, onnx, step, arrays, opset=17):
-        self.onnx = onnx
-        self.step = step
-        self.arrays = arrays
-        self.opset = opset
-        self.nodes = []
-        self.initializers = [onnx.numpy_helper.from_array(a, k) for k, a in arrays.items()]
-        self.taken = set(arrays) | {"x", "y"}
-
-    def temp(self, purpose):
-        name = f"{self.step.name}/{purpose}"
-        while name in self.taken:
-            name += "'"
-        self.taken.add(name)
-        return name
-
-    def node(self, op_type, inputs, output, purpose=None, **attrs):
-        name = self.step.name if purpose is None else f"{self.step.name}/{purpose}"
-        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [output], name=name,
-                                                     **attrs))
-        return output
-
-    def const(self, purpose, value, dtype):
-        name = self.temp(purpose)
-        array = np.asarray(value, dtype=dtype)
-        self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
-        return name
-
-    def reduce(self, op_type, x, axes, output, purpose=None):
-        return self.node(op_type, [x], output, purpose, axes=axes, keepdims=0)
-
 
 def run_onnx(x, ws, attrs, out_shape):
     """Emit CONV2D for one step, run it in ONNX Runtime; (output, the graph's nodes)."""
@@ -673,7 +640,7 @@ def run_onnx(x, ws, attrs, out_shape):
     arrays = {k: np.asarray(a, np.float32) for k, a in zip(keys, ws)}
     step = types.SimpleNamespace(attrs=attrs, name="c", shape=tuple(out_shape[1:]),
                                  inputs=["x"], params=keys, span=None)
-    g = _Graph(onnx, step, arrays)
+    g = StepGraph(onnx, step, arrays)
     CONV2D.onnx(g, step, ["x"], keys, "y", [tuple(x.shape[1:])])
     helper = onnx.helper
     graph = helper.make_graph(
@@ -1178,7 +1145,7 @@ def _run_onnx_prim(prim, step, x, ws, out_shape):
     keys = [f"c.p{i}" for i in range(len(ws))]
     step.params = keys
     arrays = {k: np.asarray(a, np.float32) for k, a in zip(keys, ws)}
-    g = _Graph(onnx, step, arrays)
+    g = StepGraph(onnx, step, arrays)
     prim.onnx(g, step, ["x"], keys, "y", [tuple(x.shape[1:])])
     helper = onnx.helper
     graph = helper.make_graph(

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cnnc.ops import linear
+from ops_support import StepGraph
 
 LAYER = linear.DENSE_LAYER
 DENSE = linear.DENSE
@@ -233,37 +234,6 @@ def test_torch_mapping(torch, rng, bias):
 # ---- ONNX --------------------------------------------------------------------------------------
 
 
-class _Graph:
-    """The part of the ONNX exporter's graph builder an emitter uses."""
-
-    def __init__(self, onnx, step, arrays):
-        self.onnx = onnx
-        self.step = step
-        self.arrays = arrays
-        self.opset = 17
-        self.nodes = []
-        self.initializers = [onnx.numpy_helper.from_array(a, k) for k, a in arrays.items()]
-        self.taken = set(arrays) | {"x", "y"}
-
-    def temp(self, purpose):
-        name = f"{self.step.name}/{purpose}"
-        while name in self.taken:
-            name += "'"
-        self.taken.add(name)
-        return name
-
-    def node(self, op_type, inputs, output, purpose=None, **attrs):
-        name = self.step.name if purpose is None else f"{self.step.name}/{purpose}"
-        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [output], name=name,
-                                                     **attrs))
-        return output
-
-    def const(self, purpose, value, dtype):
-        name = self.temp(purpose)
-        array = np.asarray(value, dtype=dtype)
-        self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
-        return name
-
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("act", [None, "relu", ("swish", {"beta": 1.5}),
@@ -276,7 +246,7 @@ def test_onnx_runs_the_same_in_onnx_runtime(rng, bias, act):
     keys = [f"d.p{i}" for i in range(len(ws))]
     step = types.SimpleNamespace(attrs=dict(act=act), name="d", shape=(5,), inputs=["x"],
                                  params=keys, span=None)
-    g = _Graph(onnx, step, dict(zip(keys, ws)))
+    g = StepGraph(onnx, step, dict(zip(keys, ws)))
     DENSE.onnx(g, step, ["x"], keys, "y", [(17,)])
     assert g.nodes[0].op_type == "Gemm"
     assert g.nodes[0].name == ("d" if act is None else "d/gemm")

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from cnnc.ops import norm
 from cnnc.ops.base import ExportError, weight_keys
+from ops_support import StepGraph
 
 DTYPES = [np.float32, np.float64]
 # float32 kernels sum up to a few hundred products
@@ -484,39 +485,6 @@ def test_examples_run_through_the_kernels(name):
 # ---------------------------------------------------------------- ONNX
 
 
-class _Graph:
-    """The part of runtime/onnx_export's graph builder an emitter uses, for one step."""
-
-    def __init__(self, onnx, step, arrays, opset=17):
-        self.onnx = onnx
-        self.step = step
-        self.arrays = arrays
-        self.opset = opset
-        self.nodes = []
-        self.initializers = [onnx.numpy_helper.from_array(v, k) for k, v in arrays.items()]
-        self.taken = set(arrays)
-
-    def temp(self, purpose):
-        name = f"{self.step.name}/{purpose}"
-        k = 1
-        while name in self.taken:
-            name = f"{self.step.name}/{purpose}:{k}"
-            k += 1
-        self.taken.add(name)
-        return name
-
-    def node(self, op_type, inputs, output, purpose=None, **attrs):
-        name = self.step.name if purpose is None else f"{self.step.name}/{purpose}"
-        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [output], name=name,
-                                                     **attrs))
-        return output
-
-    def const(self, purpose, value, dtype):
-        name = self.temp(purpose)
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(value, dtype),
-                                                                   name))
-        return name
-
 
 def _onnx_model(emit, attrs, in_shape, params=()):
     """An ONNX model of one step ``emit`` on input ``x`` of per-sample ``in_shape``."""
@@ -525,7 +493,7 @@ def _onnx_model(emit, attrs, in_shape, params=()):
     arrays = {k: np.asarray(p, np.float32) for k, p in zip(keys, params)}
     step = SimpleNamespace(name="layer", attrs=attrs, shape=in_shape, inputs=["x"],
                            params=list(arrays), span=None)
-    g = _Graph(onnx, step, arrays)
+    g = StepGraph(onnx, step, arrays)
     emit(g, step, ["x"], list(arrays), "y", [in_shape])
     info = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", *in_shape])
             for n in ("x", "y")]
