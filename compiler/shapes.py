@@ -36,6 +36,12 @@ def pool_out_asym(n: int, k: int, s: int, before: int, after: int, d: int = 1,
     return out
 
 
+def transpose_out(n, k: int, s: int = 1, p: int = 0, q: int = 0, d: int = 1):
+    """(n - 1)s - 2p + d(k - 1) + q + 1, the size of a transposed convolution's output (q its
+    output padding); concrete or symbolic."""
+    return (n - 1) * s - 2 * p + d * (k - 1) + q + 1
+
+
 def same_pads(n: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
     """Padding for `pad=same`: the output is ceil(n / s); the odd pixel goes after
     (TensorFlow's and PyTorch's choice)."""

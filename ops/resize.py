@@ -50,6 +50,7 @@ from __future__ import annotations
 import functools
 import itertools
 
+from ..compiler.shapes import transpose_out
 from ..compiler.symbolic import is_concrete, shape_text
 from . import gpu, window
 from .base import ArgSpec, Example, Layer, Primitive, divisor_help, elements
@@ -554,12 +555,6 @@ def _examples_upsample(rng):
 # ================================================================ conv_transpose
 
 # ---- the layer
-
-
-def transpose_out(n, k, s=1, p=0, q=0, d=1):
-    """``(n - 1)s - 2p + d(k - 1) + q + 1``: the output size of a transposed convolution
-    (``q`` the output padding); concrete or symbolic."""
-    return (n - 1) * s - 2 * p + d * (k - 1) + q + 1
 
 
 def _transpose_formula(n, k, s, p, q, d):
