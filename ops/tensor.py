@@ -139,21 +139,31 @@ def dropout_forward(x, *, p=0.5, train=True, rng=None):
         )
     x = floating(x, xp)
     keep = xp.asarray(rng.random(x.shape, dtype=x.dtype)) >= p  # (N, ...), bool
+    return _masked(x, keep, p)
+
+
+def _masked(x, keep, p):
+    """``x`` times the bool ``keep`` (which broadcasts over ``x``) and ``1/(1-p)``, and what
+    the backward needs: the forward's end for dropout and drop_path alike."""
     scale = x.dtype.type(1 / (1 - p))
     y = x * keep
     y *= scale
     return y, (keep, scale, tuple(x.shape), x.dtype)
 
 
-def dropout_backward(saved, dy):
+def _masked_backward(saved, dy, where):
     keep, scale, x_shape, dtype = saved
     xp = get_array_module(dy) if keep is None else get_array_module(keep)
-    dy = as_grad(dy, x_shape, dtype, xp, "dropout")
+    dy = as_grad(dy, x_shape, dtype, xp, where)
     if keep is None:
         return (dy.copy(),), ()
     gx = dy * keep
     gx *= scale
     return (gx,), ()
+
+
+def dropout_backward(saved, dy):
+    return _masked_backward(saved, dy, "dropout")
 
 
 # ---- reference, ONNX, PyTorch
@@ -758,21 +768,11 @@ def drop_path_forward(x, *, p, train=True, rng=None):
     x = floating(x, xp)
     draws = xp.asarray(rng.random(x.shape[0]))  # (N,) float64
     keep = (draws >= p).reshape((x.shape[0],) + (1,) * (x.ndim - 1))  # (N, 1, ...), bool
-    scale = x.dtype.type(1 / (1 - p))
-    y = x * keep
-    y *= scale
-    return y, (keep, scale, tuple(x.shape), x.dtype)
+    return _masked(x, keep, p)
 
 
 def drop_path_backward(saved, dy):
-    keep, scale, x_shape, dtype = saved
-    xp = get_array_module(dy) if keep is None else get_array_module(keep)
-    dy = as_grad(dy, x_shape, dtype, xp, "drop_path")
-    if keep is None:
-        return (dy.copy(),), ()
-    gx = dy * keep
-    gx *= scale
-    return (gx,), ()
+    return _masked_backward(saved, dy, "drop_path")
 
 
 # ---- reference, ONNX, PyTorch
