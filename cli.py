@@ -12,15 +12,27 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pkgutil
 import sys
 import warnings
 
 from . import __version__
 from .commands.common import EXIT_ERRORS, EXIT_USAGE, CommandError, fail
 
-# The subcommands, one module each in `commands/` (see its __init__ for the protocol), in
-# the order `cnnc --help` lists them.
-COMMANDS = ("check", "summary", "run", "export", "train")
+# The subcommands, one module each in `commands/` (see its __init__ for the protocol). Every
+# module there with an `add_parser` is a subcommand; `cnnc --help` lists these first, in this
+# order, then any others by name.
+ORDER = ("check", "summary", "run", "export", "train", "graph", "diff", "fmt", "lsp",
+         "import_", "sweep")
+
+
+def command_modules() -> list[str]:
+    """The names of the subcommand modules in `commands/`, in `cnnc --help` order."""
+    from . import commands
+
+    names = [m.name for m in pkgutil.iter_modules(commands.__path__) if m.name != "common"]
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return sorted(names, key=lambda name: (rank.get(name, len(ORDER)), name))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cnnc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
+    for name in command_modules():
         module = importlib.import_module(f".commands.{name}", __package__)
-        module.add_parser(sub).set_defaults(handler=module.main)
+        if hasattr(module, "add_parser"):
+            module.add_parser(sub).set_defaults(handler=module.main)
     return parser
 
 

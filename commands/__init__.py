@@ -1,7 +1,8 @@
 """The subcommands of `cnnc`, one module each, and `common`, the helpers they share.
 
-Every subcommand module exposes two functions, and `cli.py` lists the modules in
-``COMMANDS``:
+Every subcommand module exposes two functions; `cli.py` finds the modules here by
+themselves (`cli.command_modules`, ordered by ``cli.ORDER``), so adding a subcommand is adding
+a module:
 
     add_parser(sub) -> argparse.ArgumentParser   # registers the subcommand on `sub`
     main(args) -> int                            # runs it; returns the exit status

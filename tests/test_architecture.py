@@ -10,7 +10,8 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PACKAGES = ("dsl", "compiler", "ops", "runtime", "commands")
+PACKAGES = ("dsl", "compiler", "ops", "runtime", "commands", "lsp", "interop", "data",
+            "distributed")
 TOP = ("api", "cli", "__init__")
 
 
@@ -96,7 +97,10 @@ def test_layering(module):
         if top == "dsl":
             assert head == "dsl", f"{module}:{line} imports {target}: dsl imports no project code"
         if top in ("compiler", "ops"):
-            assert head not in ("runtime", "commands", "cli", "api"), \
+            assert head not in ("runtime", "commands", "cli", "api", "lsp", "interop", "data",
+                                "distributed"), f"{module}:{line} imports {target}"
+        if top in ("runtime", "data", "interop"):
+            assert head not in ("commands", "cli", "lsp", "distributed"), \
                 f"{module}:{line} imports {target}"
 
 
