@@ -35,12 +35,15 @@ def _load(source) -> tuple[bytes, str]:
     raise TypeError(f"expected a path or source text, got {type(source).__name__}")
 
 
-def check(source, sizes: dict | None = None) -> Network:
+def check(source, sizes: dict | None = None, consts: dict | None = None) -> Network:
     """Check a model (a path ending in .cnn, a PathLike, or source text). Never raises for
     problems in the model: they are in `Network.diagnostics`, and `Network.render()` draws
-    them against the source the network carries."""
+    them against the source the network carries.
+
+    ``sizes`` give size symbols values (``{"H": 224}``); ``consts`` replace the values of
+    top-level ``let`` constants (``{"width": 32}``, or text read as a `.cnn` value)."""
     data, name = _load(source)
-    net, _ = check_bytes(data, name, sizes)
+    net, _ = check_bytes(data, name, sizes, consts)
     return net
 
 
@@ -70,10 +73,12 @@ class Compiled:
         return Model(self.plan, backend=backend, seed=seed, dtype=dtype)
 
 
-def compile(source, sizes: dict | None = None) -> Compiled:  # noqa: A001 - the public name
-    """Check a model; raise `CompileError` if it has errors."""
+def compile(source, sizes: dict | None = None,  # noqa: A001 - the public name
+            consts: dict | None = None) -> Compiled:
+    """Check a model (see `check` for ``sizes`` and ``consts``); raise `CompileError` if it
+    has errors."""
     data, name = _load(source)
-    net, _ = check_bytes(data, name, sizes)
+    net, _ = check_bytes(data, name, sizes, consts)
     if not net.ok:
         raise CompileError(net)
     return Compiled(net)

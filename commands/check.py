@@ -12,7 +12,7 @@ import json
 import sys
 
 from .common import (
-    EXIT_ERRORS, EXIT_OK, CommandError, add_size_option, check_data, fail, print_diagnostics,
+    EXIT_ERRORS, EXIT_OK, CommandError, add_size_option, check_data, fail, lets, print_diagnostics,
     read_source,
 )
 
@@ -43,7 +43,7 @@ def main(args) -> int:
     errors = warnings = 0
     for path in args.files:
         try:
-            net, text = check_data(read_source(path), path, sizes)
+            net, text = check_data(read_source(path), path, sizes, lets(args))
         except CommandError as err:  # the file cannot be read: say so, go on with the rest
             status = max(status, fail(err))
             continue

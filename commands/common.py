@@ -79,13 +79,34 @@ def parse_size(text: str) -> tuple[str, int]:
     return name, number
 
 
+def parse_let(text: str) -> tuple[str, str]:
+    """The argparse type of ``--let``: ``NAME=VALUE`` -> ``(NAME, VALUE)``; the checker reads
+    VALUE as a `.cnn` value (E222 when it cannot)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        shown = text if len(text) <= 60 and text.isprintable() else ascii(text[:60])
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, as in width=32; got {shown}")
+    return name, value
+
+
 def add_size_option(parser, example: str = "H=224", more: str = "") -> None:
     """The repeatable ``--size NAME=N``; ``args.size`` is a list of (name, value) pairs.
-    ``more`` ends the help text, after a semicolon."""
+    ``more`` ends the help text, after a semicolon. Also the repeatable ``--let NAME=VALUE``
+    (``args.let``; `lets` makes the dict the checker takes as ``consts``), so that every
+    command that takes sizes takes constants too."""
     tail = f"; {more}" if more else ""
     parser.add_argument("--size", type=parse_size, action="append", default=[],
                         metavar="NAME=N", help=f"give a size symbol a value, e.g. --size "
                         f"{example} (repeatable){tail}")
+    parser.add_argument("--let", type=parse_let, action="append", default=[],
+                        metavar="NAME=VALUE", help="replace the value of the model's "
+                        "top-level `let NAME`, e.g. --let width=32 (repeatable)")
+
+
+def lets(args) -> dict:
+    """The ``--let`` constants of parsed arguments, as ``consts`` for the checker; the last
+    of a repeated name wins."""
+    return dict(getattr(args, "let", None) or [])
 
 
 def add_report_options(parser, json_holds: str) -> None:
@@ -113,13 +134,13 @@ def read_source(path: str) -> bytes:
         raise CommandError(f"cannot read {path}: {err.strerror or err}") from None
 
 
-def check_data(data: bytes, path: str, sizes: dict | None = None):
+def check_data(data: bytes, path: str, sizes: dict | None = None, consts: dict | None = None):
     """Check source bytes read from ``path`` (``-``: stdin, named ``<stdin>``). Returns
     ``(network, text)``; ``text`` is None when the bytes do not decode."""
     from ..compiler.check import check_bytes
 
     name = "<stdin>" if path == "-" else path
-    return check_bytes(data, name, sizes or {})
+    return check_bytes(data, name, sizes or {}, consts)
 
 
 def print_diagnostics(diagnostics, text: str | None, file) -> None:
@@ -132,17 +153,18 @@ def print_diagnostics(diagnostics, text: str | None, file) -> None:
         print(file=file)
 
 
-def load_network(path: str, sizes: dict | None = None):
+def load_network(path: str, sizes: dict | None = None, consts: dict | None = None):
     """Read and check a model file. Returns the checked `Network`; when the model has
     errors, prints every diagnostic to stderr and raises CommandError with status 1."""
-    return check_model(read_source(path), path, sizes)
+    return check_model(read_source(path), path, sizes, consts=consts)
 
 
-def check_model(data: bytes, path: str, sizes: dict | None = None, context: str = ""):
+def check_model(data: bytes, path: str, sizes: dict | None = None, context: str = "",
+                consts: dict | None = None):
     """`load_network` on source bytes already read (so a model from stdin can be checked
     twice, e.g. again once its sizes are known). ``context`` ends the error line, as in
     "for H=5 (read off x.npy)"."""
-    net, text = check_data(data, path, sizes)
+    net, text = check_data(data, path, sizes, consts)
     if not net.ok:
         print_diagnostics(net.diagnostics, text, sys.stderr)
         where = f" {context}" if context else ""

@@ -26,8 +26,10 @@ def decode(data: bytes, file: str) -> tuple[str | None, list[Diagnostic]]:
     return text, []
 
 
-def check_source(text: str, file: str = "<input>", sizes: dict | None = None) -> Network:
-    """Parse and check source text. The result always carries its diagnostics, sorted, and
+def check_source(text: str, file: str = "<input>", sizes: dict | None = None,
+                 consts: dict | None = None) -> Network:
+    """Parse and check source text; ``consts`` replace the values of top-level ``let``
+    constants (`passes/consts.py`). The result always carries its diagnostics, sorted, and
     the text itself (`Network.source`, so that `Network.render` can show them); `Network.ok`
     tells whether there were errors."""
     module, diags = parse(text, file)
@@ -35,13 +37,14 @@ def check_source(text: str, file: str = "<input>", sizes: dict | None = None) ->
         net = Network(name="network", file=file)
         net.diagnostics = diags
     else:
-        net = elaborate(module, file, text, sizes)
+        net = elaborate(module, file, text, sizes, consts)
         net.diagnostics.sort(key=sort_key)
     net.source = text
     return net
 
 
-def check_bytes(data: bytes, file: str, sizes: dict | None = None) -> tuple[Network, str | None]:
+def check_bytes(data: bytes, file: str, sizes: dict | None = None,
+                consts: dict | None = None) -> tuple[Network, str | None]:
     """`check_source` of the bytes' UTF-8 text; ``(network, text)``, the text None (and the
     network's one diagnostic an E104) when they are not UTF-8."""
     text, diags = decode(data, file)
@@ -49,4 +52,4 @@ def check_bytes(data: bytes, file: str, sizes: dict | None = None) -> tuple[Netw
         net = Network(name="network", file=file)
         net.diagnostics = diags
         return net, None
-    return check_source(text, file, sizes), text
+    return check_source(text, file, sizes, consts), text

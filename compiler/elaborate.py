@@ -1,5 +1,6 @@
 """Syntax tree to checked network: the checker's passes, in order (see `passes/`).
 
+    consts  constants set from outside (--let), read and matched to the file's `let`s
     expand  name resolution, block expansion, naming, argument binding and typing
     infer   shape inference per node, through the layers' hooks and the merge rule
     lints   unused names, a network without input or output, unknown `--size` symbols
@@ -14,6 +15,7 @@ from __future__ import annotations
 from ..dsl import syntax as ast
 from ..dsl.diagnostics import source_lines
 from .graph import Network
+from .passes.consts import check_consts_used, read_consts
 from .passes.expand import Expander
 from .passes.infer import infer_shapes
 from .passes.lints import check_complete, lint_unused
@@ -24,14 +26,18 @@ from .passes.sizes import solve_sizes
 __all__ = ["MAX_BLOCK_DEPTH", "MAX_LAYERS", "elaborate"]
 
 
-def elaborate(module: ast.Module, file: str, source: str, sizes: dict | None = None) -> Network:
-    """The checked network of a parsed module, its diagnostics in the order found."""
+def elaborate(module: ast.Module, file: str, source: str, sizes: dict | None = None,
+              consts: dict | None = None) -> Network:
+    """The checked network of a parsed module, its diagnostics in the order found;
+    ``consts`` replace top-level ``let`` values (`passes/consts.py`)."""
     sizes = dict(sizes or {})
     stem = file.replace("\\", "/").rsplit("/", 1)[-1]
     stem = stem[:-4] if stem.endswith(".cnn") else stem
     net = Network(name=stem if stem.isidentifier() else "network", file=file)
     reporter = Reporter(file)
-    walk = Expander(module, net, reporter, source_lines(source), sizes)
+    values = read_consts(consts, reporter)
+    check_consts_used(module, consts or {}, reporter)
+    walk = Expander(module, net, reporter, source_lines(source), sizes, values)
     if walk.run():
         conditions = infer_shapes(net, walk.jobs, reporter)
         lint_unused(walk.names, reporter, walk.expansion_cut)

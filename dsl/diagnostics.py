@@ -131,6 +131,9 @@ CODES: dict[str, Code] = {
                     "({total:,} by this statement)",
         "repeat": "repeat count {count:,} is more than the {limit:,} layers a network may have",
     }),
+    "E221": Code("unknown constant",
+                 "--let gives `{name}`, but the model has no top-level `let {name}`"),
+    "E222": Code("invalid constant value", "--let {name}={value}: {reason}"),
     # shapes
     "E301": Code("output size below 1", "{op} output {axis} would be {size}, below 1: {formula}"),
     "E302": Code("concat inputs disagree", _MERGE_MESSAGE, _MERGE_VARIANTS),

@@ -21,13 +21,24 @@ from .values import INVALID, Evaluator, Word, show
 MAX_INPUT_RANK = 4
 
 
+def placed(value, span):
+    """A value set from outside (--let), its words placed at ``span`` (the `let`'s name), so
+    that a problem with one points into the file."""
+    if isinstance(value, Word):
+        return Word(value.name, span)
+    if isinstance(value, list):
+        return [placed(item, span) for item in value]
+    return value
+
+
 class Expander:
     def __init__(self, module: ast.Module, net: Network, reporter: Reporter,
-                 lines: list[str], sizes: dict):
+                 lines: list[str], sizes: dict, consts: dict | None = None):
         self.module = module
         self.net = net
         self.reporter = reporter
         self.sizes = sizes
+        self.consts = consts or {}  # top-level `let` values set from outside (--let)
         self.names = Names(net, reporter, lines)
         self.evaluator = Evaluator(reporter, self.names.tensors)
         self.binder = Binder(reporter, self.evaluator)
@@ -98,7 +109,10 @@ class Expander:
 
     def let(self, stmt: ast.LetStmt, values: dict, tensors: dict):
         if self.names.define(stmt.name, stmt.name_span, values, tensors):
-            value = self.evaluator.value(stmt.value, values)
+            if values is self.names.globals and stmt.name in self.consts:
+                value = placed(self.consts[stmt.name], stmt.name_span)
+            else:
+                value = self.evaluator.value(stmt.value, values)
             self.names.bind_value(stmt.name, value, stmt.name_span, values)
 
     def top_binding(self, stmt: ast.Binding):

@@ -16,8 +16,8 @@ from cnnc.ops import MERGES
 HEAD = "input x: [3, 8, 8]\n"
 
 
-def diagnose(text, sizes=None):
-    return check_source(text, "m.cnn", sizes).diagnostics
+def diagnose(text, sizes=None, consts=None):
+    return check_source(text, "m.cnn", sizes, consts).diagnostics
 
 
 def codes(text, sizes=None):
@@ -1044,6 +1044,8 @@ TRIGGERS = {
     "E218": "input x: [1, 3, 4, 8, 8]\noutput y = x\n",
     "E219": HEAD + "output y = x\n",  # with sizes={"H": 8}
     "E220": HEAD + "output y = x -> relu * 2000000\n",
+    "E221": HEAD + "let width = 8\noutput y = x\n",  # with consts={"depth": 3}
+    "E222": HEAD + "let width = 8\noutput y = x\n",  # with consts={"width": "[1,"}
     "E301": HEAD + "output y = x -> conv(8, 9)\n",
     "E302": HEAD + "a = x -> conv(3, 3)\noutput y = concat(x, a)\n",
     "E303": HEAD + "a = x -> conv(4, 1)\noutput y = add(x, a)\n",
@@ -1065,8 +1067,9 @@ def test_every_checker_code_has_a_trigger():
 @pytest.mark.parametrize("code", sorted(TRIGGERS))
 def test_trigger(code):
     sizes = {"H": 8} if code == "E219" else None
+    consts = {"E221": {"depth": 3}, "E222": {"width": "[1,"}}.get(code)
     text = TRIGGERS[code]
-    hits = [d for d in diagnose(text, sizes) if d.code == code]
+    hits = [d for d in diagnose(text, sizes, consts) if d.code == code]
     assert hits
     last_line = text.count("\n") + 1
     for d in hits:
