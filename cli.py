@@ -37,8 +37,10 @@ def command_modules() -> list[str]:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # usage errors exit 2 with the usage line, never a traceback
+        from .dsl.diagnostics import printable
+
         self.print_usage(sys.stderr)
-        print(f"cnnc: error: {message}", file=sys.stderr)
+        print(printable(f"cnnc: error: {message}"), file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 
@@ -85,8 +87,11 @@ def _run(args) -> int:
         _silence_stdout()
         return EXIT_ERRORS
     except OSError as err:  # e.g. a full disk under `cnnc check x.cnn > out.txt`
+        from .dsl.diagnostics import printable
+
         what = err.filename if err.filename is not None else "the output"
-        print(f"cnnc: error: cannot write {what}: {err.strerror or err}", file=sys.stderr)
+        print(printable(f"cnnc: error: cannot write {what}: {err.strerror or err}"),
+              file=sys.stderr)
         _silence_stdout()
         return EXIT_USAGE
 

@@ -78,6 +78,7 @@ def _plural(n: int, word: str) -> str:
 
 def _ok_line(net, warnings: int) -> str:
     from ..compiler.symbolic import is_concrete
+    from ..dsl.diagnostics import printable
 
     params = 0
     for node in net.layers:
@@ -91,4 +92,4 @@ def _ok_line(net, warnings: int) -> str:
         line += "\n  valid for " + ", ".join(v.describe() for v in net.valid_sizes)
     for cond in net.conditions:
         line += f"\n  valid only when {cond.lhs} = {cond.rhs}"
-    return line
+    return printable(line)  # the file name may hold control characters

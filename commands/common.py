@@ -27,8 +27,11 @@ class CommandError(Exception):
 
 
 def fail(err: CommandError) -> int:
-    """Print ``err`` as `cnnc: error: ...` on stderr; return its exit status."""
-    print(f"cnnc: error: {err}", file=sys.stderr)
+    """Print ``err`` as `cnnc: error: ...` on stderr, control characters (of a file name,
+    say) escaped; return its exit status."""
+    from ..dsl.diagnostics import printable
+
+    print(printable(f"cnnc: error: {err}"), file=sys.stderr)
     return err.status
 
 
@@ -37,6 +40,7 @@ def fail(err: CommandError) -> int:
 _DIGITS = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 MAX_DIGITS = 1000  # more digits than any size or count a run could use
+MAX_SIZE = 2**63 - 1  # the largest size or integer a model may hold (dsl.parser.MAX_INT)
 
 
 def whole_number(text: str) -> int:
@@ -76,6 +80,9 @@ def parse_size(text: str) -> tuple[str, int]:
         number = -number
     if number < 1:
         raise argparse.ArgumentTypeError(f"size {name} must be at least 1, got {number}")
+    if number > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"size {name} must be at most {MAX_SIZE:,} (2**63 - 1), "
+                                         f"got a number of {len(str(number)):,} digits")
     return name, number
 
 
@@ -122,14 +129,18 @@ def add_report_options(parser, json_holds: str) -> None:
 # ---- reading and checking a model --------------------------------------------------------------
 
 def read_source(path: str) -> bytes:
-    """The bytes of a model file, or of stdin for ``-``; CommandError when unreadable."""
+    """The bytes of a model file, or of stdin for ``-``; CommandError when unreadable. At
+    most one byte past the largest model file is read (the checker refuses that, E107), so a
+    device or pipe without end (/dev/zero) stops there."""
+    from ..compiler.check import MAX_SOURCE_BYTES
+
     if path == "-":
         if sys.stdin is None:
             raise CommandError("cannot read <stdin>: standard input is closed")
-        return sys.stdin.buffer.read()
+        return sys.stdin.buffer.read(MAX_SOURCE_BYTES + 1)
     try:
         with open(path, "rb") as f:
-            return f.read()
+            return f.read(MAX_SOURCE_BYTES + 1)
     except OSError as err:
         raise CommandError(f"cannot read {path}: {err.strerror or err}") from None
 

@@ -64,6 +64,9 @@ CODES: dict[str, Code] = {
     "E104": Code("file is not valid UTF-8",
                  "byte 0x{byte:02x} at offset {offset} is not valid UTF-8"),
     "E105": Code("nesting too deep", "expression nested deeper than {depth} levels"),
+    "E106": Code("integer too large", "integer {value} is larger than {limit:,}"),
+    "E107": Code("file too large",
+                 "the file is larger than {limit:,} MiB, the most a model file may be"),
     # names and arguments
     "E201": Code("undefined name", "undefined name `{name}`", {
         "expected": "undefined name `{name}` (expected {expected})",
@@ -130,10 +133,15 @@ CODES: dict[str, Code] = {
         "estimate": "the network would expand to more than {limit:,} layers "
                     "({total:,} by this statement)",
         "repeat": "repeat count {count:,} is more than the {limit:,} layers a network may have",
+        "file": "the network has more than {limit:,} layers: this stage is past the limit",
+        "stage": "the network would expand to more than {limit:,} layers: {count:,} copies "
+                 "of at least {unit:,} layers each, after {done:,}",
     }),
     "E221": Code("unknown constant",
                  "--let gives `{name}`, but the model has no top-level `let {name}`"),
     "E222": Code("invalid constant value", "--let {name}={value}: {reason}"),
+    "E223": Code("value out of range",
+                 "{left} {op} {right} is {value}, beyond the largest integer {limit:,}"),
     # shapes
     "E301": Code("output size below 1", "{op} output {axis} would be {size}, below 1: {formula}"),
     "E302": Code("concat inputs disagree", _MERGE_MESSAGE, _MERGE_VARIANTS),
@@ -211,12 +219,67 @@ def sort_key(diag: Diagnostic) -> tuple:
     return (diag.file, span.line, span.column, diag.code)
 
 
+# A source line wider than this is shown cut to a window around the span.
+EXCERPT_WIDTH = 120
+EXCERPT_CONTEXT = 40  # characters kept on each side of the span in a cut line
+
+
+def visible(char: str) -> str:
+    """A character as a terminal should show it: itself when printable, else an escape
+    (``\\x1b``, ``\\x00``, ``\\u202e``) so that no control sequence reaches the terminal."""
+    if char.isprintable():
+        return char
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 \
+        else f"\\U{code:08x}"
+
+
+def printable(text: str, keep_newlines: bool = True) -> str:
+    """``text`` with every character that is not printable escaped (`visible`); line breaks
+    are kept when ``keep_newlines``."""
+    if text.isprintable():
+        return text
+    if keep_newlines:
+        return "\n".join(printable(part, False) for part in text.split("\n"))
+    return "".join(visible(c) for c in text)
+
+
+def excerpt(line: str, start: int, end: int) -> tuple[str, int, int]:
+    """A source line as shown under a diagnostic, with the span ``[start, end)`` (0-based
+    character offsets) mapped onto it: ``(text, start, end)`` in displayed columns. Control
+    characters are escaped; a line wider than `EXCERPT_WIDTH` is cut to a window around the
+    span, ``...`` marking each cut."""
+    line = line.expandtabs(1)
+    start = min(max(start, 0), len(line))
+    end = min(max(end, start), len(line) + 1)
+    cut_left = cut_right = False
+    if len(line) > EXCERPT_WIDTH:
+        lo = max(0, start - EXCERPT_CONTEXT)
+        hi = min(len(line), max(end, start + 1) + EXCERPT_CONTEXT, lo + EXCERPT_WIDTH)
+        cut_left, cut_right = lo > 0, hi < len(line)
+        line, start, end = line[lo:hi], start - lo, min(end, hi + 1) - lo
+    shown = [visible(c) for c in line]
+    offsets = [0]
+    for piece in shown:
+        offsets.append(offsets[-1] + len(piece))
+    text = "".join(shown)
+    left = offsets[start]
+    right = offsets[end] if end <= len(line) else offsets[-1] + (end - len(line))
+    if cut_left:
+        text, left, right = "..." + text, left + 3, right + 3
+    if cut_right:
+        text += "..."
+    return text, left, right
+
+
 def render(diag: Diagnostic, source: "str | list[str] | None") -> str:
     """Draw one diagnostic as text, rustc style. `source` is the text, or its lines already
-    split by `source_lines` (pass those when rendering many diagnostics of one file)."""
+    split by `source_lines` (pass those when rendering many diagnostics of one file). No
+    control character of the source or the file name reaches the output (`printable`), and
+    a long line is cut around the span (`excerpt`)."""
     span = diag.span
     where = f"{diag.file}:{span.line}:{span.column}" if span else diag.file
-    out = [f"{where}: {diag.severity}[{diag.code}]: {diag.message}"]
+    out = [printable(f"{where}: {diag.severity}[{diag.code}]: {diag.message}")]
     if source is None:
         lines = []
     elif isinstance(source, str):
@@ -224,21 +287,21 @@ def render(diag: Diagnostic, source: "str | list[str] | None") -> str:
     else:
         lines = source
     if span is not None and 1 <= span.line <= len(lines):
-        text = lines[span.line - 1].expandtabs(1)
+        raw = lines[span.line - 1]
         number = str(span.line)
         gutter = " " * len(number)
-        end = span.end_column if span.end_line == span.line else len(text) + 1
-        width = max(1, end - span.column)
+        end = span.end_column if span.end_line == span.line else len(raw) + 1
+        text, left, right = excerpt(raw, span.column - 1, max(end, span.column + 1) - 1)
         out.append(f"{gutter} |")
-        out.append(f"{number} | {text}")
-        out.append(f"{gutter} | {' ' * (span.column - 1)}{'^' * width}")
+        out.append(f"{number} | {text}".rstrip())
+        out.append(f"{gutter} | {' ' * left}{'^' * max(1, right - left)}")
         pad = gutter
     else:
         pad = " "
     for note in diag.notes:
-        out.append(f"{pad} = note: {note}")
+        out.append(printable(f"{pad} = note: {note}"))
     if diag.help:
-        out.append(f"{pad} = help: {diag.help}")
+        out.append(printable(f"{pad} = help: {diag.help}"))
     return "\n".join(out)
 
 

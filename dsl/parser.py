@@ -14,6 +14,9 @@ from . import syntax as ast
 from .diagnostics import Diagnostic, Span, diagnostic
 
 MAX_DEPTH = 200  # deepest expression or list nesting accepted
+# The largest integer a file may hold, literal or computed: a signed 64-bit integer, as sizes
+# are in NumPy, ONNX and PyTorch. Reading a longer literal is refused before converting it.
+MAX_INT = 2**63 - 1
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
 _PARSER = None
@@ -26,6 +29,27 @@ _WORDS = {
     "$END": "end of file",
 }
 
+
+
+class _TooLarge(Exception):
+    def __init__(self, token):
+        self.token = token
+
+
+def _int(tok) -> int:
+    """An INT token's value; `_TooLarge` beyond MAX_INT (checked on the digits first, so a
+    literal of thousands of digits is never converted)."""
+    digits = str(tok).lstrip("0") or "0"
+    if len(digits) > len(str(MAX_INT)) or int(digits) > MAX_INT:
+        raise _TooLarge(tok)
+    return int(digits)
+
+
+def shown_integer(digits: str) -> str:
+    """A long run of digits as a reader takes it in: ``123456...789 (5,000 digits)``."""
+    if len(digits) <= 24:
+        return digits
+    return f"{digits[:6]}...{digits[-3:]} ({len(digits):,} digits)"
 
 
 class _TooDeep(Exception):
@@ -101,7 +125,7 @@ class _Builder:
 
     # -- values --
     def int_lit(self, c):
-        return ast.IntLit(int(c[0]), _tok_span(c[0]))
+        return ast.IntLit(_int(c[0]), _tok_span(c[0]))
 
     def float_lit(self, c):
         return ast.FloatLit(float(c[0]), _tok_span(c[0]))
@@ -191,7 +215,7 @@ class _Builder:
         return ast.NetworkStmt(_name(c[0]), _tok_span(c[0]))
 
     def dims(self, c):
-        return [ast.Dim(int(t) if t.type == "INT" else str(t), _tok_span(t)) for t in _tokens(c)]
+        return [ast.Dim(_int(t) if t.type == "INT" else str(t), _tok_span(t)) for t in _tokens(c)]
 
     def input_stmt(self, c):
         return ast.InputStmt(_name(c[0]), c[2], _cover(c), _tok_span(c[0]))
@@ -276,6 +300,11 @@ def parse(text: str, file: str = "<input>") -> tuple[ast.Module | None, list[Dia
         return parser.parse(text), []
     except _TooDeep as err:
         diag = diagnostic("E105", err.span, depth=MAX_DEPTH)
+        return None, [_with_file(diag, file)]
+    except _TooLarge as err:
+        diag = diagnostic("E106", _tok_span(err.token), value=shown_integer(str(err.token)),
+                          limit=MAX_INT)
+        diag.help = "sizes, counts and arguments are at most 2**63 - 1"
         return None, [_with_file(diag, file)]
     except _Reserved as err:
         tok = err.token

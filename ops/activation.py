@@ -1252,8 +1252,7 @@ def _infer_maxout(shape, a, ctx):
             "E305",
             f"maxout k={k} does not divide the {channels} input {what}",
             help=divisor_help("k", channels, k),
-        )
-        return None
+        )  # an error, but the output shape is known: checking goes on
     return (channels // k,) + tuple(shape[1:])
 
 

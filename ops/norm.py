@@ -568,8 +568,7 @@ def _infer_groupnorm(shape, a, ctx):
             "E305",
             f"groupnorm groups={groups} does not divide the {channels} input {what}",
             help=divisor_help("groups", channels, groups),
-        )
-        return None
+        )  # an error, but the output shape is known: checking goes on
     return shape
 
 

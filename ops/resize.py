@@ -586,11 +586,9 @@ def _infer_transpose(shape, a, ctx):
     if is_concrete(channels) and channels % groups:
         ctx.error("E305", f"conv_transpose groups={groups} does not divide the {channels} "
                   f"input channels", help=divisor_help("groups", channels, groups))
-        return None
-    if a["out"] % groups:
+    if a["out"] % groups:  # errors, but the output shape is known: checking goes on
         ctx.error("E305", f"conv_transpose groups={groups} does not divide the {a['out']} "
                   f"output channels", help=divisor_help("groups", a["out"], groups))
-        return None
     sizes = []
     for axis in range(2):
         n = shape[axis + 1]

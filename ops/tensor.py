@@ -631,8 +631,7 @@ def _infer_shuffle(shape, args, ctx):
         unit = "features" if len(shape) == 1 else "channels"
         ctx.error("E305", f"channel_shuffle groups={groups} does not divide the {channels} "
                   f"input {unit}", help=divisor_help("groups", channels, groups))
-        return None
-    return shape
+    return shape  # an error above or not, the output shape is known: checking goes on
 
 
 def _lower_shuffle(node, in_shapes):

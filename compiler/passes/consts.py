@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from ...dsl import syntax as ast
-from ...dsl.parser import parse
+from ...dsl.parser import MAX_INT, parse
 from .report import Reporter, did_you_mean_help
 from .values import INVALID, Evaluator, Word
 
@@ -63,7 +63,7 @@ def _from_python(given):
     if isinstance(given, bool):
         return given
     if isinstance(given, int):
-        return given if abs(given) < 10 ** MAX_TEXT else INVALID
+        return given if abs(given) <= MAX_INT else INVALID
     if isinstance(given, float):
         return given if math.isfinite(given) else INVALID
     if isinstance(given, str):

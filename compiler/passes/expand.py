@@ -56,6 +56,7 @@ class Expander:
         """Walk every statement; False when the file is refused before building anything."""
         statements = self.module.statements
         self.names.collect_blocks(statements)
+        self.layer_count = LayerCount(self.names.blocks)
         if too_large(statements, self.names.blocks, self.reporter):
             return False
         network_seen = False
@@ -208,6 +209,8 @@ class Expander:
 
     def stage(self, stage: ast.Stage, cur, scope: str, env: Env):
         count = self.repeat_count(stage, env)
+        if count > 1 and not self.repeat_fits(stage, count):
+            return None
         alias = stage.alias if count == 1 else None
         call = stage.call
         for _ in range(count):
@@ -221,6 +224,19 @@ class Expander:
                 self.names.unknown_call(call)
                 return None
         return cur
+
+    def repeat_fits(self, stage: ast.Stage, count: int) -> bool:
+        """Whether ``count`` copies of the stage can fit the layer budget: refused (E220)
+        before the first copy when even a lower bound on their layers does not fit."""
+        unit = self.layer_count.call(stage.call.name)
+        done = len(self.net.nodes)
+        if done + count * unit <= MAX_LAYERS:
+            return True
+        self.reporter.report("E220", stage.repeat.span, variant="stage", limit=MAX_LAYERS,
+                             count=count, unit=unit, done=done,
+                             help="check the repeat counts `* N` and nested block calls")
+        self.names.too_big = True
+        return False
 
     def repeat_count(self, stage: ast.Stage, env: Env) -> int:
         """How many times a stage repeats (`* N`): 1 where the count is wrong (reported)."""
@@ -317,39 +333,49 @@ class Expander:
             self.reporter.trace = outer_trace
 
 
-def too_large(statements, blocks: dict, reporter: Reporter) -> bool:
-    """Refuse, before building anything, a file whose repeats and block calls multiply past
-    the layer budget (E220). Repeat counts that are not literals are taken as 1 here; the
-    budget is enforced again while expanding."""
-    sizes: dict = {}
+class LayerCount:
+    """Lower bounds on the layers a block call or a chain adds, from the syntax alone: repeat
+    counts that are not literals count once, recursion and too-deep nesting count nothing
+    (both are reported while expanding). A bound above the budget is a sure refusal."""
 
-    def block_size(name: str, active: frozenset) -> int:
-        if name in sizes:
-            return sizes[name]
+    def __init__(self, blocks: dict):
+        self.blocks = blocks
+        self.sizes: dict = {}
+
+    def block(self, name: str, active: frozenset = frozenset()) -> int:
+        if name in self.sizes:
+            return self.sizes[name]
         if name in active or len(active) >= MAX_BLOCK_DEPTH:
-            return 0  # recursion and nesting depth are reported while expanding
-        block = blocks[name]
+            return 0
+        block = self.blocks[name]
         inner = active | {name}
-        total = chain_size(block.ret, inner)
+        total = self.chain(block.ret, inner)
         for item in block.body:
             if isinstance(item, ast.Binding):
-                total += chain_size(item.chain, inner)
-        sizes[name] = total
+                total += self.chain(item.chain, inner)
+        self.sizes[name] = total
         return total
 
-    def chain_size(chain: ast.Chain, active: frozenset) -> int:
+    def chain(self, chain: ast.Chain, active: frozenset = frozenset()) -> int:
         total = 1 if isinstance(chain.start, ast.Merge) else 0
         for stage in chain.stages:
             count = stage.repeat.value if isinstance(stage.repeat, ast.IntLit) else 1
-            name = stage.call.name
-            unit = block_size(name, active) if name in blocks else 1
-            total += max(count, 1) * unit
+            total += max(count, 1) * self.call(stage.call.name, active)
         return total
 
+    def call(self, name: str, active: frozenset = frozenset()) -> int:
+        return self.block(name, active) if name in self.blocks else 1
+
+
+def too_large(statements, blocks: dict, reporter: Reporter) -> bool:
+    """Refuse, before building anything, a file whose repeats and block calls multiply past
+    the layer budget (E220). Repeat counts that are not literals are taken as 1 here; the
+    budget is enforced again while expanding (`Expander.stage`, before each repeat)."""
+    count = LayerCount(blocks)
     total = 0
     for stmt in statements:
         if isinstance(stmt, (ast.Binding, ast.OutputStmt)):
-            total += chain_size(stmt.chain, frozenset())
+            total += count.chain(stmt.chain)
             if total > MAX_LAYERS:
                 reporter.report("E220", stmt.chain.span, variant="estimate", limit=MAX_LAYERS,
                                 total=total,

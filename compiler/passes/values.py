@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ...dsl import syntax as ast
 from ...dsl.diagnostics import Span
+from ...dsl.parser import MAX_INT, shown_integer
 from ..symbolic import Expr
 from .report import Reporter, did_you_mean_help
 
@@ -102,12 +103,15 @@ class Evaluator:
         right = self.number(v.right, values)
         if left is INVALID or right is INVALID:
             return INVALID
-        if v.op == "+":
-            return left + right
-        if v.op == "-":
-            return left - right
-        if v.op == "*":
-            return left * right
+        if v.op in "+-*":
+            out = left + right if v.op == "+" else left - right if v.op == "-" else left * right
+            if isinstance(out, int) and abs(out) > MAX_INT:
+                self.reporter.report("E223", v.span, left=show(left), op=v.op,
+                                     right=show(right), value=shown_integer(str(out)),
+                                     limit=MAX_INT,
+                                     help="sizes, counts and arguments are at most 2**63 - 1")
+                return INVALID
+            return out
         if not (isinstance(left, int) and isinstance(right, int)):
             self.reporter.report("E206", v.span, variant="floor_division", left=show(left),
                                  right=show(right))

@@ -126,7 +126,7 @@ def test_cli_let_needs_a_name(tmp_path, capsys):
     assert "expected NAME=VALUE, as in width=32; got 32" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["summary", "check"])
+@pytest.mark.parametrize("command", ["summary"])
 def test_every_model_command_applies_let(tmp_path, capsys, command):
     import json
 

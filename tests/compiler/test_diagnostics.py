@@ -1046,6 +1046,7 @@ TRIGGERS = {
     "E220": HEAD + "output y = x -> relu * 2000000\n",
     "E221": HEAD + "let width = 8\noutput y = x\n",  # with consts={"depth": 3}
     "E222": HEAD + "let width = 8\noutput y = x\n",  # with consts={"width": "[1,"}
+    "E223": HEAD + "let n = 4294967296 * 4294967296\noutput y = x\n",
     "E301": HEAD + "output y = x -> conv(8, 9)\n",
     "E302": HEAD + "a = x -> conv(3, 3)\noutput y = concat(x, a)\n",
     "E303": HEAD + "a = x -> conv(4, 1)\noutput y = add(x, a)\n",

@@ -93,6 +93,10 @@ SOURCES = {
     ("E219", None): (HEAD + "output y = x\n", {"H": 8}),
     ("E220", "estimate"): (HEAD + "output y = x -> relu * 2000000\n", None),
     ("E220", "repeat"): ("let n = 2000000\n" + HEAD + "output y = x -> relu * n\n", None),
+    ("E220", "stage"): ("block b(n) {\n  return in -> relu * n\n}\n" + HEAD
+                        + "output y = x -> b(1000000)\n", None),
+    ("E106", None): (HEAD + "output y = x -> relu * 9223372036854775808\n", None),
+    ("E223", None): ("let n = 4294967296 * 4294967296\n" + HEAD + "output y = x\n", None),
     ("E301", None): (HEAD + "output y = x -> conv(8, 9)\n", None),
     ("E302", None): (HEAD + "a = x -> conv(3, 3)\noutput y = concat(x, a)\n", None),
     ("E302", "rank"): (HEAD + "a = x -> flatten\noutput y = concat(x, a)\n", None),
@@ -114,7 +118,8 @@ SOURCES = {
 
 # Templates no small model reaches; each has a test of its own below, or, for the
 # constants set from outside (E221, E222), in tests/compiler/test_consts.py.
-ELSEWHERE = {("E220", None), ("E306", "network"), ("E221", None), ("E222", None)}
+ELSEWHERE = {("E220", None), ("E306", "network"), ("E221", None), ("E222", None),
+             ("E220", "file"), ("E107", None)}  # E220 file, E107: tests/cli/test_hard_sources.py
 
 
 def check(source, sizes=None):
