@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from .compiler import display  # noqa: F401 - fills in Network's notebook display
 from .compiler.check import MAX_SOURCE_BYTES, check_bytes
 from .compiler.graph import Network
 

@@ -1,7 +1,10 @@
 """`cnnc summary`: one row per layer (name, layer, output shape, parameters, MACs) and the
 totals of one model.
 
-    cnnc summary model.cnn [--format json] [--size H=224] [--train]
+    cnnc summary model.cnn [--format text|json|csv] [--rf] [--size H=224] [--train]
+
+On a terminal the text table is drawn by ``rich``; anywhere else (a pipe, a file, a test) it
+is the plain fixed-width table, stable for scripts.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import json
 import sys
 
 from .common import (
-    EXIT_ERRORS, EXIT_OK, add_size_option, check_data, print_diagnostics, read_source,
+    EXIT_ERRORS, EXIT_OK, add_size_option, check_data, lets, print_diagnostics, read_source,
     require_concrete_sizes,
 )
 
@@ -22,7 +25,12 @@ def add_parser(sub):
         "totals: parameters, MACs and activation memory for one sample in float32.",
     )
     parser.add_argument("file", metavar="FILE", help="a .cnn file, or - for stdin")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--format", choices=("text", "json", "csv"), default="text",
+                        help="text: a table (default); json: an object with every figure, "
+                        "the receptive fields included; csv: one row per layer")
+    parser.add_argument("--rf", action="store_true",
+                        help="add each layer's receptive field, jump and centre offset "
+                        "(in input units) to the table or the CSV")
     add_size_option(parser)
     parser.add_argument("--train", action="store_true",
                         help="also report what training keeps per sample for the backward "
@@ -31,9 +39,9 @@ def add_parser(sub):
 
 
 def main(args) -> int:
-    from ..compiler.summary import render_table, report
+    from ..compiler.summary import add_receptive_fields, render_csv, render_table, report
 
-    net, text = check_data(read_source(args.file), args.file, dict(args.size))
+    net, text = check_data(read_source(args.file), args.file, dict(args.size), lets(args))
     if not net.ok:
         print_diagnostics(net.diagnostics, text, sys.stderr)
         print(f"cnnc: {args.file} has errors; run `cnnc check {args.file}`", file=sys.stderr)
@@ -43,11 +51,28 @@ def main(args) -> int:
         require_concrete_sizes(net, args.file, "--train")
         rep.train_saved_bytes = _train_saved_bytes(net)
         _warn_if_too_large(net)
+    if args.rf or args.format == "json":
+        add_receptive_fields(rep, net)
     if args.format == "json":
         print(json.dumps(rep.to_json(), indent=2))
+    elif args.format == "csv":
+        sys.stdout.write(render_csv(rep))
+    elif _is_terminal(sys.stdout):
+        from rich.console import Console
+
+        from ..compiler.summary import render_rich
+
+        render_rich(rep, Console(file=sys.stdout))
     else:
         print(render_table(rep))
     return EXIT_OK
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def _train_saved_bytes(net) -> int:

@@ -43,6 +43,12 @@ class Node:
         return f"{self.text} at {self.where()}"
 
 
+# How a Network shows itself in a notebook: ``compiler/display.py`` fills this in when it
+# is imported (the public API imports it). This module cannot import it: the summary and
+# the picture that display draws are built on this module.
+NOTEBOOK: dict = {}
+
+
 @dataclass
 class Network:
     name: str
@@ -76,6 +82,17 @@ class Network:
     @property
     def layers(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.op != "input"]
+
+    def _repr_svg_(self):
+        """The picture in a notebook; None when nothing was built (or before
+        compiler/display.py is imported)."""
+        render = NOTEBOOK.get("svg")
+        return render(self) if render is not None else None
+
+    def _repr_html_(self):
+        """The summary table and the picture in a notebook."""
+        render = NOTEBOOK.get("html")
+        return render(self) if render is not None else None
 
     @property
     def graph(self):

@@ -22,6 +22,13 @@ pools) see the whole input: their size is None. Elementwise layers and normalisa
 taken as pointwise, as receptive-field analyses usually do (layernorm's and groupnorm's
 statistics do reach further).
 
+After an upsampling or a transposed convolution neighbouring output units no longer see
+evenly spaced fields: they alternate between phases (nearest upsampling by 2 maps outputs
+2i and 2i + 1 to the same input). Below such a layer the three numbers are recomputed
+exactly for every phase, by walking the graph backwards from one unit of each phase
+(`unit_interval`): the size is then the largest over the phases and the offset their mean,
+and `Fields.unit_interval` gives any one unit's exact interval.
+
 Sizes and jumps do not depend on the input size, so symbolic sizes do not matter; only the
 offset of a ``pad=same`` window with a stride needs the input size, and is None when it is
 symbolic.
@@ -59,7 +66,10 @@ class Field:
 
     def interval(self, index: tuple) -> tuple | None:
         """``((first, last), ...)``: the input units output unit ``index`` (one index per
-        spatial axis) depends on, before clipping to the input; None for a whole field."""
+        spatial axis) depends on, before clipping to the input; None for a whole field.
+        Exact while no upsampling or transposed convolution lies above the layer; below
+        one, units alternate between phases and this is the evenly spaced estimate (at
+        most the size wide): `Fields.unit_interval` gives the exact one."""
         if self.size is None or None in self.offset:
             return None
         out = []
@@ -76,9 +86,26 @@ class Fields:
 
     by_node: dict
     warnings: list
+    network: Network | None = None
 
     def __getitem__(self, name: str) -> Field | None:
         return self.by_node[name]
+
+    def unit_interval(self, name: str, index: tuple) -> tuple | None:
+        """``((first, last), ...)``: the input units that output unit ``index`` of layer
+        ``name`` depends on, exactly, before clipping to the input; None when it sees the
+        whole input or the walk cannot tell (a symbolic size it needs)."""
+        import networkx as nx
+
+        order = list(nx.topological_sort(self.network.graph))
+        return unit_interval(self.network, order, name, index)
+
+
+# Stop recomputing phases exactly past this many node visits for one network (then the
+# evenly spaced estimate stands): enough for a U-Net many times over.
+EXACT_BUDGET = 2_000_000
+# The most phases recomputed per layer.
+MAX_PHASES = 64
 
 
 def receptive_fields(net: Network) -> Fields:
@@ -88,12 +115,16 @@ def receptive_fields(net: Network) -> Fields:
     graph = net.graph
     fields: dict = {}
     warnings: list = []
-    for name in nx.topological_sort(graph):
+    period: dict = {}  # node -> how many phases its units go through (1: evenly spaced)
+    order = list(nx.topological_sort(graph))
+    for name in order:
         node = graph.nodes[name]["node"]
         if node.op == "input":
             fields[name] = _input_field(node.shape)
+            period[name] = (1,) * max(len(node.shape or ()) - 1, 0)
             continue
         ins = [fields.get(src) for src in node.inputs]
+        period[name] = _period(node, [period.get(src, ()) for src in node.inputs])
         if node.shape is None or any(f is None for f in ins) or not ins:
             fields[name] = None
             continue
@@ -102,7 +133,165 @@ def receptive_fields(net: Network) -> Fields:
             continue
         in_shape = net.nodes[node.inputs[0]].shape
         fields[name] = _through(node, ins[0], in_shape)
-    return Fields(fields, warnings)
+    budget = EXACT_BUDGET
+    for name in order:
+        f = fields[name]
+        phases = max(period[name], default=1)
+        if f is None or f.whole or phases == 1 or phases > MAX_PHASES:
+            continue
+        budget -= phases * len(order)
+        if budget < 0:
+            break
+        fields[name] = _by_phases(net, order, name, f, phases)
+    return Fields(fields, warnings, net)
+
+
+def _period(node, periods: list) -> tuple:
+    """Per spatial axis, after how many output units the pattern of fields repeats:
+    upsampling by t and a transposed convolution of stride t multiply it by t, a stride s
+    divides it by their common factor, a merge takes the least common multiple."""
+    import math
+
+    axes = max((len(q) for q in periods), default=0)
+    if node.shape is not None:
+        axes = max(len(node.shape) - 1, 0)
+    out = []
+    args = node.args
+    for k in range(axes):
+        p = math.lcm(*[q[k] for q in periods if k < len(q)], 1)
+        if node.op == "upsample":
+            p *= _per_axis(args["factor"], axes)[k]
+        elif node.op == "conv_transpose":
+            p *= _per_axis(args["stride"], axes)[k]
+        elif node.op in WINDOWS:
+            p //= math.gcd(p, _per_axis(args.get("stride") or args["kernel"], axes)[k])
+        out.append(p)
+    return tuple(out)
+
+
+def _by_phases(net, order: list, name: str, f: Field, phases: int) -> Field:
+    """``f`` with its size the largest, and its offset the mean, over the exact intervals
+    of units 0 .. phases - 1 (the evenly spaced estimate where a walk cannot tell)."""
+    axes = len(f.jump)
+    widths = [[] for _ in range(axes)]
+    centres = [[] for _ in range(axes)]
+    base = phases * 64  # away from unit 0, where a linear upsampling clamps at the border
+    for r in range(base, base + phases):
+        interval = unit_interval(net, order, name, (r,) * axes)
+        if interval is None:
+            return f
+        for axis, (lo, hi) in enumerate(interval):
+            widths[axis].append(hi - lo + 1)
+            centres[axis].append(Fraction(lo + hi, 2) - r * f.jump[axis])
+    size = tuple(max(w) for w in widths)
+    offset = tuple(sum(c, Fraction(0)) / len(c) for c in centres)
+    return Field(size, f.jump, offset)
+
+
+class _Unknown(Exception):
+    """The backward walk needs a size that is symbolic."""
+
+
+def unit_interval(net: Network, order: list, name: str, index: tuple) -> tuple | None:
+    """The exact input interval of output unit ``index`` of ``name``, walking the graph
+    backwards (``order``: the nodes in topological order); None when the unit sees the
+    whole input or a size it needs is symbolic."""
+    want = {name: [(i, i) for i in index]}
+    found = None
+    try:
+        for current in reversed(order):
+            ranges = want.pop(current, None)
+            if ranges is None:
+                continue
+            node = net.nodes[current]
+            if node.op == "input":
+                found = ranges if found is None else _hull(found, ranges)
+                continue
+            for src in dict.fromkeys(node.inputs):
+                back = _back(node, ranges, net.nodes[src].shape)
+                if back is None:
+                    return None
+                want[src] = back if src not in want else _hull(want[src], back)
+    except _Unknown:
+        return None
+    return None if found is None else tuple(found)
+
+
+def _hull(a: list, b: list) -> list:
+    return [(min(x[0], y[0]), max(x[1], y[1])) for x, y in zip(a, b)]
+
+
+def _back(node, ranges: list, in_shape) -> list | None:
+    """The input units (per axis, ``(first, last)``) that output units ``ranges`` of one
+    layer read; None when they read the whole input."""
+    out_shape = node.shape
+    if node.op in WHOLE or in_shape is None or len(in_shape) != len(out_shape):
+        return None
+    axes = len(ranges)
+    a = node.args
+    if node.op in ("concat", "add", "mul"):  # the same units; a size-1 axis broadcast
+        return [(0, 0) if in_shape[k + 1] == 1 and out_shape[k + 1] != 1 else r
+                for k, r in enumerate(ranges)]
+    if node.op in ("adaptive_avgpool", "adaptive_maxpool"):
+        kernels = []
+        for n, o in zip(in_shape[1:], out_shape[1:]):
+            if not (is_concrete(n) and is_concrete(o)) or n % o:
+                return None
+            kernels.append(n // o)
+        a = {"kernel": tuple(kernels), "stride": tuple(kernels), "pad": 0}
+    elif node.op not in WINDOWS and node.op not in ("upsample", "conv_transpose"):
+        return list(ranges)  # pointwise along the spatial axes
+    out = []
+    for k, (lo, hi) in enumerate(ranges):
+        n = in_shape[k + 1]
+        if node.op == "upsample":
+            out.append(_back_upsample(a, k, axes, lo, hi, n, out_shape[k + 1]))
+        elif node.op == "conv_transpose":
+            kernel = effective_kernel(_per_axis(a["kernel"], axes)[k],
+                                      _per_axis(a.get("dilation", 1), axes)[k])
+            s = _per_axis(a["stride"], axes)[k]
+            p = _per_axis(a.get("pad", 0), axes)[k]
+            out.append((-(-(lo + p - kernel + 1) // s), (hi + p) // s))
+        else:
+            kernel = effective_kernel(_per_axis(a["kernel"], axes)[k],
+                                      _per_axis(a.get("dilation", 1), axes)[k])
+            s = _per_axis(a.get("stride") or a["kernel"], axes)[k]
+            before = _before(a.get("pad", 0), k, axes, n, kernel, s)
+            out.append((lo * s - before, hi * s - before + kernel - 1))
+    return out
+
+
+def _before(pad, k: int, axes: int, n, kernel: int, s: int) -> int:
+    """A window's padding before the data along axis ``k``."""
+    if pad != "same":
+        return _per_axis(pad, axes)[k]
+    if s == 1:
+        return (kernel - 1) // 2
+    if not is_concrete(n):
+        raise _Unknown
+    return same_pads(n, kernel, s)[0]
+
+
+def _back_upsample(a: dict, k: int, axes: int, lo: int, hi: int, n, m) -> tuple:
+    """The input units an upsampling's outputs ``lo .. hi`` read (the runtime's rule:
+    nearest reads floor(i / t); the linear modes the two units around (i + 1/2)/t - 1/2,
+    clamped at 0, or around i (n - 1)/(m - 1) with align_corners, a weight of zero on the
+    second where the position is whole)."""
+    t = _per_axis(a["factor"], axes)[k]
+    if a.get("mode", "nearest") == "nearest":
+        return (lo // t, hi // t)
+    if a.get("align_corners"):
+        if not (is_concrete(n) and is_concrete(m)):
+            raise _Unknown
+        scale = Fraction(n - 1, m - 1) if m > 1 else Fraction(0)
+        first, last = lo * scale, hi * scale
+    else:
+        first = max(Fraction(2 * lo + 1, 2 * t) - Fraction(1, 2), Fraction(0))
+        last = max(Fraction(2 * hi + 1, 2 * t) - Fraction(1, 2), Fraction(0))
+    high = last.numerator // last.denominator
+    if last.denominator != 1:
+        high += 1
+    return (first.numerator // first.denominator, high)
 
 
 def _input_field(shape) -> Field | None:

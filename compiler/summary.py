@@ -43,6 +43,10 @@ class Report:
     # The layer and merge kinds of the network whose work MACs leave out (spec section 9),
     # in order of first use.
     macs_not_counted: list = field(default_factory=list)
+    # Each row's receptive field (compiler/receptive.py), by layer name, and the warnings
+    # about merges of misaligned branches; None until `add_receptive_fields`.
+    fields: dict | None = None
+    field_warnings: list = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -67,6 +71,17 @@ class Report:
                     "macs": _json_num(r.macs),
                 }
                 for r in self.rows
+            ],
+            **({} if self.fields is None else self._fields_json()),
+        }
+
+    def _fields_json(self) -> dict:
+        from .receptive import field_json
+
+        return {
+            "receptive_fields": {r.name: field_json(self.fields[r.name]) for r in self.rows},
+            "receptive_field_warnings": [
+                {"layer": name, "message": message} for name, message in self.field_warnings
             ],
         }
 
@@ -187,6 +202,16 @@ def report(net: Network) -> Report:
     )
 
 
+def add_receptive_fields(rep: Report, net: Network) -> Report:
+    """Fill ``rep.fields`` and ``rep.field_warnings`` from ``net``'s graph."""
+    from .receptive import receptive_fields
+
+    fields = receptive_fields(net)
+    rep.fields = dict(fields.by_node)
+    rep.field_warnings = list(fields.warnings)
+    return rep
+
+
 def _num(v) -> str:
     return f"{v:,}" if is_concrete(v) else str(v)
 
@@ -217,29 +242,36 @@ def _bytes(v) -> str:
     return f"{v} B"
 
 
-def render_table(rep: Report) -> str:
-    header = ("Layer", "Op", "Output shape", "Params", "MACs")
-    body = [
-        (r.name, r.layer, shape_text(r.shape), _num(r.params), _num(r.macs)) for r in rep.rows
-    ]
-    widths = [len(h) for h in header]
-    for row in body:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    right = (False, False, False, True, True)
+HEADER = ("Layer", "Op", "Output shape", "Params", "MACs")
+FIELD_HEADER = ("RF", "Jump", "Offset")
 
-    def line(cells):
-        out = []
-        for cell, width, is_right in zip(cells, widths, right):
-            out.append(cell.rjust(width) if is_right else cell.ljust(width))
-        return "  ".join(out).rstrip()
 
-    rule = "-" * len(line(header))
-    out = [f"network {rep.network}"]
-    for name, shape in rep.inputs:
-        out.append(f"input   {name}: {shape_text(shape)}")
-    out += [rule, line(header), rule]
-    out += [line(row) for row in body]
-    out.append(rule)
+def table_rows(rep: Report) -> tuple[tuple, list[tuple]]:
+    """The table's header and one tuple of cell texts per layer; with the receptive-field
+    columns when ``rep.fields`` is set."""
+    header = HEADER + (FIELD_HEADER if rep.fields is not None else ())
+    body = []
+    for r in rep.rows:
+        row = (r.name, r.layer, shape_text(r.shape), _num(r.params), _num(r.macs))
+        if rep.fields is not None:
+            row += _field_cells(rep.fields.get(r.name))
+        body.append(row)
+    return header, body
+
+
+def _field_cells(f) -> tuple:
+    from .receptive import axes_text
+
+    if f is None:
+        return ("?", "?", "?")
+    if f.whole:
+        return ("all", "-", "-")
+    return (axes_text(f.size), axes_text(f.jump), axes_text(f.offset))
+
+
+def footer_lines(rep: Report) -> list[str]:
+    """The totals under the table, one line each."""
+    out = []
     params = f"{_num(rep.total_params)} ({_bytes(rep.param_bytes)} as float32)"
     macs = _num(rep.total_macs)
     if is_concrete(rep.total_macs):
@@ -260,4 +292,83 @@ def render_table(rep: Report) -> str:
     out.append(f"Input:             {_total(rep.input_bytes, _bytes(rep.input_bytes))} per sample")
     for name, shape in rep.outputs:
         out.append(f"Output {name}: {shape_text(shape)}")
+    if rep.fields is not None:
+        out.append("RF: receptive field in input units per spatial axis (all: the whole "
+                   "input); Jump: input units between neighbouring outputs; Offset: where "
+                   "output 0 is centred")
+        for _, message in rep.field_warnings:
+            out.append(f"warning: {message}")
+    return out
+
+
+def render_table(rep: Report) -> str:
+    """The plain table, for scripts and golden tests: fixed-width columns, dashed rules."""
+    header, body = table_rows(rep)
+    widths = [len(h) for h in header]
+    for row in body:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    right = (False, False, False, True, True) + (True,) * (len(header) - len(HEADER))
+
+    def line(cells):
+        out = []
+        for cell, width, is_right in zip(cells, widths, right):
+            out.append(cell.rjust(width) if is_right else cell.ljust(width))
+        return "  ".join(out).rstrip()
+
+    rule = "-" * len(line(header))
+    out = [f"network {rep.network}"]
+    for name, shape in rep.inputs:
+        out.append(f"input   {name}: {shape_text(shape)}")
+    out += [rule, line(header), rule]
+    out += [line(row) for row in body]
+    out.append(rule)
+    out += footer_lines(rep)
     return "\n".join(out)
+
+
+def render_csv(rep: Report) -> str:
+    """One CSV row per layer, numbers without thousands separators (symbolic ones as their
+    formula); the header names the columns."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    columns = ["name", "op", "layer", "output_shape", "params", "macs"]
+    if rep.fields is not None:
+        columns += ["receptive_field", "jump", "offset"]
+    writer.writerow(columns)
+    for r in rep.rows:
+        row = [r.name, r.op, r.layer, shape_text(r.shape), str(r.params), str(r.macs)]
+        if rep.fields is not None:
+            row += list(_field_cells(rep.fields.get(r.name)))
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def render_rich(rep: Report, console) -> None:
+    """The table drawn by ``rich`` on ``console`` (a terminal): the same cells and totals
+    as `render_table`."""
+    from rich import box
+    from rich.table import Table
+
+    header, body = table_rows(rep)
+    inputs = ", ".join(f"{name}: {shape_text(shape)}" for name, shape in rep.inputs)
+    table = Table(title=f"network {rep.network}   input {inputs}", title_justify="left",
+                  box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    widths = []
+    for index, name in enumerate(header):
+        # on a narrow terminal the layer text (Op) gives way first, ending in an ellipsis;
+        # names, shapes and numbers are never cut
+        widest = max([len(name)] + [len(row[index]) for row in body])
+        widths.append(min(widest, 12) if index == 1 else widest)
+        table.add_column(name, justify="right" if index >= 3 else "left", no_wrap=True,
+                         overflow="ellipsis", min_width=None if index == 1 else widest)
+    for row in body:
+        table.add_row(*row)
+    needed = sum(widths) + 3 * len(widths)
+    if needed > console.width:  # wider than the terminal: let it wrap, never crop numbers
+        console.width = needed
+    console.print(table)
+    for line in footer_lines(rep):
+        console.print(line, highlight=False, markup=False)

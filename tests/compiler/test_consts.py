@@ -137,3 +137,12 @@ def test_every_model_command_applies_let(tmp_path, capsys, command):
     assert main([command, str(model), "--let", "width=32", "--format", "json"]) == 0
     wide = json.loads(capsys.readouterr().out)
     assert narrow != wide
+
+
+def test_graph_and_diff_apply_let(tmp_path, capsys):
+    model = tmp_path / "m.cnn"
+    model.write_text(SOURCE)
+    assert main(["graph", str(model), "--let", "width=32", "-o", str(tmp_path / "m.dot")]) == 0
+    assert "[32, 30, 30]" in (tmp_path / "m.dot").read_text()
+    capsys.readouterr()
+    assert main(["diff", str(model), str(model), "--let", "width=32"]) == 0
