@@ -54,6 +54,7 @@ def check_source(text: str, file: str = "<input>", sizes: dict | None = None,
     else:
         net = elaborate(module, file, text, sizes, consts)
         net.diagnostics.sort(key=sort_key)
+    net.syntax = module
     net.source = text
     return net
 

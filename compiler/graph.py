@@ -62,6 +62,9 @@ class Network:
     conditions: list = field(default_factory=list)  # symbolic.Condition not yet decided
     # The checked text (None when the bytes were not UTF-8): what the spans point into.
     source: str | None = field(default=None, repr=False)
+    # The parsed `dsl.syntax.Module` (None after a syntax error), for tools that need the
+    # text's structure as well as its meaning: the language server, the formatter.
+    syntax: object = field(default=None, repr=False, compare=False)
     _graph: object = None
 
     @property
