@@ -205,7 +205,7 @@ class Expander:
         names.add_node(node, "merge")
         if None not in inputs and len(inputs) >= 2:
             self.jobs.append((node, start))
-        return name
+        return node.name  # add_node renames a node whose name is taken (E202)
 
     def stage(self, stage: ast.Stage, cur, scope: str, env: Env):
         count = self.repeat_count(stage, env)
@@ -272,7 +272,7 @@ class Expander:
         names.add_node(node, "alias" if alias else "layer")
         if cur is not None and args is not None:
             self.jobs.append((node, None))
-        return name
+        return node.name  # add_node renames a node whose name is taken (E202)
 
     def block_call(self, call: ast.Call, cur, scope: str, env: Env, alias):
         names = self.names

@@ -259,3 +259,15 @@ def test_checking_goes_on_past_an_error_whose_shape_is_known(work, capsys, layer
     assert status == 1
     assert "error[E305]" in text
     assert "error[E304]: `dense` expects a 1-D input [F]" in text  # three lines later
+
+
+def test_a_renamed_layer_is_the_input_of_the_next(work, capsys):
+    # found by the formatter's generated files: the alias `second` is taken by the block call,
+    # so the relu is renamed (E202), and the gelu after it must take the renamed relu as its
+    # input rather than the taken name (which was a KeyError in the infer pass)
+    source = ("input x: [16]\nblock unit {\n    return in -> conv(4, 3) as second -> "
+              "upsample([])\n}\nb = x -> unit as second -> relu as second -> gelu\n"
+              "output y = b\n")
+    status, text = checked(capsys, work, source)
+    assert status == 1
+    assert "error[E202]: the name `b.second` is claimed twice" in text
