@@ -3,11 +3,12 @@
     import cnnc
     net = cnnc.compile("examples/googlenet.cnn")   # raises cnnc.CompileError on errors
     net = cnnc.check("model.cnn")                   # diagnostics in net.diagnostics
+    module = cnnc.to_torch(net)                     # a torch.nn.Module (PyTorch needed)
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["check", "compile", "CompileError", "__version__"]
+__all__ = ["check", "compile", "CompileError", "to_torch", "__version__"]
 
 
 def __getattr__(name):
@@ -16,4 +17,8 @@ def __getattr__(name):
         from . import api
 
         return getattr(api, name)
+    if name == "to_torch":  # PyTorch is imported only when this is called
+        from .interop.torch import to_torch
+
+        return to_torch
     raise AttributeError(f"module 'cnnc' has no attribute {name!r}")
