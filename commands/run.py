@@ -19,8 +19,8 @@ import sys
 
 from .common import (
     EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, add_size_option, check_model,
-    read_source, remove_stale_temporaries, require_concrete_sizes, require_memory,
-    require_readable, standard_output_for, write_atomically,
+    decimal_number, lets, read_source, remove_stale_temporaries, require_concrete_sizes,
+    require_memory, require_readable, standard_output_for, whole_number, write_atomically,
 )
 
 NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
@@ -28,8 +28,10 @@ NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
 
 def add_parser(sub):
     parser = sub.add_parser(
-        "run", help="run a model on arrays from a .npy or .npz file",
-        description="Run a model on the arrays in a .npy or .npz file and write its outputs. "
+        "run", help="run a model on arrays from a .npy or .npz file, or on images",
+        description="Run a model on the arrays in a .npy or .npz file and write its outputs; "
+        "or classify every image in a folder (--input FOLDER); or run many shards through "
+        "Ray (--ray). "
         "Without --weights the model runs with its seeded default initialisation (seed 0). "
         "Exit 0 on success, 1 when the model has errors, 2 when a file cannot be read or "
         "written or does not fit the model, or the run would not fit in the memory "
@@ -53,22 +55,108 @@ def add_parser(sub):
                         help="floating-point type to compute in (default: float32)")
     add_size_option(parser, more="symbols not given are read off the input arrays")
     add_report_options(parser, "the file, the sizes used and every output's shape")
+    images = parser.add_argument_group(
+        "image folders (--input FOLDER)",
+        "Every image under the folder is classified; -o names a .csv or .json file (or - "
+        "for CSV on standard output) with the file, the class and its score per image. "
+        "The preprocessing and class names are read from the settings `cnnc train` wrote "
+        "beside the weights (W.json for W.npz); the flags below override them.")
+    images.add_argument("--batch", type=_positive_int, metavar="N",
+                        help="samples per forward pass: images (default 64) or rows of a "
+                        "shard with --ray (default 256)")
+    images.add_argument("--resize", type=_positive_int, metavar="N",
+                        help="the shorter side before the centre crop (default: as trained, "
+                        "else the input's larger side)")
+    images.add_argument("--mean", type=_numbers, metavar="M[,M,M]",
+                        help="per-channel mean (default: as trained, else ImageNet's)")
+    images.add_argument("--std", type=_numbers, metavar="S[,S,S]",
+                        help="per-channel standard deviation (default: as trained, else "
+                        "ImageNet's)")
+    images.add_argument("--loaders", type=_positive_int, metavar="N",
+                        help="background threads decoding images (default: the CPU count, "
+                        "at most 4)")
+    ray = parser.add_argument_group(
+        "many shards through Ray (--ray; pip install 'cnnc[ray]')",
+        "--input is a glob pattern in quotes ('shards/*.npy') or a folder of .npy/.npz "
+        "shards; -o is a folder that gets one output per shard, same name, each written "
+        "atomically. Shards whose output exists are skipped, so a rerun resumes.")
+    ray.add_argument("--ray", action="store_true",
+                     help="run the shards on a pool of Ray actors, each building the model "
+                     "once")
+    ray.add_argument("--address", metavar="ADDR",
+                     help="the Ray cluster to join (as `ray start --head` prints, or auto); "
+                     "default: start Ray on this machine")
+    ray.add_argument("--actors", type=_positive_int, metavar="N",
+                     help="actors in the pool (default 1)")
+    ray.add_argument("--gpus-per-actor", type=_gpus, metavar="G",
+                     help="GPUs each actor reserves, e.g. 1 or 0.5 (default 0)")
     return parser
+
+
+def _gpus(text: str) -> float:
+    import argparse
+
+    try:
+        value = decimal_number(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = whole_number(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _numbers(text: str) -> list:
+    import argparse
+
+    try:
+        return [decimal_number(part) for part in text.split(",")]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+IMAGE_FLAGS = ("resize", "mean", "std", "loaders")
 
 
 def main(args) -> int:
     from ..compiler.plan import lower
 
+    if not args.ray:
+        given = [f for f in ("address", "actors", "gpus_per_actor") if getattr(args, f)]
+        if given:
+            raise CommandError(f"--{given[0].replace('_', '-')} applies with --ray")
+    if args.ray:
+        return _run_ray(args)
+    if os.path.isdir(args.input):
+        return _run_images(args)
+    given = [k for k in IMAGE_FLAGS if getattr(args, k) is not None]
+    if given:
+        raise CommandError(f"--{given[0]} applies to an image folder; --input {args.input} is "
+                           "not a folder")
+    if args.batch is not None:
+        raise CommandError("--batch applies to an image folder or to --ray; a single .npy or "
+                           ".npz input runs as one batch")
     data = read_source(args.file)
     loaded = _read_arrays(args.input, "input")
     given = dict(args.size)
-    net = check_model(data, args.file, given)
+    net = check_model(data, args.file, given, consts=lets(args))
     arrays = _match_inputs(loaded, list(net.inputs), args.input, net.name)
     _check_arrays(arrays, args.input)
     sizes = _bind_sizes(net, arrays, given, args.input)
     if sizes:
         found = ", ".join(f"{k}={v}" for k, v in sizes.items())
-        net = check_model(data, args.file, {**given, **sizes},
+        net = check_model(data, args.file, {**given, **sizes}, consts=lets(args),
                           context=f"for {found} (read off {args.input})")
     require_concrete_sizes(net, args.file, "running it",
                            f"they cannot be read off {args.input}")
@@ -305,3 +393,239 @@ def _save(f, outputs: dict, path: str) -> None:
         for name, array in outputs.items():
             with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+
+
+# ---- image folders ---------------------------------------------------------------------------
+
+def _run_images(args) -> int:
+    """Classify every image under the folder ``args.input``; write one row per image."""
+    from ..compiler.plan import lower
+    from ..data import images
+    from ..runtime.train import DataError
+
+    data = read_source(args.file)
+    net = check_model(data, args.file, dict(args.size), consts=lets(args))
+    require_concrete_sizes(net, args.file, "running it on images")
+    if len(net.inputs) != 1 or len(net.outputs) != 1:
+        raise CommandError(f"network {net.name} has {len(net.inputs)} inputs and "
+                           f"{len(net.outputs)} outputs; classifying images needs one of each")
+    (out_name, out_node), = net.outputs.items()
+    out_shape = list(net.nodes[out_node].shape)
+    if len(out_shape) != 1:
+        raise CommandError(f"classifying images needs an output of class scores [classes]; "
+                           f"output `{out_name}` of {net.name} is {out_shape}")
+    kind = _prediction_format(args.output)
+    stdout = None
+    if args.output == "-":
+        stdout = standard_output_for("the predictions", args.format)
+    else:
+        _check_output_path(args.output, ["predictions"], args.format)
+    settings = _image_settings(args)
+    plan = lower(net)
+    (shape,) = plan.inputs.values()
+    try:
+        preprocess = images.Preprocess.for_input(
+            shape, args.resize if args.resize is not None else settings.get("resize"),
+            args.mean if args.mean is not None else settings.get("mean"),
+            args.std if args.std is not None else settings.get("std"),
+            where=f"input `{next(iter(plan.inputs))}` of {plan.network}")
+    except DataError as err:
+        raise CommandError(str(err)) from None
+    args.batch = args.batch or 64
+    _require_memory(plan, args, args.batch)
+    model = _build(plan, args)
+
+    def skipped(path, why):
+        print(f"cnnc: warning: skipped {path}: {why}", file=sys.stderr, flush=True)
+
+    loaders = args.loaders or min(4, os.cpu_count() or 1)
+    try:
+        rows, reader = images.predict(model, args.input, preprocess, args.batch, loaders,
+                                      skipped, settings.get("classes"))
+    except DataError as err:
+        raise CommandError(str(err)) from None
+    text = _prediction_text(rows, kind)
+    if stdout is not None:
+        sys.stdout.flush()
+        stdout.write(text.encode("utf-8"))
+        stdout.flush()
+    else:
+        write_atomically(args.output, lambda f: f.write(text.encode("utf-8")))
+    unread = len(reader.skipped)
+    if args.format == "json":
+        import json
+
+        print(json.dumps({"output": args.output, "network": plan.network,
+                          "images": len(rows), "skipped": sorted(reader.skipped)}, indent=2))
+    elif not args.quiet:
+        where = "standard output" if stdout is not None else args.output
+        tail = f"; skipped {unread} unreadable image{'s' * (unread != 1)}" if unread else ""
+        print(f"cnnc: wrote {where}: predictions for {len(rows):,} image"
+              f"{'s' * (len(rows) != 1)}{tail}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _prediction_format(path: str) -> str:
+    if path == "-" or path.lower().endswith(".csv"):
+        return "csv"
+    if path.lower().endswith(".json"):
+        return "json"
+    raise CommandError(f"-o {path}: predictions for an image folder are written as .csv or "
+                       ".json (or - for CSV on standard output)")
+
+
+def _image_settings(args) -> dict:
+    """What `cnnc train` saved beside the weights (W.json), or nothing."""
+    from ..data import images
+    from ..runtime.train import DataError
+
+    if args.weights is None:
+        return {}
+    path = images.settings_path(args.weights)
+    if not os.path.exists(path):
+        return {}
+    try:
+        return images.read_settings(path)
+    except DataError as err:
+        raise CommandError(str(err)) from None
+
+
+def _prediction_text(rows: list, kind: str) -> str:
+    """CSV with a header (file,class,name,score; name only when the classes are named) or a
+    JSON list of objects."""
+    import csv
+    import io
+    import json
+
+    if kind == "json":
+        return json.dumps(rows, indent=1) + "\n"
+    named = any("name" in row for row in rows)
+    fields = ["file", "class"] + (["name"] if named else []) + ["score"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "score": f"{row['score']:.6f}"})
+    return out.getvalue()
+
+
+# ---- many shards through Ray -----------------------------------------------------------------
+
+def _shards(pattern: str) -> list:
+    """The shards a glob pattern or a folder names, sorted; CommandError when none."""
+    import glob
+
+    if os.path.isdir(pattern):
+        found = [os.path.join(pattern, name) for name in os.listdir(pattern)
+                 if name.endswith((".npy", ".npz"))]
+    else:
+        found = glob.glob(pattern)
+    found = sorted(p for p in found if os.path.isfile(p))
+    if not found:
+        raise CommandError(f"--input {pattern} names no shard files (a glob pattern in quotes, "
+                           "as 'shards/*.npy', or a folder of .npy/.npz files)")
+    stems: dict = {}
+    for path in found:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in stems:
+            raise CommandError(f"shards {stems[stem]} and {path} would both write "
+                               f"{stem} in the output folder; rename one")
+        stems[stem] = path
+    return found
+
+
+def _output_folder(path: str) -> None:
+    if path == "-":
+        raise CommandError("-o -: with --ray, -o names a folder for one output per shard")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CommandError(f"-o {path}: with --ray, -o names a folder; {path} is a file")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CommandError(f"cannot create output folder {path}: folder {parent} does not "
+                           "exist")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise CommandError(f"cannot create output folder {path}: {err.strerror or err}") \
+            from None
+
+
+def _run_ray(args) -> int:
+    """``--ray``: every shard through Ray Data's actor pool (distributed/inference.py)."""
+    import time
+
+    from ..compiler.plan import lower
+
+    shards = _shards(args.input)
+    _output_folder(args.output)
+    data = read_source(args.file)
+    given = dict(args.size)
+    net = check_model(data, args.file, given, consts=lets(args))
+    sizes = {}
+    if net.symbols:  # read off the first shard, as a single run reads them off its input
+        first = _match_inputs(_read_arrays(shards[0], "input"), list(net.inputs), shards[0],
+                              net.name)
+        _check_arrays(first, shards[0])
+        sizes = _bind_sizes(net, first, given, shards[0])
+        found = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        net = check_model(data, args.file, {**given, **sizes}, consts=lets(args),
+                          context=f"for {found} (read off {shards[0]})")
+    require_concrete_sizes(net, args.file, "running it", f"they cannot be read off "
+                           f"{shards[0]}")
+    plan = lower(net)
+    several = len(plan.outputs) > 1
+    from ..distributed.inference import ModelSpec, output_path, pending
+
+    jobs = [(shard, output_path(shard, args.output, several)) for shard in shards]
+    to_run, finished = pending(jobs)
+    for _, out in jobs:
+        remove_stale_temporaries(out)
+    weights = _build(plan, args).state() if args.weights is not None else None
+    spec = ModelSpec(data, args.file, {**given, **sizes}, lets(args), weights, args.backend,
+                     args.dtype)
+    results, seconds, start = [], 0.0, 0.0
+    if to_run:
+        from ..distributed.inference import infer_shards
+        from ..distributed.session import RayError, connect
+
+        started = time.perf_counter()
+        try:
+            connect(args.address)
+            start = time.perf_counter() - started
+            results = infer_shards(spec, to_run, actors=args.actors or 1,
+                                   gpus_per_actor=args.gpus_per_actor or 0,
+                                   batch=args.batch or 256, address=args.address)
+        except RayError as err:
+            raise CommandError(str(err)) from None
+        seconds = time.perf_counter() - started - start
+    failed = [r for r in results if r["error"]]
+    done = [r for r in results if not r["error"]]
+    samples = sum(r["samples"] for r in done)
+    if args.format == "json":
+        import json
+
+        print(json.dumps({"output": args.output, "network": plan.network,
+                          "shards": len(done), "samples": samples,
+                          "skipped": [s for s, _ in finished], "seconds": round(seconds, 3),
+                          "ray_start_seconds": round(start, 3),
+                          "actors": min(args.actors or 1, max(1, len(to_run))),
+                          "failed": [{"shard": r["shard"], "error": r["error"]}
+                                     for r in failed]}, indent=2))
+    elif not args.quiet:
+        actors = min(args.actors or 1, max(1, len(to_run)))  # as infer_shards starts them
+        rate = f", {samples / seconds:,.0f} samples/s" if seconds and samples else ""
+        skipped = (f"; {len(finished)} shard{'s' * (len(finished) != 1)} already done, "
+                   "skipped") if finished else ""
+        if to_run:
+            print(f"cnnc: wrote {len(done)} shard{'s' * (len(done) != 1)} to {args.output}: "
+                  f"{samples:,} samples in {seconds:.1f}s{rate} with {actors} "
+                  f"actor{'s' * (actors != 1)} (Ray's start: {start:.1f}s more){skipped}",
+                  file=sys.stderr)
+        else:
+            print(f"cnnc: nothing to do: the outputs of all {len(jobs)} shards are already "
+                  f"in {args.output}", file=sys.stderr)
+    if failed:
+        lines = "\n".join(f"  {r['shard']}: {r['error']}" for r in failed)
+        raise CommandError(f"{len(failed)} of {len(jobs)} shards failed (their outputs were "
+                           f"not written; a rerun retries them):\n{lines}")
+    return EXIT_OK

@@ -3,6 +3,8 @@
     cnnc train examples/digits.cnn --data digits
     cnnc train model.cnn --data data.npz --epochs 20 --optimizer sgd --lr 0.05 -o w.npz
     cnnc train model.cnn --data data.npz --epochs 30 --resume w.ckpt.npz
+    cnnc train model.cnn --data photos/ --resize 256 --epochs 20       # an image folder
+    cnnc train model.cnn --data data.npz --ray --workers 4             # data-parallel
 
 Progress: a bar per epoch when stdout is a terminal, one plain line per epoch otherwise;
 with ``--format json`` the last line is a JSON object with the run's results. A checkpoint
@@ -18,12 +20,14 @@ import argparse
 import json
 import os
 import sys
-import time
 
 from .common import (
-    EXIT_ERRORS, EXIT_OK, CommandError, add_size_option, decimal_number, load_network,
+    EXIT_ERRORS, EXIT_OK, CommandError, add_size_option, check_model, decimal_number, lets,
+    read_source,
     remove_stale_temporaries, require_concrete_sizes, require_memory, whole_number,
+    write_atomically,
 )
+from .progress import progress_for
 
 # Defaults of the flags that a checkpoint remembers. They are filled in after parsing, so
 # that a resumed run can tell a flag the user gave from a default.
@@ -87,8 +91,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train a classifier and save its weights",
         description="Train a one-input network whose output scores classes, with softmax "
-        "cross-entropy, on scikit-learn's 8x8 digits or on an .npz file (x [N, C, H, W], "
-        "integer labels y [N], optionally x_test and y_test; else a stratified 80/20 split). "
+        "cross-entropy, on scikit-learn's 8x8 digits, on an .npz file (x [N, C, H, W], "
+        "integer labels y [N], optionally x_test and y_test; else a stratified 80/20 split), "
+        "or on an image folder (one sub-folder per class; train/ and val/, or a held-out "
+        "fraction), streamed from disk. "
         "A checkpoint is written after every epoch and on Ctrl-C; --resume continues one "
         "exactly, and a checkpoint holding trained epochs is replaced only with --force. "
         "Exit 0 when trained, 1 when the model has errors or training fails (a non-finite "
@@ -96,8 +102,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "when interrupted.",
     )
     p.add_argument("file", metavar="FILE", help="the .cnn model")
-    p.add_argument("--data", required=True, metavar="digits|PATH.npz",
-                   help="'digits' (scikit-learn's 8x8 digits) or an .npz file")
+    p.add_argument("--data", required=True, metavar="digits|PATH.npz|FOLDER",
+                   help="'digits' (scikit-learn's 8x8 digits), an .npz file, or an image "
+                   "folder with one sub-folder per class (and optionally train/ and val/)")
     p.add_argument("--epochs", type=_positive_int, default=None,
                    help=f"train until this many epochs are done in all (default {EPOCHS}; "
                    "with --resume, the total including the checkpoint's)")
@@ -144,7 +151,54 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
     p.add_argument("--dtype", choices=("float32", "float64"))
     add_size_option(p, example="H=8")
+    _add_image_options(p)
+    g = p.add_argument_group("data-parallel training through Ray (--ray; pip install "
+                             "'cnnc[ray]')")
+    g.add_argument("--ray", action="store_true",
+                   help="split every mini-batch over Ray workers and average their "
+                   "gradients each step (the same result as one process, up to rounding, "
+                   "for networks without batchnorm or dropout)")
+    g.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="Ray workers, one CPU each (default 2)")
+    g.add_argument("--address", metavar="ADDR",
+                   help="the Ray cluster to join (as `ray start --head` prints, or auto); "
+                   "default: start Ray on this machine")
     return p
+
+
+IMAGE_FLAGS = ("val_fraction", "resize", "mean", "std", "crop_padding", "no_flip", "loaders")
+
+
+def _numbers(text: str) -> list:
+    """``0.5`` or ``0.485,0.456,0.406``: one number, or one per channel."""
+    try:
+        return [decimal_number(part) for part in text.split(",")]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_image_options(p) -> None:
+    g = p.add_argument_group("image folders (--data FOLDER)")
+    g.add_argument("--val-fraction", type=_fraction, metavar="F",
+                   help="without a val/ folder, hold out this fraction of each class, a "
+                   "fixed choice (default 0.2)")
+    g.add_argument("--resize", type=_positive_int, metavar="N",
+                   help="resize each image's shorter side to N before the centre crop to the "
+                   "input's size (default: the input's larger side; e.g. 256 for 224)")
+    g.add_argument("--mean", type=_numbers, metavar="M[,M,M]",
+                   help="per-channel mean subtracted from pixels in [0, 1] (default "
+                   "ImageNet's 0.485,0.456,0.406; grey 0.449)")
+    g.add_argument("--std", type=_numbers, metavar="S[,S,S]",
+                   help="per-channel standard deviation divided by (default ImageNet's "
+                   "0.229,0.224,0.225; grey 0.226)")
+    g.add_argument("--crop-padding", type=_count, metavar="P",
+                   help="training: random crop from the image padded by P zeros on each side "
+                   "(default 4; 0 turns it off)")
+    g.add_argument("--no-flip", action="store_true", default=None,
+                   help="training: no random horizontal flips (default: flip half the images)")
+    g.add_argument("--loaders", type=_positive_int, metavar="N",
+                   help="background threads decoding images (default: the CPU count, at "
+                   "most 4)")
 
 
 # ---- settings ---------------------------------------------------------------------------------
@@ -276,6 +330,87 @@ def _refuse_to_replace(checkpoint: str, args) -> None:
                        "give --force to start afresh and replace it")
 
 
+def _image_folder(args, plan, out):
+    """The image folder ``args.data`` as a training source; unreadable images are reported
+    on stderr as they are met."""
+    from ..data import images
+    from ..runtime import train
+
+    in_name, in_shape, _, _ = train.classifier_shape(plan)
+
+    def skipped(path, why):
+        out.flush()
+        print(f"cnnc: warning: skipped {path}: {why}", file=sys.stderr, flush=True)
+
+    loaders = args.loaders or min(4, os.cpu_count() or 1)
+    padding = images.PADDING if args.crop_padding is None else args.crop_padding
+    try:
+        return images.open_folder(args.data, in_shape, val_fraction=args.val_fraction,
+                                  resize=args.resize, mean=args.mean, std=args.std,
+                                  padding=padding, flip=not args.no_flip, workers=loaders,
+                                  on_skip=skipped)
+    except train.DataError as err:
+        raise CommandError(str(err)) from None
+
+
+def _load_data(args, plan, out):
+    from ..runtime import train
+
+    folder = os.path.isdir(args.data)
+    if not folder:
+        given = [k for k in IMAGE_FLAGS if getattr(args, k) is not None]
+        if given:
+            raise CommandError(f"{_flag(given[0])} applies to an image folder; --data "
+                               f"{args.data} is not a folder")
+        data = train.load_data(args.data)
+        train.check_data(plan, data)
+        return data
+    data = _image_folder(args, plan, out)
+    data.check(plan)
+    return data
+
+
+def _trainer(args, source: bytes, s: dict, model, optimizer, schedule, checkpoint):
+    """The single-process trainer, or with --ray the data-parallel one."""
+    from ..runtime import train
+
+    options = dict(schedule=schedule, batch_size=s["batch"], seed=s["seed"],
+                   label_smoothing=s["label_smoothing"], checkpoint=checkpoint)
+    if not args.ray:
+        return train.Trainer(model, optimizer, **options)
+    from ..distributed.inference import ModelSpec
+    from ..distributed.session import RayError
+    from ..distributed.training import DataParallelTrainer
+
+    spec = ModelSpec(source, args.file, dict(args.size), lets(args), None, model.backend.name,
+                     str(model.dtype), s["seed"])
+    try:
+        return DataParallelTrainer(model, optimizer, spec=spec, workers=args.workers or 2,
+                                   address=args.address, **options)
+    except RayError as err:
+        raise CommandError(str(err)) from None
+
+
+def _describe_folder(data, out) -> None:
+    """One line: the classes, the split and how many files were left out."""
+    from ..data.images import describe
+
+    print(describe(data), file=out, flush=True)
+
+
+def _write_image_settings(data, weights: str) -> str | None:
+    """Beside the weights, what `cnnc run` needs to read images as training did: the class
+    names and the preprocessing. None for data that is not an image folder."""
+    from ..data import images
+
+    if not isinstance(data, images.ImageFolder):
+        return None
+    path = images.settings_path(weights)
+    text = json.dumps(images.settings_of(data), indent=2) + "\n"
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+    return path
+
+
 def _require_memory(plan, s: dict, data, on_device: bool) -> None:
     """Refuse, before the model is built, a run whose parameters, gradients, optimizer
     state, activations for one batch and (once ``data`` is read) the data's copy in the
@@ -285,69 +420,17 @@ def _require_memory(plan, s: dict, data, on_device: bool) -> None:
     from ..runtime.model import estimate_saved_bytes, param_bytes
 
     dtype = np.dtype(s["dtype"])
-    batch = s["batch"] if data is None else min(s["batch"], max(1, len(data.x_train)))
+    batch = s["batch"] if data is None else min(s["batch"], max(1, data.train_size))
     trainable = param_bytes(plan, dtype, trainable=True)
     slots = {"sgd": 1 if s["momentum"] else 0, "adam": 2, "adamw": 2}[s["optimizer"]]
     parts = [("parameters", param_bytes(plan, dtype)), ("gradients", trainable),
              ("optimizer state", slots * trainable),
              (f"activations for a batch of {batch}",
               estimate_saved_bytes(plan, dtype, batch, every_output=True))]
-    if data is not None:
+    if data is not None and hasattr(data, "x_train"):  # arrays in memory, not a stream
         copies = [a for a in (data.x_train, data.x_test) if on_device or a.dtype != dtype]
         parts.append((f"the data in {dtype}", sum(a.size for a in copies) * dtype.itemsize))
     require_memory(plan, f"training network {plan.network}", parts, dtype, batch, on_device)
-
-
-# ---- progress ---------------------------------------------------------------------------------
-
-
-def _epoch_line(stats, epochs: int) -> str:
-    test = "-" if stats.test_accuracy is None else f"{stats.test_accuracy:.2%}"
-    width = len(str(epochs))
-    return (f"epoch {stats.epoch:>{width}}/{epochs}  loss {stats.train_loss:.4f}  "
-            f"train acc {stats.train_accuracy:.2%}  test acc {test}  "
-            f"{stats.images_per_second:,.0f} img/s  {stats.seconds:.1f}s  lr {stats.lr:.3g}")
-
-
-class _Lines:
-    """One plain line per epoch, for logs and pipes."""
-
-    def __init__(self, out):
-        self.out = out
-
-    def start_epoch(self, epoch, epochs, steps):
-        pass
-
-    def step(self, done, steps, loss, accuracy, images_per_second):
-        pass
-
-    def end_epoch(self, stats, epochs):
-        print(_epoch_line(stats, epochs), file=self.out, flush=True)
-
-
-class _Bar(_Lines):
-    """A bar redrawn in place at most ten times a second, for a terminal."""
-
-    WIDTH = 24
-
-    def start_epoch(self, epoch, epochs, steps):
-        self.label = f"epoch {epoch:>{len(str(epochs))}}/{epochs}"
-        self.last = 0.0
-
-    def step(self, done, steps, loss, accuracy, images_per_second):
-        now = time.monotonic()
-        if done < steps and now - self.last < 0.1:
-            return
-        self.last = now
-        filled = self.WIDTH * done // steps
-        bar = "#" * filled + "-" * (self.WIDTH - filled)
-        self.out.write(f"\r{self.label} [{bar}] {done}/{steps}  loss {loss:.4f}  "
-                       f"acc {accuracy:.2%}  {images_per_second:,.0f} img/s\x1b[K")
-        self.out.flush()
-
-    def end_epoch(self, stats, epochs):
-        self.out.write("\r\x1b[K")
-        super().end_epoch(stats, epochs)
 
 
 # ---- main -------------------------------------------------------------------------------------
@@ -358,7 +441,12 @@ def main(args) -> int:
     from ..runtime import train
     from ..runtime.model import LayerError, Model, TooLargeError, select_backend
 
-    net = load_network(args.file, dict(args.size))
+    if not args.ray:
+        given = [f for f in ("workers", "address") if getattr(args, f) is not None]
+        if given:
+            raise CommandError(f"--{given[0]} applies with --ray")
+    net_source = read_source(args.file)
+    net = check_model(net_source, args.file, dict(args.size), consts=lets(args))
     require_concrete_sizes(net, args.file, "training")
     plan = Compiled(net).plan
     try:
@@ -402,21 +490,24 @@ def main(args) -> int:
     except RuntimeError as err:  # e.g. backend cupy without CuPy
         raise CommandError(str(err)) from None
     _require_memory(plan, s, None, backend.on_device)  # before the data is even read
+    out = sys.stdout
     try:
-        data = train.load_data(args.data)
-        train.check_data(plan, data)
+        data = _load_data(args, plan, out)
     except train.DataError as err:
         raise CommandError(str(err)) from None
     _require_memory(plan, s, data, backend.on_device)
+    if hasattr(data, "layout"):
+        _describe_folder(data, out)
     try:
         model = Model(plan, backend=backend.name, seed=s["seed"], dtype=s["dtype"])
         optimizer = _optimizer(s, model)
         schedule = _schedule(s, epochs)
     except (RuntimeError, ValueError, TooLargeError) as err:
         raise CommandError(str(err)) from None
-    trainer = train.Trainer(model, optimizer, schedule=schedule, batch_size=s["batch"],
-                            seed=s["seed"], label_smoothing=s["label_smoothing"],
-                            checkpoint=checkpoint)
+    trainer = _trainer(args, net_source, s, model, optimizer, schedule, checkpoint)
+    if args.ray:
+        print(f"data-parallel: each batch of {s['batch']} split over {len(trainer.workers)} "
+              "Ray workers, gradients averaged every step", file=out, flush=True)
     if ckpt is not None:
         try:
             trainer.restore(ckpt)
@@ -425,8 +516,7 @@ def main(args) -> int:
         except (train.CheckpointError, train.DataError) as err:
             raise CommandError(str(err)) from None
 
-    out = sys.stdout
-    progress = _Bar(out) if out.isatty() else _Lines(out)
+    progress = progress_for(out)
     if ckpt is not None and trainer.epoch >= epochs:
         print(f"{args.resume} already holds {trainer.epoch} epochs; nothing to train", file=out)
     elif ckpt is not None:
@@ -463,18 +553,29 @@ def main(args) -> int:
         model.save(output)
     except OSError as err:
         raise CommandError(f"cannot write weights {output}: {err.strerror or err}") from None
+    settings = _write_image_settings(data, output)
+    skipped = len(getattr(data, "skipped", ()))
     last = history[-1]
     if args.format == "json":
-        print(json.dumps({
+        report = {
             "epochs": len(history),
             "train_loss": last.train_loss,
             "train_accuracy": last.train_accuracy,
             "test_accuracy": last.test_accuracy,
             "seconds": round(trainer.elapsed, 3),
             "weights": output,
-        }))
+        }
+        if settings is not None:
+            report.update(image_settings=settings, classes=list(data.classes),
+                          skipped=sorted(data.skipped))
+        print(json.dumps(report))
     else:
         test = "-" if last.test_accuracy is None else f"{last.test_accuracy:.2%}"
-        print(f"trained {plan.network} for {len(history)} epochs in {trainer.elapsed:.1f}s: "
+        print(f"trained {plan.network} for {len(history)} epoch{'s' * (len(history) != 1)} in {trainer.elapsed:.1f}s: "
               f"test accuracy {test}; weights saved to {output}, checkpoint {checkpoint}")
+        if settings is not None:
+            unread = (f"; skipped {skipped} unreadable image{'s' * (skipped != 1)}"
+                      if skipped else "")
+            print(f"classes {', '.join(data.classes)} and the preprocessing saved to "
+                  f"{settings}{unread}")
     return EXIT_OK

@@ -10,6 +10,10 @@
     trainer = train.Trainer(model, opt, batch_size=32, seed=0, checkpoint="digits.ckpt.npz")
     history = trainer.fit(data, epochs=10)      # one EpochStats per epoch
 
+``fit`` takes a `Dataset` (arrays in memory: digits, an .npz file) or any streamed `Source`
+(``cnnc.data.images.ImageFolder`` reads an image folder from disk batch by batch); both give
+the trainer ``(x, y)`` batches of the same seeded shuffle.
+
 Each step draws a mini-batch from a seeded shuffle, runs ``model.forward(x, train=True,
 logits=True)``, takes the fused softmax cross-entropy, back-propagates and lets the optimizer
 update the parameters in place. After each epoch the test split is scored by inference
@@ -87,6 +91,18 @@ class Dataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+
+    @property
+    def train_size(self) -> int:
+        return int(len(self.x_train))
+
+    @property
+    def test_size(self) -> int:
+        return int(len(self.x_test))
+
+    def check(self, plan) -> None:
+        """`check_data`: refuse arrays that do not fit ``plan``'s network."""
+        check_data(plan, self)
 
     def fingerprint(self) -> str:
         """A digest of every array, so a checkpoint can tell whether it is resumed on the
@@ -285,6 +301,54 @@ def check_data(plan, data: Dataset) -> None:
                 raise DataError(f"label {bad} ({key}[{index}] in {data.name}) is out of range "
                                 f"for output `{out_name}` of {plan.network}, which scores "
                                 f"{classes} classes: labels must be 0..{classes - 1}")
+
+
+# ---- sources: what the trainer reads batches from ------------------------------------------
+
+
+class Source:
+    """A data set read batch by batch (an image folder streamed from disk, say), so that one
+    larger than memory trains. A subclass gives ``name``, ``train_size``, ``test_size`` and:
+
+    - ``check(plan)``: DataError when it cannot train ``plan``'s network;
+    - ``fingerprint()``: a digest that changes when the data does (checkpoints keep it);
+    - ``train_batches(order, bounds, first, epoch, seed)``: an iterator (a generator, so it
+      can be closed) of ``(x, y)`` NumPy batches, the samples ``order[b:e]`` for each
+      ``(b, e)`` of ``bounds[first:]``; random augmentation may depend on ``epoch``,
+      ``seed`` and the sample, never on the order of decoding; a batch may come back
+      smaller when samples are unreadable;
+    - ``test_batches(size)``: ``(x, y)`` batches of the test split, in order.
+    """
+
+    name = ""
+    train_size = 0
+    test_size = 0
+
+
+class ArrayBatches(Source):
+    """A `Dataset`'s arrays converted once to the model's dtype and device, and sliced."""
+
+    def __init__(self, data: Dataset, model):
+        xp, dtype = model.xp, model.dtype
+        self.name = data.name
+        self.train_size, self.test_size = data.train_size, data.test_size
+        self.x_train = xp.asarray(finite_as(data.x_train, dtype, f"{data.name}: `x`",
+                                            DataError, "values"))
+        self.y_train = xp.asarray(data.y_train, dtype=np.int64)
+        self.x_test = xp.asarray(finite_as(data.x_test, dtype, f"{data.name}: `x_test`",
+                                           DataError, "values"))
+        self.y_test = xp.asarray(data.y_test, dtype=np.int64)
+        self.xp = xp
+
+    def train_batches(self, order, bounds, first, epoch, seed):
+        order = self.xp.asarray(order)
+        for begin, end in bounds[first:]:
+            idx = order[begin:end]
+            yield self.x_train[idx], self.y_train[idx]
+
+    def test_batches(self, size):
+        for i in range(0, self.test_size, size):
+            yield self.x_test[i:i + size], self.y_test[i:i + size]
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
@@ -629,28 +693,42 @@ class Trainer:
                 correct += accuracy_count(scores, y[i:i + self.eval_batch])
         return correct / len(x)
 
+    def evaluate_source(self, source) -> float | None:
+        """Accuracy of inference on a source's test split; None for no samples."""
+        correct = seen = 0
+        with np.errstate(all="ignore"):
+            for x, y in source.test_batches(self.eval_batch):
+                if len(y):
+                    correct += accuracy_count(self.model(x), y)
+                    seen += len(y)
+        return correct / seen if seen else None
+
+    def train_step(self, xb, yb, step: int) -> tuple[float, int]:
+        """One optimizer step on a mini-batch: ``(mean loss, correct predictions)``."""
+        with np.errstate(all="ignore"):  # a non-finite loss is reported below, once
+            logits = self.model.forward(xb, train=True, logits=True)
+            loss, dlogits = softmax_cross_entropy(logits, yb, self.label_smoothing)
+        if not math.isfinite(loss):
+            self._diverged(loss, step)
+        self.model.backward(dlogits)
+        self.optimizer.step()
+        return loss, accuracy_count(logits, yb)
+
     # ---- fit ----------------------------------------------------------------------------------
-    def fit(self, data: Dataset, epochs: int, progress: Progress | None = None):
+    def fit(self, data, epochs: int, progress: Progress | None = None):
         """Train until ``epochs`` whole epochs are done (counting those of a restored
-        checkpoint) and return the history, one `EpochStats` per epoch."""
+        checkpoint) and return the history, one `EpochStats` per epoch. ``data`` is a
+        `Dataset` (arrays in memory) or a streamed source (`Source`, e.g. an image folder
+        read from disk batch by batch)."""
         progress = progress or Progress()
         self._data_id = self.check_resume(data)
-        xp, dtype = self.model.xp, self.model.dtype
-        n = len(data.x_train)
-        steps = len(batch_bounds(n, self.batch_size))
-        x_train = xp.asarray(finite_as(data.x_train, dtype, f"{data.name}: `x`", DataError,
-                                       "values"))
-        y_train = xp.asarray(data.y_train, dtype=np.int64)
-        x_test = xp.asarray(finite_as(data.x_test, dtype, f"{data.name}: `x_test`", DataError,
-                                      "values"))
-        y_test = xp.asarray(data.y_test, dtype=np.int64)
-
+        source = data if isinstance(data, Source) else ArrayBatches(data, self.model)
+        steps = len(batch_bounds(data.train_size, self.batch_size))
         previous = self._catch_sigint()
         started = time.perf_counter()
         try:
             while self.epoch < epochs:
-                self._run_epoch(x_train, y_train, x_test, y_test, n, steps, epochs, progress,
-                                started)
+                self._run_epoch(source, steps, epochs, progress, started)
         finally:
             self.elapsed += time.perf_counter() - started
             self._release_sigint(previous)
@@ -661,16 +739,17 @@ class Trainer:
         is not the data the checkpoint was trained on, or has fewer steps per epoch than
         the checkpoint has done of its epoch in progress. Returns the data's identity, as
         a checkpoint keeps it."""
-        check_data(self.model.plan, data)
-        data_id = {"name": os.path.basename(data.name), "fingerprint": data.fingerprint(),
-                   "train": int(len(data.x_train)), "test": int(len(data.x_test))}
+        data.check(self.model.plan)
+        data_id = {"name": os.path.basename(os.path.normpath(data.name)),
+                   "fingerprint": data.fingerprint(), "train": data.train_size,
+                   "test": data.test_size}
         if self._data_id is not None and self._data_id["fingerprint"] != data_id["fingerprint"]:
             old = self._data_id
             raise CheckpointError(
                 f"the checkpoint was trained on other data ({old['name']}: {old['train']} "
                 f"training and {old['test']} test samples); this run has {data_id['name']}: "
                 f"{data_id['train']} and {data_id['test']}")
-        n = len(data.x_train)
+        n = data.train_size
         if n == 0:
             raise DataError(f"the training set of {data.name} is empty")
         steps = len(batch_bounds(n, self.batch_size))
@@ -681,43 +760,46 @@ class Trainer:
                 f"epoch of {n} samples in batches of {self.batch_size} has {steps} steps")
         return data_id
 
-    def _run_epoch(self, x_train, y_train, x_test, y_test, n, steps, epochs, progress, started):
-        xp = self.model.xp
+    def epoch_order(self, n: int) -> np.ndarray:
+        """The shuffle of the epoch in progress (drawn when it begins; drawn again from the
+        saved generator state when resumed inside it)."""
         if self.step_in_epoch == 0:
             self.epoch_rng_state = _generator_state(self.rng)
-            order = self.rng.permutation(n)
             self.partial = _Partial()
-        else:  # resumed inside an epoch: draw that epoch's order again
-            again = np.random.default_rng()
-            again.bit_generator.state = self.epoch_rng_state
-            order = again.permutation(n)
-        order = xp.asarray(order)
-        bounds = batch_bounds(n, self.batch_size)
+            return self.rng.permutation(n)
+        again = np.random.default_rng()
+        again.bit_generator.state = self.epoch_rng_state
+        return again.permutation(n)
+
+    def _run_epoch(self, source, steps, epochs, progress, started):
+        order = self.epoch_order(source.train_size)
+        bounds = batch_bounds(source.train_size, self.batch_size)
         self.optimizer.lr = self.schedule.lr_at(self.epoch)
         progress.start_epoch(self.epoch + 1, epochs, steps)
         part = self.partial
-        for s in range(self.step_in_epoch, steps):
-            t0 = time.perf_counter()
-            begin, end = bounds[s]
-            idx = order[begin:end]
-            xb, yb = x_train[idx], y_train[idx]
-            with np.errstate(all="ignore"):  # a non-finite loss is reported below, once
-                logits = self.model.forward(xb, train=True, logits=True)
-                loss, dlogits = softmax_cross_entropy(logits, yb, self.label_smoothing)
-            if not math.isfinite(loss):
-                self._diverged(loss, s)
-            self.model.backward(dlogits)
-            self.optimizer.step()
-            part.loss_sum += loss * len(idx)
-            part.correct += accuracy_count(logits, yb)
-            part.seen += len(idx)
-            part.seconds += time.perf_counter() - t0
-            self.step_in_epoch = s + 1
-            progress.step(s + 1, steps, part.loss_sum / part.seen, part.correct / part.seen,
-                          part.seen / max(part.seconds, 1e-9))
-            if self._stop:
-                self._interrupted(started)
-        test_accuracy = self.evaluate(x_test, y_test)
+        batches = source.train_batches(order, bounds, self.step_in_epoch, self.epoch, self.seed)
+        try:
+            for s in range(self.step_in_epoch, steps):
+                t0 = time.perf_counter()
+                xb, yb = next(batches)
+                if len(yb):  # a batch whose every image was unreadable takes no step
+                    loss, correct = self.train_step(xb, yb, s)
+                    part.loss_sum += loss * len(yb)
+                    part.correct += correct
+                    part.seen += len(yb)
+                part.seconds += time.perf_counter() - t0
+                self.step_in_epoch = s + 1
+                progress.step(s + 1, steps, part.loss_sum / max(part.seen, 1),
+                              part.correct / max(part.seen, 1),
+                              part.seen / max(part.seconds, 1e-9))
+                if self._stop:
+                    self._interrupted(started)
+        finally:
+            batches.close()
+        if part.seen == 0:
+            raise DataError(f"epoch {self.epoch + 1} trained on no samples: every image of "
+                            f"{source.name} was unreadable")
+        test_accuracy = self.evaluate_source(source)
         stats = EpochStats(self.epoch + 1, self.optimizer.lr, part.loss_sum / part.seen,
                            part.correct / part.seen, test_accuracy, part.seconds,
                            part.seen / max(part.seconds, 1e-9))
@@ -892,8 +974,8 @@ class Trainer:
 
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "DataError", "Dataset", "EpochStats",
-    "Progress", "Trainer", "TrainingDiverged", "TrainingInterrupted", "check_data",
-    "check_meta", "classifier_shape", "load_data", "load_digits", "load_npz",
+    "ArrayBatches", "CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "DataError", "Dataset",
+    "EpochStats", "Progress", "Source", "Trainer", "TrainingDiverged", "TrainingInterrupted",
+    "check_data", "check_meta", "classifier_shape", "load_data", "load_digits", "load_npz",
     "read_checkpoint", "read_checkpoint_meta",
 ]

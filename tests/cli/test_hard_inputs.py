@@ -454,7 +454,7 @@ def test_a_checkpoint_with_trained_epochs_is_not_replaced(work, capsys):
     # --force says so
     status, out, _ = cli(capsys, "train", "tiny.cnn", "--data", "data.npz", "--epochs", "1",
                          "--force")
-    assert status == 0 and out.splitlines()[-1].startswith("trained tiny for 1 epochs")
+    assert status == 0 and out.splitlines()[-1].startswith("trained tiny for 1 epoch in")
     meta = json.loads(str(np.load(work / "tiny.ckpt.npz")["meta"]))
     assert meta["epoch"] == 1
 

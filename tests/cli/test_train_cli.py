@@ -92,8 +92,11 @@ def test_progress_bar_on_a_terminal(work, capsys, monkeypatch):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
     status, out, _ = run(capsys, "tiny.cnn", "--data", "data.npz", "--epochs", "2")
     assert status == 0
-    assert "\r" in out and "[########################] 2/2" in out
-    assert out.count("\n") == 3  # one finished line per epoch, and the summary
+    # a bar redrawn in place (rich's), that leaves each epoch's plain line behind
+    assert "\r" in out and "2/2" in out
+    finished = [line.split("\x1b[2K")[-1] for line in out.split("\n")]
+    assert [line[:10] for line in finished if "train acc" in line] == ["epoch 1/2 ", "epoch 2/2 "]
+    assert out.rstrip("\n").split("\n")[-1].startswith("trained tiny for 2 epochs")
 
 
 def test_resume_continues_exactly(work, capsys):
@@ -157,22 +160,22 @@ def test_nan_loss_exits_1_naming_epoch_and_step(work, capsys):
 
 
 def test_ctrl_c_saves_and_exits_130(work, capsys, monkeypatch):
-    from cnnc.commands import train as command
+    from cnnc.commands import progress
 
-    plain = command._Lines.end_epoch
+    plain = progress.Lines.end_epoch
 
     def end_epoch(self, stats, epochs):
         plain(self, stats, epochs)
         signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(command._Lines, "end_epoch", end_epoch)
+    monkeypatch.setattr(progress.Lines, "end_epoch", end_epoch)
     status, out, err = run(capsys, "tiny.cnn", "--data", "data.npz", "--epochs", "5")
     assert status == 130
     assert err == ("cnnc: interrupted at the end of epoch 1; checkpoint saved to tiny.ckpt.npz; "
                    "continue with --resume tiny.ckpt.npz\n")
     assert out.count("\n") == 1
     assert not (work / "tiny.weights.npz").exists()
-    monkeypatch.setattr(command._Lines, "end_epoch", plain)
+    monkeypatch.setattr(progress.Lines, "end_epoch", plain)
     status, out, err = run(capsys, "tiny.cnn", "--data", "data.npz", "--epochs", "2",
                            "--resume", "tiny.ckpt.npz")
     assert status == 0, err
@@ -295,3 +298,27 @@ def test_a_kernel_refusing_its_input_is_an_error_line(work, capsys):
     assert err.startswith("cnnc: error: training failed at epoch 1, step 1: bn.cnn:3:40: "
                           "layer `y.batchnorm1` (batchnorm): "
                           "batchnorm: training needs more than one value per channel")
+
+
+def test_let_changes_the_network_trained(work, capsys):
+    (work / "wide.cnn").write_text(TINY.replace("network tiny", "network tiny\nlet width = 4")
+                                   .replace("conv(4,", "conv(width,"))
+    status, _, err = run(capsys, "wide.cnn", "--data", "data.npz", "--epochs", "1",
+                         "--let", "width=6", "-o", "w.npz")
+    assert status == 0, err
+    assert np.load(work / "w.npz")["y.conv1.weight"].shape == (6, 1, 3, 3)
+    # a resumed run with another width does not fit the checkpoint
+    status, _, err = run(capsys, "wide.cnn", "--data", "data.npz", "--epochs", "2",
+                         "--resume", "w.ckpt.npz")
+    assert status == 2 and "does not fit network tiny" in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--workers", "2"], "--workers applies with --ray"),
+    (["--address", "auto"], "--address applies with --ray"),
+    (["--crop-padding", "2"], "--crop-padding applies to an image folder; --data data.npz is "
+     "not a folder"),
+])
+def test_flags_that_need_another_flag(work, capsys, argv, words):
+    status, _, err = run(capsys, "tiny.cnn", "--data", "data.npz", *argv)
+    assert status == 2 and words in err
