@@ -2,6 +2,9 @@
 
     cnnc export model.cnn -o model.onnx [--weights w.npz] [--size H=224] [--opset 17]
 
+--weights also takes a .safetensors file or a PyTorch checkpoint, by name or by structure
+(runtime/model.py's `Model.load`); --show-mapping prints which array went where.
+
 The batch dimension stays symbolic in the ONNX graph; every other size must be fixed, so a
 model with symbolic sizes needs --size for each of them. Without --weights the seeded
 default initialisation (random weights) is exported, and a note says so. ``-o -`` writes
@@ -13,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from .common import (
-    EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, add_size_option, load_network,
+    EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, add_size_option, lets, load_network,
     remove_stale_temporaries, require_concrete_sizes, require_memory, require_readable,
     standard_output_for, whole_number,
 )
@@ -37,9 +40,13 @@ def add_parser(sub):
     parser.add_argument("file", metavar="MODEL", help="a .cnn file, or - for stdin")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.onnx",
                         help="the ONNX file to write; - writes its bytes to standard output")
-    parser.add_argument("--weights", metavar="W.npz",
-                        help="parameters saved by cnnc (keys as stem.conv1.weight); without "
-                        "it, the seeded default initialisation (seed 0)")
+    parser.add_argument("--weights", metavar="W",
+                        help="the parameters: a cnnc .npz, a .safetensors file or a PyTorch "
+                        ".pt/.pth checkpoint, matched by name (keys as stem.conv1.weight) or "
+                        "else by structure; without it, the seeded default initialisation "
+                        "(seed 0)")
+    parser.add_argument("--show-mapping", action="store_true",
+                        help="print which array of the weight file went to which parameter")
     add_size_option(parser, more="every symbol needs one")
     parser.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, metavar="N",
                         help=f"ONNX opset version, {MIN_OPSET} or newer "
@@ -68,7 +75,7 @@ def main(args) -> int:
     from ..runtime.model import Model, WeightFileError, param_bytes
     from ..runtime.onnx_export import ExportError, export_model
 
-    net = load_network(args.file, dict(args.size))
+    net = load_network(args.file, dict(args.size), lets(args))
     require_concrete_sizes(net, args.file, "ONNX export", "only the batch stays symbolic")
     stdout = None
     if args.output == "-":
@@ -83,9 +90,11 @@ def main(args) -> int:
     if args.weights is not None:
         require_readable(args.weights, "weight file")
         try:
-            model.load(args.weights)
+            mapping = model.load(args.weights)
         except WeightFileError as err:
             raise CommandError(str(err)) from None
+        if args.show_mapping:
+            print(mapping.describe(), file=sys.stderr)
     elif not args.quiet and args.format == "text":
         print("cnnc: note: no --weights given; exporting the default initialisation (seed 0), "
               "random weights", file=sys.stderr)

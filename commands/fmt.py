@@ -120,14 +120,9 @@ def _rewrite(path: str, text: str) -> None:
     except OSError as err:
         raise CommandError(f"cannot write {path}: {err.strerror or err}") from None
     try:
-        write_file(target, lambda f: f.write(text.encode("utf-8")))
+        write_file(target, lambda f: f.write(text.encode("utf-8")), mode=mode)
     except OSError as err:
         raise CommandError(f"cannot write {path}: {err.strerror or err}") from None
-    try:
-        os.chmod(target, mode)
-    except OSError as err:
-        raise CommandError(f"cannot keep the permissions of {path}: {err.strerror or err}") \
-            from None
 
 
 def _print_diff(path: str, old: str, new: str) -> None:

@@ -37,9 +37,10 @@ def _temp_prefix(path: str) -> str:
     return f"{_TEMP_PREFIX}{os.path.basename(path)[:_NAME_IN_TEMP]}."
 
 
-def write_atomically(path, write) -> None:
+def write_atomically(path, write, mode: int | None = None) -> None:
     """Call ``write(f)`` on a temporary file in ``path``'s folder, flush it to disk, give it
-    the mode a new file would get (``0666 & ~umask``), then rename it onto ``path``.
+    ``mode`` (by default the mode a new file would get, ``0666 & ~umask``), then rename it
+    onto ``path``: a rewritten file keeps its permissions without a moment of others'.
 
     On any failure, Ctrl-C included, the temporary file is removed, ``path`` is left as it
     was, and the exception propagates (an OSError for a folder that cannot be written, or
@@ -60,7 +61,7 @@ def write_atomically(path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private
+        os.chmod(tmp, (0o666 & ~_umask()) if mode is None else mode)  # mkstemp: private
         os.replace(tmp, path)
     except BaseException as err:
         try:
@@ -538,3 +539,307 @@ def weight_problems(expected: dict, arrays: dict) -> list[str]:
             problems.append(f"{key} has shape {list(arrays[key].shape)}, expected "
                             f"{list(expected[key])}")
     return problems
+
+
+# ---- weight files of other frameworks -----------------------------------------------------------
+# `open_weights` opens any weight file cnnc reads, told apart by content: an .npz (cnnc's own),
+# a .safetensors file, or a PyTorch checkpoint (.pt/.pth). Each opened file has ``members``
+# (key -> `Member`, in the file's order, every header checked, nothing allocated yet) and
+# ``read(keys)``, as `NpzFile` has.
+
+_SAFETENSORS_HEADER_LIMIT = 100 << 20  # the safetensors format's own limit on its header
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
+                       "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1",
+                       "BOOL": "?"}
+
+
+class SafetensorsFile:
+    """A .safetensors file opened for reading, its JSON header checked against the file's
+    size and the memory there is before anything is read: every tensor's offsets inside
+    the data, its byte count equal to its shape times its dtype's size, no overlaps.
+    ``metadata`` is the header's ``__metadata__`` (text to text). bfloat16 tensors are read
+    as float32 (exactly)."""
+
+    def __init__(self, path):
+        import json
+
+        import numpy as np
+
+        self.path = os.fspath(path)
+        try:
+            self._file = open(self.path, "rb")
+        except OSError as err:
+            raise ArrayFileError(err.strerror or str(err)) from None
+        try:
+            _require_seekable(self._file)
+            size = os.fstat(self._file.fileno()).st_size
+            head = self._file.read(8)
+            if len(head) < 8:
+                raise ArrayFileError("not a .safetensors file: shorter than its 8-byte "
+                                     "header length")
+            (length,) = struct.unpack("<Q", head)
+            if length > _SAFETENSORS_HEADER_LIMIT or 8 + length > size:
+                raise ArrayFileError(f"not a .safetensors file: its header length, "
+                                     f"{length:,} bytes, does not fit a file of "
+                                     f"{size:,} bytes")
+            raw = self._file.read(length)
+            try:
+                header = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                raise ArrayFileError("not a .safetensors file: its header is not "
+                                     "JSON") from None
+            if not isinstance(header, dict):
+                raise ArrayFileError("not a .safetensors file: its header is not a JSON "
+                                     "object")
+            self.metadata = header.pop("__metadata__", None) or {}
+            self._start = 8 + length
+            data_size = size - self._start
+            self.members = {}
+            self._raw = {}
+            spans = []
+            for key, entry in header.items():
+                member, (begin, end), raw_dtype = _safetensors_member(key, entry, data_size)
+                self.members[key] = member
+                self._raw[key] = (begin, end, raw_dtype)
+                spans.append((begin, end, key))
+            spans.sort()
+            for (b1, e1, k1), (b2, e2, k2) in zip(spans, spans[1:]):
+                if b2 < e1:
+                    raise ArrayFileError(f"tensors `{shown(k1)}` and `{shown(k2)}` overlap "
+                                         f"in the data (bytes {b1}-{e1} and {b2}-{e2})")
+            self._np = np
+        except BaseException:
+            self._file.close()
+            raise
+
+    def read(self, keys=None) -> dict:
+        np = self._np
+        keys = list(self.members) if keys is None else list(keys)
+        _check_memory([self.members[k] for k in keys])
+        out = {}
+        for key in keys:
+            begin, end, raw_dtype = self._raw[key]
+            member = self.members[key]
+            self._file.seek(self._start + begin)
+            data = bytearray(end - begin)  # one allocation, filled in place
+            if self._file.readinto(data) != end - begin:
+                raise ArrayFileError(f"tensor `{shown(key)}` is truncated")
+            array = np.frombuffer(data, dtype=raw_dtype).reshape(member.shape)
+            if raw_dtype == "<u2" and member.dtype == np.float32:  # bfloat16
+                array = (array.astype(np.uint32) << 16).view(np.float32)
+            out[key] = array
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _safetensors_member(key, entry, data_size: int):
+    """One header entry as a `Member`, its offsets and the dtype its bytes are read as."""
+    import numpy as np
+
+    name = f"tensor `{shown(str(key))}`"
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+        raise ArrayFileError(f"{name} has no dtype, shape and data_offsets in the header")
+    code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if code not in _SAFETENSORS_DTYPES:
+        known = ", ".join(_SAFETENSORS_DTYPES)
+        raise ArrayFileError(f"{name} has dtype {shown(repr(code))}; cnnc reads {known}")
+    if (not isinstance(shape, list) or len(shape) > 64
+            or not all(type(s) is int and s >= 0 for s in shape)):
+        raise ArrayFileError(f"{name} declares shape {shown(repr(shape))}; expected at most "
+                             "64 whole numbers >= 0")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(type(o) is int and o >= 0 for o in offsets)
+            or offsets[0] > offsets[1]):
+        raise ArrayFileError(f"{name} has data_offsets {shown(repr(offsets))}; expected "
+                             "[begin, end], 0 <= begin <= end")
+    raw_dtype = np.dtype(_SAFETENSORS_DTYPES[code])
+    dtype = np.dtype(np.float32) if code == "BF16" else raw_dtype
+    count = 1
+    for d in shape:
+        count *= d
+    begin, end = offsets
+    if end - begin != count * raw_dtype.itemsize:
+        raise ArrayFileError(f"{name} declares {list(shape)} {code.lower()} "
+                             f"({format_bytes(count * raw_dtype.itemsize)}), but its offsets "
+                             f"span {format_bytes(end - begin)}")
+    if end > data_size:
+        raise ArrayFileError(f"{name} ends at byte {end:,} of the data, but the file holds "
+                             f"only {data_size:,}")
+    member = Member(str(key), tuple(shape), dtype, False, 0, end - begin)
+    return member, (begin, end), raw_dtype
+
+
+class TorchCheckpoint:
+    """A PyTorch checkpoint (``torch.save`` of a state_dict, or of a dict holding one under
+    ``state_dict``, ``model_state_dict``, ``model`` or ``module``), loaded with
+    ``torch.load(weights_only=True)``: tensors, numbers and containers only, never code.
+    Its data's size is checked against the memory there is before it is loaded. Tensors
+    become NumPy arrays (bfloat16 as float32); PyTorch's ``num_batches_tracked`` counters
+    are kept (the matching leaves them out), and a ``module.`` prefix on every key
+    (``DataParallel``) is dropped."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        try:
+            import torch
+        except ImportError:
+            raise ArrayFileError("a PyTorch checkpoint; reading it needs PyTorch: "
+                                 "pip install torch") from None
+        _check_checkpoint_size(self.path)
+        try:
+            loaded = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many kinds for a bad or unsafe file
+            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if "weights_only" in str(err) or "Unsupported global" in str(err):
+                raise ArrayFileError("a PyTorch checkpoint that holds Python objects other "
+                                     "than tensors (a pickled model?); cnnc loads only "
+                                     "tensors: save model.state_dict() instead") from None
+            raise ArrayFileError(f"not a PyTorch checkpoint that loads: {text}") from None
+        state = _state_dict_in(loaded)
+        self.arrays = {}
+        for key, value in state.items():
+            if value.dtype == torch.bfloat16:
+                value = value.float()
+            if value.is_complex() or not (value.is_floating_point()
+                                          or value.dtype in (torch.int64, torch.int32,
+                                                             torch.int16, torch.int8,
+                                                             torch.uint8, torch.bool)):
+                raise ArrayFileError(f"tensor `{shown(key)}` has dtype {value.dtype}; "
+                                     "cnnc reads integers and floating-point numbers")
+            self.arrays[key] = value.detach().contiguous().numpy()
+        if self.arrays and all(k.startswith("module.") for k in self.arrays):
+            self.arrays = {k[len("module."):]: v for k, v in self.arrays.items()}
+        self.members = {k: Member(k, tuple(v.shape), v.dtype, False, 0, v.nbytes)
+                        for k, v in self.arrays.items()}
+
+    def read(self, keys=None) -> dict:
+        keys = list(self.members) if keys is None else list(keys)
+        return {k: self.arrays[k] for k in keys}
+
+    def close(self) -> None:
+        self.arrays = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _check_checkpoint_size(path: str) -> None:
+    """Refuse a zip-format checkpoint whose stored tensors exceed the memory available."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            total = sum(info.file_size for info in zf.infolist()
+                        if "/data/" in info.filename)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
+        return  # the legacy format, or not a checkpoint: torch.load says which
+    available = available_memory()
+    if available is not None and total > available:
+        raise ArrayFileError(f"its tensors take {format_bytes(total)}, more than the "
+                             f"{format_bytes(available)} of memory available")
+
+
+def _state_dict_in(loaded) -> dict:
+    """The dict of tensors a checkpoint holds (``{"state_dict": {...}, "epoch": 3}`` too)."""
+    import torch
+
+    def tensors_only(d):
+        return isinstance(d, dict) and d and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+    if tensors_only(loaded):
+        return loaded
+    if isinstance(loaded, dict):
+        for name in ("state_dict", "model_state_dict", "model", "module", "net"):
+            if tensors_only(loaded.get(name)):
+                return loaded[name]
+        keys = ", ".join(shown(str(k)) for k in list(loaded)[:8])
+        raise ArrayFileError(f"a PyTorch checkpoint whose dict ({keys}) is not a state_dict "
+                             "of tensors and holds none under state_dict, model_state_dict "
+                             "or model")
+    raise ArrayFileError(f"a PyTorch checkpoint holding a {type(loaded).__name__}, not a "
+                         "state_dict (a dict of tensors)")
+
+
+def weight_format(path) -> str:
+    """``npz``, ``safetensors`` or ``torch``: the kind of weight file at ``path``, from its
+    first bytes; the extension ``.safetensors`` says it outright, and ``.pt``/``.pth``
+    breaks the tie between an .npz and a zip checkpoint."""
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        return "safetensors"
+    try:
+        with open(path, "rb") as f:
+            _require_seekable(f)
+            start = f.read(9)
+    except OSError as err:
+        raise ArrayFileError(err.strerror or str(err)) from None
+    if not start:
+        raise ArrayFileError("the file is empty")
+    if start.startswith(_ZIP_MAGIC):
+        if path.endswith((".pt", ".pth", ".bin", ".ckpt")):
+            return "torch"
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
+            return "npz"
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        return "torch" if any(n.endswith("data.pkl") for n in names) else "npz"
+    if start[:1] == b"\x80":  # a pickle: PyTorch's legacy checkpoint format
+        return "torch"
+    if len(start) == 9 and start[8:9] == b"{":
+        return "safetensors"
+    if start.startswith(_MAGIC):
+        raise ArrayFileError("a .npy file (one array), not a weight file of named arrays")
+    raise ArrayFileError("not a weight file cnnc reads (.npz, .safetensors or a PyTorch "
+                         ".pt/.pth checkpoint)")
+
+
+def open_weights(path):
+    """The weight file at ``path`` opened for reading: an `NpzFile`, a `SafetensorsFile` or
+    a `TorchCheckpoint`, each with ``members`` and ``read``."""
+    kind = weight_format(path)
+    if kind == "safetensors":
+        return SafetensorsFile(path)
+    if kind == "torch":
+        return TorchCheckpoint(path)
+    return NpzFile(path)
+
+
+def write_weights(path, state: dict) -> None:
+    """Write ``state`` (key -> NumPy array) atomically, in the format ``path``'s extension
+    names: ``.safetensors`` (needs the safetensors package), ``.pt``/``.pth`` (needs
+    PyTorch), else an .npz."""
+    import numpy as np
+
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.numpy import save
+        except ImportError:
+            raise ArrayFileError("writing .safetensors needs the safetensors package: "
+                                 "pip install 'cnnc[interop]'") from None
+        data = save({k: np.ascontiguousarray(v) for k, v in state.items()},
+                    metadata={"format": "np", "producer": "cnnc"})
+        write_atomically(path, lambda f: f.write(data))
+    elif path.endswith((".pt", ".pth")):
+        try:
+            import torch
+        except ImportError:
+            raise ArrayFileError("writing a PyTorch checkpoint needs PyTorch: "
+                                 "pip install torch") from None
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+        write_atomically(path, lambda f: torch.save(tensors, f))
+    else:
+        write_atomically(path, lambda f: np.savez(f, **state))

@@ -21,7 +21,7 @@ from ..ops import Op, primitive
 from . import files
 from .backend import Backend, gpu_usable
 from .errors import InputError, LayerError, WeightFileError, at_layer
-from .files import format_bytes, weight_problems
+from .files import format_bytes
 
 __all__ = ["InputError", "LayerError", "Model", "TooLargeError", "WeightFileError",
            "estimate_saved_bytes", "require_memory", "select_backend"]
@@ -43,16 +43,23 @@ class TooLargeError(MemoryError):
 
 def select_backend(name: str) -> Backend:
     """The backend called ``name``: "numpy", "cupy", or "auto" (CuPy when a CUDA device is
-    usable, else NumPy)."""
+    usable, else NumPy). "onnxruntime" keeps its arrays in NumPy; its `Model` runs
+    inference in ONNX Runtime (runtime/ort_backend.py)."""
     if name == "auto":
         name = "cupy" if gpu_usable() else "numpy"
-    if name == "numpy":
+    if name in ("numpy", "onnxruntime"):  # onnxruntime keeps its parameters in NumPy
         from .numpy_backend import make_backend
     elif name == "cupy":
         from .cupy_backend import make_backend
     else:
-        raise ValueError(f"unknown backend {name!r}; expected 'auto', 'numpy' or 'cupy'")
-    return make_backend()
+        raise ValueError(f"unknown backend {name!r}; expected 'auto', 'numpy', 'cupy' or "
+                         "'onnxruntime'")
+    backend = make_backend()
+    if name == "onnxruntime":
+        import dataclasses
+
+        backend = dataclasses.replace(backend, name="onnxruntime")
+    return backend
 
 
 class Model:
@@ -69,14 +76,20 @@ class Model:
                        on_device=self.backend.on_device)
         self.params = self._init(seed)
         self.grads: dict = {}
+        self._executor = None
+        if self.backend.name == "onnxruntime":
+            _ = self.executor  # refuses now: no onnxruntime, or a dtype it does not run
         self._tape = None  # what the last forward(...) kept for backward
         # Dropout masks in training; its state is part of a training checkpoint.
         self.rng = self.xp.random.default_rng(seed)
-        self._executor = None
 
     @property
     def executor(self):
         """The inference executor over the memory plan (built on first use)."""
+        if self._executor is None and self.backend.name == "onnxruntime":
+            from .ort_backend import OrtInference
+
+            self._executor = OrtInference(self.plan, self.dtype)
         if self._executor is None:
             from ..compiler.memory import plan_memory
             from .executor import Executor
@@ -129,11 +142,9 @@ class Model:
         return {k: self.backend.to_host(v) for k, v in self.params.items()}
 
     def save(self, path) -> None:
-        """Write parameters and buffers to an .npz file, atomically."""
-        from .files import write_atomically
-
-        state = self._host()
-        write_atomically(path, lambda f: np.savez(f, **state))
+        """Write parameters and buffers atomically, in the format the extension names:
+        ``.safetensors``, ``.pt``/``.pth`` (a PyTorch state_dict), else an .npz."""
+        files.write_weights(path, self._host())
 
     def export(self, path=None, opset: int = 17):
         """The model as ONNX (runtime/onnx_export.py), written atomically when ``path`` is
@@ -142,27 +153,34 @@ class Model:
 
         return export(self.plan, self._host(), path, opset)
 
-    def load(self, path) -> None:
-        """Read an .npz weight file. Every missing, extra or mis-shaped entry is listed; on
-        any problem the model keeps its current weights."""
+    def load(self, path, by: str = "auto"):
+        """Read a weight file: cnnc's .npz, a .safetensors file or a PyTorch checkpoint
+        (``.pt``/``.pth``, tensors only). Arrays are matched to the network's keys by name,
+        else by structure (``by``: "auto", "name" or "structure"; see interop/weights.py).
+        Returns the `Mapping` used (``mapping.describe()`` prints it). Every problem is
+        listed in a `WeightFileError`; on any problem the model keeps its current weights."""
+        from ..interop.weights import MappingError, match
+
         path = os.fspath(path)
         expected = {k: tuple(v.shape) for k, v in self.params.items()}
         try:
-            with files.NpzFile(path) as npz:  # every header checked, no data read yet
-                problems = weight_problems(expected, npz.members)
-                if problems:
-                    raise WeightFileError(f"weight file {path} does not fit network "
-                                          f"{self.plan.network}:\n  " + "\n  ".join(problems))
-                arrays = npz.read()
+            with files.open_weights(path) as source:  # every header checked, no data read
+                try:
+                    mapping = match(expected, weight_groups(self.plan), source.members,
+                                    self.plan.network, by)
+                except MappingError as err:
+                    raise WeightFileError(f"weight file {path} {err}") from None
+                arrays = source.read([theirs for _, theirs, _ in mapping.pairs])
         except files.ArrayFileError as err:
             raise WeightFileError(f"cannot read weight file {path}: {err}") from None
         params = {}
-        for key in expected:
-            params[key] = self.xp.asarray(finite_as(arrays.pop(key), self.dtype,
-                                                    f"weight file {path}: `{key}`",
-                                                    WeightFileError))
-        self.params = params
+        for ours, theirs, _ in mapping.pairs:
+            params[ours] = self.xp.asarray(finite_as(arrays.pop(theirs), self.dtype,
+                                                     f"weight file {path}: `{theirs}`",
+                                                     WeightFileError))
+        self.params = {key: params[key] for key in expected}  # the model's own order
         self.mark_changed()
+        return mapping
 
     # ---- inference ----------------------------------------------------------------------
     def _inputs(self, x) -> dict:
@@ -200,6 +218,13 @@ class Model:
         except (TypeError, ValueError) as err:
             raise InputError(f"input `{name}` is not a numeric array: {err}") from None
 
+    def _repr_html_(self):
+        """The plan's steps, parameter count, dtype and backend, and its picture, in a
+        notebook (compiler/display.py)."""
+        from ..compiler.display import model_html
+
+        return model_html(self)
+
     def __call__(self, x):
         """Inference: the memory-planned, fused schedule (see compiler/memory.py)."""
         return _one_or_dict(self.executor.run(self._inputs(x), self.params))
@@ -228,6 +253,10 @@ class Model:
         a final softmax comes back as that softmax's input, for a fused softmax
         cross-entropy loss; `backward` then takes the gradient with respect to it.
         """
+        if self.backend.name == "onnxruntime":
+            from .ort_backend import TRAINING_REFUSED
+
+            raise RuntimeError(TRAINING_REFUSED)
         table = self.backend.grads
         values = self._inputs(x)
         self._tape = None
@@ -329,6 +358,15 @@ class Model:
         dx = {name: flowing.get(name, self.xp.zeros(shapes[name], dtype=self.dtype))
               for name in self.plan.inputs}
         return _one_or_dict(dx)
+
+
+def weight_groups(plan) -> list:
+    """The plan's layers with parameters or buffers, in order, as ``(name, op, {key:
+    shape})``: what a weight file is matched against by structure."""
+    shapes = dict(plan.params)
+    shapes.update(plan.buffers)
+    return [(step.name, step.op.value, {k: tuple(shapes[k]) for k in step.params})
+            for step in plan.steps if step.params]
 
 
 def finite_as(array, dtype, what: str, error=ValueError, noun: str = "weights"):
