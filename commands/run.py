@@ -45,12 +45,17 @@ def add_parser(sub):
                         help="where to write the outputs: a .npy file for one output, an "
                         ".npz file keyed by output name (required for several outputs); "
                         "- writes the one output's .npy bytes to standard output")
-    parser.add_argument("--weights", metavar="W.npz",
-                        help="parameters saved by cnnc (keys as stem.conv1.weight); without "
-                        "it, the seeded default initialisation (seed 0)")
-    parser.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
-                        help="array library to run on; auto takes CuPy when a GPU is usable "
-                        "(default: auto)")
+    parser.add_argument("--weights", metavar="W",
+                        help="the parameters: a cnnc .npz, a .safetensors file or a PyTorch "
+                        ".pt/.pth checkpoint, matched by name (keys as stem.conv1.weight) or "
+                        "else by structure; without it, the seeded default initialisation "
+                        "(seed 0)")
+    parser.add_argument("--show-mapping", action="store_true",
+                        help="print which array of the weight file went to which parameter")
+    parser.add_argument("--backend", choices=("auto", "numpy", "cupy", "onnxruntime"),
+                        default="auto",
+                        help="what to run on; auto takes CuPy when a GPU is usable; "
+                        "onnxruntime runs the exported graph in ONNX Runtime (default: auto)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="floating-point type to compute in (default: float32)")
     add_size_option(parser, more="symbols not given are read off the input arrays")
@@ -344,8 +349,8 @@ def _build(plan, args):
 
     try:
         model = Model(plan, backend=args.backend, seed=0, dtype=args.dtype)
-    except (RuntimeError, TooLargeError) as err:  # e.g. backend cupy without CuPy
-        raise CommandError(str(err)) from None
+    except (RuntimeError, ValueError, TooLargeError) as err:  # e.g. cupy without CuPy,
+        raise CommandError(str(err)) from None  # onnxruntime in float64
     if args.weights is None:
         if not args.quiet and args.format == "text":
             print("cnnc: note: no --weights given; running with the default initialisation "
@@ -353,9 +358,11 @@ def _build(plan, args):
         return model
     require_readable(args.weights, "weight file")
     try:
-        model.load(args.weights)
+        mapping = model.load(args.weights)
     except WeightFileError as err:
         raise CommandError(str(err)) from None
+    if args.show_mapping:
+        print(mapping.describe(), file=sys.stderr)
     return model
 
 

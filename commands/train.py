@@ -24,7 +24,8 @@ import sys
 from .common import (
     EXIT_ERRORS, EXIT_OK, CommandError, add_size_option, check_model, decimal_number, lets,
     read_source,
-    remove_stale_temporaries, require_concrete_sizes, require_memory, whole_number,
+    remove_stale_temporaries, require_concrete_sizes, require_memory, require_readable,
+    whole_number,
     write_atomically,
 )
 from .progress import progress_for
@@ -141,6 +142,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH",
                    help="checkpoint written after each epoch (default: the --resume file, "
                    "else next to the weights as NAME.ckpt.npz)")
+    p.add_argument("--init", metavar="W",
+                   help="start from these weights (.npz, .safetensors or a PyTorch .pt/.pth, "
+                   "by name or by structure) instead of the seeded initialisation")
+    p.add_argument("--show-mapping", action="store_true",
+                   help="print which array of --init went to which parameter")
     p.add_argument("--resume", metavar="CKPT.npz",
                    help="continue from a checkpoint, with the settings it was started with")
     p.add_argument("--force", action="store_true",
@@ -455,6 +461,11 @@ def main(args) -> int:
         raise CommandError(f"{args.file}: {err}") from None
 
     ckpt = None
+    if args.init is not None:
+        if args.resume is not None:
+            raise CommandError("--init starts a run from given weights and --resume continues "
+                               "one from its checkpoint; give one of them")
+        require_readable(args.init, "weight file")
     if args.resume is not None:
         try:
             ckpt = train.read_checkpoint(args.resume, plan)
@@ -500,6 +511,10 @@ def main(args) -> int:
         _describe_folder(data, out)
     try:
         model = Model(plan, backend=backend.name, seed=s["seed"], dtype=s["dtype"])
+        if args.init is not None:  # a WeightFileError is a ValueError
+            mapping = model.load(args.init)
+            if args.show_mapping:
+                print(mapping.describe(), file=sys.stderr)
         optimizer = _optimizer(s, model)
         schedule = _schedule(s, epochs)
     except (RuntimeError, ValueError, TooLargeError) as err:

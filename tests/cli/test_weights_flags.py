@@ -1,0 +1,76 @@
+"""The weight flags of `cnnc run` and `cnnc train` (issue 13): every weight format through
+`Model.load`, `--show-mapping`, `train --init`, and `run --backend onnxruntime`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc.cli import main
+
+TINY = """\
+network tiny
+input x: [1, 4, 4]
+output y = x -> conv(4, 3, pad=1) -> relu -> maxpool(2) -> flatten -> dense(3)
+"""
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.cnn").write_text(TINY)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 1, 4, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 24)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    np.save(tmp_path / "x.npy", x[:2])
+    model = cnnc.compile(str(tmp_path / "tiny.cnn")).build(seed=7)
+    model.save(tmp_path / "w.safetensors")
+    model.save(tmp_path / "w.npz")
+    return tmp_path
+
+
+def test_run_takes_safetensors_and_shows_the_mapping(work, capsys):
+    pytest.importorskip("safetensors")
+    assert main(["run", "tiny.cnn", "--input", "x.npy", "--weights", "w.safetensors",
+                 "--show-mapping", "-o", "a.npy"]) == 0
+    err = capsys.readouterr().err
+    assert "y.conv1.weight" in err
+    assert main(["run", "tiny.cnn", "--input", "x.npy", "--weights", "w.npz", "-o", "b.npy"]) == 0
+    np.testing.assert_array_equal(np.load(work / "a.npy"), np.load(work / "b.npy"))
+
+
+def test_train_starts_from_init(work, capsys):
+    assert main(["train", "tiny.cnn", "--data", "data.npz", "--epochs", "1", "--lr", "0",
+                 "--optimizer", "sgd", "--init", "w.npz", "-o", "trained.npz"]) == 0
+    with np.load(work / "w.npz") as start, np.load(work / "trained.npz") as end:
+        for key in start.files:
+            if not key.endswith(("running_mean", "running_var")):
+                np.testing.assert_array_equal(start[key], end[key])
+
+
+def test_train_refuses_init_with_resume(work, capsys):
+    assert main(["train", "tiny.cnn", "--data", "data.npz", "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "tiny.cnn", "--data", "data.npz", "--epochs", "2", "--init", "w.npz",
+                 "--resume", "tiny.ckpt.npz"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+
+
+def test_train_init_missing_file(work, capsys):
+    assert main(["train", "tiny.cnn", "--data", "data.npz", "--init", "gone.npz"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnc: error: ") and "gone.npz" in err
+
+
+def test_run_on_onnxruntime_agrees_with_numpy(work, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    assert main(["run", "tiny.cnn", "--input", "x.npy", "--weights", "w.npz",
+                 "--backend", "onnxruntime", "-o", "ort.npy"]) == 0
+    assert main(["run", "tiny.cnn", "--input", "x.npy", "--weights", "w.npz", "-o", "np.npy"]) == 0
+    np.testing.assert_allclose(np.load(work / "ort.npy"), np.load(work / "np.npy"), atol=1e-5)
+    assert main(["run", "tiny.cnn", "--input", "x.npy", "--backend", "onnxruntime",
+                 "--dtype", "float64", "-o", "f64.npy"]) == 2
+    assert capsys.readouterr().err.count("cnnc: error:") == 1
