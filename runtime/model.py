@@ -461,7 +461,8 @@ def require_memory(plan, doing: str, parts: list, dtype="float32", batch: int = 
     if len(shown) == 1:
         total = f"{format_bytes(needed)} for its {shown[0][0]}"
     else:
-        total = (f"about {format_bytes(needed)} ("
+        words = format_bytes(needed)  # "about 2^N bytes" past what a float holds
+        total = (f"{words if words.startswith('about') else 'about ' + words} ("
                  + ", ".join(f"{format_bytes(b)} of {what}" for what, b in shown) + ")")
     kind = "GPU memory free" if on_device else "memory available"
     message = (f"{doing} in {np.dtype(dtype)} needs {total}, more than the "

@@ -96,6 +96,9 @@ def test_the_largest_sizes_still_check_and_summarise(work, capsys):
     import json
 
     assert json.loads(out)["total_params"] > 2**200
+    status, out, err = cli(capsys, "summary", "m.cnn", "--train")
+    assert status == 0
+    assert "needs about 2^" in err and "about about" not in err
 
 
 @pytest.mark.parametrize("value,message", [
