@@ -29,13 +29,14 @@ def connect(address: str | None = None, num_cpus: int | None = None):
     import logging
 
     ray = ray_module()
+    if address:
+        probe(address)  # an address that does not answer is refused even beside a session
     if ray.is_initialized():
         return ray
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     options = dict(logging_level=logging.ERROR, include_dashboard=False,
                    log_to_driver=False, configure_logging=True)
     if address:
-        probe(address)
         options["address"] = address
     elif num_cpus is not None:
         options["num_cpus"] = num_cpus
