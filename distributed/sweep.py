@@ -18,6 +18,7 @@ import io
 import itertools
 import os
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -166,6 +167,7 @@ def run_trials(job: Job, grid: list[dict], *, at_once: int | None = None,
 
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # no banners: cnnc prints its own table
     storage = tempfile.mkdtemp(prefix="cnnc-sweep-")
+    interrupt = signal.getsignal(signal.SIGINT)  # Tune installs its own and leaves it
     try:
         trainable = tune.with_resources(tune.with_parameters(_trial, job=job, grid=grid),
                                         {"cpu": 1})
@@ -188,4 +190,5 @@ def run_trials(job: Job, grid: list[dict], *, at_once: int | None = None,
                 rows[index] = {k: metrics.get(k) for k in ("accuracy", "loss", "seconds")}
         return [row or {"error": "no result"} for row in rows]
     finally:
+        signal.signal(signal.SIGINT, interrupt)
         shutil.rmtree(storage, ignore_errors=True)

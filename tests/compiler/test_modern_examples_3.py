@@ -50,7 +50,7 @@ CHANNELS = [24, 116, 232, 464, 1024]
 # U-Net: channels of the five levels of the contracting path, input channels, classes
 LEVELS = [64, 128, 256, 512, 1024]
 UNET_IN, UNET_CLASSES, UNET_SIZE = 1, 2, 512
-UNET_DIMS = "[1, 512, 512]"
+UNET_DIMS = "[1, size, size]"  # size is a let, 512
 UNET_SMALL = 64  # the size at which outputs are compared
 
 

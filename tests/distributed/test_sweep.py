@@ -78,3 +78,17 @@ def test_nothing_valid_is_refused_before_ray(work, capsys):
     status = main(["sweep", "sweep.cnn", "--let", "depth=3,4", "--data", "d.npz"])
     _, err = capsys.readouterr()
     assert status == 1 and "none of the 2 configurations checks" in err
+
+
+def test_a_sweep_leaves_the_interrupt_handler_as_it_was(tmp_path, monkeypatch, capsys,
+                                                      ray_session):
+    import signal
+
+    pytest.importorskip("sklearn")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.cnn").write_text("network m\nlet width = 8\ninput x: [1, 8, 8]\n"
+                                    "output y = x -> flatten -> dense(width) -> dense(10)\n")
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["sweep", "m.cnn", "--let", "width=4,8", "--data", "digits",
+                 "--epochs", "1"]) == 0
+    assert signal.getsignal(signal.SIGINT) is before
