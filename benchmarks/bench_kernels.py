@@ -4,6 +4,13 @@ Prints milliseconds and GFLOP/s (2 FLOPs per multiply-accumulate) per layer, bes
 ``--repeat`` runs after one warm-up, and the largest difference from PyTorch's result.
 
     OPENBLAS_CORETYPE=SkylakeX python benchmarks/bench_kernels.py
+    python benchmarks/bench_kernels.py --depthwise            # MobileNet V1's 13 layers
+
+``--depthwise`` times MobileNet V1's 13 depthwise 3x3 convolutions (with batchnorm folded
+as a scale, bias and ReLU), forward and backward: the compiled kernels (``ops/fast.py``),
+the NumPy-API kernels they replace (``CNNC_FAST`` off), and PyTorch, all at one thread
+(``--threads``), best of ``--repeat`` (the best time is the one least disturbed on a shared
+machine).
 
 NumPy's OpenBLAS picks its GEMM kernels by CPU type; on AVX-512 machines it may not
 recognise (such as recent AMD EPYC) it falls back to Haswell kernels, and setting
@@ -50,15 +57,87 @@ def torch_conv_relu(torch, x, weight, bias, stride, pad):
         return torch.relu(torch.nn.functional.conv2d(x, weight, bias, stride, pad))
 
 
+# MobileNet V1 (Howard et al. 2017, Table 1): the depthwise layers' (channels, input size,
+# stride)
+DEPTHWISE = [(32, 112, 1), (64, 112, 2), (128, 56, 1), (128, 56, 2), (256, 28, 1),
+             (256, 28, 2)] + [(512, 14, 1)] * 5 + [(512, 14, 2), (1024, 7, 1)]
+
+
+def depthwise(args, torch):
+    from cnnc.ops import conv, fast
+    from cnnc.runtime import threads
+
+    threads.set_threads(args.threads)
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+    print(f"MobileNet V1 depthwise 3x3, batch {args.batch}, float32, {args.threads} thread(s), "
+          f"best of {args.repeat}; compiled kernels {'on' if fast.ENABLED else 'OFF'}")
+    print(f"{'layer':<16} {'fwd fast':>9} {'fwd numpy':>10} {'fwd torch':>10} "
+          f"{'bwd fast':>9} {'bwd numpy':>10} {'bwd torch':>10}  ms")
+    rng = np.random.default_rng(0)
+    totals = np.zeros(6)
+    for c, size, s in DEPTHWISE:
+        x = rng.standard_normal((args.batch, c, size, size), dtype=np.float32)
+        w = rng.standard_normal((c, 1, 3, 3), dtype=np.float32)
+        b = rng.standard_normal(c, dtype=np.float32)
+        g = rng.uniform(0.5, 1.5, c).astype(np.float32)
+        attrs = dict(stride=s, pad=1, groups=c)
+        row = []
+        for on in (True, False):
+            fast.ENABLED = on
+
+            def forward():
+                with threads.limit():
+                    return conv.conv2d(x, w, b, act="relu", scale=g, **attrs)
+
+            y, saved = conv.conv2d_forward(x, w, b, **attrs)
+            dy = np.ones_like(y)
+
+            def backward():
+                with threads.limit():
+                    return conv.conv2d_backward(saved, dy)
+
+            row += [best_time(forward, args.repeat), best_time(backward, args.repeat)]
+        fast.ENABLED = True
+        if torch is not None:
+            tx, tw, tb = map(torch.from_numpy, (x, w, b))
+
+            def torch_forward():
+                with torch.no_grad():
+                    return torch.relu(torch.nn.functional.conv2d(tx, tw, tb, s, 1, 1, c))
+
+            leaf = tx.clone().requires_grad_()
+            tw_leaf = tw.clone().requires_grad_()
+            ty = torch.nn.functional.conv2d(leaf, tw_leaf, None, s, 1, 1, c)
+            grad = torch.ones_like(ty)
+
+            def torch_backward():
+                return torch.autograd.grad(ty, (leaf, tw_leaf), grad, retain_graph=True)
+
+            row += [best_time(torch_forward, args.repeat), best_time(torch_backward, args.repeat)]
+        else:
+            row += [float("nan")] * 2
+        fwd_fast, bwd_fast, fwd_np, bwd_np, fwd_t, bwd_t = row
+        cells = [fwd_fast, fwd_np, fwd_t, bwd_fast, bwd_np, bwd_t]
+        totals += cells
+        print(f"{c:>4}x{size:<3} s{s:<7} " + " ".join(f"{v * 1e3:9.2f} " for v in cells))
+    print(f"{'total':<16} " + " ".join(f"{v * 1e3:9.2f} " for v in totals))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--depthwise", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="with --depthwise")
     args = parser.parse_args()
     try:
         import torch
     except ImportError:
         torch = None
+    if args.depthwise:
+        depthwise(args, torch)
+        return
 
     coretype = os.environ.get("OPENBLAS_CORETYPE", "(unset)")
     print(f"batch {args.batch}, float32, best of {args.repeat}; OPENBLAS_CORETYPE={coretype}")

@@ -12,15 +12,27 @@ images per second, and the final train loss and test accuracy.
 
 With ``--runs`` above 1 the two take turns (cnnc, torch, cnnc, torch, ...) so a change in
 the machine's load touches both alike, and the median of each figure is printed.
-PyTorch uses ``torch.get_num_threads()`` threads (all cores unless ``--threads``); NumPy's
-BLAS uses its own default. Run from an installed checkout (``pip install -e .``).
+PyTorch uses ``torch.get_num_threads()`` threads (all cores unless ``--threads``); cnnc's
+steps run under ``runtime.threads.limit()`` (the count cnnc decides: ``CNNC_NUM_THREADS``, or
+the cores other processes leave free), as ``Model.forward`` and ``backward`` do once they
+call it themselves; ``--cnnc-threads blas`` leaves NumPy's BLAS at its own default instead.
+
+``--part resnet18`` times one SGD step (momentum 0.9) of ResNet-18 at batch 8, 224 x 224,
+float32: cnnc's forward, loss, backward and optimizer step against the same plan in PyTorch
+eager with autograd (runtime/torch_ref.py, training mode), from the same weights, taking
+turns step by step; it prints the median seconds per step, the ratio, and the first step's
+losses (which must agree). ``--neighbours K`` keeps K busy processes beside it.
+Run from an installed checkout (``pip install -e .``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +43,92 @@ from cnnc.runtime import optim, train
 from cnnc.runtime.losses import accuracy_count, softmax_cross_entropy
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits.cnn"
+RESNET = Path(__file__).resolve().parents[1] / "examples" / "resnet18.cnn"
+
+
+def cnnc_threads(args):
+    """The context cnnc's steps run in: ``runtime.threads.limit()``, or nothing."""
+    if args.cnnc_threads == "blas":
+        return contextlib.nullcontext()
+    from cnnc.runtime import threads
+
+    return threads.limit()
+
+
+@contextlib.contextmanager
+def neighbours(count: int):
+    """``count`` processes keeping a core busy each, for the duration of the block."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+             for _ in range(count)]
+    try:
+        if procs:
+            time.sleep(0.5)
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def resnet_step(torch, args):
+    """Median seconds per SGD step of ResNet-18 at batch 8, cnnc and PyTorch side by side."""
+    from cnnc.runtime.torch_ref import TorchPlan
+
+    model = cnnc.compile(RESNET).build(backend="numpy", seed=args.seed, dtype="float32")
+    rng = np.random.default_rng(args.seed)
+    x = rng.standard_normal((args.resnet_batch, 3, 224, 224)).astype(np.float32)
+    labels = rng.integers(0, 1000, args.resnet_batch)
+    opt = optim.SGD(model, lr=0.01, momentum=0.9)
+    initial = {k: v.copy() for k, v in model.state().items()}
+
+    def cnnc_step():
+        with cnnc_threads(args):
+            logits = model.forward(x, train=True, logits=True)
+            loss, dlogits = softmax_cross_entropy(logits, labels)
+            model.backward(dlogits)
+            opt.step()
+        return float(loss)
+
+    steps = {"cnnc": cnnc_step}
+    if torch is not None:
+        ref = TorchPlan(model.plan, initial, training=True)
+        leaves = [ref.params[k].requires_grad_() for k in model.plan.params]
+        topt = torch.optim.SGD(leaves, lr=0.01, momentum=0.9)
+        tx = torch.from_numpy(x)
+        ty = torch.from_numpy(labels)
+        (name,) = model.plan.inputs
+
+        def torch_step():
+            topt.zero_grad(set_to_none=True)
+            out = next(iter(ref({name: tx}).values()))
+            loss = torch.nn.functional.cross_entropy(out, ty)
+            loss.backward()
+            topt.step()
+            return loss.item()
+
+        steps["torch"] = torch_step
+    rows = []
+    for load in args.neighbours:
+        with neighbours(load):
+            first = {fw: step() for fw, step in steps.items()}  # warm-up; the same weights
+            times = {fw: [] for fw in steps}
+            for _ in range(args.steps):
+                for fw, step in steps.items():
+                    t0 = time.perf_counter()
+                    step()
+                    times[fw].append(time.perf_counter() - t0)
+            loadavg = os.getloadavg()[0]
+        med = {fw: statistics.median(t) for fw, t in times.items()}
+        line = (f"resnet18 SGD step, batch {args.resnet_batch}, busy {load}: "
+                + "  ".join(f"{fw} {med[fw]:.3f} s (first loss {first[fw]:.5f})"
+                            for fw in steps))
+        if "torch" in med:
+            line += f"  cnnc/torch {med['cnnc'] / med['torch']:.2f}"
+        # "first loss": each row's warm-up step; both have trained the same steps before it
+        print(line + f"  load {loadavg:.1f}", flush=True)
+        rows.append({"neighbours": load, **med})
+    return rows
 
 
 def orders(seed: int, n: int, epochs: int):
@@ -53,10 +151,11 @@ def run_cnnc(data, args, perms):
         for i in range(0, len(perm), args.batch):
             idx = perm[i:i + args.batch]
             t0 = time.perf_counter()
-            logits = model.forward(x[idx], train=True, logits=True)
-            loss, dlogits = softmax_cross_entropy(logits, y[idx])
-            model.backward(dlogits)
-            opt.step()
+            with cnnc_threads(args):
+                logits = model.forward(x[idx], train=True, logits=True)
+                loss, dlogits = softmax_cross_entropy(logits, y[idx])
+                model.backward(dlogits)
+                opt.step()
             train_seconds += time.perf_counter() - t0
             loss_sum += loss * len(idx)
         accuracy = trainer.evaluate(data.x_test.astype(np.float32), data.y_test)
@@ -137,6 +236,12 @@ def main():
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--part", choices=("digits", "resnet18", "both"), default="both")
+    parser.add_argument("--steps", type=int, default=5, help="timed ResNet-18 steps")
+    parser.add_argument("--resnet-batch", type=int, default=8)
+    parser.add_argument("--neighbours", nargs="+", type=int, default=[0],
+                        help="busy processes beside the ResNet-18 steps, a row per value")
+    parser.add_argument("--cnnc-threads", choices=("limit", "blas"), default="limit")
     args = parser.parse_args()
 
     torch = None
@@ -149,6 +254,10 @@ def main():
         torch.set_num_threads(args.threads)
 
     print(f"load average at start: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if args.part in ("resnet18", "both"):
+        resnet_step(torch, args)
+        if args.part == "resnet18":
+            return
     data = train.load_digits()
     print(f"digits: {len(data.x_train)} training and {len(data.x_test)} test images; "
           f"{args.epochs} epochs, batch {args.batch}, Adam lr {args.lr}, float32, seed "

@@ -10,7 +10,15 @@ Rewrites, in this order:
    else is folded into that layer: the runtime scales the weights and shifts the bias once
    (``fold`` names the batchnorm's weight-file keys).
 2. **Epilogue fusion.** An activation whose input is a conv or dense output read by nothing
-   else becomes that layer's epilogue (``attrs["act"]``), applied while the tile is hot.
+   else becomes that layer's epilogue (``attrs["act"]``), applied while the tile is hot
+   (hardswish, silu, relu6 and the rest alike). A ``scale`` layer (per-channel weight and
+   bias: ConvNeXt's layer scale) on such an output, before any activation, is folded into
+   the layer's per-channel scale and bias (``scales`` names its weight-file keys), so it
+   costs nothing at run time. A ``mul`` whose one input is a convolution's output read by
+   nothing else and whose other input is a per-channel gate (``[C, 1, ...]`` or all ones,
+   computed before the convolution runs: a squeeze-and-excitation gate) becomes the
+   convolution's last epilogue step (``gate`` names the gate tensor; the kernel multiplies
+   each output channel of each image while writing it).
 3. **Aliases.** Inference dropout is the identity and flatten a reshape: their outputs are
    the input's storage under another name, and nothing runs.
 4. **Concat slices.** An input of a concat that only the concat reads is written by its
@@ -34,8 +42,10 @@ from math import prod
 from ..ops import PRIMITIVES, Op, ops_where
 from .plan import Plan, Step
 
-# Ops whose epilogue can absorb a batchnorm and an activation.
+# Ops whose epilogue can absorb a batchnorm, an activation and a scale layer.
 _GEMM = ops_where("gemm")
+# Of those, the ones that can multiply a per-channel gate in: the convolutions.
+_GATED = frozenset({Op.CONV1D, Op.CONV2D, Op.CONV3D}) & _GEMM
 # Ops that may write over their first input (or any input) when it dies there.
 _IN_PLACE = {Op(name): p.in_place for name, p in PRIMITIVES.items() if p.in_place}
 # Ops whose inference output is their input under another name (identity, reshape).
@@ -67,6 +77,8 @@ class Exec:
     fold: list[str] = field(default_factory=list)  # batchnorm keys folded into a GEMM
     fold_eps: float = 0.0
     act_params: list[str] = field(default_factory=list)  # prelu slopes of a fused epilogue
+    scales: list[list[str]] = field(default_factory=list)  # scale layers' keys folded in
+    gate: str | None = None  # a per-channel gate multiplied in last (also the last input)
     skip: bool = False  # an alias: nothing to compute
     in_place: int | None = None  # which input's storage the output overwrites
     fused: list[str] = field(default_factory=list)  # names of the steps merged into this one
@@ -97,7 +109,9 @@ def plan_memory(plan: Plan, fuse: bool = True) -> ExecPlan:
     execs = [Exec(s, s.op, list(s.inputs), s.name, list(s.params), dict(s.attrs))
              for s in plan.steps]
     if fuse:
-        execs = _fuse(execs, outputs)
+        shape_of = dict(plan.inputs)
+        shape_of.update((st.name, tuple(st.shape)) for st in plan.steps)
+        execs = _fuse(execs, outputs, shape_of)
 
     tensors: dict[str, Tensor] = {}
     for name, shape in plan.inputs.items():
@@ -169,23 +183,60 @@ def _readers(execs) -> dict[str, list[str]]:
     return readers
 
 
-def _fuse(execs: list[Exec], outputs: set) -> list[Exec]:
-    """Fold batchnorms and activations into the conv or dense before them."""
+def _gate_input(e: Exec, by_out: dict, shape_of: dict, position: dict):
+    """``(map, gate)`` of a ``mul`` that can be a convolution's gate epilogue, else None:
+    two inputs, one a convolution's output of the mul's own shape, the other a per-channel
+    gate made before that convolution runs."""
+    if len(e.inputs) != 2 or e.inputs[0] == e.inputs[1]:
+        return None
+    for a, g in (e.inputs, e.inputs[::-1]):
+        src = by_out.get(a)
+        if src is None or src.op not in _GATED or shape_of.get(a) != shape_of[e.out]:
+            continue
+        shape = shape_of.get(g)
+        channels = shape_of[a][0]
+        if (shape is None or len(shape) != len(shape_of[a]) or shape[0] not in (1, channels)
+                or any(d != 1 for d in shape[1:])):
+            continue
+        made = by_out.get(g)
+        if made is not None and position[id(made)] > position[id(src)]:
+            continue  # the gate is computed after the convolution
+        return a, g
+    return None
+
+
+def _fuse(execs: list[Exec], outputs: set, shape_of: dict) -> list[Exec]:
+    """Fold batchnorms, activations, scales and gates into the conv or dense before them."""
     readers = _readers(execs)
     by_out = {e.out: e for e in execs}
+    position = {id(e): i for i, e in enumerate(execs)}
     dropped = set()
     for e in execs:
-        if e.op not in (Op.BATCHNORM, Op.ACTIVATION):
+        if e.op not in (Op.BATCHNORM, Op.ACTIVATION, Op.SCALE, Op.MUL):
             continue
-        src = by_out.get(e.inputs[0])
+        first = e.inputs[0]
+        gate = None
+        if e.op is Op.MUL:
+            pair = _gate_input(e, by_out, shape_of, position)
+            if pair is None:
+                continue
+            first, gate = pair
+        src = by_out.get(first)
         if (src is None or src.op not in _GEMM or src.out in outputs
-                or readers.get(src.out) != [e.out] or src.attrs.get("act") is not None):
+                or readers.get(src.out) != [e.out] or src.gate is not None):
+            continue
+        if e.op is not Op.MUL and src.attrs.get("act") is not None:
             continue
         if e.op is Op.BATCHNORM:
-            if src.fold:
+            if src.fold or src.scales:
                 continue
             src.fold = list(e.params)
             src.fold_eps = e.attrs["eps"]
+        elif e.op is Op.SCALE:
+            src.scales.append(list(e.params))
+        elif e.op is Op.MUL:
+            src.gate = gate
+            src.inputs.append(gate)
         else:
             a = e.attrs
             src.attrs["act"] = (a["name"], {"alpha": a.get("alpha"), "beta": a.get("beta")})

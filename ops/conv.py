@@ -15,14 +15,18 @@ Kernel, stride and dilation are one value per spatial dim. ``pad`` of a primitiv
 ``(begin, end)`` for CONV1D, ``(front, back, top, bottom, left, right)`` for CONV3D; the
 layers' ``pad=same`` is resolved at lowering from the input's size. ``act`` is a fused
 activation epilogue (None, a name, or ``(name, params)``), set by the memory plan's fusion,
-never by the lowering; the kernels also take ``scale=``, a folded batchnorm's per-channel
-factor.
+never by the lowering; the kernels also take ``scale=``, a folded batchnorm's (and scale
+layer's) per-channel factor.
 
 Implementations: the NumPy-API kernel (shifted-rows GEMM, or im2col over a strided window
-view), the training pair (col2im backward), the CUDA kernels (im2col, depthwise, epilogue,
-col2im around cuBLAS), the loop reference, ONNX ``Conv`` and ``torch.nn.functional.conv2d``.
-CONV1D runs on all of CONV2D's kernels through height-1 views; CONV3D has an N-d im2col of
-its own (NumPy API, so it runs on CuPy arrays too). ONNX ``Conv`` and PyTorch's
+view), the training pair (col2im backward), the compiled CPU kernels where numba is installed
+(``ops/fast.py``: depthwise convolutions forward and backward; the NumPy-API code stays
+beside them as their reference), the CUDA kernels (im2col,
+depthwise, epilogue, col2im around cuBLAS), the loop reference, ONNX ``Conv`` and
+``torch.nn.functional.conv2d``. The memory plan may fuse a per-channel ``gate=`` (a
+squeeze-and-excitation ``mul``) into the kernels' epilogue. CONV1D runs on all of CONV2D's
+kernels through height-1 views; CONV3D has an N-d im2col of its own (NumPy API, so it runs
+on CuPy arrays too). ONNX ``Conv`` and PyTorch's
 ``conv1d`` / ``conv3d`` take every rank.
 """
 
@@ -63,6 +67,8 @@ DPAD_KIND = "dcpad"
 
 def _infer_for(op):
     def infer(shape, a, ctx):
+        # A `groups` that does not divide the channels is an error, but the output shape is
+        # still known, so checking goes on past it.
         channels = shape[0]
         groups = a["groups"]
         if is_concrete(channels) and channels % groups:
@@ -71,14 +77,12 @@ def _infer_for(op):
                 f"{op} groups={groups} does not divide the {channels} input channels",
                 help=divisor_help("groups", channels, groups),
             )
-            return None
         if a["out"] % groups:
             ctx.error(
                 "E305",
                 f"{op} groups={groups} does not divide the {a['out']} output channels",
                 help=divisor_help("groups", a["out"], groups),
             )
-            return None
         sizes = window.spatial(op, shape, ctx, a["kernel"], a["stride"], a["pad"],
                                a["dilation"])
         if sizes is None:
@@ -278,13 +282,39 @@ def _window_view(xpad, kernel, stride, dilation, out_hw, xp):
     return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=strides)
 
 
-def _epilogue_(slab, b, act, scale=None):
-    """Scale, bias and activation, in place, on a chunk ``(n, O, Ho*Wo)`` of the output."""
+def _compiled(*arrays):
+    """``ops/fast.py`` when its compiled kernels take these arrays (numba installed and on,
+    NumPy float arrays of one dtype), else None: the NumPy-API code runs."""
+    from . import fast
+
+    return fast if fast.usable(*arrays) else None
+
+
+def _epilogue_(slab, b, act, scale=None, gate=None):
+    """Scale, bias, activation and gate ``(n, O)``, in place, on a chunk ``(n, O, Ho*Wo)``
+    of the output."""
+    if scale is None and b is None and act is None and gate is None:
+        return
     if scale is not None:
         slab *= scale.reshape(-1, 1)
     if b is not None:
         slab += b.reshape(-1, 1)
     apply_act_(slab, act)
+    if gate is not None:
+        slab *= gate[:, :, None]
+
+
+def _gate_of(gate, n, o, dtype, xp, where="conv2d"):
+    """A fused gate (``(N, O or 1, 1, ...)``: squeeze-and-excitation) as a contiguous
+    ``(N, O)`` array of ``dtype``; None stays None."""
+    if gate is None:
+        return None
+    gate = xp.asarray(gate, dtype=dtype)
+    if (gate.ndim < 2 or gate.shape[0] != n or gate.shape[1] not in (1, o)
+            or any(d != 1 for d in gate.shape[2:])):
+        raise ValueError(f"{where}: gate must be [{n}, {o} or 1, 1...] (one factor per image "
+                         f"and output channel), got {list(gate.shape)}")
+    return xp.ascontiguousarray(xp.broadcast_to(gate.reshape(n, -1), (n, o)))
 
 
 def _flat_view(out, shape, dtype, where):
@@ -300,7 +330,8 @@ def _flat_view(out, shape, dtype, where):
     return xp.lib.stride_tricks.as_strided(out, (n, o, ho * wo), (s_n, s_o, out.itemsize))
 
 
-def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp, scale=None):
+def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp, scale=None,
+                  gate=None):
     """A convolution as one GEMM over shifted rows of phase planes of the padded image.
 
     In a padded plane stored row after row, the tap ``(i, j)`` of every stride-1 output
@@ -373,10 +404,12 @@ def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp, scale=N
             dest[...] = kept
         if act is not None and not relu:
             apply_act_(out[n0:n0 + m], act)
+        if gate is not None:
+            out[n0:n0 + m] *= gate[n0:n0 + m, :, None, None]
 
 
 def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None,
-           scale=None):
+           scale=None, gate=None):
     """Convolve ``x (N, C, H, W)`` with ``w (O, C/groups, kh, kw)``; returns ``(N, O, Ho, Wo)``.
 
     ``pad`` is ``p``, ``(ph, pw)`` or ``(top, bottom, left, right)``; ``stride`` and
@@ -385,7 +418,9 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     ``out`` is an ``(N, O, Ho, Wo)`` array to write into; its rows ``H`` and ``W`` must be
     contiguous, so a channel slice of a larger array works (a concat writing in place).
     ``scale`` (``(O,)``) multiplies each output channel before the bias is added: a
-    batchnorm folded in at inference without a scaled copy of the weights.
+    batchnorm folded in at inference without a scaled copy of the weights. ``gate``
+    (``(N, O or 1, 1, 1)``) multiplies each image's output channels after the activation:
+    a squeeze-and-excitation ``mul`` the memory plan fused in.
     """
     xp = get_array_module(x, w)
     dtype = float_dtype(xp, x, w)
@@ -402,12 +437,26 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     o, cg, kh, kw = w.shape
     og = o // groups
     spatial = ho * wo
+    gate = _gate_of(gate, n, o, dtype, xp)
+    if groups > 1 and cg == 1:
+        fast = _compiled(x, w, b, scale, out, gate)
+        if fast is not None:  # depthwise: a direct compiled loop, no GEMM
+            if out is None:
+                out = xp.empty((n, o, ho, wo), dtype=dtype)
+            else:
+                _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
+            if not fast.depthwise_conv2d(x, w, b, scale, act, out, (sh, sw), pads, (dh, dw),
+                                         gate):
+                apply_act_(out, act)
+                if gate is not None:
+                    out *= gate[:, :, None, None]
+            return out
     if SHIFTED and not (kh == kw == sh == sw == 1 and max(pads) == 0):
         if out is None:
             out = xp.empty((n, o, ho, wo), dtype=dtype)
         else:
             _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
-        _conv_shifted(x, w, b, pads, (sh, sw), (dh, dw), groups, act, out, xp, scale)
+        _conv_shifted(x, w, b, pads, (sh, sw), (dh, dw), groups, act, out, xp, scale, gate)
         return out
     wg = w.reshape(groups, og, cg * kh * kw)  # (G, O/G, C/G*kh*kw)
     given = out
@@ -443,7 +492,7 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
             y = xp.matmul(wg, col)  # (G, O/G, nb*Ho*Wo)
             y = y.reshape(groups, og, nb, spatial).transpose(2, 0, 1, 3)
             slab_g[...] = y
-        _epilogue_(slab, b, act, scale)
+        _epilogue_(slab, b, act, scale, None if gate is None else gate[n0:n1])
     return out.reshape(n, o, ho, wo) if given is None else given
 
 
@@ -516,6 +565,13 @@ def conv2d_backward(saved, dy):
     wg = w.reshape(groups, og, ck)  # (G, O/G, C/G*kh*kw)
     wg_t = wg.transpose(0, 2, 1)  # (G, C/G*kh*kw, O/G)
     gy = dy.reshape(n, groups, og, spatial)  # (N, G, O/G, Ho*Wo)
+    if groups > 1 and cg == 1:
+        fast = _compiled(x, w, dy)
+        if fast is not None:  # depthwise: direct compiled loops
+            gx, gW = fast.depthwise_conv2d_backward(x, w, dy, stride, pads, dilation)
+            if not has_bias:
+                return (gx,), (gW,)
+            return (gx,), (gW, dy.sum(axis=(0, 2, 3)))
     gx = xp.empty(x.shape, dtype=x.dtype)
     gW = xp.zeros((groups, og, ck), dtype=x.dtype)
 
@@ -787,17 +843,19 @@ def _as_2d(x, w, b, stride, pad, dilation, groups, xp):
 
 
 def conv1d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None,
-           scale=None):
+           scale=None, gate=None):
     """Convolve ``x (N, C, L)`` with ``w (O, C/groups, k)``; returns ``(N, O, Lo)``.
 
     ``pad`` is ``p`` or ``(begin, end)``; ``stride`` and ``dilation`` an integer or a
-    one-element list; ``act``, ``out`` and ``scale`` as CONV2D's (``out`` may be a channel
-    slice)."""
+    one-element list; ``act``, ``out``, ``scale`` and ``gate`` as CONV2D's (``out`` may be
+    a channel slice)."""
     xp = get_array_module(x, w)
     x2, w2, attrs, shape = _as_2d(x, w, b, stride, pad, dilation, groups, xp)
     _check_out(out, shape, x2.dtype, "conv1d")
     target = None if out is None else out[:, :, None, :]
-    y = conv2d(x2, w2, b, act=act, out=target, scale=scale, **attrs)
+    if gate is not None:
+        gate = _gate_of(gate, shape[0], shape[1], x2.dtype, xp, "conv1d")
+    y = conv2d(x2, w2, b, act=act, out=target, scale=scale, gate=gate, **attrs)
     return y[:, :, 0, :] if out is None else out
 
 

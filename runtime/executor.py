@@ -7,25 +7,42 @@ plan is a view: of its slot, of its alias target, or of its channel slice in a c
 
 Folded parameters (a batchnorm folded into the conv before it) are computed once and kept
 until `invalidate()`; `Model` calls it whenever its parameters may have changed.
+
+Each call runs under `runtime.threads.limit`: the BLAS and the compiled kernels run the
+number of threads cnnc decides (``threads=`` here, else ``set_threads`` or
+``CNNC_NUM_THREADS``, else the cores other processes leave free).
 """
 
 from __future__ import annotations
 
 from ..compiler.memory import ExecPlan
 from ..ops import Op, primitive
+from . import threads as threads_
 from .backend import Backend
 from .errors import at_layer
 
 
+_ACCEPTS_GATE = frozenset({Op.CONV1D, Op.CONV2D})
+
+
 class Executor:
-    def __init__(self, eplan: ExecPlan, backend: Backend, dtype):
+    def __init__(self, eplan: ExecPlan, backend: Backend, dtype, threads=None):
         self.eplan = eplan
+        self.threads = None if threads is None else threads_.parse(threads, "threads")
+        self.on_device = backend.on_device
         self.xp = backend.xp
         self.kernels = backend.kernels
         self.accepts_out = backend.accepts_out
         self.accepts_scale = backend.accepts_scale
+        # kernels that multiply a fused gate in as they write (the NumPy convolutions)
+        self.accepts_gate = frozenset() if backend.on_device else _ACCEPTS_GATE
         self.dtype = dtype
         self._arena = None  # (batch, [slot arrays], {tensor: view})
+        # only depthwise convolutions have compiled kernels (ops/fast.py): other plans never
+        # pay numba's import
+        self._compiled_loaded = backend.on_device or not any(
+            e.op in _ACCEPTS_GATE and e.attrs.get("groups", 1) > 1
+            and eplan.plan.params[e.params[0]][1] == 1 for e in eplan.execs)
         self._folded = None
 
     def invalidate(self) -> None:
@@ -37,22 +54,34 @@ class Executor:
         if self._folded is None:
             self._folded = {}
             for e in self.eplan.execs:
-                if e.fold:
+                if e.fold or e.scales:
                     self._folded[e.out] = self._fold(e, params)
         return self._folded
 
     def _fold(self, e, params):
-        """``(weight, bias, scale)`` of ``e`` with its batchnorm folded in (computed in
-        float64). Where the kernel takes ``scale=``, the weight is the parameter itself and
-        the scale is applied per output channel; otherwise the weight is a scaled copy."""
+        """``(weight, bias, scale)`` of ``e`` with its batchnorm and then its scale layers
+        folded in (computed in float64). Where the kernel takes ``scale=``, the weight is the
+        parameter itself and the scale is applied per output channel; otherwise the weight
+        is a scaled copy."""
         xp = self.xp
-        gamma, beta, mean, var = (xp.asarray(params[k], dtype=xp.float64) for k in e.fold)
-        scale = gamma / xp.sqrt(var + e.fold_eps)
+        channels = self.eplan.tensors[e.out].shape[0]
         if len(e.params) > 1:
             b = xp.asarray(params[e.params[1]], dtype=xp.float64)
         else:
-            b = xp.zeros_like(mean)
-        b = ((b - mean) * scale + beta).astype(self.dtype)
+            b = xp.zeros(channels, dtype=xp.float64)
+        scale = xp.ones(channels, dtype=xp.float64)
+        if e.fold:
+            gamma, beta, mean, var = (xp.asarray(params[k], dtype=xp.float64)
+                                      for k in e.fold)
+            scale = gamma / xp.sqrt(var + e.fold_eps)
+            b = (b - mean) * scale + beta
+        for keys in e.scales:  # y * weight + bias, per channel
+            weight = xp.asarray(params[keys[0]], dtype=xp.float64).reshape(-1)
+            scale = scale * weight
+            b = b * weight
+            if len(keys) > 1:
+                b = b + xp.asarray(params[keys[1]], dtype=xp.float64).reshape(-1)
+        b = b.astype(self.dtype)
         if e.op in self.accepts_scale:
             return None, b, scale.astype(self.dtype)
         w = xp.asarray(params[e.params[0]], dtype=xp.float64)
@@ -103,6 +132,18 @@ class Executor:
     # ---- running ------------------------------------------------------------------------
     def run(self, inputs: dict, params: dict) -> dict:
         """Outputs for ``inputs`` (name -> array); outputs are fresh arrays."""
+        if self.on_device:
+            return self._run(inputs, params)
+        if not self._compiled_loaded:
+            # the compiled kernels' module (and numba) loads before the thread count is set,
+            # so that the count reaches numba's pool from the first call
+            from ..ops import fast  # noqa: F401
+
+            self._compiled_loaded = True
+        with threads_.limit(self.threads):
+            return self._run(inputs, params)
+
+    def _run(self, inputs: dict, params: dict) -> dict:
         n = next(iter(inputs.values())).shape[0]
         arena = self._views(n)
         slots = self._arena[1]
@@ -120,6 +161,9 @@ class Executor:
                 continue
             out = get(e.out)
             xs = [values[i] if i in values else get(i) for i in e.inputs]
+            gate = None
+            if e.gate is not None:  # (N, C or 1, 1...): a per-image, per-channel factor
+                gate = xs.pop()
             if e.op is Op.CONCAT:
                 offset = 0
                 for name, x in zip(e.inputs, xs):
@@ -130,7 +174,7 @@ class Executor:
                 values[e.out] = out
                 continue
             attrs = e.attrs
-            if e.fold:
+            if e.fold or e.scales:
                 w, b, scale = folded[e.out]
                 ps = [params[e.params[0]] if w is None else w, b]
                 if scale is not None:
@@ -143,11 +187,16 @@ class Executor:
             if e.in_place is not None and primitive(e.op).in_place == "first":
                 out = xs[e.in_place]
             kernel = self.kernels[e.op]
+            if gate is not None and e.op in self.accepts_gate:
+                attrs = dict(attrs, gate=gate)
+                gate = None
             try:
                 if e.op in self.accepts_out:
                     kernel(*xs, *ps, out=out, **attrs)
                 else:
                     out[...] = kernel(*xs, *ps, **attrs)
+                if gate is not None:  # a kernel without ``gate=``: the product after it
+                    out *= gate
             except ValueError as err:
                 raise at_layer(e.step, self.eplan.plan.file, err) from err
             values[e.out] = out

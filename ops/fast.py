@@ -1,0 +1,336 @@
+"""Compiled CPU kernels (numba) for what NumPy cannot do in a few large calls.
+
+Each kernel here sits beside the NumPy-API kernel of its op family, which stays the
+reference and the path taken without numba; the family module asks ``usable(...)`` and
+calls in here only for float32 and float64 NumPy arrays:
+
+- depthwise convolutions (one input channel per group), forward with the whole epilogue
+  (scale, bias, activation, a fused gate) and backward (input and weight gradients): per
+  image and channel, one multiply-add per kernel tap over a contiguous run of the padded
+  plane's phase planes, where NumPy runs a grouped GEMM with one row per channel.
+
+Two more were tried and measured, then left to NumPy (docs/performance.md): the epilogue
+after a GEMM convolution in one compiled pass (no faster than NumPy's two or three
+vectorised passes on large outputs, and slower on small ones: a compiled call costs tens of
+microseconds, and the strided views it reads do not vectorise), and pooling (one pass per
+window tap over phase planes ran no faster than ``ops/pool.py``'s flat contiguous runs).
+
+The parallel loops run on numba's threading layer, as many threads as
+``runtime/threads.py`` says for the call, over (image, channel) pairs.
+
+Every kernel is compiled on its first call with ``cache=True`` (numba writes the machine
+code beside this file, or in its user cache where that is read-only), so later processes
+load it instead of compiling it. Nothing imports this module on ``cnnc check``'s path: the
+op families import it inside their kernels.
+
+``CNNC_FAST=0`` in the environment (or ``ENABLED = False``) turns every kernel here off;
+without numba they are off too, and the NumPy kernels run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:
+    import numba
+except ImportError:  # the NumPy kernels run instead
+    numba = None
+
+ENABLED = numba is not None and os.environ.get("CNNC_FAST", "1").strip() not in ("0", "off")
+
+# The activations the compiled epilogues apply: the piecewise-linear ones. The others
+# (sigmoid, tanh, silu, elu, gelu, mish, ...) need exp or erf, which numba calls one value at
+# a time, where NumPy's are vectorised: measured on a depthwise layer with SiLU, applying it
+# in NumPy after the compiled convolution was faster than applying it inside
+# (docs/performance.md). Codes as ``ops/cuda_kernels.py``'s.
+ACT_IDENTITY = 0
+ACT_CODES = {
+    "identity": 0,
+    "relu": 1,
+    "leaky_relu": 2,
+    "relu6": 10,
+    "hardsigmoid": 11,
+    "hardswish": 12,
+}
+# PyTorch's default of ``alpha`` where an activation has one.
+_ALPHA = {"leaky_relu": 0.01}
+
+
+def _jit(parallel=False):
+    if numba is None:
+        return lambda f: f
+
+    def wrap(f):
+        try:
+            return numba.njit(cache=True, nogil=True, parallel=parallel, fastmath=False)(f)
+        except RuntimeError:  # no writable cache location: compile in every process
+            return numba.njit(nogil=True, parallel=parallel, fastmath=False)(f)
+
+    return wrap
+
+
+def _prange(n):
+    return range(n)
+
+
+prange = numba.prange if numba is not None else _prange
+
+
+def usable(*arrays) -> bool:
+    """Whether the compiled kernels take these arrays: numba present and enabled, and every
+    array a NumPy float32 or float64 array of one dtype."""
+    if not ENABLED:
+        return False
+    dtype = None
+    for a in arrays:
+        if a is None:
+            continue
+        if type(a) is not np.ndarray or a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+            return False
+        if dtype is None:
+            dtype = a.dtype
+        elif a.dtype != dtype:
+            return False
+    return True
+
+
+def act_code(act):
+    """``(code, alpha, beta)`` of a fused activation the compiled epilogue applies, or None
+    when it must be left to the NumPy epilogue. ``act``: None, a name or ``(name, params)``."""
+    if act is None:
+        return ACT_IDENTITY, 0.0, 0.0
+    if isinstance(act, str):
+        name, params = act, {}
+    else:
+        name, params = act
+        params = dict(params or {})
+    if name not in ACT_CODES or params.get("weight") is not None:
+        return None
+    alpha = params.get("alpha")
+    beta = params.get("beta")
+    alpha = _ALPHA.get(name, 0.0) if alpha is None else float(alpha)
+    return ACT_CODES[name], alpha, 0.0 if beta is None else float(beta)
+
+
+# The constants of the compiled epilogue, as an array of the data's dtype (so float32 data
+# computes in float32): 0, 1, 3, 6, alpha, beta.
+ZERO, ONE, THREE, SIX, ALPHA, BETA = range(6)
+
+
+def constants(dtype, alpha=0.0, beta=0.0):
+    return np.array([0, 1, 3, 6, alpha, beta], dtype=dtype)
+
+
+@_jit()
+def _finish_row(src, dest, g, s, has_scale, has_bias, code, k, gate, has_gate):
+    """``dest[:] = act(src * g + s) * gate`` over one output row: the activation is chosen
+    once per row, outside the element loops (a choice per element costs more than the
+    arithmetic), as ``ops/activation.py`` defines it; ``k`` from ``constants``."""
+    n = dest.shape[0]
+    if has_scale and has_bias:
+        for q in range(n):
+            dest[q] = src[q] * g + s
+    elif has_scale:
+        for q in range(n):
+            dest[q] = src[q] * g
+    elif has_bias:
+        for q in range(n):
+            dest[q] = src[q] + s
+    else:
+        for q in range(n):
+            dest[q] = src[q]
+    _activate_row(dest, code, k)
+    if has_gate:
+        for q in range(n):
+            dest[q] = dest[q] * gate
+
+
+@_jit()
+def _activate_row(dest, code, k):
+    n = dest.shape[0]
+    if code == 0:
+        return
+    zero = k[ZERO]
+    if code == 1:
+        for q in range(n):
+            v = dest[q]
+            dest[q] = zero if v < zero else v  # NaN stays NaN
+    elif code == 2:
+        for q in range(n):
+            v = dest[q]
+            dest[q] = v if v >= zero else v * k[ALPHA]
+    elif code == 10:
+        for q in range(n):
+            dest[q] = min(max(dest[q], zero), k[SIX])
+    elif code == 11:
+        for q in range(n):
+            dest[q] = min(max(dest[q] + k[THREE], zero), k[SIX]) / k[SIX]
+    elif code == 12:
+        for q in range(n):
+            v = dest[q]
+            dest[q] = v * (min(max(v + k[THREE], zero), k[SIX]) / k[SIX])
+
+
+@_jit()
+def _span(n_in, n_out, stride, offset):
+    """Outputs ``o`` in ``[lo, hi)`` whose cell ``o*stride + offset`` lies in ``[0, n_in)``."""
+    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    hi = (n_in - 1 - offset) // stride + 1
+    if hi > n_out:
+        hi = n_out
+    if hi < lo:
+        hi = lo
+    return lo, hi
+
+
+# ---- depthwise convolution ----------------------------------------------------------------
+
+
+@_jit()
+def _phase_planes(plane, top, left, sh, sw, phases):
+    """Scatter one input ``plane (H, W)`` into its zero-padded phase planes ``phases
+    (sh*sw, Hq+1, Wq)``: padded row ``R`` and column ``C`` go to phase ``(R % sh, C % sw)``
+    at ``(R // sh, C // sw)``. At stride 1 this is the padded plane itself."""
+    h, wd = plane.shape
+    for r in range(h):
+        big = r + top
+        p = big % sh
+        pr = big // sh
+        src = plane[r]
+        for q in range(sw):
+            first = (q - left) % sw  # the first input column of phase column q
+            dst = phases[p * sw + q, pr]
+            start = (first + left) // sw
+            count = (wd - first + sw - 1) // sw if first < wd else 0
+            if sw == 1:
+                for k in range(count):
+                    dst[start + k] = src[first + k]
+            else:
+                for k in range(count):
+                    dst[start + k] = src[first + k * sw]
+
+
+@_jit(parallel=True)
+def _depthwise_forward(x, w, scale, bias, out, sh, sw, top, left, dh, dw, code, k,
+                       has_scale, has_bias, gate, has_gate, block):
+    """Per image and block of ``block`` output channels: each input plane laid out as the
+    phase planes of its padded self (see ``ops/conv._conv_shifted``; the padding stays zero
+    from one channel to the next, only the interior is rewritten), then one multiply-add
+    per tap over a contiguous run of ``Ho * Wq`` values, the kept columns through the
+    epilogue into ``out``. The block shares one workspace among its channels."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    ho, wo = out.shape[2], out.shape[3]
+    per = o // c  # output channels per input channel
+    hq = max(-(-(h + top) // sh), ho + ((kh - 1) * dh) // sh)
+    wq = max(-(-(wd + left) // sw), wo + ((kw - 1) * dw) // sw)
+    span = ho * wq
+    plane = (hq + 1) * wq
+    blocks = (o + block - 1) // block
+    for job in prange(n * blocks):
+        b = job // blocks
+        start = (job - b * blocks) * block
+        flat = np.zeros(sh * sw * plane, dtype=x.dtype)
+        acc = np.empty(span, dtype=out.dtype)
+        filled = -1
+        for oc in range(start, min(o, start + block)):
+            ic = oc // per
+            if ic != filled:
+                if sh == 1 and sw == 1:  # the padded plane: a copy row by row
+                    source = x[b, ic]
+                    for r in range(h):
+                        line = source[r]
+                        at = (r + top) * wq + left
+                        for q in range(wd):
+                            flat[at + q] = line[q]
+                else:
+                    _phase_planes(x[b, ic], top, left, sh, sw,
+                                  flat.reshape(sh * sw, hq + 1, wq))
+                filled = ic
+            for i in range(kh):
+                for j in range(kw):
+                    tap = w[oc, 0, i, j]
+                    phase = (i * dh) % sh * sw + (j * dw) % sw
+                    at = phase * plane + (i * dh) // sh * wq + (j * dw) // sw
+                    src = flat[at:at + span]
+                    if i == 0 and j == 0:
+                        for p in range(span):
+                            acc[p] = tap * src[p]
+                    else:
+                        for p in range(span):
+                            acc[p] += tap * src[p]
+            g = scale[oc if has_scale else 0]
+            s = bias[oc if has_bias else 0]
+            f = gate[b if has_gate else 0, oc if has_gate else 0]
+            for oh in range(ho):
+                _finish_row(acc[oh * wq:oh * wq + wo], out[b, oc, oh], g, s, has_scale,
+                            has_bias, code, k, f, has_gate)
+
+
+@_jit(parallel=True)
+def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
+    """``gx`` (zeros, x's shape) gets the input gradient; ``gw`` (zeros, ``(N, O, kh, kw)``)
+    each image's weight gradient, summed by the caller. One job per (image, input channel):
+    no two jobs write one cell."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    ho, wo = dy.shape[2], dy.shape[3]
+    per = o // c
+    for job in prange(n * c):
+        b = job // c
+        ic = job - b * c
+        for q in range(per):
+            oc = ic * per + q
+            for oh in range(ho):
+                grow = dy[b, oc, oh]
+                for i in range(kh):
+                    ih = oh * sh - top + i * dh
+                    if ih < 0 or ih >= h:
+                        continue
+                    xrow = x[b, ic, ih]
+                    gxrow = gx[b, ic, ih]
+                    for j in range(kw):
+                        tap = w[oc, 0, i, j]
+                        off = j * dw - left
+                        lo, hi = _span(wd, wo, sw, off)
+                        total = zero
+                        for ow in range(lo, hi):
+                            g = grow[ow]
+                            gxrow[ow * sw + off] += g * tap
+                            total += g * xrow[ow * sw + off]
+                        gw[b, oc, i, j] += total
+
+
+def depthwise_conv2d(x, w, b, scale, act, out, stride, pads, dilation, gate=None):
+    """A depthwise CONV2D (``w (O, 1, kh, kw)``, ``O`` a multiple of ``x``'s channels)
+    into ``out (N, O, Ho, Wo)``, with scale, bias, the activation and the gate ``(N, O)``
+    applied. Returns False when the compiled epilogue lacks the activation: then neither it
+    nor the gate was applied, and the caller applies both."""
+    code = act_code(act)
+    done = code is not None
+    code, alpha, beta = code if done else (ACT_IDENTITY, 0.0, 0.0)
+    dummy = np.zeros(1, dtype=x.dtype)
+    use_gate = gate is not None and done
+    _depthwise_forward(x, w, dummy if scale is None else scale, dummy if b is None else b, out,
+                       stride[0], stride[1], pads[0], pads[2], dilation[0], dilation[1],
+                       code, constants(x.dtype, alpha, beta), scale is not None,
+                       b is not None, gate if use_gate else dummy.reshape(1, 1), use_gate,
+                       _channel_block(x.shape[0], w.shape[0]))
+    return done
+
+
+def _channel_block(n, o):
+    """Output channels per parallel job: enough to share a workspace among, while leaving
+    several jobs per thread (the last ones balance the load)."""
+    return max(1, min(16, (n * o) // 64))
+
+
+def depthwise_conv2d_backward(x, w, dy, stride, pads, dilation):
+    """``(gx, gW)`` of a depthwise CONV2D."""
+    gx = np.zeros(x.shape, dtype=x.dtype)
+    gw = np.zeros((x.shape[0],) + w.shape[:1] + w.shape[2:], dtype=x.dtype)
+    _depthwise_backward(x, w, np.ascontiguousarray(dy), gx, gw, stride[0], stride[1],
+                        pads[0], pads[2], dilation[0], dilation[1], x.dtype.type(0))
+    return gx, gw.sum(axis=0).reshape(w.shape)

@@ -1,0 +1,251 @@
+"""How many threads cnnc's kernels run: the one place that decides it.
+
+NumPy's BLAS (OpenBLAS, through threadpoolctl) and the compiled kernels (``ops/fast.py``,
+numba) run as many threads as this module says, for the duration of one call: an inference
+(`runtime/executor.py`), a training forward or backward, an export. Outside those calls the
+process's own settings are left as they were.
+
+The count, in order of precedence:
+
+1. ``set_threads(n)`` in Python (``set_threads(None)`` returns to the next rule), or
+   ``limit(n)`` as a context manager around some calls;
+2. the environment variable ``CNNC_NUM_THREADS``: a whole number >= 1, or ``auto``;
+3. ``auto``: every core this process may use, less the cores other processes are keeping
+   busy right now, at least one.
+
+Why ``auto`` looks at the neighbours: BLAS threads wait for each other at every barrier of
+a matrix product. When another process holds one of two cores, the thread that shares its
+core runs only part of the time and the other one waits for it; measured on a 2-core
+machine, a forward pass with two threads became 4 to 17 times slower than with one
+(docs/performance.md). So ``auto`` reads how busy the usable cores were since it last looked
+(``/proc/stat``, less this process's own CPU time), at most every ``SAMPLE_SECONDS``, and
+runs one thread per core the others leave free. Where ``/proc/stat`` cannot be read (not
+Linux), ``auto`` is every usable core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+
+ENV = "CNNC_NUM_THREADS"
+# ``auto`` looks at the machine's load at most this often (the kernel counts CPU time in
+# 10 ms ticks, so a shorter window says little).
+SAMPLE_SECONDS = 0.25
+# The first decision of a process has nothing to compare with: it samples this long.
+FIRST_SAMPLE_SECONDS = 0.02
+
+
+class ThreadsError(ValueError):
+    """A thread count that is not a whole number >= 1 (or ``auto``)."""
+
+
+_lock = threading.Lock()
+_setting: int | None = None  # set_threads(n); None: the environment, then auto
+_sampler = None  # the load sampler of ``auto``, made on first use
+_pools = None  # threadpoolctl's controller of the BLAS libraries, made on first use
+
+
+def parse(value, where: str = ENV) -> int | None:
+    """A thread count from text or a number: ``None`` for ``auto`` (or empty), else an
+    integer >= 1; a ThreadsError naming ``where`` otherwise."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text in ("", "auto"):
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise ThreadsError(f"{where} must be a whole number of threads >= 1 or `auto`, "
+                           f"got {value!r}") from None
+    if n < 1:
+        raise ThreadsError(f"{where} must be at least 1 thread (or `auto`), got {n}")
+    return n
+
+
+def set_threads(n) -> None:
+    """Run ``n`` threads in every later call (``None`` or ``"auto"``: back to
+    ``CNNC_NUM_THREADS``, then to the automatic count)."""
+    global _setting
+    _setting = parse(n, "threads")
+
+
+def setting() -> int | None:
+    """The fixed count in force (``set_threads``, then ``CNNC_NUM_THREADS``); None for
+    ``auto``."""
+    if _setting is not None:
+        return _setting
+    return parse(os.environ.get(ENV), ENV)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+class LoadSampler:
+    """How many of this process's usable cores other processes keep busy, from the
+    difference of two readings of ``/proc/stat`` (the usable cores' lines) less this
+    process's own CPU time over the same wall time."""
+
+    def __init__(self, cpus=None):
+        try:
+            self.cpus = sorted(os.sched_getaffinity(0)) if cpus is None else list(cpus)
+        except (AttributeError, OSError):
+            self.cpus = None
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.last = self.read()
+        self.busy = 0.0
+
+    def read(self):
+        """``(wall seconds, busy CPU seconds of the usable cores, own CPU seconds)``, or
+        None where ``/proc/stat`` cannot be read."""
+        try:
+            with open("/proc/stat") as f:
+                text = f.read()
+        except OSError:
+            return None
+        wanted = None if self.cpus is None else {f"cpu{i}" for i in self.cpus}
+        busy = 0
+        for line in text.splitlines():
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            fields = line.split()
+            if wanted is not None and fields[0] not in wanted:
+                continue
+            # user nice system idle iowait irq softirq steal ...: all but idle and iowait
+            values = [int(v) for v in fields[1:9]]
+            busy += sum(values) - values[3] - values[4]
+        own = os.times()
+        return time.monotonic(), busy / self.tick, own.user + own.system
+
+    def others(self, min_seconds: float = SAMPLE_SECONDS) -> float | None:
+        """Cores kept busy by other processes since the last reading at least
+        ``min_seconds`` ago (the previous answer when the last reading is more recent);
+        None without ``/proc/stat``."""
+        if self.last is None:
+            return None
+        now = time.monotonic()
+        if now - self.last[0] < min_seconds:
+            return self.busy
+        current = self.read()
+        if current is None:
+            return None
+        wall = current[0] - self.last[0]
+        if wall > 0:
+            mine = current[2] - self.last[2]
+            self.busy = max(0.0, (current[1] - self.last[1] - mine) / wall)
+        self.last = current
+        return self.busy
+
+
+def auto_threads() -> int:
+    """The automatic count: usable cores less those other processes keep busy, >= 1."""
+    global _sampler
+    cores = usable_cores()
+    if cores == 1:
+        return 1
+    with _lock:
+        if _sampler is None:
+            _sampler = LoadSampler()
+            time.sleep(FIRST_SAMPLE_SECONDS)
+            busy = _sampler.others(0.0)
+        else:
+            busy = _sampler.others()
+    if busy is None:
+        return cores
+    return max(1, min(cores, round(cores - busy)))
+
+
+def decide(n=None) -> int:
+    """The count for one call: ``n`` if given, else the fixed setting, else ``auto``."""
+    n = parse(n, "threads") if n is not None else setting()
+    return auto_threads() if n is None else n
+
+
+def _blas_pools():
+    """threadpoolctl's controllers of NumPy's BLAS (the libraries under NumPy's own folders;
+    every BLAS loaded, where none is); an empty list without threadpoolctl. Other libraries'
+    BLAS (PyTorch's, say) are theirs to set."""
+    global _pools
+    if _pools is None:
+        try:
+            import numpy  # its BLAS must be loaded before it is looked for
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _pools = []
+        else:
+            found = ThreadpoolController().select(user_api="blas").lib_controllers
+            home = os.path.join(os.path.dirname(os.path.dirname(numpy.__file__)), "numpy")
+            own = [lib for lib in found if str(lib.filepath).startswith(home)]
+            _pools = own or list(found)
+    return _pools
+
+
+def blas_threads() -> list:
+    """The thread count of each BLAS library that `limit` sets (NumPy's)."""
+    return [pool.get_num_threads() for pool in _blas_pools()]
+
+
+def _numba_threads():
+    """numba's ``(get_num_threads, set_num_threads, most)`` once it is loaded; None before
+    (the compiled kernels load it, never this module)."""
+    import sys
+
+    numba = sys.modules.get("numba")
+    if numba is None or not hasattr(numba, "set_num_threads"):
+        return None
+    return numba.get_num_threads, numba.set_num_threads, numba.config.NUMBA_NUM_THREADS
+
+
+@contextlib.contextmanager
+def limit(n=None):
+    """Within the block, BLAS and the compiled kernels run ``decide(n)`` threads; the
+    previous counts come back after it. Yields the count."""
+    count = decide(n)
+    pools = _blas_pools()
+    before = [pool.get_num_threads() for pool in pools]
+    for pool, was in zip(pools, before):
+        if was != count:
+            pool.set_num_threads(count)
+    jit = _numba_threads()
+    jit_before = None
+    if jit is not None:
+        get, put, most = jit
+        jit_before = get()
+        put(min(count, most))
+    try:
+        yield count
+    finally:
+        for pool, was in zip(pools, before):
+            if was != count:
+                pool.set_num_threads(was)
+        if jit_before is not None:
+            jit[1](jit_before)
+
+
+def info() -> dict:
+    """What a report prints: the setting, the usable cores and the count ``auto`` takes
+    now, the BLAS libraries and whether numba is loaded."""
+    fixed = setting()
+    return {
+        "setting": "auto" if fixed is None else fixed,
+        "usable_cores": usable_cores(),
+        "threads_now": decide(),
+        "blas": [pool.internal_api for pool in _blas_pools()],
+        "numba_loaded": _numba_threads() is not None,
+    }

@@ -1,0 +1,168 @@
+"""The compiled CPU kernels (ops/fast.py) against the NumPy-API kernels they sit beside and
+the loop reference: depthwise convolutions forward (every epilogue) and backward, and the
+GEMM convolutions with the compiled kernels on and off, over parameter grids that reach the edges (one-sided
+and oversized padding, strides past the kernel, dilation, channel multipliers, non-square
+kernels, output into a channel slice)."""
+
+import itertools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cnnc.ops import conv
+from cnnc.ops.conv import conv2d, conv2d_backward, conv2d_forward, reference_conv2d
+
+fast = pytest.importorskip("cnnc.ops.fast")
+pytestmark = pytest.mark.skipif(not fast.ENABLED, reason="numba not installed or CNNC_FAST=0")
+
+
+@pytest.fixture
+def numpy_only(monkeypatch):
+    """Run the NumPy-API kernels: the compiled ones off."""
+
+    def off():
+        monkeypatch.setattr(fast, "ENABLED", False)
+
+    return off
+
+
+# (channels, multiplier, (H, W), kernel, stride, pad (top, bottom, left, right), dilation)
+DEPTHWISE = [
+    (3, 1, (7, 6), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    (4, 1, (8, 8), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+    (2, 2, (9, 8), (3, 2), (2, 1), (0, 2, 1, 0), (1, 2)),
+    (3, 1, (7, 7), (5, 5), (3, 3), (2, 0, 0, 2), (2, 2)),
+    (2, 3, (5, 6), (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),
+    (2, 1, (4, 5), (3, 3), (1, 2), (3, 3, 4, 4), (1, 1)),  # padding wider than the kernel
+    (5, 1, (1, 9), (1, 5), (1, 3), (0, 0, 2, 2), (1, 1)),  # a conv1d, seen as height 1
+]
+ACTS = [None, "relu", ("leaky_relu", {"alpha": 0.2, "beta": None}), "elu", "sigmoid",
+        "tanh", ("silu", {}), "relu6", "hardsigmoid", "hardswish",
+        "gelu"]  # gelu: not compiled, applied after by NumPy
+
+
+def _case(rng, case, dtype=np.float64):
+    c, per, hw, kernel, stride, pad, dilation = case
+    x = rng.standard_normal((2, c) + hw).astype(dtype) * 3
+    w = rng.standard_normal((c * per, 1) + kernel).astype(dtype)
+    b = rng.standard_normal(c * per).astype(dtype)
+    attrs = dict(stride=stride, pad=pad, dilation=dilation, groups=c)
+    return x, w, b, attrs
+
+
+@pytest.mark.parametrize("case", DEPTHWISE)
+def test_depthwise_forward_matches_the_reference_and_numpy(case, numpy_only):
+    rng = np.random.default_rng(0)
+    x, w, b, attrs = _case(rng, case)
+    scale = rng.standard_normal(w.shape[0])
+    for act, with_bias, with_scale in itertools.product(ACTS, (True, False), (True, False)):
+        bias = b if with_bias else None
+        gain = scale if with_scale else None
+        got = conv2d(x, w, bias, act=act, scale=gain, **attrs)
+        z = reference_conv2d(x, w, None, **attrs)
+        if gain is not None:
+            z = z * gain[:, None, None]
+        if bias is not None:
+            z = z + bias[:, None, None]
+        want = conv.reference_act(z, act)
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10, err_msg=str(act))
+    compiled = conv2d(x, w, b, act="hardswish", scale=scale, **attrs)
+    numpy_only()
+    np.testing.assert_allclose(compiled, conv2d(x, w, b, act="hardswish", scale=scale, **attrs),
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", DEPTHWISE)
+def test_depthwise_backward_matches_numpy(case, numpy_only):
+    rng = np.random.default_rng(1)
+    x, w, b, attrs = _case(rng, case)
+    y, saved = conv2d_forward(x, w, b, **attrs)
+    dy = rng.standard_normal(y.shape)
+    (gx,), (gw, gb) = conv2d_backward(saved, dy)
+    numpy_only()
+    y2, saved2 = conv2d_forward(x, w, b, **attrs)
+    (gx2,), (gw2, gb2) = conv2d_backward(saved2, dy)
+    np.testing.assert_allclose(y, y2, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gx, gx2, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gw, gw2, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gb, gb2, rtol=1e-10, atol=1e-12)
+    assert gx.shape == x.shape and gw.shape == w.shape
+
+
+def test_depthwise_float32_and_a_channel_slice_as_output():
+    rng = np.random.default_rng(2)
+    x, w, b, attrs = _case(rng, DEPTHWISE[1], np.float32)
+    want = reference_conv2d(x, w, b, **attrs)
+    whole = np.full((2, 9) + want.shape[2:], 7.0, dtype=np.float32)
+    got = conv2d(x, w, b, out=whole[:, 3:7], **attrs)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(whole[:, 3:7], want, rtol=1e-5, atol=1e-5)
+    assert (whole[:, :3] == 7).all() and (whole[:, 7:] == 7).all()
+
+
+def test_depthwise_propagates_nan_and_inf_as_numpy_does(numpy_only):
+    rng = np.random.default_rng(3)
+    x, w, b, attrs = _case(rng, DEPTHWISE[0])
+    x[0, 1, 2, 3] = np.nan
+    x[1, 0, 0, 0] = np.inf
+    got = conv2d(x, w, b, act="relu", **attrs)
+    numpy_only()
+    want = conv2d(x, w, b, act="relu", **attrs)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+# The GEMM convolutions keep NumPy's epilogue (a compiled one was measured slower): their
+# results, gate and scale included, must not depend on whether the compiled kernels are on.
+GEMM = [
+    dict(c=3, o=4, k=(3, 3), stride=1, pad=(1, 1, 1, 1), groups=1),
+    dict(c=4, o=6, k=(2, 3), stride=(2, 1), pad=(0, 2, 1, 0), groups=2, dilation=(1, 2)),
+    dict(c=4, o=6, k=(1, 1), stride=1, pad=0, groups=1),
+    dict(c=4, o=6, k=(1, 1), stride=2, pad=0, groups=2),
+]
+
+
+@pytest.mark.parametrize("case", GEMM)
+@pytest.mark.parametrize("shifted", [True, False])
+def test_gemm_epilogue_matches_numpy(case, shifted, numpy_only, monkeypatch):
+    monkeypatch.setattr(conv, "SHIFTED", shifted)
+    rng = np.random.default_rng(4)
+    case = dict(case)
+    c, o, k = case.pop("c"), case.pop("o"), case.pop("k")
+    x = rng.standard_normal((3, c, 7, 6))
+    w = rng.standard_normal((o, c // case["groups"]) + k)
+    b = rng.standard_normal(o)
+    scale = rng.standard_normal(o)
+    got = [(act, conv2d(x, w, b, act=act, scale=scale, **case)) for act in ACTS[:6]]
+    plain = conv2d(x, w, None, **case)
+    numpy_only()
+    for act, y in got:
+        np.testing.assert_allclose(y, conv2d(x, w, b, act=act, scale=scale, **case),
+                                   rtol=1e-10, atol=1e-12, err_msg=str(act))
+    np.testing.assert_allclose(plain, conv2d(x, w, None, **case), rtol=1e-10, atol=1e-12)
+
+
+def test_usable_only_for_numpy_float_arrays_of_one_dtype():
+    f32 = np.zeros(3, np.float32)
+    assert fast.usable(f32, None, np.ones(2, np.float32))
+    assert not fast.usable(f32, np.zeros(3))  # float32 with float64
+    assert not fast.usable(np.zeros(3, np.int64))
+    assert not fast.usable(np.zeros(3, np.float16))
+    assert fast.act_code(("prelu", {"weight": np.ones(1)})) is None
+    assert fast.act_code("gelu") is None
+    assert fast.act_code(("leaky_relu", {"alpha": None}))[1] == 0.01
+
+
+def test_check_never_imports_numba(tmp_path):
+    """`cnnc check` (and building the CLI's parser) stays clear of numba: the op families
+    import ops/fast.py inside their kernels only."""
+    code = ("import sys; from cnnc.cli import main; rc = main(['check', sys.argv[1]]); "
+            "assert 'numba' not in sys.modules and 'cnnc.ops.fast' not in sys.modules, "
+            "sorted(m for m in sys.modules if 'numba' in m)[:5]; sys.exit(rc)")
+    example = os.path.join(os.path.dirname(conv.__file__), "..", "examples", "resnet18.cnn")
+    done = subprocess.run([sys.executable, "-c", code, example], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr

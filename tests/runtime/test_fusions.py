@@ -1,0 +1,163 @@
+"""The memory plan's fusions of section 9's layers into a convolution (compiler/memory.py):
+a `scale` folded into the convolution's per-channel scale and bias, a per-channel `mul`
+gate multiplied in by the convolution's epilogue, hardswish as a fused activation; where a
+fusion must not happen (an activation before the scale, a gate computed after the
+convolution, a map read twice), it does not. Every planned run is compared with the
+step-by-step interpreter, with the compiled kernels on and off."""
+
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc.compiler.memory import plan_memory
+from cnnc.ops import Op
+
+HEAD = "network f\ninput x: [4, 7, 6]\n"
+
+
+def _plan(body):
+    return plan_memory(cnnc.compile(HEAD + body).plan)
+
+
+def _check_runs(body, n=3):
+    """The planned schedule equals the interpreter, compiled kernels on and off."""
+    from cnnc.ops import conv
+
+    model = cnnc.compile(HEAD + body).build(backend="numpy", dtype="float64", seed=3)
+    rng = np.random.default_rng(0)
+    for key, value in model.params.items():  # non-trivial scales, biases and statistics
+        if key.endswith(("weight", "bias", "running_mean")) and value.ndim == 1:
+            value[...] = rng.uniform(0.5, 1.5, value.shape)
+    model.mark_changed()
+    x = rng.standard_normal((n, 4, 7, 6))
+    want = model.interpret(x)
+    np.testing.assert_allclose(model(x), want, rtol=1e-11, atol=1e-12)
+    try:
+        from cnnc.ops import fast
+    except ImportError:
+        return
+    was = fast.ENABLED
+    fast.ENABLED = not was
+    try:
+        model.executor.invalidate()
+        np.testing.assert_allclose(model(x), want, rtol=1e-11, atol=1e-12)
+    finally:
+        fast.ENABLED = was
+    assert conv is not None
+
+
+def _only(eplan, op):
+    [e] = [e for e in eplan.execs if e.op is op]
+    return e
+
+
+@pytest.mark.parametrize("body, scales", [
+    ("output y = x -> conv(8, 3, pad=1) -> scale\n", 1),
+    ("output y = x -> conv(8, 3, pad=1, bias=false) -> batchnorm -> scale -> relu\n", 1),
+    ("output y = x -> conv(8, 1) -> scale -> scale\n", 2),
+    ("output y = x -> conv(8, 3, pad=1, groups=4) -> scale(bias=true)\n", 1),
+])
+def test_a_scale_after_a_convolution_is_folded_in(body, scales):
+    eplan = _plan(body)
+    conv = _only(eplan, Op.CONV2D)
+    assert len(conv.scales) == scales
+    assert not [e for e in eplan.execs if e.op is Op.SCALE]
+    _check_runs(body)
+
+
+@pytest.mark.parametrize("body", [
+    "output y = x -> conv(8, 3, pad=1) -> relu -> scale\n",  # the activation comes first
+    "a = x -> conv(8, 1)\nb = a -> scale\noutput y = add(a, b)\n",  # a read twice
+])
+def test_a_scale_that_cannot_fold_stays_a_step(body):
+    eplan = _plan(body)
+    assert [e for e in eplan.execs if e.op is Op.SCALE]
+    _check_runs(body)
+
+
+def test_a_batchnorm_after_a_folded_scale_stays_a_step():
+    """The fold applies the batchnorm before the scales; one after them cannot join."""
+    body = "output y = x -> conv(8, 1) -> scale -> batchnorm\n"
+    eplan = _plan(body)
+    assert len(_only(eplan, Op.CONV2D).scales) == 1
+    assert [e for e in eplan.execs if e.op is Op.BATCHNORM]
+    _check_runs(body)
+
+
+GATED = [
+    # a gate from the input, made before the convolution it multiplies
+    "g = x -> global_avgpool -> conv(8, 1) -> sigmoid\n"
+    "a = x -> conv(8, 3, pad=1) -> relu\noutput y = mul(a, g)\n",
+    # the gate first, one gate value for every channel, a depthwise convolution
+    "g = x -> global_maxpool -> conv(1, 1) -> hardsigmoid\n"
+    "a = x -> conv(4, 3, pad=1, groups=4) -> batchnorm -> hardswish\noutput y = mul(g, a)\n",
+    # a strided convolution with a gelu (applied by NumPy after the compiled epilogue)
+    "g = x -> global_avgpool -> conv(6, 1) -> sigmoid\n"
+    "a = x -> conv(6, 3, stride=2) -> gelu\noutput y = mul(a, g)\n",
+    # pointwise
+    "g = x -> global_avgpool -> conv(5, 1) -> sigmoid\n"
+    "a = x -> conv(5, 1)\noutput y = mul(a, g)\n",
+]
+
+
+@pytest.mark.parametrize("body", GATED)
+def test_a_per_channel_gate_after_a_convolution_joins_its_epilogue(body):
+    eplan = _plan(body)
+    assert not [e for e in eplan.execs if e.op is Op.MUL]
+    gated = [e for e in eplan.execs if e.gate is not None]
+    assert len(gated) == 1 and gated[0].op is Op.CONV2D
+    assert gated[0].inputs[-1] == gated[0].gate
+    _check_runs(body)
+
+
+@pytest.mark.parametrize("body", [
+    # the convolution runs before the gate is made: the product stays a step
+    "a = x -> conv(8, 3, pad=1)\ng = x -> global_avgpool -> conv(8, 1) -> sigmoid\n"
+    "output y = mul(a, g)\n",
+    # squeeze-and-excitation proper: the map is read by the pool too
+    "a = x -> conv(8, 3, pad=1) -> relu\n"
+    "g = a -> global_avgpool -> conv(8, 1) -> sigmoid\noutput y = mul(a, g)\n",
+    # a full-size second factor is no gate
+    "a = x -> conv(4, 3, pad=1)\noutput y = mul(a, x)\n",
+])
+def test_a_product_that_is_no_fusable_gate_stays_a_step(body):
+    eplan = _plan(body)
+    assert [e for e in eplan.execs if e.op is Op.MUL]
+    assert all(e.gate is None for e in eplan.execs)
+    _check_runs(body)
+
+
+def test_hardswish_after_a_convolution_is_its_epilogue():
+    body = "output y = x -> conv(8, 3, pad=1, bias=false) -> batchnorm -> hardswish\n"
+    eplan = _plan(body)
+    conv = _only(eplan, Op.CONV2D)
+    assert conv.fold and conv.attrs["act"][0] == "hardswish"
+    assert len(eplan.execs) == 1
+    _check_runs(body)
+
+
+def test_the_gate_of_a_1d_and_a_3d_convolution():
+    for head, body in [
+        ("network f\ninput x: [4, 9]\n",
+         "g = x -> global_avgpool -> conv1d(6, 1) -> sigmoid\n"
+         "a = x -> conv1d(6, 3, pad=1)\noutput y = mul(a, g)\n"),
+        ("network f\ninput x: [2, 4, 5, 5]\n",
+         "g = x -> global_avgpool -> conv3d(3, 1) -> sigmoid\n"
+         "a = x -> conv3d(3, 3, pad=1)\noutput y = mul(a, g)\n"),
+    ]:
+        model = cnnc.compile(head + body).build(backend="numpy", dtype="float64", seed=1)
+        eplan = plan_memory(model.plan)
+        assert sum(e.gate is not None for e in eplan.execs) == 1
+        (shape,) = model.plan.inputs.values()
+        x = np.random.default_rng(2).standard_normal((3,) + tuple(shape))
+        np.testing.assert_allclose(model(x), model.interpret(x), rtol=1e-11, atol=1e-12)
+
+
+def test_convnext_folds_every_layer_scale():
+    """ConvNeXt-Tiny's 18 blocks each end in a layer scale after a 1x1 convolution."""
+    import os
+
+    path = os.path.join(os.path.dirname(cnnc.__file__), "examples", "convnext_tiny.cnn")
+    eplan = plan_memory(cnnc.compile(path).plan)
+    assert sum(len(e.scales) for e in eplan.execs) == 18
+    assert not [e for e in eplan.execs if e.op is Op.SCALE]

@@ -1,0 +1,112 @@
+"""runtime/threads.py: the thread count's sources and their order, the limit a call runs
+under (and the counts restored after it), the load sampler's arithmetic, and the executor
+running under it."""
+
+import numpy as np
+import pytest
+
+from cnnc.runtime import threads
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+@pytest.fixture(autouse=True)
+def clean(monkeypatch):
+    monkeypatch.delenv(threads.ENV, raising=False)
+    threads.set_threads(None)
+    yield
+    threads.set_threads(None)
+
+
+def blas_threads():
+    return threads.blas_threads()
+
+
+@pytest.mark.parametrize("text, want", [("3", 3), (" 1 ", 1), ("auto", None), ("", None),
+                                        (None, None), (2, 2)])
+def test_parse_accepts_counts_and_auto(text, want):
+    assert threads.parse(text) == want
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "two", "1.5"])
+def test_parse_names_the_source_and_the_value(text):
+    with pytest.raises(threads.ThreadsError, match=rf"CNNC_NUM_THREADS .*{text!r}|{text}"):
+        threads.parse(text)
+
+
+def test_python_setting_wins_over_the_environment(monkeypatch):
+    monkeypatch.setenv(threads.ENV, "3")
+    assert threads.setting() == 3
+    threads.set_threads(1)
+    assert threads.setting() == 1 and threads.decide() == 1
+    threads.set_threads("auto")
+    assert threads.setting() == 3
+    assert threads.decide(2) == 2  # a call's own count wins over both
+
+
+def test_a_bad_environment_value_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(threads.ENV, "many")
+    with pytest.raises(threads.ThreadsError, match="CNNC_NUM_THREADS"):
+        threads.decide()
+
+
+def test_limit_sets_blas_threads_inside_and_restores_them_after():
+    before = blas_threads()
+    if not before:
+        pytest.skip("no BLAS library that threadpoolctl controls")
+    with threads.limit(1) as count:
+        assert count == 1
+        assert set(blas_threads()) == {1}
+    assert blas_threads() == before
+
+
+def test_auto_is_between_one_and_the_usable_cores():
+    cores = threads.usable_cores()
+    assert 1 <= threads.auto_threads() <= cores
+
+
+def test_sampler_subtracts_this_process_and_counts_the_rest(monkeypatch):
+    sampler = threads.LoadSampler(cpus=[0])
+    readings = iter([(10.0, 50.0, 5.0), (11.0, 51.5, 5.5)])  # wall, busy, own seconds
+    sampler.last = next(readings)
+    monkeypatch.setattr(sampler, "read", lambda: next(readings))
+    monkeypatch.setattr(threads.time, "monotonic", lambda: 11.0)
+    # 1.5 CPU seconds busy in 1 s of wall time, 0.5 of them ours: others hold 1 core
+    assert sampler.others(0.5) == pytest.approx(1.0)
+    # asked again within the sampling interval: the same answer, no new reading
+    assert sampler.others(0.5) == pytest.approx(1.0)
+
+
+def test_auto_leaves_the_busy_cores_to_their_owners(monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+
+    class Busy:
+        def others(self, min_seconds=0.0):
+            return 2.8
+
+    monkeypatch.setattr(threads, "_sampler", Busy())
+    assert threads.auto_threads() == 1
+    Busy.others = lambda self, min_seconds=0.0: 0.2
+    assert threads.auto_threads() == 4
+    Busy.others = lambda self, min_seconds=0.0: 9.0  # a crowd: still one thread
+    assert threads.auto_threads() == 1
+
+
+def test_the_executor_runs_under_the_limit(monkeypatch):
+    import cnnc
+
+    seen = []
+    real = threads.limit
+
+    def spy(n=None):
+        seen.append(n)
+        return real(n)
+
+    monkeypatch.setattr(threads, "limit", spy)
+    source = "network t\ninput x: [2, 6, 6]\noutput y = x -> conv(3, 3, pad=1) -> relu\n"
+    model = cnnc.compile(source).build(backend="numpy", dtype="float64")
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6))
+    first = model(x)
+    threads.set_threads(1)
+    np.testing.assert_array_equal(model(x), first)
+    assert len(seen) == 2
