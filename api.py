@@ -67,11 +67,13 @@ class Compiled:
             self._plan = lower(self.network)
         return self._plan
 
-    def build(self, backend: str = "auto", seed: int = 0, dtype="float32"):
-        """A runnable model with freshly initialised parameters (PyTorch's defaults)."""
+    def build(self, backend: str = "auto", seed: int = 0, dtype="float32", threads=None):
+        """A runnable model with freshly initialised parameters (PyTorch's defaults).
+        ``threads``: how many threads the CPU kernels run, an int >= 1, "auto", or None
+        (the environment's CNNC_NUM_THREADS, else automatic)."""
         from .runtime.model import Model
 
-        return Model(self.plan, backend=backend, seed=seed, dtype=dtype)
+        return Model(self.plan, backend=backend, seed=seed, dtype=dtype, threads=threads)
 
 
 def compile(source, sizes: dict | None = None,  # noqa: A001 - the public name

@@ -110,6 +110,26 @@ def add_size_option(parser, example: str = "H=224", more: str = "") -> None:
                         "top-level `let NAME`, e.g. --let width=32 (repeatable)")
 
 
+def add_threads_option(parser) -> None:
+    """``--threads N|auto``: how many threads the CPU kernels run (runtime/threads.py)."""
+    parser.add_argument("--threads", metavar="N", default=None,
+                        help="threads for the CPU kernels: a number or `auto` (default: "
+                        "$CNNC_NUM_THREADS, else auto: the cores other processes leave free)")
+
+
+def apply_threads(args) -> None:
+    """Put ``--threads`` (and a CNNC_NUM_THREADS from the environment) in force, or a
+    CommandError naming the bad value."""
+    from ..runtime import threads
+
+    try:
+        if getattr(args, "threads", None) is not None:
+            threads.set_threads(threads.parse(args.threads, "--threads"))
+        threads.setting()  # reads CNNC_NUM_THREADS, refusing a bad value now
+    except threads.ThreadsError as err:
+        raise CommandError(str(err)) from None
+
+
 def lets(args) -> dict:
     """The ``--let`` constants of parsed arguments, as ``consts`` for the checker; the last
     of a repeated name wins."""

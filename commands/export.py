@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 
 from .common import (
+    add_threads_option, apply_threads,
     EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, add_size_option, lets, load_network,
     remove_stale_temporaries, require_concrete_sizes, require_memory, require_readable,
     standard_output_for, whole_number,
@@ -48,6 +49,7 @@ def add_parser(sub):
     parser.add_argument("--show-mapping", action="store_true",
                         help="print which array of the weight file went to which parameter")
     add_size_option(parser, more="every symbol needs one")
+    add_threads_option(parser)
     parser.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, metavar="N",
                         help=f"ONNX opset version, {MIN_OPSET} or newer "
                         f"(default: {DEFAULT_OPSET})")
@@ -66,6 +68,7 @@ def _opset(text: str) -> int:
 
 
 def main(args) -> int:
+    apply_threads(args)
     try:
         import onnx
     except ImportError:

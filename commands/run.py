@@ -18,6 +18,7 @@ import os
 import sys
 
 from .common import (
+    add_threads_option, apply_threads,
     EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, add_size_option, check_model,
     decimal_number, lets, read_source, remove_stale_temporaries, require_concrete_sizes,
     require_memory, require_readable, standard_output_for, whole_number, write_atomically,
@@ -59,6 +60,7 @@ def add_parser(sub):
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="floating-point type to compute in (default: float32)")
     add_size_option(parser, more="symbols not given are read off the input arrays")
+    add_threads_option(parser)
     add_report_options(parser, "the file, the sizes used and every output's shape")
     images = parser.add_argument_group(
         "image folders (--input FOLDER)",
@@ -135,6 +137,7 @@ IMAGE_FLAGS = ("resize", "mean", "std", "loaders")
 
 
 def main(args) -> int:
+    apply_threads(args)
     from ..compiler.plan import lower
 
     if not args.ray:

@@ -22,6 +22,7 @@ import os
 import sys
 
 from .common import (
+    add_threads_option, apply_threads,
     EXIT_ERRORS, EXIT_OK, CommandError, add_size_option, check_model, decimal_number, lets,
     read_source,
     remove_stale_temporaries, require_concrete_sizes, require_memory, require_readable,
@@ -157,6 +158,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
     p.add_argument("--dtype", choices=("float32", "float64"))
     add_size_option(p, example="H=8")
+    add_threads_option(p)
     _add_image_options(p)
     g = p.add_argument_group("data-parallel training through Ray (--ray; pip install "
                              "'cnnc[ray]')")
@@ -443,6 +445,7 @@ def _require_memory(plan, s: dict, data, on_device: bool) -> None:
 
 
 def main(args) -> int:
+    apply_threads(args)
     from ..api import Compiled
     from ..runtime import train
     from ..runtime.model import LayerError, Model, TooLargeError, select_backend

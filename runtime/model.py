@@ -63,8 +63,14 @@ def select_backend(name: str) -> Backend:
 
 
 class Model:
-    def __init__(self, plan: Plan, backend: str = "auto", seed: int = 0, dtype="float32"):
+    def __init__(self, plan: Plan, backend: str = "auto", seed: int = 0, dtype="float32",
+                 threads=None):
+        from . import threads as threads_
+
         self.plan = plan
+        # threads for the CPU kernels: an int >= 1, "auto", or None (CNNC_NUM_THREADS, else
+        # automatic: the cores other processes leave free; runtime/threads.py)
+        self.threads = threads_.parse(threads, "threads")
         self.backend = select_backend(backend)
         self.xp = self.backend.xp
         self.kernels = self.backend.kernels
@@ -94,7 +100,8 @@ class Model:
             from ..compiler.memory import plan_memory
             from .executor import Executor
 
-            self._executor = Executor(plan_memory(self.plan), self.backend, self.dtype)
+            self._executor = Executor(plan_memory(self.plan), self.backend, self.dtype,
+                                      threads=self.threads)
         return self._executor
 
     def mark_changed(self) -> None:
@@ -244,6 +251,15 @@ class Model:
         return _one_or_dict(outputs)
 
     # ---- training -----------------------------------------------------------------------
+    def _thread_limit(self):
+        """The CPU kernels' thread count for one call (nothing to set on a GPU)."""
+        import contextlib
+
+        from . import threads as threads_
+
+        return contextlib.nullcontext() if self.backend.on_device else \
+            threads_.limit(self.threads)
+
     def forward(self, x, train: bool = True, logits: bool = False):
         """Run the network and keep what `backward` needs.
 
@@ -253,6 +269,10 @@ class Model:
         a final softmax comes back as that softmax's input, for a fused softmax
         cross-entropy loss; `backward` then takes the gradient with respect to it.
         """
+        with self._thread_limit():
+            return self._forward(x, train, logits)
+
+    def _forward(self, x, train: bool, logits: bool):
         if self.backend.name == "onnxruntime":
             from .ort_backend import TRAINING_REFUSED
 
@@ -315,6 +335,10 @@ class Model:
         outputs do not depend on) and returns the gradient with respect to the input (a dict
         when the network has several inputs). Each call replaces the previous gradients.
         """
+        with self._thread_limit():
+            return self._backward(dy)
+
+    def _backward(self, dy):
         if self._tape is None:
             raise RuntimeError("backward() needs a forward(x) first (model(x) keeps nothing)")
         tape, heads, shapes = self._tape

@@ -56,11 +56,11 @@ def parse(value, where: str = ENV) -> int | None:
     text = str(value).strip().lower()
     if text in ("", "auto"):
         return None
-    try:
-        n = int(text)
-    except ValueError:
+    if isinstance(value, bool) or not (text.isascii() and text.isdigit() and len(text) < 8):
+        # ASCII digits only: int() would also read "٣" or "1_0"
         raise ThreadsError(f"{where} must be a whole number of threads >= 1 or `auto`, "
-                           f"got {value!r}") from None
+                           f"got {str(value)[:40]!r}")
+    n = int(text)
     if n < 1:
         raise ThreadsError(f"{where} must be at least 1 thread (or `auto`), got {n}")
     return n

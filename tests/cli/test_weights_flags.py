@@ -74,3 +74,34 @@ def test_run_on_onnxruntime_agrees_with_numpy(work, capsys):
     assert main(["run", "tiny.cnn", "--input", "x.npy", "--backend", "onnxruntime",
                  "--dtype", "float64", "-o", "f64.npy"]) == 2
     assert capsys.readouterr().err.count("cnnc: error:") == 1
+
+
+@pytest.mark.parametrize("command", ["run", "train", "export"])
+@pytest.mark.parametrize("value,message", [
+    ("0", "--threads must be at least 1 thread (or `auto`), got 0"),
+    ("\u0663", "--threads must be a whole number of threads >= 1 or `auto`"),
+])
+def test_threads_flag_refuses_bad_counts(work, capsys, command, value, message):
+    args = {"run": ["--input", "x.npy", "-o", "y.npy"], "train": ["--data", "data.npz"],
+            "export": ["-o", "m.onnx"]}[command]
+    assert main([command, "tiny.cnn", *args, "--threads", value]) == 2
+    assert message in capsys.readouterr().err
+    assert not (work / "y.npy").exists() and not (work / "m.onnx").exists()
+
+
+def test_threads_from_the_environment_are_checked(work, capsys, monkeypatch):
+    monkeypatch.setenv("CNNC_NUM_THREADS", "many")
+    assert main(["run", "tiny.cnn", "--input", "x.npy", "-o", "y.npy"]) == 2
+    assert "CNNC_NUM_THREADS must be a whole number" in capsys.readouterr().err
+
+
+def test_threads_flag_runs(work, capsys):
+    from cnnc.runtime import threads
+
+    try:
+        assert main(["run", "tiny.cnn", "--input", "x.npy", "-o", "y.npy", "--threads", "1"]) == 0
+    finally:
+        threads.set_threads(None)
+    model = cnnc.compile(str(work / "tiny.cnn")).build(threads=1)
+    assert model.threads == 1
+    assert model(np.load(work / "x.npy")).shape == (2, 3)
