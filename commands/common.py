@@ -62,6 +62,39 @@ def decimal_number(text: str) -> float:
     return float(text)
 
 
+def int_at_least(minimum: int):
+    """An argparse type: a whole number in ASCII digits no smaller than ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = whole_number(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def number_at_least(minimum: float, strictly: bool = False):
+    """An argparse type: a finite decimal number at least (or, ``strictly``, above)
+    ``minimum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = decimal_number(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        if not (value > minimum if strictly else value >= minimum) or value == float("inf"):
+            bound = "above" if strictly else "at least"
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound} {minimum:g}, "
+                                             f"got {text}")
+        return value
+
+    return parse
+
+
 def parse_size(text: str) -> tuple[str, int]:
     """The argparse type of ``--size``: ``NAME=N`` -> ``(NAME, N)``, N a whole number >= 1
     in ASCII digits."""
@@ -108,6 +141,17 @@ def add_size_option(parser, example: str = "H=224", more: str = "") -> None:
     parser.add_argument("--let", type=parse_let, action="append", default=[],
                         metavar="NAME=VALUE", help="replace the value of the model's "
                         "top-level `let NAME`, e.g. --let width=32 (repeatable)")
+
+
+def add_weights_option(parser, noun: str = "the weight file") -> None:
+    """``--weights W`` in every format `Model.load` reads, and ``--show-mapping``."""
+    parser.add_argument("--weights", metavar="W",
+                        help="the parameters: a cnnc .npz, a .safetensors file or a PyTorch "
+                        ".pt/.pth checkpoint, matched by name (keys as stem.conv1.weight) or "
+                        "else by structure; without it, the seeded default initialisation "
+                        "(seed 0)")
+    parser.add_argument("--show-mapping", action="store_true",
+                        help=f"print which array of {noun} went to which parameter")
 
 
 def add_threads_option(parser) -> None:

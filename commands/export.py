@@ -16,10 +16,9 @@ from __future__ import annotations
 import sys
 
 from .common import (
-    add_threads_option, apply_threads,
-    EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, add_size_option, lets, load_network,
-    remove_stale_temporaries, require_concrete_sizes, require_memory, require_readable,
-    standard_output_for, whole_number,
+    EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, add_size_option, add_threads_option,
+    add_weights_option, apply_threads, lets, load_network, remove_stale_temporaries,
+    require_concrete_sizes, require_memory, require_readable, standard_output_for, whole_number,
 )
 
 # runtime/onnx_export.py's DEFAULT_OPSET and MIN_OPSET (a test keeps them equal), written out
@@ -41,13 +40,7 @@ def add_parser(sub):
     parser.add_argument("file", metavar="MODEL", help="a .cnn file, or - for stdin")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.onnx",
                         help="the ONNX file to write; - writes its bytes to standard output")
-    parser.add_argument("--weights", metavar="W",
-                        help="the parameters: a cnnc .npz, a .safetensors file or a PyTorch "
-                        ".pt/.pth checkpoint, matched by name (keys as stem.conv1.weight) or "
-                        "else by structure; without it, the seeded default initialisation "
-                        "(seed 0)")
-    parser.add_argument("--show-mapping", action="store_true",
-                        help="print which array of the weight file went to which parameter")
+    add_weights_option(parser)
     add_size_option(parser, more="every symbol needs one")
     add_threads_option(parser)
     parser.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, metavar="N",

@@ -18,10 +18,10 @@ import os
 import sys
 
 from .common import (
-    add_threads_option, apply_threads,
-    EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, add_size_option, check_model,
-    decimal_number, lets, read_source, remove_stale_temporaries, require_concrete_sizes,
-    require_memory, require_readable, standard_output_for, whole_number, write_atomically,
+    EXIT_ERRORS, EXIT_OK, CommandError, add_report_options, add_size_option, add_threads_option,
+    add_weights_option, apply_threads, check_model, decimal_number, int_at_least, lets,
+    number_at_least, read_source, remove_stale_temporaries, require_concrete_sizes,
+    require_memory, require_readable, standard_output_for, write_atomically,
 )
 
 NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
@@ -46,13 +46,7 @@ def add_parser(sub):
                         help="where to write the outputs: a .npy file for one output, an "
                         ".npz file keyed by output name (required for several outputs); "
                         "- writes the one output's .npy bytes to standard output")
-    parser.add_argument("--weights", metavar="W",
-                        help="the parameters: a cnnc .npz, a .safetensors file or a PyTorch "
-                        ".pt/.pth checkpoint, matched by name (keys as stem.conv1.weight) or "
-                        "else by structure; without it, the seeded default initialisation "
-                        "(seed 0)")
-    parser.add_argument("--show-mapping", action="store_true",
-                        help="print which array of the weight file went to which parameter")
+    add_weights_option(parser)
     parser.add_argument("--backend", choices=("auto", "numpy", "cupy", "onnxruntime"),
                         default="auto",
                         help="what to run on; auto takes CuPy when a GPU is usable; "
@@ -68,10 +62,10 @@ def add_parser(sub):
         "for CSV on standard output) with the file, the class and its score per image. "
         "The preprocessing and class names are read from the settings `cnnc train` wrote "
         "beside the weights (W.json for W.npz); the flags below override them.")
-    images.add_argument("--batch", type=_positive_int, metavar="N",
+    images.add_argument("--batch", type=int_at_least(1), metavar="N",
                         help="samples per forward pass: images (default 64) or rows of a "
                         "shard with --ray (default 256)")
-    images.add_argument("--resize", type=_positive_int, metavar="N",
+    images.add_argument("--resize", type=int_at_least(1), metavar="N",
                         help="the shorter side before the centre crop (default: as trained, "
                         "else the input's larger side)")
     images.add_argument("--mean", type=_numbers, metavar="M[,M,M]",
@@ -79,7 +73,7 @@ def add_parser(sub):
     images.add_argument("--std", type=_numbers, metavar="S[,S,S]",
                         help="per-channel standard deviation (default: as trained, else "
                         "ImageNet's)")
-    images.add_argument("--loaders", type=_positive_int, metavar="N",
+    images.add_argument("--loaders", type=int_at_least(1), metavar="N",
                         help="background threads decoding images (default: the CPU count, "
                         "at most 4)")
     ray = parser.add_argument_group(
@@ -93,35 +87,11 @@ def add_parser(sub):
     ray.add_argument("--address", metavar="ADDR",
                      help="the Ray cluster to join (as `ray start --head` prints, or auto); "
                      "default: start Ray on this machine")
-    ray.add_argument("--actors", type=_positive_int, metavar="N",
+    ray.add_argument("--actors", type=int_at_least(1), metavar="N",
                      help="actors in the pool (default 1)")
-    ray.add_argument("--gpus-per-actor", type=_gpus, metavar="G",
+    ray.add_argument("--gpus-per-actor", type=number_at_least(0), metavar="G",
                      help="GPUs each actor reserves, e.g. 1 or 0.5 (default 0)")
     return parser
-
-
-def _gpus(text: str) -> float:
-    import argparse
-
-    try:
-        value = decimal_number(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = whole_number(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _numbers(text: str) -> list:

@@ -10,43 +10,15 @@ with --format json, as one JSON object; -o also writes that JSON to a file.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 
 from .common import (
-    EXIT_ERRORS, EXIT_OK, CommandError, add_size_option, decimal_number, read_source,
-    whole_number, write_atomically,
+    EXIT_ERRORS, EXIT_OK, CommandError, add_size_option, int_at_least, number_at_least,
+    read_source, write_atomically,
 )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = whole_number(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        return whole_number(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _rate(text: str) -> float:
-    try:
-        value = decimal_number(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
 
 
 def add_parser(sub):
@@ -62,16 +34,16 @@ def add_parser(sub):
     p.add_argument("file", metavar="MODEL", help="the .cnn model, with top-level `let`s")
     p.add_argument("--data", required=True, metavar="digits|PATH.npz|FOLDER",
                    help="the training data, as for `cnnc train`")
-    p.add_argument("--epochs", type=_positive_int, default=3,
+    p.add_argument("--epochs", type=int_at_least(1), default=3,
                    help="epochs per trial (default 3)")
-    p.add_argument("--batch", type=_positive_int, default=32, help="mini-batch (default 32)")
+    p.add_argument("--batch", type=int_at_least(1), default=32, help="mini-batch (default 32)")
     p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="adam",
                    help="default adam")
-    p.add_argument("--lr", type=_rate, help="learning rate (default 0.05 for sgd, 0.001 "
+    p.add_argument("--lr", type=number_at_least(0, strictly=True), help="learning rate (default 0.05 for sgd, 0.001 "
                    "otherwise)")
-    p.add_argument("--seed", type=_seed, default=0, help="initial weights and shuffle "
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="initial weights and shuffle "
                    "(default 0)")
-    p.add_argument("--trials-at-once", type=_positive_int, metavar="N",
+    p.add_argument("--trials-at-once", type=int_at_least(1), metavar="N",
                    help="trials running at the same time (default: one per CPU)")
     p.add_argument("--address", metavar="ADDR",
                    help="the Ray cluster to join (default: start Ray on this machine)")

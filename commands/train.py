@@ -22,12 +22,9 @@ import os
 import sys
 
 from .common import (
-    add_threads_option, apply_threads,
-    EXIT_ERRORS, EXIT_OK, CommandError, add_size_option, check_model, decimal_number, lets,
-    read_source,
-    remove_stale_temporaries, require_concrete_sizes, require_memory, require_readable,
-    whole_number,
-    write_atomically,
+    EXIT_ERRORS, EXIT_OK, CommandError, add_size_option, add_threads_option, apply_threads,
+    check_model, decimal_number, int_at_least, lets, read_source, remove_stale_temporaries,
+    require_concrete_sizes, require_memory, require_readable, write_atomically,
 )
 from .progress import progress_for
 
@@ -53,23 +50,8 @@ LEARNING_RATES = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 EPOCHS = 10
 
 
-def _int_at_least(minimum: int):
-    """An argparse type: a whole number no smaller than ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = whole_number(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_count = _int_at_least(0)
+_positive_int = int_at_least(1)
+_count = int_at_least(0)
 
 
 def _nonnegative(text: str) -> float:
