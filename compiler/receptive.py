@@ -39,15 +39,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
+from ..ops import LAYERS, MERGES
 from .graph import Network
 from .shapes import effective_kernel, same_pads
 from .symbolic import is_concrete
 
-# Layer kinds whose every output unit sees its whole input map.
-WHOLE = frozenset({"dense", "flatten", "global_avgpool", "global_maxpool"})
-# Sliding windows: kernel, stride, padding (and dilation where the layer has one).
-WINDOWS = frozenset({"conv", "conv1d", "conv3d", "maxpool", "avgpool", "maxpool1d",
-                     "maxpool3d", "avgpool1d", "avgpool3d"})
+
+def kind(op: str) -> str:
+    """How much of its input one output unit of ``op`` sees: the layer's own ``field``
+    (ops/base.py: "pointwise", "window", "whole", "adaptive", "upsample", "transpose"),
+    "merge" for concat, add and mul, "input" for an input."""
+    if op in LAYERS:
+        return LAYERS[op].field
+    return "merge" if op in MERGES else op
 
 
 @dataclass(frozen=True)
@@ -159,11 +163,11 @@ def _period(node, periods: list) -> tuple:
     args = node.args
     for k in range(axes):
         p = math.lcm(*[q[k] for q in periods if k < len(q)], 1)
-        if node.op == "upsample":
+        if kind(node.op) == "upsample":
             p *= _per_axis(args["factor"], axes)[k]
-        elif node.op == "conv_transpose":
+        elif kind(node.op) == "transpose":
             p *= _per_axis(args["stride"], axes)[k]
-        elif node.op in WINDOWS:
+        elif kind(node.op) == "window":
             p //= math.gcd(p, _per_axis(args.get("stride") or args["kernel"], axes)[k])
         out.append(p)
     return tuple(out)
@@ -225,28 +229,28 @@ def _back(node, ranges: list, in_shape) -> list | None:
     """The input units (per axis, ``(first, last)``) that output units ``ranges`` of one
     layer read; None when they read the whole input."""
     out_shape = node.shape
-    if node.op in WHOLE or in_shape is None or len(in_shape) != len(out_shape):
+    if kind(node.op) == "whole" or in_shape is None or len(in_shape) != len(out_shape):
         return None
     axes = len(ranges)
     a = node.args
-    if node.op in ("concat", "add", "mul"):  # the same units; a size-1 axis broadcast
+    if kind(node.op) == "merge":  # the same units; a size-1 axis broadcast
         return [(0, 0) if in_shape[k + 1] == 1 and out_shape[k + 1] != 1 else r
                 for k, r in enumerate(ranges)]
-    if node.op in ("adaptive_avgpool", "adaptive_maxpool"):
+    if kind(node.op) == "adaptive":
         kernels = []
         for n, o in zip(in_shape[1:], out_shape[1:]):
             if not (is_concrete(n) and is_concrete(o)) or n % o:
                 return None
             kernels.append(n // o)
         a = {"kernel": tuple(kernels), "stride": tuple(kernels), "pad": 0}
-    elif node.op not in WINDOWS and node.op not in ("upsample", "conv_transpose"):
+    elif kind(node.op) not in ("window", "upsample", "transpose"):
         return list(ranges)  # pointwise along the spatial axes
     out = []
     for k, (lo, hi) in enumerate(ranges):
         n = in_shape[k + 1]
-        if node.op == "upsample":
+        if kind(node.op) == "upsample":
             out.append(_back_upsample(a, k, axes, lo, hi, n, out_shape[k + 1]))
-        elif node.op == "conv_transpose":
+        elif kind(node.op) == "transpose":
             kernel = effective_kernel(_per_axis(a["kernel"], axes)[k],
                                       _per_axis(a.get("dilation", 1), axes)[k])
             s = _per_axis(a["stride"], axes)[k]
@@ -303,15 +307,16 @@ def _input_field(shape) -> Field | None:
 
 def _through(node, f: Field, in_shape) -> Field:
     """The field after one layer, from its input's field ``f``."""
-    if f.whole or node.op in WHOLE or len(node.shape) != len(in_shape):
+    how = kind(node.op)
+    if f.whole or how == "whole" or len(node.shape) != len(in_shape):
         return Field(None, f.jump, f.offset)
-    if node.op in WINDOWS:
+    if how == "window":
         return _window(f, node.args, in_shape)
-    if node.op in ("adaptive_avgpool", "adaptive_maxpool"):
+    if how == "adaptive":
         return _adaptive(f, in_shape, node.shape)
-    if node.op == "upsample":
+    if how == "upsample":
         return _upsample(f, node.args, in_shape)
-    if node.op == "conv_transpose":
+    if how == "transpose":
         return _transpose(f, node.args)
     return f  # pointwise along the spatial axes
 

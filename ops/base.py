@@ -126,6 +126,11 @@ class Layer:
     - ``fix(node, in_shape, axis, target) -> str | None``: a change to this layer that makes
       its output ``target`` along shape ``axis``, offered as a merge's help.
     - ``rank_help(shape) -> str | None``: the help of E304 when the input rank is wrong.
+    - ``field``: how much of its input one output unit sees, for receptive fields
+      (compiler/receptive.py): "pointwise" (the unit at the same place; the default),
+      "window" (a sliding window of ``kernel``, ``stride``, ``pad``, ``dilation``),
+      "whole" (all of it), "adaptive" (PyTorch's adaptive windows of ``size``), "upsample"
+      (``factor``) or "transpose" (a transposed convolution).
     """
 
     name: str
@@ -143,6 +148,7 @@ class Layer:
     formula: Callable | None = None
     fix: Callable | None = None
     rank_help: Callable | None = None
+    field: str = "pointwise"
     doc: str = ""
 
 

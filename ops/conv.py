@@ -179,6 +179,7 @@ CONV = Layer(
     formula=window.formula,
     fix=_fix,
     rank_help=_rank_help,
+    field="window",
     doc="2-D convolution",
 )
 
@@ -198,6 +199,7 @@ def _conv_layer(n, doc):
         formula=window.formula,
         fix=_fix,
         rank_help=_rank_help_for(op),
+        field="window",
         doc=doc,
     )
 

@@ -65,6 +65,7 @@ DENSE_LAYER = Layer(
     params=_params,
     macs=_macs,
     rank_help=_rank_help,
+    field="whole",
     doc="fully connected",
 )
 

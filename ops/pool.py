@@ -388,6 +388,7 @@ MAXPOOL = Layer(
     formula=window.formula,
     fix=_fix,
     rank_help=_rank_help("maxpool"),
+    field="window",
     doc="max pooling",
 )
 
@@ -608,6 +609,7 @@ AVGPOOL = Layer(
     formula=window.formula,
     fix=_fix,
     rank_help=_rank_help("avgpool"),
+    field="window",
     doc="average pooling",
 )
 
@@ -835,6 +837,7 @@ def _pool_layer(n, kind):
         _lower_window(f"{kind}pool{n}d", keys),
         check_args=window.per_dim_checks(op, n, per_dim, then=_pool_checks(op)),
         lint=_lint, formula=window.formula, fix=_fix, rank_help=_rank_help(op),
+        field="window",
         doc=f"{what} pooling over {window.MAP_WORDS[n]} {window.KIND_WORDS[n]}",
     )
 
@@ -1320,6 +1323,7 @@ def _lower_global_avgpool(node, in_shapes):
 
 GLOBAL_AVGPOOL = Layer(
     "global_avgpool", [], None, _infer_global_for("global_avgpool"), _lower_global_avgpool,
+    field="whole",
     rank_help=_global_rank_help("global_avgpool"),
     doc="mean over every spatial dim: [C, ...] -> [C, 1, ...]",
 )
@@ -1396,6 +1400,7 @@ def _lower_global_maxpool(node, in_shapes):
 
 GLOBAL_MAXPOOL = Layer(
     "global_maxpool", [], None, _infer_global_for("global_maxpool"), _lower_global_maxpool,
+    field="whole",
     rank_help=_global_rank_help("global_maxpool"),
     doc="max over every spatial dim: [C, ...] -> [C, 1, ...]",
 )

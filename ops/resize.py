@@ -350,6 +350,7 @@ UPSAMPLE = Layer(
     _lower_upsample,
     formula=_formula_upsample,
     fix=_fix_upsample,
+    field="upsample",
     doc="nearest or (bi/tri)linear upsampling by integer factors",
 )
 
@@ -684,6 +685,7 @@ CONV_TRANSPOSE = Layer(
     formula=_formula_transpose,
     fix=_fix_transpose,
     rank_help=lambda shape: window.map_only_help("conv_transpose", shape),
+    field="transpose",
     doc="2-D transposed convolution",
 )
 
@@ -1012,6 +1014,7 @@ def _fix_adaptive(node, in_shape, axis, target):
 def _adaptive_layer(op, what):
     return Layer(op, [ArgSpec("size", DIMS_KIND)], None, _infer_adaptive(op),
                  _lower_adaptive(op), formula=_formula_adaptive, fix=_fix_adaptive,
+                 field="adaptive",
                  doc=f"{what} over PyTorch's adaptive windows")
 
 

@@ -812,7 +812,8 @@ def drop_path_examples(rng):
 # ================================================================ the tables
 
 LAYERS = [
-    Layer("flatten", [], None, _infer_flatten, _lower_flatten, doc="to [C*H*W]"),
+    Layer("flatten", [], None, _infer_flatten, _lower_flatten, field="whole",
+          doc="to [C*H*W]"),
     Layer(
         "dropout",
         [ArgSpec("p", "prob", 0.5)],

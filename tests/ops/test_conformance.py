@@ -272,3 +272,17 @@ def test_onnx_export_runs_the_same_in_onnx_runtime(name, index):
     feeds = {f"x{i}": np.asarray(x, dtype=np.float32) for i, x in enumerate(ex.inputs)}
     (got,) = session.run(["y"], feeds)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+FIELD_ARGS = {"window": {"kernel", "stride", "pad"}, "adaptive": {"size"},
+              "upsample": {"factor"}, "transpose": {"kernel", "stride", "pad"},
+              "whole": set(), "pointwise": set()}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_every_layer_says_how_much_of_its_input_a_unit_sees(name):
+    """Receptive fields (compiler/receptive.py) read ``Layer.field``; each kind needs the
+    arguments that say where a unit's window lies."""
+    layer = LAYERS[name]
+    assert layer.field in FIELD_ARGS
+    assert FIELD_ARGS[layer.field] <= {a.name for a in layer.args}
