@@ -165,8 +165,9 @@ def _labels(y, key: str, origin: str) -> np.ndarray:
                                 f"{y.dtype}), too large for a class label")
         return y.astype(np.int64)
     if y.dtype.kind == "f":
+        wide = y.astype(np.float64)  # 2**53 is past float16's range: compare in float64
         with np.errstate(invalid="ignore"):
-            whole = np.isfinite(y) & (y == np.round(y)) & (np.abs(y) <= _LARGEST_LABEL)
+            whole = np.isfinite(wide) & (wide == np.round(wide)) & (np.abs(wide) <= _LARGEST_LABEL)
         if whole.all():
             return y.astype(np.int64)
         i = int(np.argmin(whole))

@@ -297,6 +297,24 @@ def test_npz_refusals(tmp_path, keys, message):
     assert str(err.value).startswith(message.format(p=path))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_float_labels_of_every_width_without_a_warning(tmp_path, dtype):
+    # float16 cannot hold 2**53, the largest exact label: the check compares in float64
+    import warnings
+
+    x, y = quadrants(30)
+    for labels, ok in ((y.astype(dtype), True), (np.array([], dtype=dtype), False)):
+        path = save_npz(tmp_path / "d.npz", x=x, y=labels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            if ok:
+                data = train.load_npz(path)
+                assert data.y_train.dtype == np.int64
+            else:
+                with pytest.raises(train.DataError):
+                    train.load_npz(path)
+
+
 def test_unreadable_npz(tmp_path):
     with pytest.raises(train.DataError, match="cannot read data file .*nothing.npz"):
         train.load_npz(tmp_path / "nothing.npz")
