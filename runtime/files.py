@@ -367,9 +367,12 @@ def _check_memory(members: list) -> None:
                              f"{_label(big.key)}, declares {big.describe()}")
 
 
-# What reading a zip member may raise besides our own refusals: a bad CRC, a broken deflate
-# stream, a member shorter than the zip says.
-_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
+# What opening a zip or reading one of its members may raise besides our own refusals: a
+# broken directory, a bad CRC, a broken deflate stream, a member shorter than the zip says,
+# a zip version or compression method Python does not know (NotImplementedError).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError,
+               ValueError, EOFError, OSError, struct.error)
+_READ_ERRORS = _ZIP_ERRORS + (zlib.error,)
 
 
 def _corrupt(key, err) -> ArrayFileError:
@@ -414,8 +417,7 @@ class NpzFile:
         try:
             self._zip = zipfile.ZipFile(self._file)
             infos = self._zip.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError,
-                OSError, struct.error) as err:
+        except _ZIP_ERRORS as err:
             raise ArrayFileError(f"not an .npz file ({err})") from None
         self._infos = {}
         self.members = {}
@@ -440,8 +442,7 @@ class NpzFile:
     def _member(self, key):
         try:
             return self._zip.open(self._infos[key])
-        except (zipfile.BadZipFile, NotImplementedError, RuntimeError, ValueError,
-                EOFError, OSError) as err:
+        except _ZIP_ERRORS as err:
             raise ArrayFileError(f"{_label(key)} cannot be read: {err}") from None
 
     def read(self, keys=None) -> dict:
@@ -740,7 +741,7 @@ def _check_checkpoint_size(path: str) -> None:
         with zipfile.ZipFile(path) as zf:
             total = sum(info.file_size for info in zf.infolist()
                         if "/data/" in info.filename)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
+    except _ZIP_ERRORS:
         return  # the legacy format, or not a checkpoint: torch.load says which
     available = available_memory()
     if available is not None and total > available:
@@ -791,7 +792,7 @@ def weight_format(path) -> str:
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
+        except _ZIP_ERRORS:
             return "npz"
         if names and all(n.endswith(".npy") for n in names):
             return "npz"

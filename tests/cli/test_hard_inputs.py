@@ -713,3 +713,17 @@ def test_ci_installs_only_the_local_cpu_torch_wheel():
     assert 'wheels=(/opt/wheels/torch-*+cpu-"$tag"-*.whl)' in script
     assert "if ((${#wheels[@]})); then" in script
     assert "torch.version.cuda" in script  # and checks that what it got is a CPU build
+
+
+def test_a_weight_file_of_an_unknown_zip_version(work, capsys):
+    # found by the weight-file fuzz test: zipfile raises NotImplementedError for a member
+    # that needs zip version 6.4
+    model = cnnc.compile(str(work / "tiny.cnn")).build(seed=1)
+    model.save(work / "w.npz")
+    data = bytearray((work / "w.npz").read_bytes())
+    at = data.rfind(b"PK\x01\x02")
+    data[at + 6:at + 8] = b"\x40\x00"
+    (work / "w.npz").write_bytes(bytes(data))
+    message = refused(capsys, work, "run", "tiny.cnn", "--input", "x.npy", "--weights",
+                      "w.npz", "-o", "y.npy")
+    assert "w.npz" in message
