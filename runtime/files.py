@@ -367,12 +367,14 @@ def _check_memory(members: list) -> None:
                              f"{_label(big.key)}, declares {big.describe()}")
 
 
-# What opening a zip or reading one of its members may raise besides our own refusals: a
-# broken directory, a bad CRC, a broken deflate stream, a member shorter than the zip says,
-# a zip version or compression method Python does not know (NotImplementedError).
+# What opening a zip may raise: a broken directory, a zip version or compression method
+# Python does not know (NotImplementedError), an encrypted member (RuntimeError).
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError,
                ValueError, EOFError, OSError, struct.error)
-_READ_ERRORS = _ZIP_ERRORS + (zlib.error,)
+# What reading a member may raise besides our own refusals (ArrayFileError is a ValueError,
+# so ValueError is not here): a bad CRC, a broken deflate stream, a member shorter than the
+# zip says, a method Python does not know.
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError)
 
 
 def _corrupt(key, err) -> ArrayFileError:
