@@ -18,6 +18,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from ops_support import StepGraph
+
 from cnnc.compiler.graph import Node
 from cnnc.dsl.diagnostics import Span
 from cnnc.ops import pool
@@ -860,39 +862,13 @@ def test_rank_help():
 # ---------------------------------------------------------------- ONNX
 
 
-class _Graph:
-    """The graph builder's part the emitters use (``runtime/onnx_export``): nodes, helper
-    constants, helper tensor names. One input per step, ``x<i>`` of ``[N, C, H, W]``."""
+class _Graph(StepGraph):
+    """tests/ops_support's builder for a graph of many steps: one input per step, ``x<i>``
+    of ``[N, C, H, W]``; ``step`` is set before each emitter call."""
 
     def __init__(self, onnx):
-        self.onnx = onnx
-        self.nodes = []
-        self.initializers = []
-        self.arrays = {}
-        self.opset = 17
-        self.step = None
+        super().__init__(onnx, None, {})
         self.taken = set()
-
-    def temp(self, purpose):
-        name = f"{self.step.name}/{purpose}"
-        k = 1
-        while name in self.taken:
-            name = f"{self.step.name}/{purpose}:{k}"
-            k += 1
-        self.taken.add(name)
-        return name
-
-    def node(self, op_type, inputs, output, purpose=None, **attrs):
-        name = self.step.name if purpose is None else f"{self.step.name}/{purpose}"
-        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [output], name=name,
-                                                     **attrs))
-        return output
-
-    def const(self, purpose, value, dtype):
-        name = self.temp(purpose)
-        array = np.asarray(value, dtype=dtype)
-        self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
-        return name
 
 
 def _export(cases):
