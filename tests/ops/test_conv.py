@@ -635,25 +635,9 @@ def test_torch_mapping(torch, rng, pad, bias):
 
 def run_onnx(x, ws, attrs, out_shape):
     """Emit CONV2D for one step, run it in ONNX Runtime; (output, the graph's nodes)."""
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    keys = [f"c.p{i}" for i in range(len(ws))]
-    arrays = {k: np.asarray(a, np.float32) for k, a in zip(keys, ws)}
     step = types.SimpleNamespace(attrs=attrs, name="c", shape=tuple(out_shape[1:]),
-                                 inputs=["x"], params=keys, span=None)
-    g = StepGraph(onnx, step, arrays)
-    CONV2D.onnx(g, step, ["x"], keys, "y", [tuple(x.shape[1:])])
-    helper = onnx.helper
-    graph = helper.make_graph(
-        g.nodes, "one", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, out_shape)],
-        g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model, full_check=True)
-    session = ort.InferenceSession(model.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
-    (y,) = session.run(["y"], {"x": np.asarray(x, np.float32)})
-    return y, g.nodes
+                                 inputs=["x"], params=[], span=None)
+    return _run_onnx_prim(CONV2D, step, x, ws, out_shape)
 
 
 @pytest.mark.parametrize("index", range(len(CONV2D.examples(np.random.default_rng(0)))))
