@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .source import ImportProblem, Layer
+from .source import ImportProblem, Layer, read_text_file
 from .writer import write_source
 
 __all__ = ["import_caffe", "parse_prototxt"]
@@ -106,14 +106,8 @@ def import_caffe(path, network: str | None = None, blocks: bool = True):
     """Read a Caffe deploy ``.prototxt``; return a `Source` (no weights). Raises
     `ImportProblem` listing every layer cnnc cannot express."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        raise ImportProblem(f"cannot read {path}: {err.strerror or err}", True) from None
-    except UnicodeDecodeError:
-        raise ImportProblem(f"{path} is not text (a .caffemodel holds weights, not the "
-                            "network: give the deploy .prototxt)", True) from None
+    text = read_text_file(path, "a .caffemodel holds weights, not the network: give the "
+                          "deploy .prototxt")
     top = parse_prototxt(text, path)
     return _Import(top, path, network, blocks).run()
 

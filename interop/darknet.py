@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from .source import ImportProblem, Layer
+from .source import ImportProblem, Layer, read_text_file
 from .writer import write_source
 
 __all__ = ["import_darknet", "parse_cfg"]
@@ -55,14 +55,8 @@ def import_darknet(path, network: str | None = None, blocks: bool = True):
     """Read a Darknet ``.cfg``; return a `Source` (no weights) whose ``notes`` list the
     detection heads left out. Raises `ImportProblem` listing what cnnc cannot express."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        raise ImportProblem(f"cannot read {path}: {err.strerror or err}", True) from None
-    except UnicodeDecodeError:
-        raise ImportProblem(f"{path} is not text (a .weights file holds weights, not the "
-                            "network: give the .cfg)", True) from None
+    text = read_text_file(path, "a .weights file holds weights, not the network: give the "
+                          ".cfg")
     sections = parse_cfg(text, path)
     if not sections or sections[0][0] not in ("net", "network"):
         raise ImportProblem(f"{path}: a Darknet .cfg starts with a [net] section", True)

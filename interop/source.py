@@ -43,6 +43,18 @@ class ImportProblem(ValueError):
         self.unreadable = unreadable
 
 
+def read_text_file(path: str, not_text: str) -> str:
+    """The UTF-8 text of a network file; an unreadable `ImportProblem` when it cannot be
+    read, or is not text (``not_text`` ends that message: what was likely given instead)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as err:
+        raise ImportProblem(f"cannot read {path}: {err.strerror or err}", True) from None
+    except UnicodeDecodeError:
+        raise ImportProblem(f"{path} is not text ({not_text})", True) from None
+
+
 @dataclass
 class Layer:
     """One layer of an imported graph."""
