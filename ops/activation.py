@@ -874,6 +874,13 @@ def _activation_layer(act):
 # ================================================================ activation: the kernel
 
 
+# The activations ops/fast.py computes in one vectorised pass for float32 (NumPy needs eight
+# passes and two exps for a SiLU, 10 times the time: docs/performance.md), from this many
+# values on (below it NumPy's passes are as quick as importing numba is slow).
+_COMPILED = frozenset({"sigmoid", "silu", "swish"})
+_COMPILED_FROM = 1 << 12
+
+
 def activate_(y, name, alpha=None, beta=None, weight=None):
     """Apply activation ``name`` to the float array ``y`` in place and return it.
 
@@ -883,6 +890,12 @@ def activate_(y, name, alpha=None, beta=None, weight=None):
     xp = get_array_module(y)
     act = _lookup(name)
     alpha, beta = _resolved(act, alpha, beta)
+    if (name in _COMPILED and y.size >= _COMPILED_FROM and type(y) is np.ndarray
+            and y.dtype == np.float32 and y.flags.c_contiguous):
+        from . import fast  # numba's kernels load on the first large call only
+
+        if fast.usable(y) and fast.activate_(y, (name, {"alpha": alpha, "beta": beta})):
+            return y
     return act.apply_(y, alpha, beta, weight, xp)
 
 

@@ -40,22 +40,28 @@ except ImportError:  # the NumPy kernels run instead
 
 ENABLED = numba is not None and os.environ.get("CNNC_FAST", "1").strip() not in ("0", "off")
 
-# The activations the compiled epilogues apply: the piecewise-linear ones. The others
-# (sigmoid, tanh, silu, elu, gelu, mish, ...) need exp or erf, which numba calls one value at
-# a time, where NumPy's are vectorised: measured on a depthwise layer with SiLU, applying it
-# in NumPy after the compiled convolution was faster than applying it inside
-# (docs/performance.md). Codes as ``ops/cuda_kernels.py``'s.
+# The activations the compiled epilogues apply: the piecewise-linear ones, and (float32 only)
+# sigmoid and swish/silu through ``_exp32``, an exp whose every step is plain arithmetic, so
+# LLVM vectorises the loops that call it (numba's own ``math.exp`` is a call per value, which
+# made a compiled SiLU slower than NumPy's, docs/performance.md). The others (tanh, elu,
+# gelu, mish, ...) are applied by NumPy. Codes as ``ops/cuda_kernels.py``'s.
 ACT_IDENTITY = 0
 ACT_CODES = {
     "identity": 0,
     "relu": 1,
     "leaky_relu": 2,
+    "sigmoid": 6,
+    "swish": 9,
+    "silu": 9,
     "relu6": 10,
     "hardsigmoid": 11,
     "hardswish": 12,
 }
+# The codes computed through ``_exp32``: float32 data only (its polynomial is float32's).
+EXP_CODES = frozenset({6, 9})
 # PyTorch's default of ``alpha`` where an activation has one.
 _ALPHA = {"leaky_relu": 0.01}
+_BETA = {"swish": 1.0, "silu": 1.0}
 
 
 def _jit(parallel=False):
@@ -64,9 +70,11 @@ def _jit(parallel=False):
 
     def wrap(f):
         try:
-            return numba.njit(cache=True, nogil=True, parallel=parallel, fastmath=False)(f)
+            return numba.njit(cache=True, nogil=True, parallel=parallel, fastmath=False,
+                              error_model="numpy")(f)
         except RuntimeError:  # no writable cache location: compile in every process
-            return numba.njit(nogil=True, parallel=parallel, fastmath=False)(f)
+            return numba.njit(nogil=True, parallel=parallel, fastmath=False,
+                              error_model="numpy")(f)
 
     return wrap
 
@@ -96,9 +104,10 @@ def usable(*arrays) -> bool:
     return True
 
 
-def act_code(act):
-    """``(code, alpha, beta)`` of a fused activation the compiled epilogue applies, or None
-    when it must be left to the NumPy epilogue. ``act``: None, a name or ``(name, params)``."""
+def act_code(act, dtype=np.float32):
+    """``(code, alpha, beta)`` of a fused activation the compiled epilogue applies to data of
+    ``dtype``, or None when it must be left to the NumPy epilogue. ``act``: None, a name or
+    ``(name, params)``."""
     if act is None:
         return ACT_IDENTITY, 0.0, 0.0
     if isinstance(act, str):
@@ -108,10 +117,14 @@ def act_code(act):
         params = dict(params or {})
     if name not in ACT_CODES or params.get("weight") is not None:
         return None
+    code = ACT_CODES[name]
+    if code in EXP_CODES and np.dtype(dtype) != np.float32:
+        return None
     alpha = params.get("alpha")
     beta = params.get("beta")
     alpha = _ALPHA.get(name, 0.0) if alpha is None else float(alpha)
-    return ACT_CODES[name], alpha, 0.0 if beta is None else float(beta)
+    beta = _BETA.get(name, 0.0) if beta is None else float(beta)
+    return code, alpha, beta
 
 
 # The constants of the compiled epilogue, as an array of the data's dtype (so float32 data
@@ -123,54 +136,151 @@ def constants(dtype, alpha=0.0, beta=0.0):
     return np.array([0, 1, 3, 6, alpha, beta], dtype=dtype)
 
 
-@_jit()
+def _inline(f):
+    """A small helper compiled into its callers (so that their loops vectorise)."""
+    if numba is None:
+        return f
+    return numba.njit(inline="always", cache=False, nogil=True, fastmath=False,
+                      error_model="numpy")(f)
+
+
+if numba is not None:
+    from llvmlite import ir as _ir
+    from numba.core import types as _types
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def _float32_from_bits(typingctx, bits):
+        """The float32 whose bit pattern is the int32 ``bits`` (an LLVM bitcast)."""
+        if bits != _types.int32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], _ir.FloatType())
+
+        return _types.float32(_types.int32), codegen
+else:  # pragma: no cover - only the compiled kernels call it
+    def _float32_from_bits(bits):
+        return np.array(bits, dtype=np.int32).view(np.float32)[()]
+
+
+@_inline
+def _exp32(v):
+    """``e**v`` in float32 arithmetic, to about 2 ulp: ``v = k ln2 + r`` with ``|r| <= ln2/2``
+    (ln2 in two parts, so ``k ln2`` is exact), ``e**r`` by its degree-7 Taylor-like polynomial
+    (Cephes' expf coefficients), ``2**k`` built from its exponent bits. Past float32's range
+    the result is inf or 0; NaN stays NaN. No call and no branch: loops over it vectorise."""
+    c = v if v > np.float32(-87.0) else np.float32(-87.0)  # (a select: min and max
+    c = c if c < np.float32(88.0) else np.float32(88.0)  # branch on NaN, which stops SIMD)
+    # round to the nearest integer: adding 1.5 * 2**23 leaves no fraction bits
+    k = (c * np.float32(1.44269504088896341) + np.float32(12582912.0)) - np.float32(12582912.0)
+    r = c - k * np.float32(0.693359375)
+    r = r + k * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * (r * r) + r + np.float32(1.0)
+    e = p * _float32_from_bits(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
+    e = np.float32(np.inf) if v > np.float32(88.72283) else e
+    e = np.float32(0.0) if v < np.float32(-87.33654) else e
+    return v if v != v else e
+
+
+@_inline
 def _finish_row(src, dest, g, s, has_scale, has_bias, code, k, gate, has_gate):
-    """``dest[:] = act(src * g + s) * gate`` over one output row: the activation is chosen
-    once per row, outside the element loops (a choice per element costs more than the
-    arithmetic), as ``ops/activation.py`` defines it; ``k`` from ``constants``."""
+    """``dest[:] = act(src * g + s) * gate`` over one row, as ``ops/activation.py`` defines
+    the activation; ``k`` from ``constants``. One loop per activation, chosen once per row
+    (a choice per element costs more than the arithmetic); each loop reads ``src`` and
+    writes ``dest`` once, unconditionally, so that it vectorises (a select between a value
+    and the one already stored becomes a conditional store, which does not). A missing
+    scale, bias or gate is a multiply by 1 or an add of 0."""
     n = dest.shape[0]
-    if has_scale and has_bias:
+    one = k[ONE]
+    zero = k[ZERO]
+    g = g if has_scale else one
+    s = s if has_bias else zero
+    f = gate if has_gate else one
+    if code == 0:
         for q in range(n):
-            dest[q] = src[q] * g + s
-    elif has_scale:
+            dest[q] = (src[q] * g + s) * f
+    elif code == 1:
         for q in range(n):
-            dest[q] = src[q] * g
-    elif has_bias:
+            v = src[q] * g + s
+            dest[q] = (zero if v < zero else v) * f  # NaN stays NaN
+    elif code == 2:
+        alpha = k[ALPHA]
         for q in range(n):
-            dest[q] = src[q] + s
-    else:
+            v = src[q] * g + s
+            dest[q] = (v if v >= zero else v * alpha) * f
+    elif code == 10:
+        six = k[SIX]
         for q in range(n):
-            dest[q] = src[q]
-    _activate_row(dest, code, k)
-    if has_gate:
+            v = src[q] * g + s
+            v = zero if v < zero else v
+            dest[q] = (six if v > six else v) * f
+    elif code == 11:
+        three = k[THREE]
+        six = k[SIX]
         for q in range(n):
-            dest[q] = dest[q] * gate
+            v = src[q] * g + s + three
+            v = zero if v < zero else v
+            dest[q] = (six if v > six else v) / six * f
+    elif code == 12:
+        three = k[THREE]
+        six = k[SIX]
+        for q in range(n):
+            v = src[q] * g + s
+            t = v + three
+            t = zero if t < zero else t
+            dest[q] = v * ((six if t > six else t) / six) * f
+    elif code == 6:  # sigmoid, float32 only (NaN comes through _exp32)
+        one32 = np.float32(1.0)
+        for q in range(n):
+            v = np.float32(src[q] * g + s)
+            dest[q] = one32 / (one32 + _exp32(-v)) * f
+    elif code == 9:  # swish: x sigmoid(beta x), float32 only
+        one32 = np.float32(1.0)
+        beta = np.float32(k[BETA])
+        for q in range(n):
+            v = np.float32(src[q] * g + s)
+            dest[q] = v / (one32 + _exp32(-(beta * v))) * f
+
+
+@_inline
+def _activate_row(dest, code, k):
+    """The activation in place on one row (through a copy: see ``_finish_row``)."""
+    if code != 0:
+        tmp = dest.copy()
+        _finish_row(tmp, dest, k[ONE], k[ZERO], False, False, code, k, k[ONE], False)
 
 
 @_jit()
-def _activate_row(dest, code, k):
-    n = dest.shape[0]
-    if code == 0:
-        return
-    zero = k[ZERO]
-    if code == 1:
-        for q in range(n):
-            v = dest[q]
-            dest[q] = zero if v < zero else v  # NaN stays NaN
-    elif code == 2:
-        for q in range(n):
-            v = dest[q]
-            dest[q] = v if v >= zero else v * k[ALPHA]
-    elif code == 10:
-        for q in range(n):
-            dest[q] = min(max(dest[q], zero), k[SIX])
-    elif code == 11:
-        for q in range(n):
-            dest[q] = min(max(dest[q] + k[THREE], zero), k[SIX]) / k[SIX]
-    elif code == 12:
-        for q in range(n):
-            v = dest[q]
-            dest[q] = v * (min(max(v + k[THREE], zero), k[SIX]) / k[SIX])
+def _activate_flat(y, code, k, chunk):
+    """The activation in place on a contiguous 1-D array, a cache-sized chunk at a time
+    through a copy (reading and writing one array would not vectorise)."""
+    n = y.shape[0]
+    tmp = np.empty(min(n, chunk), dtype=y.dtype)
+    for start in range(0, n, chunk):
+        m = min(n, start + chunk) - start
+        part = tmp[:m]
+        part[:] = y[start:start + m]
+        _finish_row(part, y[start:start + m], k[ONE], k[ZERO], False, False, code, k, k[ONE],
+                    False)
+
+
+def activate_(y, act) -> bool:
+    """Apply ``act`` in place to ``y`` (a C-contiguous NumPy float array) when the compiled
+    epilogue has it; returns False (``y`` untouched) when it does not."""
+    code = act_code(act, y.dtype)
+    if code is None or not y.flags.c_contiguous:
+        return False
+    code, alpha, beta = code
+    if code != ACT_IDENTITY:
+        _activate_flat(y.reshape(-1), code, constants(y.dtype, alpha, beta), 1 << 14)
+    return True
 
 
 @_jit()
@@ -185,7 +295,11 @@ def _span(n_in, n_out, stride, offset):
     return lo, hi
 
 
-# ---- depthwise convolution ----------------------------------------------------------------
+# ---- depthwise convolution ------------------------------------------------------------
+
+# The accumulator of a depthwise kernel holds this many values (8 KiB of float32, in the L1
+# cache beside the input rows it reads): whole output rows, padding columns included.
+ACC_VALUES = 2048
 
 
 @_jit()
@@ -204,12 +318,8 @@ def _phase_planes(plane, top, left, sh, sw, phases):
             dst = phases[p * sw + q, pr]
             start = (first + left) // sw
             count = (wd - first + sw - 1) // sw if first < wd else 0
-            if sw == 1:
-                for k in range(count):
-                    dst[start + k] = src[first + k]
-            else:
-                for k in range(count):
-                    dst[start + k] = src[first + k * sw]
+            if count > 0:
+                dst[start:start + count] = src[first:first + (count - 1) * sw + 1:sw]
 
 
 @_jit(parallel=True)
@@ -226,14 +336,14 @@ def _depthwise_forward(x, w, scale, bias, out, sh, sw, top, left, dh, dw, code, 
     per = o // c  # output channels per input channel
     hq = max(-(-(h + top) // sh), ho + ((kh - 1) * dh) // sh)
     wq = max(-(-(wd + left) // sw), wo + ((kw - 1) * dw) // sw)
-    span = ho * wq
     plane = (hq + 1) * wq
     blocks = (o + block - 1) // block
+    rows = max(1, min(ho, ACC_VALUES // wq))  # output rows accumulated at a time
     for job in prange(n * blocks):
         b = job // blocks
         start = (job - b * blocks) * block
         flat = np.zeros(sh * sw * plane, dtype=x.dtype)
-        acc = np.empty(span, dtype=out.dtype)
+        acc = np.empty(rows * wq, dtype=out.dtype)
         filled = -1
         for oc in range(start, min(o, start + block)):
             ic = oc // per
@@ -241,32 +351,36 @@ def _depthwise_forward(x, w, scale, bias, out, sh, sw, top, left, dh, dw, code, 
                 if sh == 1 and sw == 1:  # the padded plane: a copy row by row
                     source = x[b, ic]
                     for r in range(h):
-                        line = source[r]
                         at = (r + top) * wq + left
-                        for q in range(wd):
-                            flat[at + q] = line[q]
+                        # a slice assignment: a loop over ``flat[at + q]`` would check each
+                        # index for wrapping around and not vectorise
+                        flat[at:at + wd] = source[r]
                 else:
                     _phase_planes(x[b, ic], top, left, sh, sw,
                                   flat.reshape(sh * sw, hq + 1, wq))
                 filled = ic
-            for i in range(kh):
-                for j in range(kw):
-                    tap = w[oc, 0, i, j]
-                    phase = (i * dh) % sh * sw + (j * dw) % sw
-                    at = phase * plane + (i * dh) // sh * wq + (j * dw) // sw
-                    src = flat[at:at + span]
-                    if i == 0 and j == 0:
-                        for p in range(span):
-                            acc[p] = tap * src[p]
-                    else:
-                        for p in range(span):
-                            acc[p] += tap * src[p]
             g = scale[oc if has_scale else 0]
             s = bias[oc if has_bias else 0]
             f = gate[b if has_gate else 0, oc if has_gate else 0]
-            for oh in range(ho):
-                _finish_row(acc[oh * wq:oh * wq + wo], out[b, oc, oh], g, s, has_scale,
-                            has_bias, code, k, f, has_gate)
+            for r0 in range(0, ho, rows):
+                count = min(rows, ho - r0) * wq
+                for i in range(kh):
+                    for j in range(kw):
+                        tap = w[oc, 0, i, j]
+                        phase = (i * dh) % sh * sw + (j * dw) % sw
+                        at = phase * plane + (r0 + (i * dh) // sh) * wq + (j * dw) // sw
+                        src = flat[at:at + count]  # slices: no index can wrap
+                        dst = acc[:count]
+                        if i == 0 and j == 0:
+                            for p in range(count):
+                                dst[p] = tap * src[p]
+                        else:
+                            for p in range(count):
+                                dst[p] += tap * src[p]
+                for oh in range(r0, min(ho, r0 + rows)):
+                    first = (oh - r0) * wq
+                    _finish_row(acc[first:first + wo], out[b, oc, oh], g, s, has_scale,
+                                has_bias, code, k, f, has_gate)
 
 
 @_jit(parallel=True)
@@ -308,7 +422,7 @@ def depthwise_conv2d(x, w, b, scale, act, out, stride, pads, dilation, gate=None
     into ``out (N, O, Ho, Wo)``, with scale, bias, the activation and the gate ``(N, O)``
     applied. Returns False when the compiled epilogue lacks the activation: then neither it
     nor the gate was applied, and the caller applies both."""
-    code = act_code(act)
+    code = act_code(act, x.dtype)
     done = code is not None
     code, alpha, beta = code if done else (ACT_IDENTITY, 0.0, 0.0)
     dummy = np.zeros(1, dtype=x.dtype)

@@ -166,3 +166,81 @@ def test_check_never_imports_numba(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, example], capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr
+
+
+# ---- sigmoid and swish in float32: ops/fast.py's vectorised exp ------------------------------
+
+# Values at the edges of float32's exp: overflow, underflow, the clamps, NaN, infinities, signed
+# zeros, tiny and huge values, then a spread of ordinary ones.
+EDGES = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 1e-8, 88.0, 88.72,
+                  88.73, 89.0, -87.0, -87.33, -87.34, -88.8, -100.0, 100.0, 3.4e38, -3.4e38,
+                  0.5, -0.5, 0.3465735, -0.3465735], dtype=np.float32)
+EXP_ACTS = [("sigmoid", None), ("silu", None), ("swish", 1.7), ("swish", -0.25)]
+
+
+def _spread(rng, size):
+    x = (rng.standard_normal(size) * 12).astype(np.float32)
+    x[:EDGES.size] = EDGES
+    return x
+
+
+def _float64_reference(x, name, beta):
+    """In float64 from the float32 product ``beta * x`` (both kernels round it first)."""
+    v = x.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        bx = v if beta is None else (x * np.float32(beta)).astype(np.float64)
+        s = 1 / (1 + np.exp(-bx))
+        return s if name == "sigmoid" else v * s
+
+
+@pytest.mark.parametrize("name,beta", EXP_ACTS)
+@pytest.mark.parametrize("size", [4096, 5000, (1 << 14) + 3, 70_001])
+def test_compiled_sigmoid_and_swish_match_numpy(name, beta, size, numpy_only):
+    from cnnc.ops.activation import activate_
+
+    x = _spread(np.random.default_rng(size), size)
+    got = activate_(x.copy(), name, beta=beta)
+    numpy_only()
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = activate_(x.copy(), name, beta=beta)
+    exact = _float64_reference(x, name, beta)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    # within a few float32 ulps of the exact value, as NumPy's own passes are; below e**-87.3
+    # the compiled exp gives 0 where float32's subnormals would hold a value under 1e-36
+    tol = 4e-7 * np.abs(exact[finite]) + 1e-35
+    assert (np.abs(got[finite] - exact[finite]) <= tol).all(), name
+    assert (np.abs(want[finite] - exact[finite]) <= tol).all(), name
+    assert np.array_equal(got[~finite], want[~finite], equal_nan=True)
+
+
+def test_compiled_activations_leave_other_arrays_to_numpy():
+    from cnnc.ops.activation import activate_
+
+    x = _spread(np.random.default_rng(5), 8192).reshape(64, 128)
+    strided = x[:, ::2].copy(order="F")[:, :]  # not C-contiguous
+    assert not fast.activate_(strided, "silu")
+    assert not fast.activate_(x.astype(np.float64), "silu")  # float64: NumPy's exp
+    assert not fast.activate_(x, "gelu")
+    with np.errstate(over="ignore", invalid="ignore"):  # NumPy's passes meet -inf * 0
+        want = activate_(x.astype(np.float64), "silu")
+        got = activate_(strided, "silu")
+    np.testing.assert_allclose(got, want[:, ::2], rtol=1e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("case", DEPTHWISE)
+def test_depthwise_float32_sigmoid_and_swish_match_numpy(case, numpy_only):
+    rng = np.random.default_rng(6)
+    x, w, b, attrs = _case(rng, case, np.float32)
+    x.reshape(-1)[:3] = [np.nan, np.inf, -np.inf]
+    scale = rng.standard_normal(w.shape[0]).astype(np.float32)
+    gate = rng.uniform(0.1, 1.0, (x.shape[0], w.shape[0], 1, 1)).astype(np.float32)
+    acts = [("sigmoid", {}), ("silu", {}), ("swish", {"beta": 0.5})]
+    got = [conv2d(x, w, b, act=act, scale=scale, gate=gate, **attrs) for act in acts]
+    numpy_only()
+    for act, y in zip(acts, got):
+        with np.errstate(over="ignore", invalid="ignore"):
+            want = conv2d(x, w, b, act=act, scale=scale, gate=gate, **attrs)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(want), err_msg=str(act))
+        np.testing.assert_allclose(y, want, rtol=2e-6, atol=1e-6, err_msg=str(act))
