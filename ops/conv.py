@@ -292,10 +292,28 @@ def _compiled(*arrays):
     return fast if fast.usable(*arrays) else None
 
 
-def _epilogue_(slab, b, act, scale=None, gate=None):
+# Whether a GEMM convolution's epilogue runs compiled (ops/fast.py, one pass) where it can;
+# False: NumPy's passes (docs/performance.md has both measured).
+COMPILED_EPILOGUE = True
+
+
+def _compiled_epilogue(x, w, b, scale, out, gate, act):
+    """``ops/fast.py`` when the epilogue of this convolution runs compiled, else None."""
+    if not COMPILED_EPILOGUE or (act is None and scale is None and gate is None):
+        return None
+    fast = _compiled(x, w, b, scale, out, gate)
+    if fast is None or fast.act_code(act, x.dtype) is None:
+        return None
+    return fast
+
+
+def _epilogue_(slab, b, act, scale=None, gate=None, fast=None):
     """Scale, bias, activation and gate ``(n, O)``, in place, on a chunk ``(n, O, Ho*Wo)``
-    of the output."""
+    of the output; compiled in one pass where ``fast`` is ``ops/fast.py``."""
     if scale is None and b is None and act is None and gate is None:
+        return
+    if fast is not None and fast.epilogue_(slab.reshape(slab.shape[:2] + (1, -1)), None, scale,
+                                           b, act, gate):
         return
     if scale is not None:
         slab *= scale.reshape(-1, 1)
@@ -379,6 +397,7 @@ def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp, scale=N
     bias = None if b is None else b.reshape(1, groups, og, 1, 1)
     gain = None if scale is None else scale.reshape(1, groups, og, 1, 1)
     y = xp.empty((groups, og, nb * span), dtype=x.dtype)
+    fast = _compiled_epilogue(x, w, b, scale, out, gate, act)
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
         for slot, pr, pc, xr, xc in fills:
@@ -387,6 +406,10 @@ def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp, scale=N
             src = planes[:m, :, :, used.index(phase), shift:shift + span]
             rows[:, :, t, :m] = src.transpose(1, 2, 0, 3)
         ym = xp.matmul(wt, col[:, :, :m * span], out=y[:, :, :m * span])
+        if fast is not None and fast.epilogue_(
+                out[n0:n0 + m], ym.reshape(o, m, ho, wq)[..., :wo].transpose(1, 0, 2, 3),
+                scale, b, act, None if gate is None else gate[n0:n0 + m]):
+            continue
         kept = ym.reshape(groups, og, m, ho, wq)[..., :wo].transpose(2, 0, 1, 3, 4)
         dest = out[n0:n0 + m].reshape(m, groups, og, ho, wo)
         relu = act == "relu" or (isinstance(act, tuple) and act[0] == "relu")
@@ -475,6 +498,7 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
         view = _window_view(_padded(x, pads, xp), (kh, kw), (sh, sw), (dh, dw), (ho, wo), xp)
         col_bytes = c * kh * kw * spatial * x.itemsize
     chunk = max(1, WORKSPACE_BYTES // col_bytes)
+    fast = _compiled_epilogue(x, w, b, scale, out, gate, act)
 
     for n0 in range(0, n, chunk):
         n1 = min(n, n0 + chunk)
@@ -494,7 +518,7 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
             y = xp.matmul(wg, col)  # (G, O/G, nb*Ho*Wo)
             y = y.reshape(groups, og, nb, spatial).transpose(2, 0, 1, 3)
             slab_g[...] = y
-        _epilogue_(slab, b, act, scale, None if gate is None else gate[n0:n1])
+        _epilogue_(slab, b, act, scale, None if gate is None else gate[n0:n1], fast)
     return out.reshape(n, o, ho, wo) if given is None else given
 
 

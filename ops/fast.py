@@ -33,6 +33,12 @@ import os
 
 import numpy as np
 
+# numba's OpenMP threads sleep as soon as a parallel loop ends, instead of spinning for a
+# while: spinning, they took the cores from the BLAS threads of the next matrix product,
+# which made a 2-thread forward pass several times slower than a 1-thread one
+# (docs/performance.md). Set before numba's OpenMP layer loads; a user's setting stays.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 try:
     import numba
 except ImportError:  # the NumPy kernels run instead
@@ -415,6 +421,51 @@ def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
                             gxrow[ow * sw + off] += g * tap
                             total += g * xrow[ow * sw + off]
                         gw[b, oc, i, j] += total
+
+
+# ---- the epilogue of a GEMM convolution ------------------------------------------------
+
+
+@_jit(parallel=True)
+def _epilogue(src, dest, scale, bias, code, k, has_scale, has_bias, gate, has_gate, same,
+              rows):
+    """``dest[b, c, r] = act(src[b, c, r] * scale[c] + bias[c]) * gate[b, c]`` over 4-D
+    arrays whose last axis is contiguous; ``same``: ``src`` is ``dest`` (then each row goes
+    through a copy, see ``_finish_row``). Jobs of ``rows`` rows."""
+    n, o, h = dest.shape[0], dest.shape[1], dest.shape[2]
+    length = dest.shape[3]
+    total = n * o * h
+    for job in prange((total + rows - 1) // rows):
+        tmp = np.empty(length, dtype=dest.dtype)
+        for at in range(job * rows, min(total, (job + 1) * rows)):
+            b = at // (o * h)
+            c = (at // h) % o
+            r = at % h
+            tmp[:] = src[b, c, r]  # (a contiguous copy in L1 even when not ``same``: the
+            # loops of _finish_row vectorise only when numba knows a row is contiguous)
+            _finish_row(tmp, dest[b, c, r], scale[c if has_scale else 0],
+                        bias[c if has_bias else 0], has_scale, has_bias, code, k,
+                        gate[b if has_gate else 0, c if has_gate else 0], has_gate)
+
+
+def epilogue_(dest, src, scale, bias, act, gate=None) -> bool:
+    """Scale ``(O,)``, bias ``(O,)``, activation and gate ``(N, O)`` from ``src`` into
+    ``dest`` (both ``(N, O, H, W)``, rows contiguous; ``src`` None: in place) in one
+    compiled pass, where NumPy makes one pass for each and three for an exp activation.
+    Returns False (nothing written) when the compiled epilogue lacks the activation."""
+    code = act_code(act, dest.dtype)
+    if code is None:
+        return False
+    code, alpha, beta = code
+    dummy = np.zeros(1, dtype=dest.dtype)
+    n, o, h, length = dest.shape
+    rows = max(1, min(64, (1 << 13) // max(1, length)))  # about 8K values a job
+    _epilogue(dest if src is None else src, dest, dummy if scale is None else scale,
+              dummy if bias is None else bias, code, constants(dest.dtype, alpha, beta),
+              scale is not None, bias is not None,
+              dummy.reshape(1, 1) if gate is None else gate, gate is not None, src is None,
+              rows)
+    return True
 
 
 def depthwise_conv2d(x, w, b, scale, act, out, stride, pads, dilation, gate=None):

@@ -244,3 +244,36 @@ def test_depthwise_float32_sigmoid_and_swish_match_numpy(case, numpy_only):
             want = conv2d(x, w, b, act=act, scale=scale, gate=gate, **attrs)
         np.testing.assert_array_equal(np.isnan(y), np.isnan(want), err_msg=str(act))
         np.testing.assert_allclose(y, want, rtol=2e-6, atol=1e-6, err_msg=str(act))
+
+
+@pytest.mark.parametrize("case", GEMM)
+@pytest.mark.parametrize("shifted", [True, False])
+def test_gemm_compiled_epilogue_float32_into_a_channel_slice(case, shifted, numpy_only,
+                                                              monkeypatch):
+    """The one-pass compiled epilogue (scale, bias, activation, gate) of a float32 GEMM
+    convolution, written into a channel slice of a larger array, against NumPy's passes."""
+    monkeypatch.setattr(conv, "SHIFTED", shifted)
+    rng = np.random.default_rng(7)
+    case = dict(case)
+    c, o, k = case.pop("c"), case.pop("o"), case.pop("k")
+    x = rng.standard_normal((3, c, 7, 6)).astype(np.float32)
+    x[0, 0, 0, :2] = [np.nan, np.inf]
+    w = rng.standard_normal((o, c // case["groups"]) + k).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    scale = rng.standard_normal(o).astype(np.float32)
+    gate = rng.uniform(0.1, 1, (3, o, 1, 1)).astype(np.float32)
+    acts = [None, "relu", ("leaky_relu", {"alpha": 0.2}), "relu6", "hardswish", "sigmoid",
+            ("silu", {}), ("swish", {"beta": 1.5}), "tanh"]
+    shape = conv2d(x, w, b, **case).shape
+    got = []
+    for act in acts:
+        whole = np.full((3, o + 3) + shape[2:], 5.0, np.float32)
+        conv2d(x, w, b, act=act, scale=scale, gate=gate, out=whole[:, 1:1 + o], **case)
+        assert (whole[:, 0] == 5).all() and (whole[:, 1 + o:] == 5).all()
+        got.append(whole[:, 1:1 + o])
+    numpy_only()
+    for act, y in zip(acts, got):
+        with np.errstate(over="ignore", invalid="ignore"):
+            want = conv2d(x, w, b, act=act, scale=scale, gate=gate, **case)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(want), err_msg=str(act))
+        np.testing.assert_allclose(y, want, rtol=2e-6, atol=2e-6, err_msg=str(act))
