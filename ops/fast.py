@@ -319,13 +319,26 @@ def _phase_planes(plane, top, left, sh, sw, phases):
         p = big % sh
         pr = big // sh
         src = plane[r]
+        if sw == 2:  # one loop, both phases: a stride-2 pair LLVM loads as vectors
+            even = phases[p * 2 + left % 2, pr, left // 2:]  # columns 0, 2, 4, ...
+            odd = phases[p * 2 + (left + 1) % 2, pr, (left + 1) // 2:]  # 1, 3, 5, ...
+            half = wd // 2
+            for t in range(half):
+                even[t] = src[2 * t]
+                odd[t] = src[2 * t + 1]
+            if wd % 2:
+                even[half] = src[wd - 1]
+            continue
         for q in range(sw):
             first = (q - left) % sw  # the first input column of phase column q
             dst = phases[p * sw + q, pr]
             start = (first + left) // sw
             count = (wd - first + sw - 1) // sw if first < wd else 0
             if count > 0:
-                dst[start:start + count] = src[first:first + (count - 1) * sw + 1:sw]
+                part = dst[start:start + count]
+                line = src[first:]
+                for t in range(count):  # indices that cannot wrap: no check, no call
+                    part[t] = line[t * sw]
 
 
 @_jit(parallel=True)
