@@ -7,13 +7,21 @@ calls in here only for float32 and float64 NumPy arrays:
 - depthwise convolutions (one input channel per group), forward with the whole epilogue
   (scale, bias, activation, a fused gate) and backward (input and weight gradients): per
   image and channel, one multiply-add per kernel tap over a contiguous run of the padded
-  plane's phase planes, where NumPy runs a grouped GEMM with one row per channel.
+  plane's phase planes, where NumPy runs a grouped GEMM with one row per channel;
+- the epilogue of a GEMM convolution (scale, bias, activation, gate) in one pass from the
+  product to the output, where NumPy makes a pass for each;
+- sigmoid and swish/silu on float32 arrays, through an exp written as plain arithmetic
+  (``_exp32``) so that its loops vectorise: NumPy's takes eight passes and two exps.
 
-Two more were tried and measured, then left to NumPy (docs/performance.md): the epilogue
-after a GEMM convolution in one compiled pass (no faster than NumPy's two or three
-vectorised passes on large outputs, and slower on small ones: a compiled call costs tens of
-microseconds, and the strided views it reads do not vectorise), and pooling (one pass per
-window tap over phase planes ran no faster than ``ops/pool.py``'s flat contiguous runs).
+Pooling was tried and measured, then left to NumPy (docs/performance.md): one pass per
+window tap over phase planes ran no faster than ``ops/pool.py``'s flat contiguous runs.
+
+How the loops are written so that LLVM vectorises them (each found by measurement): indices
+into a slice (``a[i:j]`` then ``part[p]``) rather than ``a[i + p]``, which numba checks for
+wrapping around; one read and one unconditional write per value (``dest[q] = f(src[q])``; a
+select between a value and the one already stored becomes a conditional store); numba's
+``numpy`` error model (its ``python`` one branches on every division); fused multiply-adds
+allowed, no other fast math.
 
 The parallel loops run on numba's threading layer, as many threads as
 ``runtime/threads.py`` says for the call, over (image, channel) pairs.
@@ -70,16 +78,22 @@ _ALPHA = {"leaky_relu": 0.01}
 _BETA = {"swish": 1.0, "silu": 1.0}
 
 
-def _jit(parallel=False):
+# Fused multiply-adds allowed (one rounding instead of two: as accurate or more); nothing
+# else of fast math, so NaN and infinities behave as in NumPy.
+FASTMATH = {"contract"}
+
+
+def _jit(parallel=False, fastmath=None):
     if numba is None:
         return lambda f: f
+    flags = set(FASTMATH if fastmath is None else fastmath)
 
     def wrap(f):
         try:
-            return numba.njit(cache=True, nogil=True, parallel=parallel, fastmath=False,
+            return numba.njit(cache=True, nogil=True, parallel=parallel, fastmath=flags,
                               error_model="numpy")(f)
         except RuntimeError:  # no writable cache location: compile in every process
-            return numba.njit(nogil=True, parallel=parallel, fastmath=False,
+            return numba.njit(nogil=True, parallel=parallel, fastmath=flags,
                               error_model="numpy")(f)
 
     return wrap
@@ -146,7 +160,7 @@ def _inline(f):
     """A small helper compiled into its callers (so that their loops vectorise)."""
     if numba is None:
         return f
-    return numba.njit(inline="always", cache=False, nogil=True, fastmath=False,
+    return numba.njit(inline="always", cache=False, nogil=True, fastmath=FASTMATH,
                       error_model="numpy")(f)
 
 
@@ -289,18 +303,6 @@ def activate_(y, act) -> bool:
     return True
 
 
-@_jit()
-def _span(n_in, n_out, stride, offset):
-    """Outputs ``o`` in ``[lo, hi)`` whose cell ``o*stride + offset`` lies in ``[0, n_in)``."""
-    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
-    hi = (n_in - 1 - offset) // stride + 1
-    if hi > n_out:
-        hi = n_out
-    if hi < lo:
-        hi = lo
-    return lo, hi
-
-
 # ---- depthwise convolution ------------------------------------------------------------
 
 # The accumulator of a depthwise kernel holds this many values (8 KiB of float32, in the L1
@@ -402,38 +404,87 @@ def _depthwise_forward(x, w, scale, bias, out, sh, sw, top, left, dh, dw, code, 
                                 has_bias, code, k, f, has_gate)
 
 
+@_jit(fastmath={"contract", "reassoc"})
+def _dot(a, b, zero):
+    """``sum(a * b)`` over two contiguous runs, in any order (so it vectorises: partial sums
+    per SIMD lane, as accurate as one running sum or more)."""
+    total = zero
+    for p in range(a.shape[0]):
+        total += a[p] * b[p]
+    return total
+
+
+@_jit()
+def _from_phase_planes(phases, top, left, sh, sw, plane):
+    """The inverse of ``_phase_planes``: ``plane (H, W)`` gets, for every input cell, its
+    value in the phase planes (the padding's cells are dropped)."""
+    h, wd = plane.shape
+    for r in range(h):
+        big = r + top
+        p = big % sh
+        pr = big // sh
+        dst = plane[r]
+        if sw == 1:
+            dst[:] = phases[p, pr, left:left + wd]
+            continue
+        if sw == 2:
+            even = phases[p * 2 + left % 2, pr, left // 2:]
+            odd = phases[p * 2 + (left + 1) % 2, pr, (left + 1) // 2:]
+            half = wd // 2
+            for t in range(half):
+                dst[2 * t] = even[t]
+                dst[2 * t + 1] = odd[t]
+            if wd % 2:
+                dst[wd - 1] = even[half]
+            continue
+        for q in range(sw):
+            first = (q - left) % sw
+            start = (first + left) // sw
+            count = (wd - first + sw - 1) // sw if first < wd else 0
+            if count > 0:
+                part = phases[p * sw + q, pr, start:start + count]
+                line = dst[first:]
+                for t in range(count):
+                    line[t * sw] = part[t]
+
+
 @_jit(parallel=True)
 def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
-    """``gx`` (zeros, x's shape) gets the input gradient; ``gw`` (zeros, ``(N, O, kh, kw)``)
-    each image's weight gradient, summed by the caller. One job per (image, input channel):
-    no two jobs write one cell."""
+    """``gx`` (x's shape) gets the input gradient; ``gw`` (``(N, O, kh, kw)``) each image's
+    weight gradient, summed by the caller. One job per (image, input channel), no two
+    writing one cell. The forward's layout run backwards: the input plane as the phase
+    planes of its padded self, the output gradient as rows ``Wq`` wide (zeros in the
+    discarded columns); per tap, the weight gradient is a dot product of two contiguous
+    runs and the input gradient's phase planes get the output gradient times the tap."""
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
     ho, wo = dy.shape[2], dy.shape[3]
     per = o // c
+    hq = max(-(-(h + top) // sh), ho + ((kh - 1) * dh) // sh)
+    wq = max(-(-(wd + left) // sw), wo + ((kw - 1) * dw) // sw)
+    span = ho * wq
+    plane = (hq + 1) * wq
     for job in prange(n * c):
         b = job // c
         ic = job - b * c
+        flat = np.zeros(sh * sw * plane, dtype=x.dtype)
+        grad = np.zeros(sh * sw * plane, dtype=x.dtype)
+        rows = np.zeros(span, dtype=x.dtype)  # dy, Wq wide
+        _phase_planes(x[b, ic], top, left, sh, sw, flat.reshape(sh * sw, hq + 1, wq))
         for q in range(per):
             oc = ic * per + q
             for oh in range(ho):
-                grow = dy[b, oc, oh]
-                for i in range(kh):
-                    ih = oh * sh - top + i * dh
-                    if ih < 0 or ih >= h:
-                        continue
-                    xrow = x[b, ic, ih]
-                    gxrow = gx[b, ic, ih]
-                    for j in range(kw):
-                        tap = w[oc, 0, i, j]
-                        off = j * dw - left
-                        lo, hi = _span(wd, wo, sw, off)
-                        total = zero
-                        for ow in range(lo, hi):
-                            g = grow[ow]
-                            gxrow[ow * sw + off] += g * tap
-                            total += g * xrow[ow * sw + off]
-                        gw[b, oc, i, j] += total
+                rows[oh * wq:oh * wq + wo] = dy[b, oc, oh]
+            for i in range(kh):
+                for j in range(kw):
+                    phase = (i * dh) % sh * sw + (j * dw) % sw
+                    at = phase * plane + (i * dh) // sh * wq + (j * dw) // sw
+                    gw[b, oc, i, j] = _dot(flat[at:at + span], rows, zero)
+                    tap = w[oc, 0, i, j]
+                    into = grad[at:at + span]
+                    for p in range(span):
+                        into[p] += tap * rows[p]
+        _from_phase_planes(grad.reshape(sh * sw, hq + 1, wq), top, left, sh, sw, gx[b, ic])
 
 
 # ---- the epilogue of a GEMM convolution ------------------------------------------------
@@ -507,8 +558,8 @@ def _channel_block(n, o):
 
 def depthwise_conv2d_backward(x, w, dy, stride, pads, dilation):
     """``(gx, gW)`` of a depthwise CONV2D."""
-    gx = np.zeros(x.shape, dtype=x.dtype)
-    gw = np.zeros((x.shape[0],) + w.shape[:1] + w.shape[2:], dtype=x.dtype)
+    gx = np.empty(x.shape, dtype=x.dtype)
+    gw = np.empty((x.shape[0],) + w.shape[:1] + w.shape[2:], dtype=x.dtype)
     _depthwise_backward(x, w, np.ascontiguousarray(dy), gx, gw, stride[0], stride[1],
                         pads[0], pads[2], dilation[0], dilation[1], x.dtype.type(0))
     return gx, gw.sum(axis=0).reshape(w.shape)

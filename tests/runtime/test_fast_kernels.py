@@ -115,8 +115,8 @@ def test_depthwise_propagates_nan_and_inf_as_numpy_does(numpy_only):
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
-# The GEMM convolutions keep NumPy's epilogue (a compiled one was measured slower): their
-# results, gate and scale included, must not depend on whether the compiled kernels are on.
+# The GEMM convolutions' epilogue runs compiled where the activation is compiled, else in
+# NumPy: the results, gate and scale included, must not depend on which.
 GEMM = [
     dict(c=3, o=4, k=(3, 3), stride=1, pad=(1, 1, 1, 1), groups=1),
     dict(c=4, o=6, k=(2, 3), stride=(2, 1), pad=(0, 2, 1, 0), groups=2, dilation=(1, 2)),
