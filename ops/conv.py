@@ -476,6 +476,16 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
                 if gate is not None:
                     out *= gate[:, :, None, None]
             return out
+    if (groups == 1 and kh == kw == 3 and sh == sw == dh == dw == 1 and ho > 0 and wo > 0
+            and _compiled(x, w, b, scale, out, gate) is not None):
+        from . import winograd  # 3x3 at stride 1: 2.25x fewer multiplications
+
+        if winograd.applies(x, w) and winograd.worthwhile(n, c, o, ho, wo, x.itemsize):
+            target = xp.empty((n, o, ho, wo), dtype=dtype) if out is None else out
+            if out is not None:
+                _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
+            if winograd.winograd_conv2d(x, w, b, scale, act, target, pads, gate):
+                return target
     if SHIFTED and not (kh == kw == sh == sw == 1 and max(pads) == 0):
         if out is None:
             out = xp.empty((n, o, ho, wo), dtype=dtype)

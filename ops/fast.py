@@ -210,7 +210,7 @@ def _exp32(v):
 
 
 @_inline
-def _finish_row(src, dest, g, s, has_scale, has_bias, code, k, gate, has_gate):
+def finish_row(src, dest, g, s, has_scale, has_bias, code, k, gate, has_gate):
     """``dest[:] = act(src * g + s) * gate`` over one row, as ``ops/activation.py`` defines
     the activation; ``k`` from ``constants``. One loop per activation, chosen once per row
     (a choice per element costs more than the arithmetic); each loop reads ``src`` and
@@ -271,10 +271,10 @@ def _finish_row(src, dest, g, s, has_scale, has_bias, code, k, gate, has_gate):
 
 @_inline
 def _activate_row(dest, code, k):
-    """The activation in place on one row (through a copy: see ``_finish_row``)."""
+    """The activation in place on one row (through a copy: see ``finish_row``)."""
     if code != 0:
         tmp = dest.copy()
-        _finish_row(tmp, dest, k[ONE], k[ZERO], False, False, code, k, k[ONE], False)
+        finish_row(tmp, dest, k[ONE], k[ZERO], False, False, code, k, k[ONE], False)
 
 
 @_jit()
@@ -287,7 +287,7 @@ def _activate_flat(y, code, k, chunk):
         m = min(n, start + chunk) - start
         part = tmp[:m]
         part[:] = y[start:start + m]
-        _finish_row(part, y[start:start + m], k[ONE], k[ZERO], False, False, code, k, k[ONE],
+        finish_row(part, y[start:start + m], k[ONE], k[ZERO], False, False, code, k, k[ONE],
                     False)
 
 
@@ -400,7 +400,7 @@ def _depthwise_forward(x, w, scale, bias, out, sh, sw, top, left, dh, dw, code, 
                                 dst[p] += tap * src[p]
                 for oh in range(r0, min(ho, r0 + rows)):
                     first = (oh - r0) * wq
-                    _finish_row(acc[first:first + wo], out[b, oc, oh], g, s, has_scale,
+                    finish_row(acc[first:first + wo], out[b, oc, oh], g, s, has_scale,
                                 has_bias, code, k, f, has_gate)
 
 
@@ -495,7 +495,7 @@ def _epilogue(src, dest, scale, bias, code, k, has_scale, has_bias, gate, has_ga
               rows):
     """``dest[b, c, r] = act(src[b, c, r] * scale[c] + bias[c]) * gate[b, c]`` over 4-D
     arrays whose last axis is contiguous; ``same``: ``src`` is ``dest`` (then each row goes
-    through a copy, see ``_finish_row``). Jobs of ``rows`` rows."""
+    through a copy, see ``finish_row``). Jobs of ``rows`` rows."""
     n, o, h = dest.shape[0], dest.shape[1], dest.shape[2]
     length = dest.shape[3]
     total = n * o * h
@@ -506,8 +506,8 @@ def _epilogue(src, dest, scale, bias, code, k, has_scale, has_bias, gate, has_ga
             c = (at // h) % o
             r = at % h
             tmp[:] = src[b, c, r]  # (a contiguous copy in L1 even when not ``same``: the
-            # loops of _finish_row vectorise only when numba knows a row is contiguous)
-            _finish_row(tmp, dest[b, c, r], scale[c if has_scale else 0],
+            # loops of finish_row vectorise only when numba knows a row is contiguous)
+            finish_row(tmp, dest[b, c, r], scale[c if has_scale else 0],
                         bias[c if has_bias else 0], has_scale, has_bias, code, k,
                         gate[b if has_gate else 0, c if has_gate else 0], has_gate)
 

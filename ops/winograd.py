@@ -1,0 +1,380 @@
+"""Winograd F(2x2, 3x3): a 3x3, stride-1, dilation-1, ungrouped CONV2D in 2.25x fewer
+multiplications than the direct (GEMM) convolution.
+
+Every 2x2 block of outputs (a tile) is computed from the 4x4 block of padded input around
+it (Lavin and Gray 2015)::
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise over the 16 positions)
+
+with ``g`` a 3x3 kernel, ``d`` a 4x4 input tile and the constant matrices below. Summed over
+the input channels, the elementwise product becomes 16 independent matrix products, one per
+position ``k`` of the 4x4 transform::
+
+    M[k] (O, P) = U[k] (O, C) @ V[k] (C, P)      U = G g G^T,  V = B^T d B
+
+``P`` the tiles of a chunk of images (image-major, then tile row, then tile column). The
+transforms are compiled (numba, ``prange`` over (image, channel-block) jobs, like
+``ops/fast.py``); the 16 products are one ``np.matmul`` on stacked arrays (OpenBLAS, its
+threads set by ``runtime/threads.py``). The output transform applies the epilogue (scale,
+bias, the activation of ``fast.act_code``, the gate) as it writes each output row.
+
+NaN: each output of a tile depends, through the transforms, only on the nine inputs of its
+own window (the rows and columns of ``B`` and ``A`` make a NaN reach exactly the outputs
+whose window holds it), and the padding is zeros, so a NaN in ``x`` gives NaN in the
+outputs whose window holds it and in no other. An infinity may give NaN where the direct
+convolution gives +-inf (the transforms subtract it from itself).
+
+Threads: one chunk of images joins its threads 18 times (the two compiled transforms and
+the 16 BLAS products, each a parallel region), where the GEMM convolution joins them two or
+three times. With threads to spare that costs little; at a fixed 2 threads on a 2-core
+machine whose cores other processes keep busy, every join waits for a time slice, and the
+kernel ran 2 to 30x slower than at 1 thread (the GEMM path 2 to 8x): the case
+``runtime/threads.py``'s automatic count avoids by running one thread.
+
+The weight transform ``U`` is recomputed on every call (a compiled pass over the weights)
+unless the caller passes one: the kernel keeps no state, so weights updated in place
+(training) can never meet a stale ``U`` (see ``weight_transform``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .fast import act_code, constants, finish_row, numba, prange, usable
+
+# False turns the kernel off: ``winograd_conv2d`` returns False and the caller runs its
+# GEMM convolution (the benchmark and the tests compare the two).
+WINOGRAD = True
+# Bytes of the transformed input ``V`` and output ``M`` of one chunk of images, together
+# (``chunk_images``; at least one image a chunk). 2 to 32 MiB timed on ResNet-18's 3x3
+# layers (benchmarks/bench_winograd.py --budgets) differed by less than the noise of the
+# shared 2-core machine; 8 MiB keeps a chunk in its 32 MiB L3.
+WORKSPACE_BYTES = 8 << 20
+# Tile columns from which the input transform's rows are long enough for one vectorised
+# loop per transform position (shorter ones: one fused loop, measured).
+WIDE = 16
+# ``worthwhile``'s thresholds (measured).
+MIN_CHANNELS = 8
+MIN_TILES = 64
+U_CACHED_BYTES = 2 << 20
+
+
+def _jit(parallel=False):
+    """``ops/fast.py``'s conventions: cached machine code, no GIL, of fast math only fused
+    multiply-adds (NaN and infinities as in NumPy), NumPy's error model (no branch for a
+    division by zero)."""
+    if numba is None:
+        return lambda f: f
+
+    def wrap(f):
+        try:
+            return numba.njit(cache=True, nogil=True, parallel=parallel,
+                              fastmath={"contract"}, error_model="numpy")(f)
+        except RuntimeError:  # no writable cache location: compile in every process
+            return numba.njit(nogil=True, parallel=parallel, fastmath={"contract"},
+                              error_model="numpy")(f)
+
+    return wrap
+
+
+# ---- the transforms ---------------------------------------------------------------------------
+#        | 1    0    0  |           | 1  0 -1  0 |           | 1  1  1  0 |
+#   G =  | 1/2  1/2  1/2|    B^T =  | 0  1  1  0 |    A^T =  | 0  1 -1 -1 |
+#        | 1/2 -1/2  1/2|           | 0 -1  1  0 |
+#        | 0    0    1  |           | 0  1  0 -1 |
+
+
+@_jit(parallel=True)
+def _weight_transform(w, u, half):
+    """``u (16, O, C)`` = ``G g G^T`` of every kernel ``g = w[o, c] (3, 3)``; position
+    ``k = 4*i + j`` of the 4x4 transform at ``u[k]``. Per output channel the nine taps are
+    first gathered tap-major (``wt (9, C)``), so that every later loop runs over the input
+    channels with one array written and contiguous reads (vectorised; the transform kernel
+    by kernel ran scalar, 2x slower)."""
+    o, c = w.shape[0], w.shape[1]
+    for oc in prange(o):
+        wt = np.empty((9, c), dtype=w.dtype)
+        t = np.empty((12, c), dtype=w.dtype)  # G g: rows i = 0..3, columns j = 0..2
+        flat = w[oc].reshape(c, 9)
+        for ic in range(c):
+            for tap in range(9):
+                wt[tap, ic] = flat[ic, tap]
+        for j in range(3):
+            g0 = wt[j]
+            g1 = wt[3 + j]
+            g2 = wt[6 + j]
+            d = t[j]
+            for ic in range(c):
+                d[ic] = g0[ic]
+            d = t[3 + j]
+            for ic in range(c):
+                d[ic] = (g0[ic] + g1[ic] + g2[ic]) * half
+            d = t[6 + j]
+            for ic in range(c):
+                d[ic] = (g0[ic] - g1[ic] + g2[ic]) * half
+            d = t[9 + j]
+            for ic in range(c):
+                d[ic] = g2[ic]
+        for i in range(4):
+            a0 = t[3 * i]
+            a1 = t[3 * i + 1]
+            a2 = t[3 * i + 2]
+            d = u[4 * i, oc]
+            for ic in range(c):
+                d[ic] = a0[ic]
+            d = u[4 * i + 1, oc]
+            for ic in range(c):
+                d[ic] = (a0[ic] + a1[ic] + a2[ic]) * half
+            d = u[4 * i + 2, oc]
+            for ic in range(c):
+                d[ic] = (a0[ic] - a1[ic] + a2[ic]) * half
+            d = u[4 * i + 3, oc]
+            for ic in range(c):
+                d[ic] = a2[ic]
+
+
+@_jit(parallel=True)
+def _input_transform(x, n0, m, top, left, th, tw, v, block):
+    """``v (16, C, m*th*tw)`` = ``B^T d B`` of every 4x4 tile ``d`` of images ``n0 .. n0+m``
+    of ``x`` padded by ``top`` and ``left`` (and zeros past its end). One job per image and
+    block of channels; each copies its planes into a zero-padded buffer (the padding stays
+    zero from one channel to the next, only the interior is rewritten), applies ``B^T``
+    down the columns of each band of four rows, then ``B`` along the band's rows, tile by
+    tile.
+
+    Rows of ``WIDE`` tiles or more: every inner loop writes one array and reads one or two,
+    since LLVM vectorises a loop only where it can check at run time that its arrays do
+    not overlap, and gives up past a few pairs (four outputs in one loop ran scalar,
+    1.3x slower at 56x56). Shorter rows: one loop writes the four outputs of a transform
+    row (there the many short loops cost more than they gain)."""
+    c, h, wd = x.shape[1], x.shape[2], x.shape[3]
+    hb = 2 * th + 2
+    wb = 2 * tw + 2
+    tiles = th * tw
+    blocks = (c + block - 1) // block
+    rows = min(h, hb - top)
+    cols = min(wd, wb - left)
+    for job in prange(m * blocks):
+        bi = job // blocks
+        c0 = (job - bi * blocks) * block
+        pad = np.zeros((hb, wb), dtype=x.dtype)
+        t = np.empty((4, wb), dtype=x.dtype)
+        t0 = t[0]
+        t1 = t[1]
+        t2 = t[2]
+        t3 = t[3]
+        for ch in range(c0, min(c, c0 + block)):
+            for r in range(rows):
+                src = x[n0 + bi, ch, r, :cols]
+                dst = pad[r + top, left:left + cols]
+                for q in range(cols):
+                    dst[q] = src[q]
+            for ty in range(th):
+                r0 = pad[2 * ty]
+                r1 = pad[2 * ty + 1]
+                r2 = pad[2 * ty + 2]
+                r3 = pad[2 * ty + 3]
+                for q in range(wb):
+                    t0[q] = r0[q] - r2[q]
+                for q in range(wb):
+                    t1[q] = r1[q] + r2[q]
+                for q in range(wb):
+                    t2[q] = r2[q] - r1[q]
+                for q in range(wb):
+                    t3[q] = r1[q] - r3[q]
+                at = bi * tiles + ty * tw
+                if tw < WIDE:  # short rows: one loop per row of the transform
+                    for i in range(4):
+                        ti = t[i]
+                        for tx in range(tw):
+                            a0 = ti[2 * tx]
+                            a1 = ti[2 * tx + 1]
+                            a2 = ti[2 * tx + 2]
+                            a3 = ti[2 * tx + 3]
+                            v[4 * i, ch, at + tx] = a0 - a2
+                            v[4 * i + 1, ch, at + tx] = a1 + a2
+                            v[4 * i + 2, ch, at + tx] = a2 - a1
+                            v[4 * i + 3, ch, at + tx] = a1 - a3
+                    continue
+                for i in range(4):
+                    ti = t[i]
+                    d = v[4 * i, ch, at:at + tw]
+                    for tx in range(tw):
+                        d[tx] = ti[2 * tx] - ti[2 * tx + 2]
+                    d = v[4 * i + 1, ch, at:at + tw]
+                    for tx in range(tw):
+                        d[tx] = ti[2 * tx + 1] + ti[2 * tx + 2]
+                    d = v[4 * i + 2, ch, at:at + tw]
+                    for tx in range(tw):
+                        d[tx] = ti[2 * tx + 2] - ti[2 * tx + 1]
+                    d = v[4 * i + 3, ch, at:at + tw]
+                    for tx in range(tw):
+                        d[tx] = ti[2 * tx + 1] - ti[2 * tx + 3]
+
+
+@_jit(parallel=True)
+def _output_transform(mm, n0, m, th, tw, out, scale, bias, has_scale, has_bias, code, k,
+                      gate, has_gate, block):
+    """``out[n0 .. n0+m]`` = the epilogue of ``A^T M A`` of every tile of ``mm (16, O,
+    m*th*tw)``: each band of tiles becomes two output rows (the second one dropped past an
+    odd height, the last column past an odd width), through scale, bias, activation and
+    gate as they are copied into ``out``. (Split into one array written per loop, as the
+    input transform, it ran 1.5-3x slower: the rows are short.)"""
+    o = mm.shape[1]
+    ho, wo = out.shape[2], out.shape[3]
+    tiles = th * tw
+    blocks = (o + block - 1) // block
+    for job in prange(m * blocks):
+        bi = job // blocks
+        o0 = (job - bi * blocks) * block
+        b = n0 + bi
+        e = np.empty((4, tw), dtype=out.dtype)
+        y = np.empty((2, 2 * tw), dtype=out.dtype)
+        for oc in range(o0, min(o, o0 + block)):
+            g = scale[oc if has_scale else 0]
+            s = bias[oc if has_bias else 0]
+            f = gate[b if has_gate else 0, oc if has_gate else 0]
+            for ty in range(th):
+                at = bi * tiles + ty * tw
+                # A^T down the columns of the tiles: e[j] = row 0 (m0 + m1 + m2) of
+                # column j, then row 1 (m1 - m2 - m3); A along the rows
+                for j in range(4):
+                    for tx in range(tw):
+                        e[j, tx] = (mm[j, oc, at + tx] + mm[4 + j, oc, at + tx]
+                                    + mm[8 + j, oc, at + tx])
+                for tx in range(tw):
+                    y[0, 2 * tx] = e[0, tx] + e[1, tx] + e[2, tx]
+                    y[0, 2 * tx + 1] = e[1, tx] - e[2, tx] - e[3, tx]
+                finish_row(y[0, :wo], out[b, oc, 2 * ty], g, s, has_scale, has_bias, code, k,
+                           f, has_gate)
+                if 2 * ty + 1 < ho:
+                    for j in range(4):
+                        for tx in range(tw):
+                            e[j, tx] = (mm[4 + j, oc, at + tx] - mm[8 + j, oc, at + tx]
+                                        - mm[12 + j, oc, at + tx])
+                    for tx in range(tw):
+                        y[1, 2 * tx] = e[0, tx] + e[1, tx] + e[2, tx]
+                        y[1, 2 * tx + 1] = e[1, tx] - e[2, tx] - e[3, tx]
+                    finish_row(y[1, :wo], out[b, oc, 2 * ty + 1], g, s, has_scale,
+                               has_bias, code, k, f, has_gate)
+
+
+# ---- the kernel ------------------------------------------------------------------------------
+
+
+def applies(x, w, stride=(1, 1), dilation=(1, 1), groups=1) -> bool:
+    """Whether ``winograd_conv2d`` takes this convolution: a 3x3 kernel at stride 1,
+    dilation 1, one group, NumPy float32 or float64 arrays with numba on."""
+    return (WINOGRAD and tuple(w.shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1) and groups == 1 and x.ndim == 4
+            and w.shape[1] == x.shape[1] and usable(x, w))
+
+
+def worthwhile(n, c, o, ho, wo, itemsize=4, have_u=False) -> bool:
+    """Whether the Winograd kernel is expected to beat the GEMM convolution on this layer
+    (measured on the 2-core AVX2 machine, benchmarks/bench_winograd.py and smaller
+    layers): not with fewer than ``MIN_CHANNELS`` input channels (3 -> 64 at 56x56 ran
+    1.1 to 1.7x slower: the transforms cost more than the small GEMM saves), and not
+    where the weight transform is recomputed for few tiles, ``n * ceil(Ho/2) *
+    ceil(Wo/2) < MIN_TILES``, while ``U`` outgrows the caches (``16 * O * C`` values over
+    ``U_CACHED_BYTES``): 512 -> 512 at 7x7 ran 1.1 to 1.5x slower at batch 1 and 2."""
+    if c < MIN_CHANNELS:
+        return False
+    tiles = n * ((ho + 1) // 2) * ((wo + 1) // 2)
+    return have_u or tiles >= MIN_TILES or 16 * o * c * itemsize <= U_CACHED_BYTES
+
+
+def weight_transform(w):
+    """``U (16, O, C)``: ``G g G^T`` of every 3x3 kernel of ``w (O, C, 3, 3)``, in ``w``'s
+    dtype.
+
+    Not cached here: a cache keyed on the array's identity serves a stale ``U`` once
+    training updates the weights in place, and a safe key (a copy of the weights to
+    compare, or a hash of them) reads the weights once more, which is a good part of what
+    the transform itself costs (one compiled pass writing 16/9 of the weights' bytes). A
+    caller that knows the weights are frozen (an inference plan) may keep ``U`` per layer
+    and pass it to ``winograd_conv2d(..., u=U)``: it matters at batch 1 on wide layers
+    (the benchmark's ``U ms`` column against the layer's time)."""
+    o, c = w.shape[:2]
+    u = np.empty((16, o, c), dtype=w.dtype)
+    _weight_transform(w, u, w.dtype.type(0.5))
+    return u
+
+
+def chunk_images(n, c, o, tiles, itemsize, budget=None):
+    """Images per chunk: ``V (16, C, tiles)`` and ``M (16, O, tiles)`` of the chunk within
+    ``budget`` bytes (``WORKSPACE_BYTES``), at least one image."""
+    budget = WORKSPACE_BYTES if budget is None else budget
+    per_image = 16 * (c + o) * tiles * itemsize
+    return max(1, min(n, budget // max(1, per_image)))
+
+
+def _block(jobs_per_block, count):
+    """Channels per parallel job: a few per job to share its buffers, while leaving several
+    jobs per thread (the last ones balance the load)."""
+    return max(1, min(16, (jobs_per_block * count) // 64))
+
+
+def winograd_conv2d(x, w, b, scale, act, out, pads, gate=None, u=None) -> bool:
+    """A 3x3, stride-1, dilation-1, ungrouped CONV2D of ``x (N, C, H, W)`` (C-contiguous)
+    by ``w (O, C, 3, 3)`` into ``out (N, O, Ho, Wo)`` (contiguous rows: a channel slice of
+    a larger array works), padded by ``pads = (top, bottom, left, right)``:
+    ``out = act(conv * scale + b) * gate``, ``scale`` and ``b`` ``(O,)`` or None, ``gate``
+    ``(N, O)`` or None, ``act`` as ``fast.act_code`` takes it.
+
+    Returns False, having written nothing, when it does not apply: the activation is not
+    one the compiled epilogue has (``act_code(act)`` is None), the arrays are not what the
+    compiled kernels take (``fast.usable``), the kernel is not 3x3. Else True, with every
+    output written. ``u``: ``weight_transform(w)`` computed beforehand by a caller that
+    knows ``w`` has not changed since (None: computed here, every call)."""
+    if not WINOGRAD:
+        return False
+    if not usable(x, w, b, scale, out, gate):
+        return False
+    code = act_code(act, x.dtype)
+    if code is None:
+        return False
+    if x.ndim != 4 or w.ndim != 4 or tuple(w.shape[2:]) != (3, 3) or w.shape[1] != x.shape[1]:
+        return False
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    code, alpha, beta = code
+    n, c, h, wd = x.shape
+    o = w.shape[0]
+    top, bottom, left, right = (int(p) for p in pads)
+    ho, wo = h + top + bottom - 2, wd + left + right - 2
+    if min(top, bottom, left, right) < 0 or ho < 1 or wo < 1:
+        return False
+    if tuple(out.shape) != (n, o, ho, wo):
+        raise ValueError(f"winograd_conv2d: out must be {[n, o, ho, wo]}, got "
+                         f"{list(out.shape)}")
+    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    tiles = th * tw
+    if u is None:
+        u = weight_transform(np.ascontiguousarray(w))
+    elif u.shape != (16, o, c) or u.dtype != x.dtype:
+        raise ValueError(f"winograd_conv2d: u must be [16, {o}, {c}] {x.dtype}, got "
+                         f"{list(u.shape)} {u.dtype}")
+    dtype = x.dtype
+    nb = chunk_images(n, c, o, tiles, x.itemsize)
+    vbuf = np.empty(16 * c * nb * tiles, dtype=dtype)
+    mbuf = np.empty(16 * o * nb * tiles, dtype=dtype)
+    dummy = np.zeros(1, dtype=dtype)
+    k = constants(dtype, alpha, beta)
+    in_block = _block(min(n, nb), c)
+    out_block = _block(min(n, nb), o)
+    has_gate = gate is not None
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        v = vbuf[:16 * c * m * tiles].reshape(16, c, m * tiles)
+        mm = mbuf[:16 * o * m * tiles].reshape(16, o, m * tiles)
+        _input_transform(x, n0, m, top, left, th, tw, v, in_block)
+        np.matmul(u, v, out=mm)
+        _output_transform(mm, n0, m, th, tw, out, dummy if scale is None else scale,
+                          dummy if b is None else b, scale is not None, b is not None,
+                          code, k, gate if has_gate else dummy.reshape(1, 1), has_gate,
+                          out_block)
+    return True
+
+
+__all__ = ["winograd_conv2d", "weight_transform", "applies", "worthwhile", "chunk_images"]
