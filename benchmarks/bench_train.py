@@ -22,6 +22,8 @@ float32: cnnc's forward, loss, backward and optimizer step against the same plan
 eager with autograd (runtime/torch_ref.py, training mode), from the same weights, taking
 turns step by step; it prints the median seconds per step, the ratio, and the first step's
 losses (which must agree). ``--neighbours K`` keeps K busy processes beside it.
+``--profile`` then runs as many cnnc steps again and prints where they go: forward, loss,
+backward and optimizer, and each op family's training forward and backward.
 Run from an installed checkout (``pip install -e .``).
 """
 
@@ -69,6 +71,58 @@ def neighbours(count: int):
             p.kill()
         for p in procs:
             p.wait()
+
+
+@contextlib.contextmanager
+def timed_ops(model, totals: dict):
+    """Inside the block, every training forward and backward of ``model``'s ops adds its
+    seconds to ``totals[("forward" or "backward", op name)]``."""
+    table = model.backend.grads
+    kept = dict(table)
+
+    def timed(phase, op, kernel):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return kernel(*args, **kwargs)
+            finally:
+                key = (phase, op.value)
+                totals[key] = totals.get(key, 0.0) + time.perf_counter() - t0
+        return run
+
+    try:
+        for op, (forward, backward) in kept.items():
+            table[op] = (timed("forward", op, forward), timed("backward", op, backward))
+        yield
+    finally:
+        table.update(kept)
+
+
+def profile_steps(model, opt, x, labels, args):
+    """Seconds per cnnc step in each phase and in each op family (``--profile``)."""
+    phases = {"forward": 0.0, "loss": 0.0, "backward": 0.0, "optimizer": 0.0}
+    ops: dict = {}
+    with timed_ops(model, ops):
+        for _ in range(args.steps):
+            with cnnc_threads(args):
+                t0 = time.perf_counter()
+                logits = model.forward(x, train=True, logits=True)
+                t1 = time.perf_counter()
+                _, dlogits = softmax_cross_entropy(logits, labels)
+                t2 = time.perf_counter()
+                model.backward(dlogits)
+                t3 = time.perf_counter()
+                opt.step()
+                t4 = time.perf_counter()
+            for phase, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                phases[phase] += seconds
+    total = sum(phases.values())
+    print(f"cnnc step, mean of {args.steps}: {total / args.steps:.3f} s = "
+          + ", ".join(f"{k} {v / args.steps:.3f}" for k, v in phases.items()))
+    for (phase, op), seconds in sorted(ops.items(), key=lambda kv: -kv[1]):
+        if seconds / total >= 0.002:
+            print(f"  {op:<16}{phase:<9}{seconds / args.steps:8.3f} s  "
+                  f"{seconds / total:6.1%}")
 
 
 def resnet_step(torch, args):
@@ -128,6 +182,8 @@ def resnet_step(torch, args):
         # "first loss": each row's warm-up step; both have trained the same steps before it
         print(line + f"  load {loadavg:.1f}", flush=True)
         rows.append({"neighbours": load, **med})
+    if args.profile:
+        profile_steps(model, opt, x, labels, args)
     return rows
 
 
@@ -242,6 +298,8 @@ def main():
     parser.add_argument("--neighbours", nargs="+", type=int, default=[0],
                         help="busy processes beside the ResNet-18 steps, a row per value")
     parser.add_argument("--cnnc-threads", choices=("limit", "blas"), default="limit")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the ResNet-18 rows, where cnnc's step goes")
     args = parser.parse_args()
 
     torch = None

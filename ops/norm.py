@@ -171,18 +171,23 @@ def batchnorm_forward(x, weight, bias, running_mean, running_var, *, eps=1e-5, m
             f"batchnorm: training needs more than one value per channel to estimate a "
             f"variance, got input shape {tuple(x.shape)}"
         )
-    mean = x.mean(axis=axes, dtype=xp.float64)  # (C,), accumulated in float64
-    xhat = x - _per_channel(mean.astype(x.dtype), x)
-    var = xp.square(xhat).mean(axis=axes, dtype=xp.float64)  # biased, (C,)
-    inv_std64 = 1.0 / xp.sqrt(var + eps)
-    inv_std = inv_std64.astype(x.dtype)
-    xhat *= _per_channel(inv_std, x)
-    if weight is None:
-        y = xhat.copy()
+    compiled = _compiled_batchnorm(x)
+    if compiled is not None:  # three passes per channel, in parallel over the channels
+        mean, var, inv_std, xhat, y = _batchnorm_train_compiled(compiled, x, weight, bias,
+                                                                eps)
     else:
-        y = xhat * _per_channel(xp.asarray(weight, dtype=x.dtype), x)
-    if bias is not None:
-        y += _per_channel(xp.asarray(bias, dtype=x.dtype), x)
+        mean = x.mean(axis=axes, dtype=xp.float64)  # (C,), accumulated in float64
+        xhat = x - _per_channel(mean.astype(x.dtype), x)
+        var = xp.square(xhat).mean(axis=axes, dtype=xp.float64)  # biased, (C,)
+        inv_std64 = 1.0 / xp.sqrt(var + eps)
+        inv_std = inv_std64.astype(x.dtype)
+        xhat *= _per_channel(inv_std, x)
+        if weight is None:
+            y = xhat.copy()
+        else:
+            y = xhat * _per_channel(xp.asarray(weight, dtype=x.dtype), x)
+        if bias is not None:
+            y += _per_channel(xp.asarray(bias, dtype=x.dtype), x)
 
     running_mean *= 1 - momentum
     running_mean += (momentum * mean).astype(running_mean.dtype)
@@ -195,6 +200,17 @@ def batchnorm_backward(saved, dy):
     xhat, inv_std, weight, has_bias, batch_stats = saved
     xp = get_array_module(xhat)
     dy = as_grad(dy, xhat.shape, xhat.dtype, xp, "batchnorm")
+    compiled = _compiled_batchnorm(xhat, dy) if batch_stats else None
+    if compiled is not None:
+        n, c = xhat.shape[:2]
+        w = None if weight is None else np.asarray(weight, dtype=xhat.dtype)
+        gx = np.empty(xhat.shape, dtype=xhat.dtype)
+        gW = np.empty(c, dtype=xhat.dtype)
+        gb = np.empty(c, dtype=xhat.dtype)
+        compiled[1](xhat.reshape(n, c, -1), dy.reshape(n, c, -1), w is not None,
+                    np.ones(c, xhat.dtype) if w is None else w, inv_std,
+                    gx.reshape(n, c, -1), gW, gb)
+        return (gx,), (None if weight is None else gW, gb if has_bias else None, None, None)
     axes = (0,) + tuple(range(2, xhat.ndim))
     gb = dy.sum(axis=axes)  # (C,)
     gW = (dy * xhat).sum(axis=axes)  # (C,)
@@ -215,6 +231,133 @@ def batchnorm_backward(saved, dy):
         gx = g * _per_channel(inv_std, xhat)
     dparams = (None if weight is None else gW, gb if has_bias else None, None, None)
     return (gx,), dparams
+
+
+# ---- the compiled training pair
+# Where ops/fast.py's kernels run (numba): per channel, the forward reads x twice (mean, then
+# the centred sum of squares, both accumulated in float64) and writes xhat and y in a third
+# pass; the backward reads dy and xhat twice (the two sums, then gx). The NumPy-API code
+# above makes about eight whole-array passes each way, one thread.
+_BATCHNORM_COMPILED = []  # [(forward, backward)] once built
+
+
+def _compiled_batchnorm(*arrays):
+    """The compiled ``(forward, backward)`` of batch norm's training pair when
+    ``ops/fast.py``'s kernels take ``arrays``; else None."""
+    from . import fast
+
+    if not fast.usable(*arrays):
+        return None
+    if not _BATCHNORM_COMPILED:
+        _BATCHNORM_COMPILED.append(_build_batchnorm())
+    return _BATCHNORM_COMPILED[0]
+
+
+def _batchnorm_train_compiled(compiled, x, weight, bias, eps):
+    """``(mean, var, inv_std, xhat, y)`` of a training forward, by the compiled kernel:
+    ``mean`` and ``var`` (biased) in float64, the rest in ``x``'s dtype, with the NumPy
+    code's arithmetic (``xhat = (x - mean) * inv_std``, ``y = xhat * weight + bias``)."""
+    n, c = x.shape[:2]
+    x3 = x.reshape(n, c, -1)  # (N, C, positions)
+    xhat = np.empty(x.shape, dtype=x.dtype)
+    y = np.empty(x.shape, dtype=x.dtype)
+    mean = np.empty(c, dtype=np.float64)
+    var = np.empty(c, dtype=np.float64)
+    inv_std = np.empty(c, dtype=x.dtype)
+    w = np.ones(c, x.dtype) if weight is None else np.asarray(weight, dtype=x.dtype)
+    b = np.zeros(c, x.dtype) if bias is None else np.asarray(bias, dtype=x.dtype)
+    compiled[0](x3, weight is not None, w, bias is not None, b, float(eps),
+                xhat.reshape(n, c, -1), y.reshape(n, c, -1), mean, var, inv_std)
+    return mean, var, inv_std, xhat, y
+
+
+def _build_batchnorm():
+    import numba
+    import numpy
+
+    # the two sums may be added in any order (so that they vectorise), still in float64
+    reduce = numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
+    jit = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+
+    @reduce
+    def total(row):
+        s = 0.0
+        for q in range(row.shape[0]):
+            s += numpy.float64(row[q])
+        return s
+
+    @reduce
+    def centred_squares(row, m):
+        s = 0.0
+        for q in range(row.shape[0]):
+            d = row[q] - m
+            s += numpy.float64(d * d)
+        return s
+
+    @reduce
+    def dot(a, b):
+        s = 0.0
+        for q in range(a.shape[0]):
+            s += numpy.float64(a[q] * b[q])
+        return s
+
+    @jit
+    def forward(x, has_w, w, has_b, b, eps, xhat, y, mean, var, inv_std):
+        n, c, m = x.shape
+        for ch in numba.prange(c):
+            s = 0.0
+            for i in range(n):
+                s += total(x[i, ch])
+            mean[ch] = s / (n * m)
+            mu = x.dtype.type(mean[ch])
+            s = 0.0
+            for i in range(n):
+                s += centred_squares(x[i, ch], mu)
+            var[ch] = s / (n * m)
+            k = x.dtype.type(1.0 / numpy.sqrt(var[ch] + eps))
+            inv_std[ch] = k
+            g = w[ch]
+            o = b[ch]
+            for i in range(n):
+                src = x[i, ch]
+                xh = xhat[i, ch]
+                dest = y[i, ch]
+                for q in range(m):
+                    v = (src[q] - mu) * k
+                    xh[q] = v
+                    if has_w:
+                        v = v * g
+                    if has_b:
+                        v = v + o
+                    dest[q] = v
+
+    @jit
+    def backward(xhat, dy, has_w, w, inv_std, gx, gW, gb):
+        """gb = sum(dy), gW = sum(dy * xhat) per channel; then, with g = dy * weight,
+        gx = (xhat * (-sum(g * xhat) / m) + g - sum(g) / m) * inv_std."""
+        n, c, m = xhat.shape
+        count = n * m
+        for ch in numba.prange(c):
+            sb = 0.0
+            sw = 0.0
+            for i in range(n):
+                sb += total(dy[i, ch])
+                sw += dot(dy[i, ch], xhat[i, ch])
+            gb[ch] = sb
+            gW[ch] = sw
+            g = w[ch]
+            t = xhat.dtype.type(-(sw * g) / count)
+            u = xhat.dtype.type((sb * g) / count)
+            k = inv_std[ch]
+            for i in range(n):
+                src = xhat[i, ch]
+                d = dy[i, ch]
+                dest = gx[i, ch]
+                for q in range(m):
+                    gq = d[q] * g if has_w else d[q]
+                    dest[q] = (src[q] * t + gq - u) * k
+
+    return forward, backward
 
 
 # ---- the GPU kernel

@@ -188,7 +188,7 @@ class SGD(Optimizer):
                 buf = buffers[key] = d.astype(p.dtype, copy=True)
             else:
                 buf *= self.momentum
-                buf += (1.0 - self.dampening) * d
+                buf += (1.0 - self.dampening) * d if self.dampening else d
             d = d + self.momentum * buf if self.nesterov else buf
         p -= self.lr * d
 
