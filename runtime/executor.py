@@ -38,11 +38,9 @@ class Executor:
         self.accepts_gate = frozenset() if backend.on_device else _ACCEPTS_GATE
         self.dtype = dtype
         self._arena = None  # (batch, [slot arrays], {tensor: view})
-        # only depthwise convolutions have compiled kernels (ops/fast.py): other plans never
-        # pay numba's import
-        self._compiled_loaded = backend.on_device or not any(
-            e.op in _ACCEPTS_GATE and e.attrs.get("groups", 1) > 1
-            and eplan.plan.params[e.params[0]][1] == 1 for e in eplan.execs)
+        # the compiled kernels (ops/fast.py and the op families' own: depthwise and
+        # Winograd convolutions, GEMM epilogues, exp activations) load with the first call
+        self._compiled_loaded = backend.on_device
         self._folded = None
 
     def invalidate(self) -> None:
