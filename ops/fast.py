@@ -106,6 +106,22 @@ def _prange(n):
 prange = numba.prange if numba is not None else _prange
 
 
+@_jit(parallel=True)
+def _touch(a):
+    for i in prange(a.shape[0]):
+        a[i] = 0
+
+
+def threading_layer() -> str:
+    """numba's threading layer (``omp``, ``tbb`` or ``workqueue``), chosen by its first
+    parallel loop (run here if none has run yet)."""
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel loop has run yet
+        _touch(np.zeros(2))
+        return numba.threading_layer()
+
+
 def usable(*arrays) -> bool:
     """Whether the compiled kernels take these arrays: numba present and enabled, and every
     array a NumPy float32 or float64 array of one dtype."""

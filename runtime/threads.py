@@ -238,6 +238,37 @@ def limit(n=None):
             jit[1](jit_before)
 
 
+@contextlib.contextmanager
+def this_thread_only():
+    """Within the block, the compiled kernels called from this thread run on this thread
+    alone (numba's count is per thread). For the workers of a split batch, whose BLAS
+    count the calling thread has set to 1 for the process with `limit`."""
+    jit = _numba_threads()
+    if jit is None:
+        yield
+        return
+    get, put, _ = jit
+    before = get()
+    put(1)
+    try:
+        yield
+    finally:
+        put(before)
+
+
+def lanes_safe() -> bool:
+    """Whether several threads may call the compiled kernels at once: yes without numba
+    (or with its kernels off), and with numba's ``omp`` or ``tbb`` threading layer; not
+    with ``workqueue``, which stops the process when two threads launch parallel loops at
+    once."""
+    import sys
+
+    fast = sys.modules.get("cnnc.ops.fast")
+    if fast is None or not fast.ENABLED:
+        return True
+    return fast.threading_layer() in ("omp", "tbb")
+
+
 def info() -> dict:
     """What a report prints: the setting, the usable cores and the count ``auto`` takes
     now, the BLAS libraries and whether numba is loaded."""

@@ -1,0 +1,120 @@
+"""runtime/executor.py's split batches: with two threads or more, each worker thread runs
+the whole plan on its share of the images. The outputs must equal one thread's, whatever
+the batch size and the plan (branches, concat slices, residual adds, a gate, two outputs);
+an error in any share reaches the caller, naming its layer."""
+
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc.runtime import executor, threads
+from cnnc.runtime.errors import LayerError
+
+SOURCE = """\
+network split
+input x: [3, 9, 9]
+block branchy(c) {
+    a = in -> conv(c, 1) -> relu
+    b = in -> conv(c, 3, pad=1) -> batchnorm -> relu
+    return concat(a, b)
+}
+f = x -> conv(8, 3, pad=1) -> relu -> branchy(4)
+g = f -> global_avgpool -> conv(8, 1) -> sigmoid
+h = mul(f, g)
+k = f -> conv(8, 3, pad=1)
+r = add(h, k)
+output logits = r -> global_avgpool -> flatten -> dense(5)
+output map = r -> maxpool(2)
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean():
+    threads.set_threads(None)
+    yield
+    threads.set_threads(None)
+
+
+def _model():
+    return cnnc.compile(SOURCE).build(backend="numpy", dtype="float64", seed=3)
+
+
+@pytest.mark.parametrize("batch", [2, 3, 5, 7])
+@pytest.mark.parametrize("count", [2, 3])
+def test_split_outputs_equal_one_threads(batch, count, monkeypatch):
+    model = _model()
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 9, 9))
+    threads.set_threads(1)
+    want = model(x)
+    lanes = []
+    real = executor.Executor._run
+
+    def spy(self, inputs, params, lane=0):
+        lanes.append((lane, next(iter(inputs.values())).shape[0]))
+        return real(self, inputs, params, lane)
+
+    monkeypatch.setattr(executor.Executor, "_run", spy)
+    threads.set_threads(count)
+    for _ in range(2):  # the second call reuses each lane's arena
+        got = model(x)
+        assert set(got) == {"logits", "map"}
+        for name in want:
+            # (equal up to rounding: a product over fewer images may sum in another order)
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-14,
+                                       err_msg=name)
+            assert got[name].flags.c_contiguous
+    shares = sorted(lanes[:min(count, batch)])
+    assert [lane for lane, _ in shares] == list(range(min(count, batch)))
+    assert sum(size for _, size in shares) == batch
+
+
+def test_one_image_or_one_thread_is_not_split(monkeypatch):
+    model = _model()
+    called = []
+    monkeypatch.setattr(executor.Executor, "_run_split",
+                        lambda *a: called.append(a) or pytest.fail("split"))
+    threads.set_threads(2)
+    model(np.zeros((1, 3, 9, 9)))
+    threads.set_threads(1)
+    model(np.zeros((4, 3, 9, 9)))
+    monkeypatch.setattr(executor, "SPLIT_BATCH", False)
+    threads.set_threads(2)
+    model(np.zeros((4, 3, 9, 9)))
+    assert not called
+
+
+def test_not_split_where_the_threading_layer_is_not_thread_safe(monkeypatch):
+    fast = pytest.importorskip("cnnc.ops.fast")
+    if not fast.ENABLED:
+        pytest.skip("numba not installed or CNNC_FAST=0")
+    monkeypatch.setattr(fast, "threading_layer", lambda: "workqueue")
+    assert not threads.lanes_safe()
+    model = _model()
+    monkeypatch.setattr(executor.Executor, "_run_split", lambda *a: pytest.fail("split"))
+    threads.set_threads(2)
+    model(np.zeros((4, 3, 9, 9)))
+
+
+def test_an_error_in_a_worker_share_reaches_the_caller(monkeypatch):
+    model = _model()
+    threads.set_threads(2)
+    model(np.zeros((4, 3, 9, 9)))  # builds the executor
+    ex = model._executor
+    kernels = dict(ex.kernels)
+
+    def failing(op, kernel):
+        def run(*args, **kwargs):
+            if args[0].shape[0] == 2 and args[0][0, 0].flat[0] == 7:  # the second share only
+                raise ValueError("boom in the second share")
+            return kernel(*args, **kwargs)
+        return run
+
+    ex.kernels = {op: failing(op, k) for op, k in kernels.items()}
+    x = np.zeros((4, 3, 9, 9))
+    x[2:] = 7
+    with pytest.raises(LayerError, match="boom in the second share"):
+        model(x)
+    ex.kernels = kernels
+    threads.set_threads(1)
+    np.testing.assert_allclose(model(np.ones((4, 3, 9, 9)))["logits"],
+                               _model()(np.ones((4, 3, 9, 9)))["logits"], rtol=1e-12)
