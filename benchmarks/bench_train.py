@@ -38,9 +38,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# Before PyTorch's OpenMP and numba's load: idle OpenMP threads sleep rather than spin, or
+# the framework timed next shares its cores with the other's spinning threads (as in
+# bench_runtime.py). Both frameworks run with it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import cnnc
+import numpy as np  # noqa: E402
+
+import cnnc  # noqa: E402
 from cnnc.runtime import optim, train
 from cnnc.runtime.losses import accuracy_count, softmax_cross_entropy
 

@@ -503,6 +503,95 @@ def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
         _from_phase_planes(grad.reshape(sh * sw, hq + 1, wq), top, left, sh, sw, gx[b, ic])
 
 
+# ---- batch norm's training pair (ops/norm.py calls these) ----------------------------------
+# Per channel, in parallel over the channels: the forward makes three passes (sum, centred
+# squares, normalise) and the backward two, where NumPy makes about eight whole-array passes
+# each way; the sums are kept in float64 and may be added in any order (so they vectorise).
+
+
+@_jit(fastmath={"reassoc"})
+def _bn_total(row):
+    s = 0.0
+    for q in range(row.shape[0]):
+        s += np.float64(row[q])
+    return s
+
+
+@_jit(fastmath={"reassoc"})
+def _bn_centred_squares(row, m):
+    s = 0.0
+    for q in range(row.shape[0]):
+        d = row[q] - m
+        s += np.float64(d * d)
+    return s
+
+
+@_jit(fastmath={"reassoc"})
+def _bn_dot(a, b):
+    s = 0.0
+    for q in range(a.shape[0]):
+        s += np.float64(a[q] * b[q])
+    return s
+
+
+@_jit(parallel=True)
+def batchnorm_train_forward(x, has_w, w, has_b, b, eps, xhat, y, mean, var, inv_std):
+    n, c, m = x.shape
+    for ch in prange(c):
+        s = 0.0
+        for i in range(n):
+            s += _bn_total(x[i, ch])
+        mean[ch] = s / (n * m)
+        mu = x.dtype.type(mean[ch])
+        s = 0.0
+        for i in range(n):
+            s += _bn_centred_squares(x[i, ch], mu)
+        var[ch] = s / (n * m)
+        k = x.dtype.type(1.0 / np.sqrt(var[ch] + eps))
+        inv_std[ch] = k
+        g = w[ch]
+        o = b[ch]
+        for i in range(n):
+            src = x[i, ch]
+            xh = xhat[i, ch]
+            dest = y[i, ch]
+            for q in range(m):
+                v = (src[q] - mu) * k
+                xh[q] = v
+                if has_w:
+                    v = v * g
+                if has_b:
+                    v = v + o
+                dest[q] = v
+
+
+@_jit(parallel=True)
+def batchnorm_train_backward(xhat, dy, has_w, w, inv_std, gx, gW, gb):
+    """gb = sum(dy), gW = sum(dy * xhat) per channel; then, with g = dy * weight,
+    gx = (xhat * (-sum(g * xhat) / m) + g - sum(g) / m) * inv_std."""
+    n, c, m = xhat.shape
+    count = n * m
+    for ch in prange(c):
+        sb = 0.0
+        sw = 0.0
+        for i in range(n):
+            sb += _bn_total(dy[i, ch])
+            sw += _bn_dot(dy[i, ch], xhat[i, ch])
+        gb[ch] = sb
+        gW[ch] = sw
+        g = w[ch]
+        t = xhat.dtype.type(-(sw * g) / count)
+        u = xhat.dtype.type((sb * g) / count)
+        k = inv_std[ch]
+        for i in range(n):
+            src = xhat[i, ch]
+            d = dy[i, ch]
+            dest = gx[i, ch]
+            for q in range(m):
+                gq = d[q] * g if has_w else d[q]
+                dest[q] = (src[q] * t + gq - u) * k
+
+
 # ---- the epilogue of a GEMM convolution ------------------------------------------------
 
 

@@ -272,92 +272,11 @@ def _batchnorm_train_compiled(compiled, x, weight, bias, eps):
 
 
 def _build_batchnorm():
-    import numba
-    import numpy
+    """The compiled pair, module-level functions of ops/fast.py (nested ones, each process
+    would compile again: numba's cache keys a closure by the objects it holds)."""
+    from . import fast
 
-    # the two sums may be added in any order (so that they vectorise), still in float64
-    reduce = numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
-    jit = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-
-    @reduce
-    def total(row):
-        s = 0.0
-        for q in range(row.shape[0]):
-            s += numpy.float64(row[q])
-        return s
-
-    @reduce
-    def centred_squares(row, m):
-        s = 0.0
-        for q in range(row.shape[0]):
-            d = row[q] - m
-            s += numpy.float64(d * d)
-        return s
-
-    @reduce
-    def dot(a, b):
-        s = 0.0
-        for q in range(a.shape[0]):
-            s += numpy.float64(a[q] * b[q])
-        return s
-
-    @jit
-    def forward(x, has_w, w, has_b, b, eps, xhat, y, mean, var, inv_std):
-        n, c, m = x.shape
-        for ch in numba.prange(c):
-            s = 0.0
-            for i in range(n):
-                s += total(x[i, ch])
-            mean[ch] = s / (n * m)
-            mu = x.dtype.type(mean[ch])
-            s = 0.0
-            for i in range(n):
-                s += centred_squares(x[i, ch], mu)
-            var[ch] = s / (n * m)
-            k = x.dtype.type(1.0 / numpy.sqrt(var[ch] + eps))
-            inv_std[ch] = k
-            g = w[ch]
-            o = b[ch]
-            for i in range(n):
-                src = x[i, ch]
-                xh = xhat[i, ch]
-                dest = y[i, ch]
-                for q in range(m):
-                    v = (src[q] - mu) * k
-                    xh[q] = v
-                    if has_w:
-                        v = v * g
-                    if has_b:
-                        v = v + o
-                    dest[q] = v
-
-    @jit
-    def backward(xhat, dy, has_w, w, inv_std, gx, gW, gb):
-        """gb = sum(dy), gW = sum(dy * xhat) per channel; then, with g = dy * weight,
-        gx = (xhat * (-sum(g * xhat) / m) + g - sum(g) / m) * inv_std."""
-        n, c, m = xhat.shape
-        count = n * m
-        for ch in numba.prange(c):
-            sb = 0.0
-            sw = 0.0
-            for i in range(n):
-                sb += total(dy[i, ch])
-                sw += dot(dy[i, ch], xhat[i, ch])
-            gb[ch] = sb
-            gW[ch] = sw
-            g = w[ch]
-            t = xhat.dtype.type(-(sw * g) / count)
-            u = xhat.dtype.type((sb * g) / count)
-            k = inv_std[ch]
-            for i in range(n):
-                src = xhat[i, ch]
-                d = dy[i, ch]
-                dest = gx[i, ch]
-                for q in range(m):
-                    gq = d[q] * g if has_w else d[q]
-                    dest[q] = (src[q] * t + gq - u) * k
-
-    return forward, backward
+    return fast.batchnorm_train_forward, fast.batchnorm_train_backward
 
 
 # ---- the GPU kernel
