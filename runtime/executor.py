@@ -185,10 +185,13 @@ class Executor:
         n = next(iter(inputs.values())).shape[0]
         bounds = [n * i // lanes for i in range(lanes + 1)]
         self._params(params)  # folded once, before the lanes read them
+        # NumPy's floating-point error handling is per thread: the workers take the caller's
+        # (a trainer's ``errstate(all="ignore")`` around evaluation, say)
+        caller_errstate = self.xp.geterr()
 
         def lane(i):
             part = {k: v[bounds[i]:bounds[i + 1]] for k, v in inputs.items()}
-            with threads_.this_thread_only():
+            with threads_.this_thread_only(), self.xp.errstate(**caller_errstate):
                 return self._run(part, params, lane=i)
 
         with threads_.limit(1):

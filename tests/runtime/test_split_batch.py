@@ -118,3 +118,20 @@ def test_an_error_in_a_worker_share_reaches_the_caller(monkeypatch):
     threads.set_threads(1)
     np.testing.assert_allclose(model(np.ones((4, 3, 9, 9)))["logits"],
                                _model()(np.ones((4, 3, 9, 9)))["logits"], rtol=1e-12)
+
+
+def test_the_workers_keep_the_callers_floating_point_error_handling():
+    """np.errstate is per thread: a caller that silences overflow (a trainer evaluating
+    diverged weights) must not get warnings from the worker threads, and one that asks for
+    them gets them."""
+    import warnings
+
+    model = _model()
+    threads.set_threads(2)
+    huge = np.full((4, 3, 9, 9), 1e308)  # overflows in the first convolution
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="ignore"):
+            model(huge)
+    with np.errstate(all="warn"), pytest.warns(RuntimeWarning):
+        model(huge)
