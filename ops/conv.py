@@ -334,7 +334,9 @@ def _gate_of(gate, n, o, dtype, xp, where="conv2d"):
             or any(d != 1 for d in gate.shape[2:])):
         raise ValueError(f"{where}: gate must be [{n}, {o} or 1, 1...] (one factor per image "
                          f"and output channel), got {list(gate.shape)}")
-    return xp.ascontiguousarray(xp.broadcast_to(gate.reshape(n, -1), (n, o)))
+    gate = xp.ascontiguousarray(xp.broadcast_to(gate.reshape(n, -1), (n, o)))
+    # writable always (a read-only one is another type to numba: one more compilation)
+    return gate if getattr(gate.flags, "writeable", True) else gate.copy()
 
 
 def _flat_view(out, shape, dtype, where):

@@ -225,7 +225,7 @@ def _exp32(v):
     return v if v != v else e
 
 
-@_inline
+@_jit()  # called per row, not inlined: each kernel calling it compiled twice as long
 def finish_row(src, dest, g, s, has_scale, has_bias, code, k, gate, has_gate):
     """``dest[:] = act(src * g + s) * gate`` over one row, as ``ops/activation.py`` defines
     the activation; ``k`` from ``constants``. One loop per activation, chosen once per row
