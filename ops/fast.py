@@ -327,36 +327,53 @@ ACC_VALUES = 2048
 
 
 @_jit()
-def _phase_planes(plane, top, left, sh, sw, phases):
-    """Scatter one input ``plane (H, W)`` into its zero-padded phase planes ``phases
-    (sh*sw, Hq+1, Wq)``: padded row ``R`` and column ``C`` go to phase ``(R % sh, C % sw)``
-    at ``(R // sh, C // sw)``. At stride 1 this is the padded plane itself."""
+def _phase_copy(plane, phases, top, left, sh, sw, into):
+    """Between one ``plane (H, W)`` and its zero-padded phase planes ``phases (sh*sw, Hq+1,
+    Wq)``: padded row ``R`` and column ``C`` are phase ``(R % sh, C % sw)`` at ``(R // sh,
+    C // sw)`` (at stride 1, the padded plane itself). ``into``: the plane's values into the
+    phase planes (the padding's cells untouched); else the phase planes' values back into
+    the plane (the padding's cells dropped)."""
     h, wd = plane.shape
     for r in range(h):
         big = r + top
         p = big % sh
         pr = big // sh
-        src = plane[r]
-        if sw == 2:  # one loop, both phases: a stride-2 pair LLVM loads as vectors
+        row = plane[r]
+        if sw == 1:
+            if into:
+                phases[p, pr, left:left + wd] = row
+            else:
+                row[:] = phases[p, pr, left:left + wd]
+        elif sw == 2:  # one loop, both phases: a stride-2 pair LLVM loads as vectors
             even = phases[p * 2 + left % 2, pr, left // 2:]  # columns 0, 2, 4, ...
             odd = phases[p * 2 + (left + 1) % 2, pr, (left + 1) // 2:]  # 1, 3, 5, ...
             half = wd // 2
-            for t in range(half):
-                even[t] = src[2 * t]
-                odd[t] = src[2 * t + 1]
-            if wd % 2:
-                even[half] = src[wd - 1]
-            continue
-        for q in range(sw):
-            first = (q - left) % sw  # the first input column of phase column q
-            dst = phases[p * sw + q, pr]
-            start = (first + left) // sw
-            count = (wd - first + sw - 1) // sw if first < wd else 0
-            if count > 0:
-                part = dst[start:start + count]
-                line = src[first:]
-                for t in range(count):  # indices that cannot wrap: no check, no call
-                    part[t] = line[t * sw]
+            if into:
+                for t in range(half):
+                    even[t] = row[2 * t]
+                    odd[t] = row[2 * t + 1]
+                if wd % 2:
+                    even[half] = row[wd - 1]
+            else:
+                for t in range(half):
+                    row[2 * t] = even[t]
+                    row[2 * t + 1] = odd[t]
+                if wd % 2:
+                    row[wd - 1] = even[half]
+        else:
+            for q in range(sw):
+                first = (q - left) % sw  # the first input column of phase column q
+                start = (first + left) // sw
+                count = (wd - first + sw - 1) // sw if first < wd else 0
+                if count > 0:
+                    part = phases[p * sw + q, pr, start:start + count]
+                    line = row[first:]
+                    if into:  # indices that cannot wrap: no check, no call
+                        for t in range(count):
+                            part[t] = line[t * sw]
+                    else:
+                        for t in range(count):
+                            line[t * sw] = part[t]
 
 
 @_jit(parallel=True)
@@ -393,8 +410,8 @@ def _depthwise_forward(x, w, scale, bias, out, sh, sw, top, left, dh, dw, code, 
                         # index for wrapping around and not vectorise
                         flat[at:at + wd] = source[r]
                 else:
-                    _phase_planes(x[b, ic], top, left, sh, sw,
-                                  flat.reshape(sh * sw, hq + 1, wq))
+                    _phase_copy(x[b, ic], flat.reshape(sh * sw, hq + 1, wq), top, left, sh,
+                                sw, True)
                 filled = ic
             g = scale[oc if has_scale else 0]
             s = bias[oc if has_bias else 0]
@@ -430,40 +447,6 @@ def _dot(a, b, zero):
     return total
 
 
-@_jit()
-def _from_phase_planes(phases, top, left, sh, sw, plane):
-    """The inverse of ``_phase_planes``: ``plane (H, W)`` gets, for every input cell, its
-    value in the phase planes (the padding's cells are dropped)."""
-    h, wd = plane.shape
-    for r in range(h):
-        big = r + top
-        p = big % sh
-        pr = big // sh
-        dst = plane[r]
-        if sw == 1:
-            dst[:] = phases[p, pr, left:left + wd]
-            continue
-        if sw == 2:
-            even = phases[p * 2 + left % 2, pr, left // 2:]
-            odd = phases[p * 2 + (left + 1) % 2, pr, (left + 1) // 2:]
-            half = wd // 2
-            for t in range(half):
-                dst[2 * t] = even[t]
-                dst[2 * t + 1] = odd[t]
-            if wd % 2:
-                dst[wd - 1] = even[half]
-            continue
-        for q in range(sw):
-            first = (q - left) % sw
-            start = (first + left) // sw
-            count = (wd - first + sw - 1) // sw if first < wd else 0
-            if count > 0:
-                part = phases[p * sw + q, pr, start:start + count]
-                line = dst[first:]
-                for t in range(count):
-                    line[t * sw] = part[t]
-
-
 @_jit(parallel=True)
 def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
     """``gx`` (x's shape) gets the input gradient; ``gw`` (``(N, O, kh, kw)``) each image's
@@ -486,7 +469,7 @@ def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
         flat = np.zeros(sh * sw * plane, dtype=x.dtype)
         grad = np.zeros(sh * sw * plane, dtype=x.dtype)
         rows = np.zeros(span, dtype=x.dtype)  # dy, Wq wide
-        _phase_planes(x[b, ic], top, left, sh, sw, flat.reshape(sh * sw, hq + 1, wq))
+        _phase_copy(x[b, ic], flat.reshape(sh * sw, hq + 1, wq), top, left, sh, sw, True)
         for q in range(per):
             oc = ic * per + q
             for oh in range(ho):
@@ -500,7 +483,7 @@ def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
                     into = grad[at:at + span]
                     for p in range(span):
                         into[p] += tap * rows[p]
-        _from_phase_planes(grad.reshape(sh * sw, hq + 1, wq), top, left, sh, sw, gx[b, ic])
+        _phase_copy(gx[b, ic], grad.reshape(sh * sw, hq + 1, wq), top, left, sh, sw, False)
 
 
 # ---- batch norm's training pair (ops/norm.py calls these) ----------------------------------

@@ -182,12 +182,7 @@ def batchnorm_forward(x, weight, bias, running_mean, running_var, *, eps=1e-5, m
         inv_std64 = 1.0 / xp.sqrt(var + eps)
         inv_std = inv_std64.astype(x.dtype)
         xhat *= _per_channel(inv_std, x)
-        if weight is None:
-            y = xhat.copy()
-        else:
-            y = xhat * _per_channel(xp.asarray(weight, dtype=x.dtype), x)
-        if bias is not None:
-            y += _per_channel(xp.asarray(bias, dtype=x.dtype), x)
+        y = _affine_forward(xhat, weight, bias, xp)
 
     running_mean *= 1 - momentum
     running_mean += (momentum * mean).astype(running_mean.dtype)
