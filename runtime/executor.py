@@ -42,19 +42,20 @@ _ACCEPTS_GATE = frozenset({Op.CONV1D, Op.CONV2D})
 SPLIT_BATCH = True
 
 _pool_lock = threading.Lock()
-_pool = None  # the worker threads of split batches, made on first use
+_pool = None  # (size, the worker threads of split batches), made on first use
 
 
 def _workers(count: int) -> ThreadPoolExecutor:
     """The process's pool of worker threads, at least ``count`` of them."""
     global _pool
     with _pool_lock:
-        if _pool is None or _pool._max_workers < count:
+        if _pool is None or _pool[0] < count:
             old = _pool
-            _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="cnnc-lane")
+            _pool = (count, ThreadPoolExecutor(max_workers=count,
+                                               thread_name_prefix="cnnc-lane"))
             if old is not None:
-                old.shutdown(wait=False)
-        return _pool
+                old[1].shutdown(wait=False)
+        return _pool[1]
 
 
 class Executor:
@@ -195,11 +196,11 @@ class Executor:
                 return self._run(part, params, lane=i)
 
         with threads_.limit(1):
-            futures = [_workers(lanes).submit(lane, i) for i in range(1, lanes)]
+            futures = [_workers(lanes - 1).submit(lane, i) for i in range(1, lanes)]
             try:
                 first = lane(0)  # the calling thread takes a share itself
             finally:
-                parts = [first_or_error(f) for f in futures]
+                parts = [_result_or_error(f) for f in futures]
         errors = [p for p in parts if isinstance(p, BaseException)]
         if errors:
             raise errors[0]
@@ -267,7 +268,7 @@ class Executor:
                 for name, buf in self.eplan.outputs.items()}
 
 
-def first_or_error(future):
+def _result_or_error(future):
     """A worker's result, or the exception it raised (every worker is waited for before
     one of their errors is raised)."""
     try:
