@@ -83,7 +83,9 @@ _BETA = {"swish": 1.0, "silu": 1.0}
 FASTMATH = {"contract"}
 
 
-def _jit(parallel=False, fastmath=None):
+def jit(parallel=False, fastmath=None):
+    """The decorator of every compiled kernel (here and in ops/winograd.py): machine code
+    cached on disk, no GIL, ``FASTMATH`` unless given, NumPy's error model."""
     if numba is None:
         return lambda f: f
     flags = set(FASTMATH if fastmath is None else fastmath)
@@ -106,7 +108,7 @@ def _prange(n):
 prange = numba.prange if numba is not None else _prange
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def _touch(a):
     for i in prange(a.shape[0]):
         a[i] = 0
@@ -225,7 +227,7 @@ def _exp32(v):
     return v if v != v else e
 
 
-@_jit()  # called per row, not inlined: each kernel calling it compiled twice as long
+@jit()  # called per row, not inlined: each kernel calling it compiled twice as long
 def finish_row(src, dest, g, s, has_scale, has_bias, code, k, gate, has_gate):
     """``dest[:] = act(src * g + s) * gate`` over one row, as ``ops/activation.py`` defines
     the activation; ``k`` from ``constants``. One loop per activation, chosen once per row
@@ -293,7 +295,7 @@ def _activate_row(dest, code, k):
         finish_row(tmp, dest, k[ONE], k[ZERO], False, False, code, k, k[ONE], False)
 
 
-@_jit()
+@jit()
 def _activate_flat(y, code, k, chunk):
     """The activation in place on a contiguous 1-D array, a cache-sized chunk at a time
     through a copy (reading and writing one array would not vectorise)."""
@@ -326,7 +328,7 @@ def activate_(y, act) -> bool:
 ACC_VALUES = 2048
 
 
-@_jit()
+@jit()
 def _phase_copy(plane, phases, top, left, sh, sw, into):
     """Between one ``plane (H, W)`` and its zero-padded phase planes ``phases (sh*sw, Hq+1,
     Wq)``: padded row ``R`` and column ``C`` are phase ``(R % sh, C % sw)`` at ``(R // sh,
@@ -376,7 +378,7 @@ def _phase_copy(plane, phases, top, left, sh, sw, into):
                             line[t * sw] = part[t]
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def _depthwise_forward(x, w, scale, bias, out, sh, sw, top, left, dh, dw, code, k,
                        has_scale, has_bias, gate, has_gate, block):
     """Per image and block of ``block`` output channels: each input plane laid out as the
@@ -437,7 +439,7 @@ def _depthwise_forward(x, w, scale, bias, out, sh, sw, top, left, dh, dw, code, 
                                 has_bias, code, k, f, has_gate)
 
 
-@_jit(fastmath={"contract", "reassoc"})
+@jit(fastmath={"contract", "reassoc"})
 def _dot(a, b, zero):
     """``sum(a * b)`` over two contiguous runs, in any order (so it vectorises: partial sums
     per SIMD lane, as accurate as one running sum or more)."""
@@ -447,7 +449,7 @@ def _dot(a, b, zero):
     return total
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
     """``gx`` (x's shape) gets the input gradient; ``gw`` (``(N, O, kh, kw)``) each image's
     weight gradient, summed by the caller. One job per (image, input channel), no two
@@ -492,7 +494,7 @@ def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
 # each way; the sums are kept in float64 and may be added in any order (so they vectorise).
 
 
-@_jit(fastmath={"reassoc"})
+@jit(fastmath={"reassoc"})
 def _bn_total(row):
     s = 0.0
     for q in range(row.shape[0]):
@@ -500,7 +502,7 @@ def _bn_total(row):
     return s
 
 
-@_jit(fastmath={"reassoc"})
+@jit(fastmath={"reassoc"})
 def _bn_centred_squares(row, m):
     s = 0.0
     for q in range(row.shape[0]):
@@ -509,7 +511,7 @@ def _bn_centred_squares(row, m):
     return s
 
 
-@_jit(fastmath={"reassoc"})
+@jit(fastmath={"reassoc"})
 def _bn_dot(a, b):
     s = 0.0
     for q in range(a.shape[0]):
@@ -517,7 +519,7 @@ def _bn_dot(a, b):
     return s
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def batchnorm_train_forward(x, has_w, w, has_b, b, eps, xhat, y, mean, var, inv_std):
     n, c, m = x.shape
     for ch in prange(c):
@@ -548,7 +550,7 @@ def batchnorm_train_forward(x, has_w, w, has_b, b, eps, xhat, y, mean, var, inv_
                 dest[q] = v
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def batchnorm_train_backward(xhat, dy, has_w, w, inv_std, gx, gW, gb):
     """gb = sum(dy), gW = sum(dy * xhat) per channel; then, with g = dy * weight,
     gx = (xhat * (-sum(g * xhat) / m) + g - sum(g) / m) * inv_std."""
@@ -578,7 +580,7 @@ def batchnorm_train_backward(xhat, dy, has_w, w, inv_std, gx, gW, gb):
 # ---- the epilogue of a GEMM convolution ------------------------------------------------
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def _epilogue(src, dest, scale, bias, code, k, has_scale, has_bias, gate, has_gate, same,
               rows):
     """``dest[b, c, r] = act(src[b, c, r] * scale[c] + bias[c]) * gate[b, c]`` over 4-D

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fast import act_code, constants, finish_row, numba, prange, usable
+from .fast import act_code, constants, finish_row, jit, prange, usable
 
 # False turns the kernel off: ``winograd_conv2d`` returns False and the caller runs its
 # GEMM convolution (the benchmark and the tests compare the two).
@@ -59,24 +59,6 @@ MIN_TILES = 64
 U_CACHED_BYTES = 2 << 20
 
 
-def _jit(parallel=False):
-    """``ops/fast.py``'s conventions: cached machine code, no GIL, of fast math only fused
-    multiply-adds (NaN and infinities as in NumPy), NumPy's error model (no branch for a
-    division by zero)."""
-    if numba is None:
-        return lambda f: f
-
-    def wrap(f):
-        try:
-            return numba.njit(cache=True, nogil=True, parallel=parallel,
-                              fastmath={"contract"}, error_model="numpy")(f)
-        except RuntimeError:  # no writable cache location: compile in every process
-            return numba.njit(nogil=True, parallel=parallel, fastmath={"contract"},
-                              error_model="numpy")(f)
-
-    return wrap
-
-
 # ---- the transforms ---------------------------------------------------------------------------
 #        | 1    0    0  |           | 1  0 -1  0 |           | 1  1  1  0 |
 #   G =  | 1/2  1/2  1/2|    B^T =  | 0  1  1  0 |    A^T =  | 0  1 -1 -1 |
@@ -84,7 +66,7 @@ def _jit(parallel=False):
 #        | 0    0    1  |           | 0  1  0 -1 |
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def _weight_transform(w, u, half):
     """``u (16, O, C)`` = ``G g G^T`` of every kernel ``g = w[o, c] (3, 3)``; position
     ``k = 4*i + j`` of the 4x4 transform at ``u[k]``. Per output channel the nine taps are
@@ -133,7 +115,7 @@ def _weight_transform(w, u, half):
                 d[ic] = a2[ic]
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def _input_transform(x, n0, m, top, left, th, tw, v, block):
     """``v (16, C, m*th*tw)`` = ``B^T d B`` of every 4x4 tile ``d`` of images ``n0 .. n0+m``
     of ``x`` padded by ``top`` and ``left`` (and zeros past its end). One job per image and
@@ -212,7 +194,7 @@ def _input_transform(x, n0, m, top, left, th, tw, v, block):
                         d[tx] = ti[2 * tx + 1] - ti[2 * tx + 3]
 
 
-@_jit(parallel=True)
+@jit(parallel=True)
 def _output_transform(mm, n0, m, th, tw, out, scale, bias, has_scale, has_bias, code, k,
                       gate, has_gate, block):
     """``out[n0 .. n0+m]`` = the epilogue of ``A^T M A`` of every tile of ``mm (16, O,
