@@ -33,8 +33,6 @@ import argparse
 import contextlib
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -49,6 +47,9 @@ import cnnc  # noqa: E402
 from cnnc.runtime import optim, train
 from cnnc.runtime.losses import accuracy_count, softmax_cross_entropy
 
+# the busy neighbours of the inference benchmark (this folder is on the path of a script run)
+from bench_runtime import neighbours  # noqa: E402
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits.cnn"
 RESNET = Path(__file__).resolve().parents[1] / "examples" / "resnet18.cnn"
 
@@ -60,22 +61,6 @@ def cnnc_threads(args):
     from cnnc.runtime import threads
 
     return threads.limit()
-
-
-@contextlib.contextmanager
-def neighbours(count: int):
-    """``count`` processes keeping a core busy each, for the duration of the block."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-             for _ in range(count)]
-    try:
-        if procs:
-            time.sleep(0.5)
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
 
 
 @contextlib.contextmanager
