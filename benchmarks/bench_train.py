@@ -100,7 +100,7 @@ def profile_steps(model, opt, x, labels, args):
                 t1 = time.perf_counter()
                 _, dlogits = softmax_cross_entropy(logits, labels)
                 t2 = time.perf_counter()
-                model.backward(dlogits)
+                model.backward(dlogits, input_grad=False)
                 t3 = time.perf_counter()
                 opt.step()
                 t4 = time.perf_counter()
@@ -130,7 +130,7 @@ def resnet_step(torch, args):
         with cnnc_threads(args):
             logits = model.forward(x, train=True, logits=True)
             loss, dlogits = softmax_cross_entropy(logits, labels)
-            model.backward(dlogits)
+            model.backward(dlogits, input_grad=False)
             opt.step()
         return float(loss)
 
@@ -200,7 +200,7 @@ def run_cnnc(data, args, perms):
             with cnnc_threads(args):
                 logits = model.forward(x[idx], train=True, logits=True)
                 loss, dlogits = softmax_cross_entropy(logits, y[idx])
-                model.backward(dlogits)
+                model.backward(dlogits, input_grad=False)
                 opt.step()
             train_seconds += time.perf_counter() - t0
             loss_sum += loss * len(idx)

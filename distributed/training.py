@@ -51,7 +51,7 @@ class GradientWorker:
         correct = accuracy_count(logits, xp.asarray(y))
         if not math.isfinite(loss):
             return loss, correct, None, None
-        model.backward(dlogits)
+        model.backward(dlogits, input_grad=False)
         host = model.backend.to_host
         grads = {k: host(g) for k, g in model.grads.items()}
         buffers = {k: host(model.params[k]) for k in self.buffers}

@@ -238,6 +238,9 @@ class Primitive:
     in_place: str | None = None  # None, "first" or "any": which input the output may overwrite
     alias: bool = False  # inference output is the input itself, reshaped (flatten, dropout)
     gemm: bool = False  # may absorb a following batchnorm and activation as its epilogue
+    # backward (and gpu_backward) take ``input_grad=False``: the parameters' gradients alone,
+    # None for the inputs' (a first layer in training, whose input is the data)
+    skips_input_grad: bool = False
     keeps: Callable | None = None
     doc: str = ""
 

@@ -592,21 +592,37 @@ def _col2im(gcol, nb, x_shape, geometry, out_hw, kernel, xp):
     return gpad[:, :, top:top + h, left:left + w]
 
 
+def _winograd_takes(dy, w, groups, dilation):
+    """Whether the convolution computing ``gx`` from ``dy`` runs as Winograd (its maps as
+    wide as ``dy``'s; 3x3 at dilation 1, one group), which has no shifted-rows waste: the
+    narrow maps of ResNet's last stages then take it too (at batch 8, 256 -> 256 at 14x14:
+    18 ms against the column path's 34, one thread)."""
+    n, o, ho, wo = dy.shape
+    if groups != 1 or tuple(w.shape[2:]) != (3, 3) or tuple(dilation) != (1, 1):
+        return False
+    from . import winograd
+
+    return (winograd.applies(dy, w.transpose(1, 0, 2, 3))
+            and winograd.worthwhile(n, o, w.shape[1], ho, wo, dy.itemsize))
+
+
 def _input_grad_by_conv(dy, w, geometry, width):
     """``gx`` of a stride-1 convolution of maps ``width`` wide: the convolution of ``dy`` by
     ``w`` flipped in space with its in and out channels swapped (per group), padded by
     ``d*(k-1) - pad`` on each side. None where the column path runs: a stride, padding wider
     than ``d*(k-1)``, a 1x1 kernel (no col2im to save), or a map so narrow that the
     shifted-rows GEMM's padded rows (``width + d*(k-1)``) are over 1/8 longer than its rows
-    (measured, one thread: 7% slower at 7 wide, even at 14, 10% faster at 28, 14% at 56)."""
+    (measured, one thread: 7% slower at 7 wide, even at 14, 10% faster at 28, 14% at 56)
+    unless Winograd takes the convolution."""
     stride, dilation, pads, groups = geometry
     o, cg, kh, kw = w.shape
     dh, dw = dilation
     top, bottom, left, right = pads
     back = (dh * (kh - 1) - top, dh * (kh - 1) - bottom, dw * (kw - 1) - left,
             dw * (kw - 1) - right)
-    if (tuple(stride) != (1, 1) or min(back) < 0 or kh * kw == 1
-            or 8 * dw * (kw - 1) > width):
+    if tuple(stride) != (1, 1) or min(back) < 0 or kh * kw == 1:
+        return None
+    if 8 * dw * (kw - 1) > width and not _winograd_takes(dy, w, groups, dilation):
         return None
     og = o // groups
     wt = w.reshape(groups, og, cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
@@ -614,7 +630,7 @@ def _input_grad_by_conv(dy, w, geometry, width):
     return conv2d(dy, wt, None, stride=1, pad=back, dilation=dilation, groups=groups)
 
 
-def conv2d_backward(saved, dy):
+def conv2d_backward(saved, dy, input_grad=True):
     x, w, has_bias, geometry, y_shape = saved
     stride, dilation, pads, groups = geometry
     xp = get_array_module(x, w)
@@ -632,11 +648,13 @@ def conv2d_backward(saved, dy):
         fast = _compiled(x, w, dy)
         if fast is not None:  # depthwise: direct compiled loops
             gx, gW = fast.depthwise_conv2d_backward(x, w, dy, stride, pads, dilation)
+            gx = gx if input_grad else None
             if not has_bias:
                 return (gx,), (gW,)
             return (gx,), (gW, dy.sum(axis=(0, 2, 3)))
-    gx = _input_grad_by_conv(dy, w, geometry, wd)  # (N, C, H, W)
-    direct = gx is not None
+    # the input's gradient: a convolution of dy (stride 1), else col2im of each chunk's
+    gx = _input_grad_by_conv(dy, w, geometry, wd) if input_grad else None  # (N, C, H, W)
+    direct = gx is not None or not input_grad
     if not direct:
         gx = xp.empty(x.shape, dtype=x.dtype)
     gW = xp.zeros((groups, og, ck), dtype=x.dtype)
@@ -824,7 +842,7 @@ def gpu_conv2d_forward(x, w, b=None, *, train=True, rng=None, stride=1, pad=0, d
     return y, dict(x=x, w=w, has_bias=b is not None, geo=geo, spec=spec, z=z)
 
 
-def gpu_conv2d_backward(saved, dy):
+def gpu_conv2d_backward(saved, dy, input_grad=True):
     xp = gpu.cupy()
     x, w, geo, spec = saved["x"], saved["w"], saved["geo"], saved["spec"]
     dtype = x.dtype
@@ -834,7 +852,7 @@ def gpu_conv2d_backward(saved, dy):
     gz = gz.reshape(geo.n, geo.o, geo.spatial)  # (N, O, S)
     wg = w.reshape(geo.groups, geo.og, geo.k)
     gW = xp.zeros((geo.groups, geo.og, geo.k), dtype=dtype)
-    gx = xp.empty_like(x)
+    gx = xp.empty_like(x) if input_grad else None
     # a chunk holds the column matrix, its gradient, and the permuted output gradient
     per_sample = (2 * geo.c * geo.kh * geo.kw + geo.o) * geo.spatial * x.itemsize
     chunk = gpu.batch_chunk(geo.n, per_sample)
@@ -848,9 +866,13 @@ def gpu_conv2d_backward(saved, dy):
             # 2-D products hand the transposes to cuBLAS; CuPy's batched matmul would
             # first copy each transposed operand
             gW[0] += xp.matmul(gz_g[0], col[0].T)  # (O, C*kh*kw)
-            gcol = xp.matmul(wg[0].T, gz_g[0])[None]  # (1, C*kh*kw, nb*S)
         else:
             gW += xp.matmul(gz_g, col.transpose(0, 2, 1))  # (G, O/G, C/G*kh*kw)
+        if gx is None:
+            continue
+        if geo.groups == 1:
+            gcol = xp.matmul(wg[0].T, gz_g[0])[None]  # (1, C*kh*kw, nb*S)
+        else:
             gcol = xp.matmul(wg.transpose(0, 2, 1), gz_g)  # (G, C/G*kh*kw, nb*S)
         gx_part = gx[n0:n0 + nb]
         if geo.pointwise:
@@ -937,13 +959,14 @@ def conv1d_forward(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=N
     return y[:, :, 0, :], (saved, shape)
 
 
-def conv1d_backward(saved, dy):
+def conv1d_backward(saved, dy, input_grad=True):
     inner, y_shape = saved
     x = inner[0]
     xp = get_array_module(x)
     dy = as_grad(dy, y_shape, x.dtype, xp, "conv1d")
-    (gx,), grads = conv2d_backward(inner, dy[:, :, None, :])
-    return (gx[:, :, 0, :],), (grads[0][:, :, 0, :],) + tuple(grads[1:])
+    (gx,), grads = conv2d_backward(inner, dy[:, :, None, :], input_grad)
+    gx = None if gx is None else gx[:, :, 0, :]
+    return (gx,), (grads[0][:, :, 0, :],) + tuple(grads[1:])
 
 
 def gpu_conv1d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None,
@@ -967,12 +990,12 @@ def gpu_conv1d_forward(x, w, b=None, *, train=True, rng=None, stride=1, pad=0, d
     return y[:, :, 0, :], (saved, shape)
 
 
-def gpu_conv1d_backward(saved, dy):
+def gpu_conv1d_backward(saved, dy, input_grad=True):
     xp = gpu.cupy()
     inner, y_shape = saved
     dy = as_grad(dy, y_shape, inner["x"].dtype, xp, "conv1d")
-    (gx,), grads = gpu_conv2d_backward(inner, dy[:, :, None, :])
-    return (gx[:, :, 0, :],), (grads[0][:, :, 0, :],) + tuple(grads[1:])
+    (gx,), grads = gpu_conv2d_backward(inner, dy[:, :, None, :], input_grad)
+    return (None if gx is None else gx[:, :, 0, :],), (grads[0][:, :, 0, :],) + tuple(grads[1:])
 
 
 # ---- CONV3D: im2col over N-d windows -----------------------------------------------------------
@@ -1130,7 +1153,7 @@ def conv3d_forward(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=N
     return y, (x, w, b is not None, geometry, groups, tuple(y.shape), "conv3d")
 
 
-def conv3d_backward(saved, dy):
+def conv3d_backward(saved, dy, input_grad=True):
     x, w, has_bias, geometry, groups, y_shape, where = saved
     strides, dilations, pairs, outs = geometry
     xp = get_array_module(x, w)
@@ -1143,12 +1166,12 @@ def conv3d_backward(saved, dy):
     wg_t = w.reshape(groups, og, -1).transpose(0, 2, 1)  # (G, C/G*K, O/G)
     xpad = window.pad_to(x, pairs, 0, xp)
     view = window.window_view(xpad, kernel, strides, dilations, outs, xp)
-    gpad = xp.zeros(xpad.shape, dtype=x.dtype)
+    gpad = xp.zeros(xpad.shape, dtype=x.dtype) if input_grad else None
     gW = xp.zeros((groups, og, wg_t.shape[1]), dtype=x.dtype)
     taps = list(itertools.product(*(range(k) for k in kernel)))
     chunks, most = _chunks(n, outs, 2 * c * prod(kernel) * x.itemsize)
     col_buf = xp.empty(c * prod(kernel) * most, dtype=x.dtype)
-    gcol_buf = xp.empty(c * prod(kernel) * most, dtype=x.dtype)
+    gcol_buf = xp.empty(c * prod(kernel) * most, dtype=x.dtype) if input_grad else None
     for samples, rows in chunks:
         part = _window_part(view, samples, rows, nd)
         nb = part.shape[0]
@@ -1160,6 +1183,8 @@ def conv3d_backward(saved, dy):
             gW[0] += xp.matmul(gy[0], col[0].T)
         else:
             gW += xp.matmul(gy, col.transpose(0, 2, 1))
+        if gpad is None:
+            continue
         gcol = _gemm(wg_t, gy, gcol_buf, xp)  # (G, C/G*K, nb*S)
         gcol = xp.moveaxis(gcol.reshape((c,) + kernel + (nb,) + block), 1 + nd, 0)
         target = gpad[samples]
@@ -1168,7 +1193,12 @@ def conv3d_backward(saved, dy):
                 (slice(None), slice(None)) + tap]
     crop = (slice(None), slice(None)) + tuple(
         slice(begin, begin + size) for size, (begin, _) in zip(x.shape[2:], pairs))
-    gx = gpad if gpad.shape == x.shape else xp.ascontiguousarray(gpad[crop])
+    if gpad is None:
+        gx = None
+    elif gpad.shape == x.shape:
+        gx = gpad
+    else:
+        gx = xp.ascontiguousarray(gpad[crop])
     gW = gW.reshape(w.shape)
     if not has_bias:
         return (gx,), (gW,)
@@ -1370,6 +1400,7 @@ CONV2D = Primitive(
     accepts_out=True,
     accepts_scale=True,
     gemm=True,
+    skips_input_grad=True,
     doc="2-D convolution, with an optional fused scale, bias and activation epilogue",
     keeps=keeps_input,
 )
@@ -1390,6 +1421,7 @@ CONV1D_PRIMITIVE = Primitive(
     accepts_out=True,
     accepts_scale=True,
     gemm=True,
+    skips_input_grad=True,
     doc="1-D convolution: CONV2D's kernels on height-1 views, its epilogue included",
     keeps=keeps_input,
 )
@@ -1407,6 +1439,7 @@ CONV3D_PRIMITIVE = Primitive(
     accepts_out=True,
     accepts_scale=True,
     gemm=True,
+    skips_input_grad=True,
     doc="3-D convolution: N-d im2col and GEMM, with the scale, bias and activation epilogue",
     keeps=keeps_input,
 )

@@ -20,6 +20,8 @@ class Backend:
     accepts_out: frozenset  # ops whose kernel writes into ``out=``
     accepts_scale: frozenset  # ops whose kernel takes a folded batchnorm's ``scale=``
     on_device: bool  # arrays live on a GPU: NumPy inputs are copied there
+    # ops whose backward takes ``input_grad=False`` (weights' gradients alone)
+    skips_input_grad: frozenset = frozenset()
 
     def __str__(self) -> str:
         return self.name

@@ -17,6 +17,7 @@ from .backend import Backend
 
 ACCEPTS_OUT = ops_where("accepts_out")
 ACCEPTS_SCALE = ops_where("accepts_scale")
+SKIPS_INPUT_GRAD = ops_where("skips_input_grad")
 
 
 def _has_cuda_dtype(args) -> bool:
@@ -51,9 +52,9 @@ def _grads(p):
         y, saved = p.forward(*args, **attrs)
         return y, (False, saved)
 
-    def backward(saved, dy):
+    def backward(saved, dy, **options):
         on_gpu, saved = saved
-        return (p.gpu_backward if on_gpu else p.backward)(saved, dy)
+        return (p.gpu_backward if on_gpu else p.backward)(saved, dy, **options)
 
     forward.__name__ = f"{p.name}_forward_gpu"
     backward.__name__ = f"{p.name}_backward_gpu"
@@ -69,4 +70,5 @@ def make_backend() -> Backend:
         import cupy
     except ImportError as err:
         raise RuntimeError("backend 'cupy' needs CuPy: pip install 'cnnc[gpu]'") from err
-    return Backend("cupy", cupy, KERNELS, GRADS, ACCEPTS_OUT, ACCEPTS_SCALE, on_device=True)
+    return Backend("cupy", cupy, KERNELS, GRADS, ACCEPTS_OUT, ACCEPTS_SCALE, on_device=True,
+                   skips_input_grad=SKIPS_INPUT_GRAD)

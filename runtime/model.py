@@ -86,6 +86,7 @@ class Model:
         if self.backend.name == "onnxruntime":
             _ = self.executor  # refuses now: no onnxruntime, or a dtype it does not run
         self._tape = None  # what the last forward(...) kept for backward
+        self._free = None  # buffers whose gradient no parameter needs (_grad_free)
         # Dropout masks in training; its state is part of a training checkpoint.
         self.rng = self.xp.random.default_rng(seed)
 
@@ -327,18 +328,33 @@ class Model:
             heads[name] = step.inputs[0] if step is not None and step.op is Op.SOFTMAX else buf
         return heads
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
         """Back-propagate ``dy`` (the loss's gradient with respect to the output, or a dict
         output name -> gradient) through the last `forward`.
 
         Fills ``grads`` with the gradient of every trainable parameter (zeros for those the
         outputs do not depend on) and returns the gradient with respect to the input (a dict
         when the network has several inputs). Each call replaces the previous gradients.
+
+        With ``input_grad=False`` (training: nothing uses the image's gradient) it returns
+        None, and the layers that only the inputs feed compute their weights' gradients
+        alone: the first convolution skips half its backward pass.
         """
         with self._thread_limit():
-            return self._backward(dy)
+            return self._backward(dy, input_grad)
 
-    def _backward(self, dy):
+    def _grad_free(self) -> frozenset:
+        """The buffers whose gradient no parameter's needs: the inputs, and what layers
+        without parameters make from them alone."""
+        if self._free is None:
+            free = set(self.plan.inputs)
+            for step in self.plan.steps:
+                if not step.params and all(name in free for name in step.inputs):
+                    free.add(step.name)
+            self._free = frozenset(free)
+        return self._free
+
+    def _backward(self, dy, input_grad=True):
         if self._tape is None:
             raise RuntimeError("backward() needs a forward(x) first (model(x) keeps nothing)")
         tape, heads, shapes = self._tape
@@ -360,17 +376,24 @@ class Model:
                                  f"{list(shapes[buf])}, got {list(g.shape)}")
             _accumulate(flowing, buf, g)
         grads = {}
+        free = frozenset() if input_grad else self._grad_free()
         for step, saved in reversed(tape):
             g = flowing.pop(step.name, None)
-            if g is None:
-                continue  # nothing downstream of this step reaches an output
+            if g is None or step.name in free:
+                continue  # nothing downstream reaches an output, or no gradient is wanted
             _, backward = table[step.op]
+            alone = (all(name in free for name in step.inputs)
+                     and step.op in self.backend.skips_input_grad)
             try:
-                dinputs, dparams = backward(saved, g)
+                if alone:
+                    dinputs, dparams = backward(saved, g, input_grad=False)
+                else:
+                    dinputs, dparams = backward(saved, g)
             except ValueError as err:
                 raise at_layer(step, self.plan.file, err) from err
             for name, d in zip(step.inputs, dinputs):
-                _accumulate(flowing, name, d)
+                if name not in free:
+                    _accumulate(flowing, name, d)
             for key, d in zip(step.params, dparams):
                 if d is not None:
                     grads[key] = d
@@ -379,6 +402,8 @@ class Model:
                 grads[key] = self.xp.zeros(shape, dtype=self.dtype)
         self.grads = grads
         self._tape = None
+        if not input_grad:
+            return None
         dx = {name: flowing.get(name, self.xp.zeros(shapes[name], dtype=self.dtype))
               for name in self.plan.inputs}
         return _one_or_dict(dx)

@@ -11,10 +11,11 @@ GRADS = {Op(name): (p.forward, p.backward) for name, p in PRIMITIVES.items()}
 # batchnorm folded into it, per output channel).
 ACCEPTS_OUT = ops_where("accepts_out")
 ACCEPTS_SCALE = ops_where("accepts_scale")
+SKIPS_INPUT_GRAD = ops_where("skips_input_grad")
 
 
 def make_backend() -> Backend:
     import numpy
 
     return Backend("numpy", numpy, KERNELS, GRADS, ACCEPTS_OUT, ACCEPTS_SCALE,
-                   on_device=False)
+                   on_device=False, skips_input_grad=SKIPS_INPUT_GRAD)

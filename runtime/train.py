@@ -711,7 +711,7 @@ class Trainer:
             loss, dlogits = softmax_cross_entropy(logits, yb, self.label_smoothing)
         if not math.isfinite(loss):
             self._diverged(loss, step)
-        self.model.backward(dlogits)
+        self.model.backward(dlogits, input_grad=False)
         self.optimizer.step()
         return loss, accuracy_count(logits, yb)
 

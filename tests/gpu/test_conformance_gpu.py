@@ -76,6 +76,26 @@ def test_training_matches_numpy(device, name, index, dtype):
         np.testing.assert_allclose(device.get(g), w, **TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("name, index", [c for c in CASES
+                                         if PRIMITIVES[c.values[0]].skips_input_grad])
+def test_backward_without_the_input_gradient(device, name, index):
+    """``input_grad=False`` (a first layer in training): no input gradient, the weights'
+    gradients as the NumPy backend's."""
+    ex = _example(name, index)
+    op = Op(name)
+    forward, backward = numpy_backend.GRADS[op]
+    want, saved = forward(*_arrays(copy.deepcopy(ex), np.float32), train=True, **ex.attrs)
+    dy = np.random.default_rng(3).standard_normal(want.shape).astype(np.float32)
+    _, want_gw = backward(saved, dy)
+    g_forward, g_backward = cupy_backend.GRADS[op]
+    args = [None if a is None else device.put(a) for a in _arrays(ex, np.float32)]
+    _, g_saved = g_forward(*args, train=True, **ex.attrs)
+    got_gx, got_gw = g_backward(g_saved, device.put(dy), input_grad=False)
+    assert all(g is None for g in got_gx)
+    for g, w in zip(got_gw, want_gw):
+        np.testing.assert_allclose(device.get(g), w, **TOLERANCE[np.float32])
+
+
 @pytest.mark.parametrize("name, index", CASES)
 def test_float16_goes_to_the_generic_kernel(device, name, index):
     ex = _example(name, index)

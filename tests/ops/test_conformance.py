@@ -170,6 +170,23 @@ def test_gradients_have_the_forward_dtype_and_belong_to_the_caller(name, index, 
             assert other is g or other is None or not np.shares_memory(g, other)
 
 
+@pytest.mark.parametrize("name, index", [c for c in CASES
+                                         if PRIMITIVES[c.values[0]].skips_input_grad])
+def test_backward_without_the_input_gradient_gives_the_same_weights_gradients(name, index):
+    p = PRIMITIVES[name]
+    ex = _example(name, index)
+    y, saved = _forward(p, ex, train=True)
+    dy = np.sin(np.arange(y.size, dtype=y.dtype).reshape(y.shape))
+    gxs, gws = p.backward(saved, dy)
+    _, saved = _forward(p, _example(name, index), train=True)
+    alone, gws_alone = p.backward(saved, dy, input_grad=False)
+    assert all(g is None for g in alone) and len(alone) == len(gxs)
+    for g, a in zip(gws, gws_alone):
+        assert (g is None) == (a is None)
+        if g is not None:
+            np.testing.assert_array_equal(a, g)
+
+
 def _deterministic(p, ex) -> bool:
     """Whether a training forward gives the same output whatever the random generator."""
     a, _ = _forward(p, copy.deepcopy(ex), train=True, seed=1)

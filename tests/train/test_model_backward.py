@@ -197,3 +197,63 @@ def test_state_is_a_snapshot():
     key = next(iter(model.plan.params))
     model.params[key] += 1
     assert not np.array_equal(snap[key], model.params[key])
+
+
+ONE_AND_THREE_D = [
+    """
+network wave
+input x: [3, 20]
+output y = x -> conv1d(4, 5, stride=2, pad=2) -> relu -> conv1d(4, 3, pad=1) -> global_avgpool
+    -> flatten -> dense(2)
+""",
+    """
+network clip
+input x: [2, 5, 6, 6]
+output y = x -> conv3d(3, 3, stride=[1, 2, 2], pad=1) -> relu -> global_avgpool -> flatten
+    -> dense(2)
+""",
+]
+
+
+@pytest.mark.parametrize("source", [EVERY_OP, TWO_HEADS] + ONE_AND_THREE_D,
+                         ids=["every-op", "two-heads", "conv1d", "conv3d"])
+def test_without_the_input_gradient_the_weights_gradients_are_the_same(source):
+    model = cnnc.compile(source).build(backend="numpy", dtype="float64", seed=2)
+    _perturb_running_stats(model)
+    xs = _inputs(model, 2, seed=4)
+    out = model.forward(xs, train=True)
+    dy = ({k: np.cos(v) for k, v in out.items()} if isinstance(out, dict) else np.cos(out))
+    dx = model.backward(dy)
+    assert dx is not None
+    full = dict(model.grads)
+    model.forward(xs, train=True)
+    assert model.backward(dy, input_grad=False) is None
+    assert set(model.grads) == set(full)
+    for key, g in full.items():
+        np.testing.assert_allclose(model.grads[key], g, rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+def test_without_the_input_gradient_the_first_convolution_skips_it(monkeypatch):
+    """The first conv's backward is asked for its weights' gradient alone; a conv fed by a
+    layer with parameters is asked for both."""
+    from cnnc.ops import Op
+    from cnnc.runtime import numpy_backend
+
+    asked = []
+    forward, real = numpy_backend.GRADS[Op.CONV2D]
+
+    def spy(saved, dy, input_grad=True):
+        asked.append(input_grad)
+        return real(saved, dy, input_grad)
+
+    monkeypatch.setitem(numpy_backend.GRADS, Op.CONV2D, (forward, spy))
+    source = """
+network two
+input x: [3, 8, 8]
+output y = x -> maxpool(2) -> conv(4, 3, pad=1) -> relu -> conv(2, 3) -> global_avgpool
+    -> flatten
+"""
+    model = cnnc.compile(source).build(backend="numpy", dtype="float32", seed=0)
+    model.forward(_inputs(model, 2), train=True)
+    model.backward(np.ones((2, 2), np.float32), input_grad=False)
+    assert asked == [True, False]
