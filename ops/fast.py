@@ -6,8 +6,9 @@ calls in here only for float32 and float64 NumPy arrays:
 
 - depthwise convolutions (one input channel per group), forward with the whole epilogue
   (scale, bias, activation, a fused gate) and backward (input and weight gradients): per
-  image and channel, one multiply-add per kernel tap over a contiguous run of the padded
-  plane's phase planes, where NumPy runs a grouped GEMM with one row per channel;
+  image and channel, multiply-adds of a kernel row's taps over contiguous runs of the
+  padded plane's phase planes, where NumPy runs a grouped GEMM with one row per channel;
+  the forward also runs convolutions of a few input channels, such as an RGB stem;
 - the epilogue of a GEMM convolution (scale, bias, activation, gate) in one pass from the
   product to the output, where NumPy makes a pass for each;
 - sigmoid and swish/silu on float32 arrays, through an exp written as plain arithmetic
@@ -321,9 +322,9 @@ def activate_(y, act) -> bool:
     return True
 
 
-# ---- depthwise convolution ------------------------------------------------------------
+# ---- depthwise (and few-channel) convolution -----------------------------------------
 
-# The accumulator of a depthwise kernel holds this many values (8 KiB of float32, in the L1
+# The accumulator of a direct convolution holds this many values (8 KiB of float32, in the L1
 # cache beside the input rows it reads): whole output rows, padding columns included.
 ACC_VALUES = 2048
 
@@ -378,65 +379,127 @@ def _phase_copy(plane, phases, top, left, sh, sw, into):
                             line[t * sw] = part[t]
 
 
+@_inline
+def _tap(w, oc, ci, i, j, row, plane, sh, sw, dh, dw):
+    """Tap ``(i, j)`` of input channel ``ci``: its weight, and where its run starts in the
+    phase planes (``row``: the start of its kernel row's phase row)."""
+    phase = (i * dh) % sh * sw + (j * dw) % sw
+    return w[oc, ci, i, j], row + phase * plane + (j * dw) // sw
+
+
 @jit(parallel=True)
-def _depthwise_forward(x, w, scale, bias, out, sh, sw, top, left, dh, dw, code, k,
-                       has_scale, has_bias, gate, has_gate, block):
-    """Per image and block of ``block`` output channels: each input plane laid out as the
-    phase planes of its padded self (see ``ops/conv._conv_shifted``; the padding stays zero
-    from one channel to the next, only the interior is rewritten), then one multiply-add
-    per tap over a contiguous run of ``Ho * Wq`` values, the kept columns through the
+def _direct_forward(x, w, scale, bias, out, sh, sw, top, left, dh, dw, code, k,
+                    has_scale, has_bias, gate, has_gate, block):
+    """A convolution of few input channels per group (``w (O, C/G, kh, kw)``): depthwise
+    ones, and stems such as 3 -> 32 channels. Per image and block of ``block`` output
+    channels: the input planes of the channel's group laid out as the phase planes of their
+    padded selves (see ``ops/conv._conv_shifted``; the padding stays zero from one group
+    to the next, only the interior is rewritten), then one multiply-add per tap and input
+    channel over a contiguous run of ``Ho * Wq`` values, the kept columns through the
     epilogue into ``out``. The block shares one workspace among its channels."""
     n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
+    o, cg, kh, kw = w.shape
     ho, wo = out.shape[2], out.shape[3]
-    per = o // c  # output channels per input channel
+    og = o // (c // cg)  # output channels per group
     hq = max(-(-(h + top) // sh), ho + ((kh - 1) * dh) // sh)
     wq = max(-(-(wd + left) // sw), wo + ((kw - 1) * dw) // sw)
     plane = (hq + 1) * wq
+    phases = sh * sw * plane  # one input channel's phase planes
     blocks = (o + block - 1) // block
     rows = max(1, min(ho, ACC_VALUES // wq))  # output rows accumulated at a time
     for job in prange(n * blocks):
         b = job // blocks
         start = (job - b * blocks) * block
-        flat = np.zeros(sh * sw * plane, dtype=x.dtype)
+        flat = np.zeros(cg * phases, dtype=x.dtype)
         acc = np.empty(rows * wq, dtype=out.dtype)
-        filled = -1
-        for oc in range(start, min(o, start + block)):
-            ic = oc // per
-            if ic != filled:
+        end = min(o, start + block)
+        oc0 = start
+        while oc0 < end:  # the block's channels, a group at a time
+            group = oc0 // og
+            oc1 = min(end, (group + 1) * og)
+            for ci in range(cg):
+                ic = group * cg + ci
+                mine = flat[ci * phases:(ci + 1) * phases]
                 if sh == 1 and sw == 1:  # the padded plane: a copy row by row
                     source = x[b, ic]
                     for r in range(h):
                         at = (r + top) * wq + left
-                        # a slice assignment: a loop over ``flat[at + q]`` would check each
+                        # a slice assignment: a loop over ``mine[at + q]`` would check each
                         # index for wrapping around and not vectorise
-                        flat[at:at + wd] = source[r]
+                        mine[at:at + wd] = source[r]
                 else:
-                    _phase_copy(x[b, ic], flat.reshape(sh * sw, hq + 1, wq), top, left, sh,
+                    _phase_copy(x[b, ic], mine.reshape(sh * sw, hq + 1, wq), top, left, sh,
                                 sw, True)
-                filled = ic
-            g = scale[oc if has_scale else 0]
-            s = bias[oc if has_bias else 0]
-            f = gate[b if has_gate else 0, oc if has_gate else 0]
+            # a band of rows at a time, every channel of the group over it: the band's
+            # phase rows stay in the caches from one channel to the next
             for r0 in range(0, ho, rows):
                 count = min(rows, ho - r0) * wq
-                for i in range(kh):
-                    for j in range(kw):
-                        tap = w[oc, 0, i, j]
-                        phase = (i * dh) % sh * sw + (j * dw) % sw
-                        at = phase * plane + (r0 + (i * dh) // sh) * wq + (j * dw) // sw
-                        src = flat[at:at + count]  # slices: no index can wrap
-                        dst = acc[:count]
-                        if i == 0 and j == 0:
-                            for p in range(count):
-                                dst[p] = tap * src[p]
-                        else:
-                            for p in range(count):
-                                dst[p] += tap * src[p]
-                for oh in range(r0, min(ho, r0 + rows)):
-                    first = (oh - r0) * wq
-                    finish_row(acc[first:first + wo], out[b, oc, oh], g, s, has_scale,
-                                has_bias, code, k, f, has_gate)
+                dst = acc[:count]
+                for oc in range(oc0, oc1):
+                    for ci in range(cg):
+                        for i in range(kh):
+                            # where the kernel row's phase row starts in ``flat``
+                            row = ci * phases + (r0 + (i * dh) // sh) * wq
+                            _row_taps(dst, flat, w, oc, ci, i, row, plane, sh, sw, dh, dw,
+                                      ci == 0 and i == 0)
+                    g = scale[oc if has_scale else 0]
+                    s = bias[oc if has_bias else 0]
+                    f = gate[b if has_gate else 0, oc if has_gate else 0]
+                    for oh in range(r0, min(ho, r0 + rows)):
+                        first = (oh - r0) * wq
+                        finish_row(acc[first:first + wo], out[b, oc, oh], g, s, has_scale,
+                                   has_bias, code, k, f, has_gate)
+            oc0 = oc1
+
+
+@_inline
+def _row_taps(dst, flat, w, oc, ci, i, row, plane, sh, sw, dh, dw, first):
+    """``dst`` (= if ``first``, else +=) the taps of kernel row ``i`` of input channel
+    ``ci`` times their runs in ``flat``. Three or five taps a pass: a third or a fifth of
+    the accumulator's loads and stores of a pass per tap (not more: LLVM checks each source
+    against ``dst`` for overlap, and gives up past eight)."""
+    count = dst.shape[0]
+    kw = w.shape[3]
+    if kw == 3:
+        t0, a0 = _tap(w, oc, ci, i, 0, row, plane, sh, sw, dh, dw)
+        t1, a1 = _tap(w, oc, ci, i, 1, row, plane, sh, sw, dh, dw)
+        t2, a2 = _tap(w, oc, ci, i, 2, row, plane, sh, sw, dh, dw)
+        s0 = flat[a0:a0 + count]  # slices: no index can wrap
+        s1 = flat[a1:a1 + count]
+        s2 = flat[a2:a2 + count]
+        if first:
+            for p in range(count):
+                dst[p] = t0 * s0[p] + t1 * s1[p] + t2 * s2[p]
+        else:
+            for p in range(count):
+                dst[p] += t0 * s0[p] + t1 * s1[p] + t2 * s2[p]
+    elif kw == 5:
+        t0, a0 = _tap(w, oc, ci, i, 0, row, plane, sh, sw, dh, dw)
+        t1, a1 = _tap(w, oc, ci, i, 1, row, plane, sh, sw, dh, dw)
+        t2, a2 = _tap(w, oc, ci, i, 2, row, plane, sh, sw, dh, dw)
+        t3, a3 = _tap(w, oc, ci, i, 3, row, plane, sh, sw, dh, dw)
+        t4, a4 = _tap(w, oc, ci, i, 4, row, plane, sh, sw, dh, dw)
+        s0 = flat[a0:a0 + count]
+        s1 = flat[a1:a1 + count]
+        s2 = flat[a2:a2 + count]
+        s3 = flat[a3:a3 + count]
+        s4 = flat[a4:a4 + count]
+        if first:
+            for p in range(count):
+                dst[p] = t0 * s0[p] + t1 * s1[p] + t2 * s2[p] + t3 * s3[p] + t4 * s4[p]
+        else:
+            for p in range(count):
+                dst[p] += t0 * s0[p] + t1 * s1[p] + t2 * s2[p] + t3 * s3[p] + t4 * s4[p]
+    else:
+        for j in range(kw):
+            tap, at = _tap(w, oc, ci, i, j, row, plane, sh, sw, dh, dw)
+            src = flat[at:at + count]
+            if first and j == 0:
+                for p in range(count):
+                    dst[p] = tap * src[p]
+            else:
+                for p in range(count):
+                    dst[p] += tap * src[p]
 
 
 @jit(fastmath={"contract", "reassoc"})
@@ -622,27 +685,30 @@ def epilogue_(dest, src, scale, bias, act, gate=None) -> bool:
     return True
 
 
-def depthwise_conv2d(x, w, b, scale, act, out, stride, pads, dilation, gate=None):
-    """A depthwise CONV2D (``w (O, 1, kh, kw)``, ``O`` a multiple of ``x``'s channels)
-    into ``out (N, O, Ho, Wo)``, with scale, bias, the activation and the gate ``(N, O)``
-    applied. Returns False when the compiled epilogue lacks the activation: then neither it
-    nor the gate was applied, and the caller applies both."""
+def direct_conv2d(x, w, b, scale, act, out, stride, pads, dilation, gate=None):
+    """A CONV2D of few input channels per group (depthwise: ``w (O, 1, kh, kw)``, ``O`` a
+    multiple of ``x``'s channels; a stem: ``w (O, 3, kh, kw)``) into ``out (N, O, Ho,
+    Wo)``, with scale, bias, the activation and the gate ``(N, O)`` applied. Returns False
+    when the compiled epilogue lacks the activation: then neither it nor the gate was
+    applied, and the caller applies both."""
     code = act_code(act, x.dtype)
     done = code is not None
     code, alpha, beta = code if done else (ACT_IDENTITY, 0.0, 0.0)
     dummy = np.zeros(1, dtype=x.dtype)
     use_gate = gate is not None and done
-    _depthwise_forward(x, w, dummy if scale is None else scale, dummy if b is None else b, out,
-                       stride[0], stride[1], pads[0], pads[2], dilation[0], dilation[1],
-                       code, constants(x.dtype, alpha, beta), scale is not None,
-                       b is not None, gate if use_gate else dummy.reshape(1, 1), use_gate,
-                       _channel_block(x.shape[0], w.shape[0]))
+    _direct_forward(x, w, dummy if scale is None else scale, dummy if b is None else b, out,
+                    stride[0], stride[1], pads[0], pads[2], dilation[0], dilation[1], code,
+                    constants(x.dtype, alpha, beta), scale is not None, b is not None,
+                    gate if use_gate else dummy.reshape(1, 1), use_gate,
+                    _channel_block(x.shape[0], w.shape[0]) if w.shape[1] == 1 else w.shape[0])
     return done
 
 
 def _channel_block(n, o):
-    """Output channels per parallel job: enough to share a workspace among, while leaving
-    several jobs per thread (the last ones balance the load)."""
+    """Output channels per parallel job of a depthwise convolution: enough to share a
+    workspace among, while leaving several jobs per thread (the last ones balance the
+    load). A convolution of several input channels per group takes one job per image: its
+    jobs would each lay out every input plane of a group again."""
     return max(1, min(16, (n * o) // 64))
 
 

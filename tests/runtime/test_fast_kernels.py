@@ -92,6 +92,58 @@ def test_depthwise_backward_matches_numpy(case, numpy_only):
     assert gx.shape == x.shape and gw.shape == w.shape
 
 
+# A few input channels per group (ops/conv.DIRECT_CHANNELS): (input channels, output
+# channels, groups, (H, W), kernel, stride, pad, dilation)
+FEW_CHANNELS = [
+    (3, 8, 1, (11, 10), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),  # an RGB stem
+    (2, 5, 1, (9, 9), (5, 5), (1, 1), (2, 2, 2, 2), (1, 1)),
+    (4, 6, 2, (8, 7), (3, 3), (1, 2), (0, 2, 1, 0), (2, 1)),  # 2 per group, dilated
+    (8, 4, 2, (6, 9), (1, 5), (1, 3), (0, 0, 2, 2), (1, 1)),  # 4 per group, a conv1d's shape
+    (1, 3, 1, (5, 5), (3, 3), (3, 3), (4, 4, 4, 4), (1, 1)),  # padding wider than the kernel
+]
+
+
+@pytest.mark.parametrize("case", FEW_CHANNELS)
+def test_few_channel_direct_convolution_matches_the_reference_and_numpy(case, numpy_only):
+    rng = np.random.default_rng(4)
+    c, o, groups, hw, kernel, stride, pad, dilation = case
+    assert c // groups <= conv.DIRECT_CHANNELS and kernel[1] in (3, 5)
+    x = rng.standard_normal((3, c) + hw) * 3
+    w = rng.standard_normal((o, c // groups) + kernel)
+    b = rng.standard_normal(o)
+    scale = rng.standard_normal(o)
+    gate = rng.standard_normal((3, o, 1, 1))
+    attrs = dict(stride=stride, pad=pad, dilation=dilation, groups=groups)
+    z = reference_conv2d(x, w, None, **attrs) * scale[:, None, None] + b[:, None, None]
+    for act in ("relu6", ("silu", {}), None):
+        got = conv2d(x, w, b, act=act, scale=scale, gate=gate, **attrs)
+        np.testing.assert_allclose(got, conv.reference_act(z, act) * gate, rtol=1e-10,
+                                   atol=1e-10, err_msg=str(act))
+    compiled = conv2d(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32),
+                      act="hardswish", **attrs)
+    numpy_only()
+    plain = conv2d(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32),
+                   act="hardswish", **attrs)
+    np.testing.assert_allclose(compiled, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_few_channel_direct_convolution_is_taken(monkeypatch):
+    """The stem shapes go to the direct kernel, wider kernels and more channels do not."""
+    taken = []
+    real = fast.direct_conv2d
+
+    def spy(x, w, *args, **kwargs):
+        taken.append(tuple(w.shape))
+        return real(x, w, *args, **kwargs)
+
+    monkeypatch.setattr(fast, "direct_conv2d", spy)
+    x = np.ones((1, 3, 12, 12), np.float32)
+    conv2d(x, np.ones((4, 3, 3, 3), np.float32), None, stride=2, pad=1)
+    conv2d(x, np.ones((4, 3, 7, 7), np.float32), None, stride=2, pad=3)
+    conv2d(np.ones((1, 8, 12, 12), np.float32), np.ones((4, 8, 3, 3), np.float32), None)
+    assert taken == [(4, 3, 3, 3)]
+
+
 def test_depthwise_float32_and_a_channel_slice_as_output():
     rng = np.random.default_rng(2)
     x, w, b, attrs = _case(rng, DEPTHWISE[1], np.float32)
