@@ -388,18 +388,19 @@ def _tap(w, oc, ci, i, j, row, plane, sh, sw, dh, dw):
 
 
 @jit(parallel=True)
-def _direct_forward(x, w, scale, bias, out, sh, sw, top, left, dh, dw, code, k,
+def _direct_forward(x, w, scale, bias, out, ho, wo, sh, sw, top, left, dh, dw, code, k,
                     has_scale, has_bias, gate, has_gate, block):
     """A convolution of few input channels per group (``w (O, C/G, kh, kw)``): depthwise
     ones, and stems such as 3 -> 32 channels. Per image and block of ``block`` output
     channels: the input planes of the channel's group laid out as the phase planes of their
     padded selves (see ``ops/conv._conv_shifted``; the padding stays zero from one group
     to the next, only the interior is rewritten), then one multiply-add per tap and input
-    channel over a contiguous run of ``Ho * Wq`` values, the kept columns through the
-    epilogue into ``out``. The block shares one workspace among its channels."""
+    channel over a contiguous run of ``Ho * Wq`` values, the kept columns moved together
+    and through the epilogue into ``out`` (``(N, O, Ho * Wo)``, contiguous), one call a
+    band (a call a row cost as much as the arithmetic on 7- and 14-wide maps). The block
+    shares one workspace among its channels."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
-    ho, wo = out.shape[2], out.shape[3]
     og = o // (c // cg)  # output channels per group
     hq = max(-(-(h + top) // sh), ho + ((kh - 1) * dh) // sh)
     wq = max(-(-(wd + left) // sw), wo + ((kw - 1) * dw) // sw)
@@ -445,10 +446,14 @@ def _direct_forward(x, w, scale, bias, out, sh, sw, top, left, dh, dw, code, k,
                     g = scale[oc if has_scale else 0]
                     s = bias[oc if has_bias else 0]
                     f = gate[b if has_gate else 0, oc if has_gate else 0]
-                    for oh in range(r0, min(ho, r0 + rows)):
-                        first = (oh - r0) * wq
-                        finish_row(acc[first:first + wo], out[b, oc, oh], g, s, has_scale,
-                                   has_bias, code, k, f, has_gate)
+                    r1 = min(ho, r0 + rows)
+                    for r in range(1, r1 - r0):  # row r's kept columns after row r - 1's
+                        kept = acc[r * wq:r * wq + wo]
+                        moved = acc[r * wo:r * wo + wo]
+                        for q in range(wo):
+                            moved[q] = kept[q]
+                    finish_row(acc[:(r1 - r0) * wo], out[b, oc, r0 * wo:r1 * wo], g, s,
+                               has_scale, has_bias, code, k, f, has_gate)
             oc0 = oc1
 
 
@@ -696,11 +701,18 @@ def direct_conv2d(x, w, b, scale, act, out, stride, pads, dilation, gate=None):
     code, alpha, beta = code if done else (ACT_IDENTITY, 0.0, 0.0)
     dummy = np.zeros(1, dtype=x.dtype)
     use_gate = gate is not None and done
-    _direct_forward(x, w, dummy if scale is None else scale, dummy if b is None else b, out,
-                    stride[0], stride[1], pads[0], pads[2], dilation[0], dilation[1], code,
-                    constants(x.dtype, alpha, beta), scale is not None, b is not None,
+    n, o, ho, wo = out.shape
+    # the kernel writes whole bands of rows: into ``out`` where its planes lie one after
+    # the other, else (a channel slice of a concat) into a contiguous array copied after
+    into = out if out.flags.c_contiguous else np.empty(out.shape, dtype=out.dtype)
+    _direct_forward(x, w, dummy if scale is None else scale, dummy if b is None else b,
+                    into.reshape(n, o, ho * wo), ho, wo, stride[0], stride[1], pads[0],
+                    pads[2], dilation[0], dilation[1], code, constants(x.dtype, alpha, beta),
+                    scale is not None, b is not None,
                     gate if use_gate else dummy.reshape(1, 1), use_gate,
-                    _channel_block(x.shape[0], w.shape[0]) if w.shape[1] == 1 else w.shape[0])
+                    _channel_block(n, o) if w.shape[1] == 1 else o)
+    if into is not out:
+        out[...] = into
     return done
 
 
