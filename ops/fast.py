@@ -42,10 +42,30 @@ import os
 
 import numpy as np
 
+
+
+def _openmp_loaded() -> bool:
+    """Whether an OpenMP runtime is already in this process (Linux: its memory map), such as
+    the libgomp PyTorch brings: numba's OpenMP layer then runs on it (one soname, loaded
+    once), with the wait policy it read when it loaded."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return False
+    return any(name in maps for name in ("libgomp", "libiomp5", "libomp."))
+
+
 # numba's OpenMP threads sleep as soon as a parallel loop ends, instead of spinning for a
 # while: spinning, they took the cores from the BLAS threads of the next matrix product,
 # which made a 2-thread forward pass several times slower than a 1-thread one
 # (docs/performance.md). Set before numba's OpenMP layer loads; a user's setting stays.
+# Where an OpenMP runtime loaded before this module (PyTorch imported first), its threads
+# may spin whatever is set now: the parallel loops then run on the calling thread alone
+# (``runtime/threads.limit``), since spinning made the digits example's 2-thread training
+# step 57 ms instead of 10 (one thread, 9).
+OPENMP_MAY_SPIN = (os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != "PASSIVE"
+                   and _openmp_loaded())
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:

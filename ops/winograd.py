@@ -54,7 +54,9 @@ WORKSPACE_BYTES = 8 << 20
 # loop per transform position (shorter ones: one fused loop, measured).
 WIDE = 16
 # ``worthwhile``'s thresholds (measured).
-MIN_CHANNELS = 8
+MIN_CHANNELS = 64
+WIDE_CHANNELS = 128  # from here on, maps of any size (with fewer, 14 x 14 or larger)
+MIN_MAP = 14
 MIN_TILES = 64
 U_CACHED_BYTES = 2 << 20
 
@@ -259,8 +261,13 @@ def worthwhile(n, c, o, ho, wo, itemsize=4, have_u=False) -> bool:
     1.1 to 1.7x slower: the transforms cost more than the small GEMM saves), and not
     where the weight transform is recomputed for few tiles, ``n * ceil(Ho/2) *
     ceil(Wo/2) < MIN_TILES``, while ``U`` outgrows the caches (``16 * O * C`` values over
-    ``U_CACHED_BYTES``): 512 -> 512 at 7x7 ran 1.1 to 1.5x slower at batch 1 and 2."""
-    if c < MIN_CHANNELS:
+    ``U_CACHED_BYTES``): 512 -> 512 at 7x7 ran 1.1 to 1.5x slower at batch 1 and 2.
+    The transforms outweigh the smaller GEMMs with few input channels (one thread, batch
+    32: 16 -> 16 ran 1.4 to 3.1x slower at 4 to 28 wide; 64 -> 64 1.1 to 1.9x slower at 4
+    and 8 wide, even or faster from 14; 256 -> 256 1.35 to 1.9x faster at every size), so
+    not under ``MIN_CHANNELS``, nor under ``WIDE_CHANNELS`` on maps smaller than
+    ``MIN_MAP``."""
+    if c < MIN_CHANNELS or (c < WIDE_CHANNELS and min(ho, wo) < MIN_MAP):
         return False
     tiles = n * ((ho + 1) // 2) * ((wo + 1) // 2)
     return have_u or tiles >= MIN_TILES or 16 * o * c * itemsize <= U_CACHED_BYTES

@@ -203,13 +203,18 @@ def blas_threads() -> list:
 
 def _numba_threads():
     """numba's ``(get_num_threads, set_num_threads, most)`` once it is loaded; None before
-    (the compiled kernels load it, never this module)."""
+    (the compiled kernels load it, never this module). ``most`` is 1 where its OpenMP
+    threads may spin between loops (``ops/fast.OPENMP_MAY_SPIN``)."""
     import sys
 
     numba = sys.modules.get("numba")
     if numba is None or not hasattr(numba, "set_num_threads"):
         return None
-    return numba.get_num_threads, numba.set_num_threads, numba.config.NUMBA_NUM_THREADS
+    fast = sys.modules.get("cnnc.ops.fast")
+    most = numba.config.NUMBA_NUM_THREADS
+    if fast is not None and getattr(fast, "OPENMP_MAY_SPIN", False):
+        most = 1
+    return numba.get_num_threads, numba.set_num_threads, most
 
 
 @contextlib.contextmanager

@@ -110,3 +110,44 @@ def test_the_executor_runs_under_the_limit(monkeypatch):
     threads.set_threads(1)
     np.testing.assert_array_equal(model(x), first)
     assert len(seen) == 2
+
+
+_OPENMP_FIRST = """
+import ctypes, ctypes.util, json, os
+name = ctypes.util.find_library("gomp")
+if name:
+    ctypes.CDLL(name)  # an OpenMP runtime loaded first, as PyTorch's import does
+from cnnc.ops import fast
+from cnnc.runtime import threads
+with threads.limit(2):
+    inside = threads._numba_threads()[0]() if fast.ENABLED else None
+most = fast.numba.config.NUMBA_NUM_THREADS if fast.ENABLED else None
+print(json.dumps({"gomp": bool(name), "spin": fast.OPENMP_MAY_SPIN, "inside": inside,
+                  "most": most,
+                  "policy": os.environ.get("OMP_WAIT_POLICY")}))
+"""
+
+
+@pytest.mark.parametrize("policy", [None, "PASSIVE"])
+def test_an_openmp_runtime_loaded_first_keeps_the_compiled_loops_on_one_thread(policy):
+    """An OpenMP runtime in the process before cnnc's kernels (PyTorch's) read its wait
+    policy already, and may spin between numba's parallel loops: they then run one thread,
+    unless the user's environment made it passive from the start."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy is not None:
+        env["OMP_WAIT_POLICY"] = policy
+    out = subprocess.run([sys.executable, "-c", _OPENMP_FIRST], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    if not got["gomp"]:
+        pytest.skip("no libgomp on this machine")
+    assert got["policy"] == "PASSIVE"
+    assert got["spin"] is (policy is None)
+    if got["inside"] is not None:
+        assert got["inside"] == (1 if policy is None else min(2, got["most"]))
