@@ -8,6 +8,7 @@ so the NumPy path never needs it installed.
 
 import importlib
 import math
+import sys
 
 
 class LazyModule:
@@ -40,7 +41,9 @@ def get_array_module(*arrays):
             import cupy
 
             return cupy
-    return importlib.import_module("numpy")
+    # (sys.modules first: import_module's lookup cost 0.5 ms a training step of the digits
+    # example, 60 calls)
+    return sys.modules.get("numpy") or importlib.import_module("numpy")
 
 
 def float_dtype(xp, *arrays):
