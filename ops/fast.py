@@ -350,53 +350,70 @@ ACC_VALUES = 2048
 
 
 @jit()
-def _phase_copy(plane, phases, top, left, sh, sw, into):
-    """Between one ``plane (H, W)`` and its zero-padded phase planes ``phases (sh*sw, Hq+1,
-    Wq)``: padded row ``R`` and column ``C`` are phase ``(R % sh, C % sw)`` at ``(R // sh,
-    C // sw)`` (at stride 1, the padded plane itself). ``into``: the plane's values into the
-    phase planes (the padding's cells untouched); else the phase planes' values back into
-    the plane (the padding's cells dropped)."""
+def _phase_copy(plane, phases, top, left, sh, sw):
+    """One ``plane (H, W)`` into its zero-padded phase planes ``phases (sh*sw, Hq+1, Wq)``:
+    padded row ``R`` and column ``C`` are phase ``(R % sh, C % sw)`` at ``(R // sh, C //
+    sw)`` (at stride 1, the padded plane itself); the padding's cells stay untouched. The
+    plane may be read-only (an input from Ray's object store): `_phase_back` writes."""
     h, wd = plane.shape
     for r in range(h):
-        big = r + top
-        p = big % sh
-        pr = big // sh
+        p, pr = (r + top) % sh, (r + top) // sh
         row = plane[r]
         if sw == 1:
-            if into:
-                phases[p, pr, left:left + wd] = row
-            else:
-                row[:] = phases[p, pr, left:left + wd]
+            phases[p, pr, left:left + wd] = row
         elif sw == 2:  # one loop, both phases: a stride-2 pair LLVM loads as vectors
             even = phases[p * 2 + left % 2, pr, left // 2:]  # columns 0, 2, 4, ...
             odd = phases[p * 2 + (left + 1) % 2, pr, (left + 1) // 2:]  # 1, 3, 5, ...
             half = wd // 2
-            if into:
-                for t in range(half):
-                    even[t] = row[2 * t]
-                    odd[t] = row[2 * t + 1]
-                if wd % 2:
-                    even[half] = row[wd - 1]
-            else:
-                for t in range(half):
-                    row[2 * t] = even[t]
-                    row[2 * t + 1] = odd[t]
-                if wd % 2:
-                    row[wd - 1] = even[half]
+            for t in range(half):
+                even[t] = row[2 * t]
+                odd[t] = row[2 * t + 1]
+            if wd % 2:
+                even[half] = row[wd - 1]
         else:
             for q in range(sw):
-                first = (q - left) % sw  # the first input column of phase column q
-                start = (first + left) // sw
-                count = (wd - first + sw - 1) // sw if first < wd else 0
-                if count > 0:
-                    part = phases[p * sw + q, pr, start:start + count]
-                    line = row[first:]
-                    if into:  # indices that cannot wrap: no check, no call
-                        for t in range(count):
-                            part[t] = line[t * sw]
-                    else:
-                        for t in range(count):
-                            line[t * sw] = part[t]
+                first, start, count = _phase_columns(q, left, sw, wd)
+                part = phases[p * sw + q, pr, start:start + count]
+                line = row[first:]
+                for t in range(count):  # indices that cannot wrap: no check, no call
+                    part[t] = line[t * sw]
+
+
+@jit()
+def _phase_back(phases, plane, top, left, sh, sw):
+    """`_phase_copy` the other way: the phase planes' values back into ``plane``, the
+    padding's cells dropped."""
+    h, wd = plane.shape
+    for r in range(h):
+        p, pr = (r + top) % sh, (r + top) // sh
+        row = plane[r]
+        if sw == 1:
+            row[:] = phases[p, pr, left:left + wd]
+        elif sw == 2:
+            even = phases[p * 2 + left % 2, pr, left // 2:]
+            odd = phases[p * 2 + (left + 1) % 2, pr, (left + 1) // 2:]
+            half = wd // 2
+            for t in range(half):
+                row[2 * t] = even[t]
+                row[2 * t + 1] = odd[t]
+            if wd % 2:
+                row[wd - 1] = even[half]
+        else:
+            for q in range(sw):
+                first, start, count = _phase_columns(q, left, sw, wd)
+                part = phases[p * sw + q, pr, start:start + count]
+                line = row[first:]
+                for t in range(count):
+                    line[t * sw] = part[t]
+
+
+@_inline
+def _phase_columns(q, left, sw, wd):
+    """Phase column ``q``'s run: ``(first input column, first phase column, count)``."""
+    first = (q - left) % sw
+    start = (first + left) // sw
+    count = (wd - first + sw - 1) // sw if first < wd else 0
+    return first, start, count
 
 
 @_inline
@@ -450,7 +467,7 @@ def _direct_forward(x, w, scale, bias, out, ho, wo, sh, sw, top, left, dh, dw, c
                         mine[at:at + wd] = source[r]
                 else:
                     _phase_copy(x[b, ic], mine.reshape(sh * sw, hq + 1, wq), top, left, sh,
-                                sw, True)
+                                sw)
             # a band of rows at a time, every channel of the group over it: the band's
             # phase rows stay in the caches from one channel to the next
             for r0 in range(0, ho, rows):
@@ -559,7 +576,7 @@ def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
         flat = np.zeros(sh * sw * plane, dtype=x.dtype)
         grad = np.zeros(sh * sw * plane, dtype=x.dtype)
         rows = np.zeros(span, dtype=x.dtype)  # dy, Wq wide
-        _phase_copy(x[b, ic], flat.reshape(sh * sw, hq + 1, wq), top, left, sh, sw, True)
+        _phase_copy(x[b, ic], flat.reshape(sh * sw, hq + 1, wq), top, left, sh, sw)
         for q in range(per):
             oc = ic * per + q
             for oh in range(ho):
@@ -573,7 +590,7 @@ def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
                     into = grad[at:at + span]
                     for p in range(span):
                         into[p] += tap * rows[p]
-        _phase_copy(gx[b, ic], grad.reshape(sh * sw, hq + 1, wq), top, left, sh, sw, False)
+        _phase_back(grad.reshape(sh * sw, hq + 1, wq), gx[b, ic], top, left, sh, sw)
 
 
 # ---- batch norm's training pair (ops/norm.py calls these) ----------------------------------

@@ -331,3 +331,26 @@ def test_gemm_compiled_epilogue_float32_into_a_channel_slice(case, shifted, nump
         got.append(whole[:, 1:1 + o])
     numpy_only()
     _same_as_numpy(got, acts, x, w, b, dict(case, scale=scale, gate=gate))
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_direct_kernels_take_a_read_only_input(stride):
+    """Inputs from Ray's object store are read-only: the direct forward and the depthwise
+    backward read them as they are (numba types them apart)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    stem = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    frozen = x.copy()
+    frozen.setflags(write=False)
+    for weights, groups in ((w, 4), (stem, 1)):
+        attrs = dict(stride=stride, pad=1, groups=groups)
+        np.testing.assert_array_equal(conv2d(frozen, weights, None, **attrs),
+                                      conv2d(x, weights, None, **attrs))
+    y, saved = conv2d_forward(frozen, w, None, stride=stride, pad=1, groups=4)
+    dy = np.ones_like(y)
+    (gx,), (gw,) = conv2d_backward(saved, dy)
+    (gx2,), (gw2,) = conv2d_backward(conv2d_forward(x, w, None, stride=stride, pad=1,
+                                                    groups=4)[1], dy)
+    np.testing.assert_array_equal(gx, gx2)
+    np.testing.assert_array_equal(gw, gw2)
