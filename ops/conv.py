@@ -293,12 +293,13 @@ def _compiled(*arrays):
     return fast if fast.usable(*arrays) else None
 
 
-# Convolutions with at most this many input channels per group and a kernel 3 or 5 wide
-# run as direct compiled loops (ops/fast.direct_conv2d), as depthwise ones do: the GEMM's
+# Ungrouped convolutions of at most this many input channels and a kernel 3 or 5 wide run
+# as direct compiled loops (ops/fast.direct_conv2d), as depthwise ones do: the GEMM's
 # inner dimension would be 27 for an RGB stem. Measured at one thread, batch 4: 3 -> 32 at
 # 224x224, stride 2 (MobileNet V2's and EfficientNet's stem), 0.88 ms per image against
 # the shifted GEMM's 1.32; 4 -> 32 at 56x56 0.26 against 0.29; 16 -> 24 at 112x112,
 # stride 2, 0.80 against 0.85 (not worth a rule); 7 and 11 wide, 1.7 to 2.3x slower.
+# (Grouped ones, ResNeXt's 4 channels a group, are not measured: they stay GEMMs.)
 DIRECT_CHANNELS = 4
 
 # Whether a GEMM convolution's epilogue runs compiled (ops/fast.py, one pass) where it can;
@@ -474,7 +475,7 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     og = o // groups
     spatial = ho * wo
     gate = _gate_of(gate, n, o, dtype, xp)
-    if (groups > 1 and cg == 1) or (cg <= DIRECT_CHANNELS and kw in (3, 5)):
+    if (groups > 1 and cg == 1) or (groups == 1 and c <= DIRECT_CHANNELS and kw in (3, 5)):
         fast = _compiled(x, w, b, scale, out, gate)
         if fast is not None:  # depthwise, or a stem: a direct compiled loop, no GEMM
             if out is None:
@@ -482,7 +483,7 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
             else:
                 _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
             if not fast.direct_conv2d(x, w, b, scale, act, out, (sh, sw), pads, (dh, dw),
-                                         gate):
+                                      gate):
                 apply_act_(out, act)
                 if gate is not None:
                     out *= gate[:, :, None, None]

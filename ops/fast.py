@@ -25,7 +25,8 @@ select between a value and the one already stored becomes a conditional store); 
 allowed, no other fast math.
 
 The parallel loops run on numba's threading layer, as many threads as
-``runtime/threads.py`` says for the call, over (image, channel) pairs.
+``runtime/threads.py`` says for the call, over (image, block of channels) pairs, or images
+for a convolution of several input channels per group.
 
 Every kernel is compiled on its first call with ``cache=True`` (numba writes the machine
 code beside this file, or in its user cache where that is read-only), so later processes
@@ -40,30 +41,32 @@ from __future__ import annotations
 
 import os
 
+import re
+
 import numpy as np
 
 
-
 def _openmp_loaded() -> bool:
-    """Whether an OpenMP runtime is already in this process (Linux: its memory map), such as
-    the libgomp PyTorch brings: numba's OpenMP layer then runs on it (one soname, loaded
-    once), with the wait policy it read when it loaded."""
+    """Whether the OpenMP runtime numba's ``omp`` layer links (``libgomp.so.1``) is already
+    in this process (Linux: its memory map), such as the one PyTorch brings: numba's layer
+    then runs on it (one soname, loaded once), with the wait policy it read when it loaded.
+    Renamed copies (scikit-learn's ``libgomp-<hash>.so``) are other runtimes, not counted."""
     try:
         with open("/proc/self/maps") as f:
             maps = f.read()
     except OSError:
         return False
-    return any(name in maps for name in ("libgomp", "libiomp5", "libomp."))
+    return re.search(r"/libgomp\.so\.1(\.\d+)*$", maps, re.MULTILINE) is not None
 
 
 # numba's OpenMP threads sleep as soon as a parallel loop ends, instead of spinning for a
 # while: spinning, they took the cores from the BLAS threads of the next matrix product,
 # which made a 2-thread forward pass several times slower than a 1-thread one
 # (docs/performance.md). Set before numba's OpenMP layer loads; a user's setting stays.
-# Where an OpenMP runtime loaded before this module (PyTorch imported first), its threads
-# may spin whatever is set now: the parallel loops then run on the calling thread alone
-# (``runtime/threads.limit``), since spinning made the digits example's 2-thread training
-# step 57 ms instead of 10 (one thread, 9).
+# Where that runtime loaded before this module (PyTorch imported first), its threads may
+# spin whatever is set now: with numba's ``omp`` layer the parallel loops then run on the
+# calling thread alone (``runtime/threads.limit``), since spinning made the digits
+# example's 2-thread training step 57 ms instead of 10 (one thread, 9).
 OPENMP_MAY_SPIN = (os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != "PASSIVE"
                    and _openmp_loaded())
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -350,70 +353,54 @@ ACC_VALUES = 2048
 
 
 @jit()
-def _phase_copy(plane, phases, top, left, sh, sw):
-    """One ``plane (H, W)`` into its zero-padded phase planes ``phases (sh*sw, Hq+1, Wq)``:
-    padded row ``R`` and column ``C`` are phase ``(R % sh, C % sw)`` at ``(R // sh, C //
-    sw)`` (at stride 1, the padded plane itself); the padding's cells stay untouched. The
-    plane may be read-only (an input from Ray's object store): `_phase_back` writes."""
+def _phase_copy(plane, phases, top, left, sh, sw, into):
+    """Between one ``plane (H, W)`` and its zero-padded phase planes ``phases (sh*sw, Hq+1,
+    Wq)``: padded row ``R`` and column ``C`` are phase ``(R % sh, C % sw)`` at ``(R // sh,
+    C // sw)`` (at stride 1, the padded plane itself). ``into``: the plane's values into the
+    phase planes (the padding's cells untouched); else the phase planes' values back into
+    the plane (the padding's cells dropped). The plane is writable (`_writable`): numba
+    would not compile the second direction for a read-only one."""
     h, wd = plane.shape
     for r in range(h):
-        p, pr = (r + top) % sh, (r + top) // sh
+        big = r + top
+        p = big % sh
+        pr = big // sh
         row = plane[r]
         if sw == 1:
-            phases[p, pr, left:left + wd] = row
+            if into:
+                phases[p, pr, left:left + wd] = row
+            else:
+                row[:] = phases[p, pr, left:left + wd]
         elif sw == 2:  # one loop, both phases: a stride-2 pair LLVM loads as vectors
             even = phases[p * 2 + left % 2, pr, left // 2:]  # columns 0, 2, 4, ...
             odd = phases[p * 2 + (left + 1) % 2, pr, (left + 1) // 2:]  # 1, 3, 5, ...
             half = wd // 2
-            for t in range(half):
-                even[t] = row[2 * t]
-                odd[t] = row[2 * t + 1]
-            if wd % 2:
-                even[half] = row[wd - 1]
+            if into:
+                for t in range(half):
+                    even[t] = row[2 * t]
+                    odd[t] = row[2 * t + 1]
+                if wd % 2:
+                    even[half] = row[wd - 1]
+            else:
+                for t in range(half):
+                    row[2 * t] = even[t]
+                    row[2 * t + 1] = odd[t]
+                if wd % 2:
+                    row[wd - 1] = even[half]
         else:
             for q in range(sw):
-                first, start, count = _phase_columns(q, left, sw, wd)
-                part = phases[p * sw + q, pr, start:start + count]
-                line = row[first:]
-                for t in range(count):  # indices that cannot wrap: no check, no call
-                    part[t] = line[t * sw]
-
-
-@jit()
-def _phase_back(phases, plane, top, left, sh, sw):
-    """`_phase_copy` the other way: the phase planes' values back into ``plane``, the
-    padding's cells dropped."""
-    h, wd = plane.shape
-    for r in range(h):
-        p, pr = (r + top) % sh, (r + top) // sh
-        row = plane[r]
-        if sw == 1:
-            row[:] = phases[p, pr, left:left + wd]
-        elif sw == 2:
-            even = phases[p * 2 + left % 2, pr, left // 2:]
-            odd = phases[p * 2 + (left + 1) % 2, pr, (left + 1) // 2:]
-            half = wd // 2
-            for t in range(half):
-                row[2 * t] = even[t]
-                row[2 * t + 1] = odd[t]
-            if wd % 2:
-                row[wd - 1] = even[half]
-        else:
-            for q in range(sw):
-                first, start, count = _phase_columns(q, left, sw, wd)
-                part = phases[p * sw + q, pr, start:start + count]
-                line = row[first:]
-                for t in range(count):
-                    line[t * sw] = part[t]
-
-
-@_inline
-def _phase_columns(q, left, sw, wd):
-    """Phase column ``q``'s run: ``(first input column, first phase column, count)``."""
-    first = (q - left) % sw
-    start = (first + left) // sw
-    count = (wd - first + sw - 1) // sw if first < wd else 0
-    return first, start, count
+                first = (q - left) % sw  # the first input column of phase column q
+                start = (first + left) // sw
+                count = (wd - first + sw - 1) // sw if first < wd else 0
+                if count > 0:
+                    part = phases[p * sw + q, pr, start:start + count]
+                    line = row[first:]
+                    if into:  # indices that cannot wrap: no check, no call
+                        for t in range(count):
+                            part[t] = line[t * sw]
+                    else:
+                        for t in range(count):
+                            line[t * sw] = part[t]
 
 
 @_inline
@@ -431,11 +418,13 @@ def _direct_forward(x, w, scale, bias, out, ho, wo, sh, sw, top, left, dh, dw, c
     ones, and stems such as 3 -> 32 channels. Per image and block of ``block`` output
     channels: the input planes of the channel's group laid out as the phase planes of their
     padded selves (see ``ops/conv._conv_shifted``; the padding stays zero from one group
-    to the next, only the interior is rewritten), then one multiply-add per tap and input
-    channel over a contiguous run of ``Ho * Wq`` values, the kept columns moved together
-    and through the epilogue into ``out`` (``(N, O, Ho * Wo)``, contiguous), one call a
-    band (a call a row cost as much as the arithmetic on 7- and 14-wide maps). The block
-    shares one workspace among its channels."""
+    to the next, only the interior is rewritten). Then, a band of ``rows`` output rows at a
+    time (``rows * Wq`` values, discarded columns included, in an accumulator the size of
+    L1), one pass per kernel row and input channel multiplies-and-adds three or five taps
+    (`_row_taps`); the band's kept columns are moved together and go through the epilogue
+    into ``out`` (``(N, O, Ho * Wo)``, contiguous) in one call (a call a row cost as much as
+    the arithmetic on 7- and 14-wide maps). The block shares one workspace among its
+    channels."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     og = o // (c // cg)  # output channels per group
@@ -467,7 +456,7 @@ def _direct_forward(x, w, scale, bias, out, ho, wo, sh, sw, top, left, dh, dw, c
                         mine[at:at + wd] = source[r]
                 else:
                     _phase_copy(x[b, ic], mine.reshape(sh * sw, hq + 1, wq), top, left, sh,
-                                sw)
+                                sw, True)
             # a band of rows at a time, every channel of the group over it: the band's
             # phase rows stay in the caches from one channel to the next
             for r0 in range(0, ho, rows):
@@ -576,7 +565,7 @@ def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
         flat = np.zeros(sh * sw * plane, dtype=x.dtype)
         grad = np.zeros(sh * sw * plane, dtype=x.dtype)
         rows = np.zeros(span, dtype=x.dtype)  # dy, Wq wide
-        _phase_copy(x[b, ic], flat.reshape(sh * sw, hq + 1, wq), top, left, sh, sw)
+        _phase_copy(x[b, ic], flat.reshape(sh * sw, hq + 1, wq), top, left, sh, sw, True)
         for q in range(per):
             oc = ic * per + q
             for oh in range(ho):
@@ -590,7 +579,7 @@ def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
                     into = grad[at:at + span]
                     for p in range(span):
                         into[p] += tap * rows[p]
-        _phase_back(grad.reshape(sh * sw, hq + 1, wq), gx[b, ic], top, left, sh, sw)
+        _phase_copy(gx[b, ic], grad.reshape(sh * sw, hq + 1, wq), top, left, sh, sw, False)
 
 
 # ---- batch norm's training pair (ops/norm.py calls these) ----------------------------------
@@ -740,8 +729,10 @@ def direct_conv2d(x, w, b, scale, act, out, stride, pads, dilation, gate=None):
     use_gate = gate is not None and done
     x, w = _writable(x), _writable(w)
     n, o, ho, wo = out.shape
-    # the kernel writes whole bands of rows: into ``out`` where its planes lie one after
-    # the other, else (a channel slice of a concat) into a contiguous array copied after
+    # the kernel writes whole bands of rows through a contiguous (N, O, Ho*Wo) view: a
+    # channel slice of a concat goes through a contiguous array copied after (one more
+    # compiled variant of the kernel for strided outputs would cost more than that copy
+    # on the rare depthwise layer whose output a concat takes)
     into = out if out.flags.c_contiguous else np.empty(out.shape, dtype=out.dtype)
     _direct_forward(x, w, dummy if scale is None else scale, dummy if b is None else b,
                     into.reshape(n, o, ho * wo), ho, wo, stride[0], stride[1], pads[0],
@@ -755,9 +746,9 @@ def direct_conv2d(x, w, b, scale, act, out, stride, pads, dilation, gate=None):
 
 
 def _writable(a):
-    """``a``, or a copy of it where it is read-only (inputs from Ray's object store, weights
-    mapped from a file): numba compiles every kernel once more for read-only arrays, 30 s
-    of the test suite for the direct convolution alone."""
+    """``a``, or a copy of it where it is read-only (inputs from Ray's object store): numba
+    types read-only arrays apart and compiles every kernel once more for them (30 s of the
+    test suite for the direct convolution alone)."""
     return a if a.flags.writeable else a.copy()
 
 

@@ -257,16 +257,14 @@ def applies(x, w, stride=(1, 1), dilation=(1, 1), groups=1) -> bool:
 def worthwhile(n, c, o, ho, wo, itemsize=4, have_u=False) -> bool:
     """Whether the Winograd kernel is expected to beat the GEMM convolution on this layer
     (measured on the 2-core AVX2 machine, benchmarks/bench_winograd.py and smaller
-    layers): not with fewer than ``MIN_CHANNELS`` input channels (3 -> 64 at 56x56 ran
-    1.1 to 1.7x slower: the transforms cost more than the small GEMM saves), and not
-    where the weight transform is recomputed for few tiles, ``n * ceil(Ho/2) *
-    ceil(Wo/2) < MIN_TILES``, while ``U`` outgrows the caches (``16 * O * C`` values over
-    ``U_CACHED_BYTES``): 512 -> 512 at 7x7 ran 1.1 to 1.5x slower at batch 1 and 2.
-    The transforms outweigh the smaller GEMMs with few input channels (one thread, batch
-    32: 16 -> 16 ran 1.4 to 3.1x slower at 4 to 28 wide; 64 -> 64 1.1 to 1.9x slower at 4
-    and 8 wide, even or faster from 14; 256 -> 256 1.35 to 1.9x faster at every size), so
-    not under ``MIN_CHANNELS``, nor under ``WIDE_CHANNELS`` on maps smaller than
-    ``MIN_MAP``."""
+    layers). Not with few input channels, where the transforms cost more than the smaller
+    GEMMs save (one thread, batch 32: 16 -> 16 ran 1.4 to 3.1x slower at 4 to 28 wide;
+    64 -> 64 1.1 to 1.9x slower at 4 and 8 wide, even or faster from 14; 256 -> 256 1.35
+    to 1.9x faster at every size; 3 -> 64 at 56x56 1.1 to 1.7x slower): so not under
+    ``MIN_CHANNELS``, nor under ``WIDE_CHANNELS`` on maps smaller than ``MIN_MAP``. And not
+    where the weight transform is recomputed for few tiles, ``n * ceil(Ho/2) * ceil(Wo/2)
+    < MIN_TILES``, while ``U`` outgrows the caches (``16 * O * C`` values over
+    ``U_CACHED_BYTES``): 512 -> 512 at 7x7 ran 1.1 to 1.5x slower at batch 1 and 2."""
     if c < MIN_CHANNELS or (c < WIDE_CHANNELS and min(ho, wo) < MIN_MAP):
         return False
     tiles = n * ((ho + 1) // 2) * ((wo + 1) // 2)

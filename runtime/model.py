@@ -337,8 +337,9 @@ class Model:
         when the network has several inputs). Each call replaces the previous gradients.
 
         With ``input_grad=False`` (training: nothing uses the image's gradient) it returns
-        None, and the layers that only the inputs feed compute their weights' gradients
-        alone: the first convolution skips half its backward pass.
+        None, and the convolutions that only the inputs feed compute their weights'
+        gradients alone (a GEMM convolution skips half its backward pass; a depthwise one
+        computes the input's in the same loops and drops it).
         """
         with self._thread_limit():
             return self._backward(dy, input_grad)

@@ -204,7 +204,7 @@ def blas_threads() -> list:
 def _numba_threads():
     """numba's ``(get_num_threads, set_num_threads, most)`` once it is loaded; None before
     (the compiled kernels load it, never this module). ``most`` is 1 where its OpenMP
-    threads may spin between loops (``ops/fast.OPENMP_MAY_SPIN``)."""
+    threads may spin between loops (``ops/fast.OPENMP_MAY_SPIN``, the ``omp`` layer)."""
     import sys
 
     numba = sys.modules.get("numba")
@@ -212,7 +212,8 @@ def _numba_threads():
         return None
     fast = sys.modules.get("cnnc.ops.fast")
     most = numba.config.NUMBA_NUM_THREADS
-    if fast is not None and getattr(fast, "OPENMP_MAY_SPIN", False):
+    if (fast is not None and getattr(fast, "OPENMP_MAY_SPIN", False)
+            and fast.threading_layer() == "omp"):
         most = 1
     return numba.get_num_threads, numba.set_num_threads, most
 

@@ -1400,3 +1400,24 @@ def test_nd_ceil_grid_means_the_same_in_onnx_runtime():
             for count in (True, False):
                 cases.append((AVG1, _avgpool(k, s, p, ceil=True, count_pad=count), (1, n)))
     _onnx_agrees(cases, batches=(2,))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 7), (2, 3, 5, 6), (2, 3, 2, 4, 5), (3, 4, 112, 112)])
+def test_global_avgpool_by_matrix_vector_product_is_the_mean(dtype, shape):
+    """float32 and float64 maps of every rank are summed by a BLAS matrix-vector product:
+    the mean within float rounding, NaN and infinities through, non-contiguous inputs too."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(shape).astype(dtype) + 3
+    want = x.astype(np.float64).mean(axis=tuple(range(2, x.ndim)), keepdims=True)
+    got = pool.global_avgpool(x)
+    assert got.dtype == dtype and got.shape == shape[:2] + (1,) * (len(shape) - 2)
+    np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == np.float32 else 1e-13)
+    fortran = np.asfortranarray(x)  # the same values, not C-contiguous
+    np.testing.assert_allclose(pool.global_avgpool(fortran), want,
+                               rtol=1e-6 if dtype == np.float32 else 1e-13)
+    x[0, 1].flat[0] = np.nan
+    x[1, 2].flat[-1] = np.inf
+    got = pool.global_avgpool(x)
+    assert np.isnan(got[0, 1]).all() and np.isposinf(got[1, 2]).all()
+    assert np.isfinite(got[0, 0]).all() and np.isfinite(got[1, 0]).all()

@@ -1,5 +1,6 @@
 """The compiled CPU kernels (ops/fast.py) against the NumPy-API kernels they sit beside and
-the loop reference: depthwise convolutions forward (every epilogue) and backward, and the
+the loop reference: depthwise convolutions forward (every epilogue) and backward, the
+direct kernel on a few input channels per group (RGB stems), and the
 GEMM convolutions with the compiled kernels on and off, over parameter grids that reach the edges (one-sided
 and oversized padding, strides past the kernel, dilation, channel multipliers, non-square
 kernels, output into a channel slice)."""
@@ -92,39 +93,53 @@ def test_depthwise_backward_matches_numpy(case, numpy_only):
     assert gx.shape == x.shape and gw.shape == w.shape
 
 
-# A few input channels per group (ops/conv.DIRECT_CHANNELS): (input channels, output
-# channels, groups, (H, W), kernel, stride, pad, dilation)
+# A few input channels per group: (input channels, output channels, groups, (H, W), kernel,
+# stride, pad, dilation). conv2d takes the ungrouped ones to the direct kernel
+# (ops/conv.DIRECT_CHANNELS); the kernel itself takes the grouped ones too.
 FEW_CHANNELS = [
     (3, 8, 1, (11, 10), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),  # an RGB stem
     (2, 5, 1, (9, 9), (5, 5), (1, 1), (2, 2, 2, 2), (1, 1)),
+    (3, 4, 1, (70, 67), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),  # three bands, the last short
     (4, 6, 2, (8, 7), (3, 3), (1, 2), (0, 2, 1, 0), (2, 1)),  # 2 per group, dilated
     (8, 4, 2, (6, 9), (1, 5), (1, 3), (0, 0, 2, 2), (1, 1)),  # 4 per group, a conv1d's shape
+    (6, 9, 3, (10, 11), (3, 3), (3, 3), (0, 4, 4, 0), (2, 2)),  # one-sided wide padding
     (1, 3, 1, (5, 5), (3, 3), (3, 3), (4, 4, 4, 4), (1, 1)),  # padding wider than the kernel
 ]
 
 
-@pytest.mark.parametrize("case", FEW_CHANNELS)
-def test_few_channel_direct_convolution_matches_the_reference_and_numpy(case, numpy_only):
-    rng = np.random.default_rng(4)
+def _few_channels(case, dtype=np.float64):
     c, o, groups, hw, kernel, stride, pad, dilation = case
-    assert c // groups <= conv.DIRECT_CHANNELS and kernel[1] in (3, 5)
-    x = rng.standard_normal((3, c) + hw) * 3
-    w = rng.standard_normal((o, c // groups) + kernel)
-    b = rng.standard_normal(o)
-    scale = rng.standard_normal(o)
-    gate = rng.standard_normal((3, o, 1, 1))
-    attrs = dict(stride=stride, pad=pad, dilation=dilation, groups=groups)
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((3, c) + hw) * 3).astype(dtype)
+    w = rng.standard_normal((o, c // groups) + kernel).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    scale = rng.standard_normal(o).astype(dtype)
+    gate = rng.standard_normal((3, o, 1, 1)).astype(dtype)
+    return x, w, b, scale, gate, dict(stride=stride, pad=pad, dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("case", FEW_CHANNELS)
+def test_few_channel_direct_kernel_matches_the_reference(case):
+    x, w, b, scale, gate, attrs = _few_channels(case)
     z = reference_conv2d(x, w, None, **attrs) * scale[:, None, None] + b[:, None, None]
-    for act in ("relu6", ("silu", {}), None):
-        got = conv2d(x, w, b, act=act, scale=scale, gate=gate, **attrs)
-        np.testing.assert_allclose(got, conv.reference_act(z, act) * gate, rtol=1e-10,
+    pads = conv.pads4(attrs["pad"])
+    for act in ("relu6", "hardswish", None):  # (exp activations: float32 only)
+        out = np.full(z.shape, np.nan)
+        done = fast.direct_conv2d(x, w, b, scale, act, out, attrs["stride"], pads,
+                                  attrs["dilation"], gate[:, :, 0, 0])
+        assert done
+        np.testing.assert_allclose(out, conv.reference_act(z, act) * gate, rtol=1e-10,
                                    atol=1e-10, err_msg=str(act))
-    compiled = conv2d(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32),
-                      act="hardswish", **attrs)
+
+
+@pytest.mark.parametrize("case", [c for c in FEW_CHANNELS if c[2] == 1])
+def test_few_channel_convolution_compiled_and_numpy_agree(case, numpy_only):
+    x, w, b, scale, gate, attrs = _few_channels(case, np.float32)
+    compiled = conv2d(x, w, b, act="hardswish", scale=scale, gate=gate, **attrs)
     numpy_only()
-    plain = conv2d(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32),
-                   act="hardswish", **attrs)
-    np.testing.assert_allclose(compiled, plain, rtol=1e-5, atol=1e-5)
+    plain = conv2d(x, w, b, act="hardswish", scale=scale, gate=gate, **attrs)
+    # float32 sums of 27 to 50 products in another order: relative to the largest output
+    np.testing.assert_allclose(compiled, plain, rtol=1e-5, atol=2e-6 * np.abs(plain).max())
 
 
 def test_few_channel_direct_convolution_is_taken(monkeypatch):
@@ -141,6 +156,8 @@ def test_few_channel_direct_convolution_is_taken(monkeypatch):
     conv2d(x, np.ones((4, 3, 3, 3), np.float32), None, stride=2, pad=1)
     conv2d(x, np.ones((4, 3, 7, 7), np.float32), None, stride=2, pad=3)
     conv2d(np.ones((1, 8, 12, 12), np.float32), np.ones((4, 8, 3, 3), np.float32), None)
+    conv2d(np.ones((1, 8, 12, 12), np.float32), np.ones((4, 4, 3, 3), np.float32), None,
+           groups=2)  # grouped: a GEMM
     assert taken == [(4, 3, 3, 3)]
 
 
@@ -336,7 +353,7 @@ def test_gemm_compiled_epilogue_float32_into_a_channel_slice(case, shifted, nump
 @pytest.mark.parametrize("stride", [1, 2, 3])
 def test_direct_kernels_take_a_read_only_input(stride):
     """Inputs from Ray's object store are read-only: the direct forward and the depthwise
-    backward read them as they are (numba types them apart)."""
+    backward take them (through a copy: numba would compile read-only variants)."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
     w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)

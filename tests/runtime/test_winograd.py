@@ -219,3 +219,7 @@ def test_worthwhile_thresholds():
     assert not winograd.worthwhile(1, 512, 512, 7, 7)  # U recomputed for 16 tiles
     assert winograd.worthwhile(1, 512, 512, 7, 7, have_u=True)
     assert not winograd.worthwhile(8, 3, 64, 56, 56)  # too few input channels
+    assert not winograd.worthwhile(32, 16, 16, 56, 56)  # under MIN_CHANNELS at any size
+    assert not winograd.worthwhile(32, 64, 64, 8, 8)  # under WIDE_CHANNELS on a small map
+    assert winograd.worthwhile(32, 64, 64, 14, 14)
+    assert winograd.worthwhile(32, 128, 128, 4, 4)  # WIDE_CHANNELS: any map
