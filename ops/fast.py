@@ -358,7 +358,7 @@ def _phase_copy(plane, phases, top, left, sh, sw, into):
     Wq)``: padded row ``R`` and column ``C`` are phase ``(R % sh, C % sw)`` at ``(R // sh,
     C // sw)`` (at stride 1, the padded plane itself). ``into``: the plane's values into the
     phase planes (the padding's cells untouched); else the phase planes' values back into
-    the plane (the padding's cells dropped). The plane is writable (`_writable`): numba
+    the plane (the padding's cells dropped). The plane is writable (`_contiguous`): numba
     would not compile the second direction for a read-only one."""
     h, wd = plane.shape
     for r in range(h):
@@ -727,7 +727,7 @@ def direct_conv2d(x, w, b, scale, act, out, stride, pads, dilation, gate=None):
     code, alpha, beta = code if done else (ACT_IDENTITY, 0.0, 0.0)
     dummy = np.zeros(1, dtype=x.dtype)
     use_gate = gate is not None and done
-    x, w = _writable(x), _writable(w)
+    x, w = _contiguous(x), _contiguous(w)
     n, o, ho, wo = out.shape
     # the kernel writes whole bands of rows through a contiguous (N, O, Ho*Wo) view: a
     # channel slice of a concat goes through a contiguous array copied after (one more
@@ -745,11 +745,12 @@ def direct_conv2d(x, w, b, scale, act, out, stride, pads, dilation, gate=None):
     return done
 
 
-def _writable(a):
-    """``a``, or a copy of it where it is read-only (inputs from Ray's object store): numba
-    types read-only arrays apart and compiles every kernel once more for them (30 s of the
-    test suite for the direct convolution alone)."""
-    return a if a.flags.writeable else a.copy()
+def _contiguous(a):
+    """``a``, or a C-contiguous copy of it where it is read-only (inputs from Ray's object
+    store) or strided: numba types those apart and compiles every kernel once more for
+    each, 17-24 s for the direct convolution's (a strided input to a depthwise layer is
+    rare: a concat's channel slice)."""
+    return a if a.flags.writeable and a.flags.c_contiguous else np.array(a, order="C")
 
 
 def _channel_block(n, o):
@@ -762,7 +763,7 @@ def _channel_block(n, o):
 
 def depthwise_conv2d_backward(x, w, dy, stride, pads, dilation):
     """``(gx, gW)`` of a depthwise CONV2D."""
-    x, w = _writable(x), _writable(w)
+    x, w = _contiguous(x), _contiguous(w)
     gx = np.empty(x.shape, dtype=x.dtype)
     gw = np.empty((x.shape[0],) + w.shape[:1] + w.shape[2:], dtype=x.dtype)
     _depthwise_backward(x, w, np.ascontiguousarray(dy), gx, gw, stride[0], stride[1],
