@@ -23,8 +23,8 @@ import argparse
 import os
 import time
 
-# Before NumPy and numba load their thread pools: idle OpenMP threads sleep rather than
-# spin (numba's threads and OpenBLAS's take turns on the same cores).
+# Before NumPy and PyTorch load their thread pools: idle OpenMP threads sleep rather than
+# spin (PyTorch's threads and OpenBLAS's take turns on the same cores).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402

@@ -24,9 +24,11 @@ select between a value and the one already stored becomes a conditional store); 
 ``numpy`` error model (its ``python`` one branches on every division); fused multiply-adds
 allowed, no other fast math.
 
-The parallel loops run on numba's threading layer, as many threads as
-``runtime/threads.py`` says for the call, over (image, block of channels) pairs, or images
-for a convolution of several input channels per group.
+Each kernel is a serial loop over a range of jobs: (image, block of channels) pairs,
+images for a convolution of several input channels per group, channels for batch norm.
+`parallel` shares the jobs among this module's own threads, as many as
+``runtime/threads.py`` says for the call (numba's ``parallel=True`` did before: see the
+comment above `parallel` for why not any more).
 
 Every kernel is compiled on its first call with ``cache=True`` (numba writes the machine
 code beside this file, or in its user cache where that is read-only), so later processes
@@ -40,36 +42,11 @@ without numba they are off too, and the NumPy kernels run.
 from __future__ import annotations
 
 import os
-
-import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-
-def _openmp_loaded() -> bool:
-    """Whether the OpenMP runtime numba's ``omp`` layer links (``libgomp.so.1``) is already
-    in this process (Linux: its memory map), such as the one PyTorch brings: numba's layer
-    then runs on it (one soname, loaded once), with the wait policy it read when it loaded.
-    Renamed copies (scikit-learn's ``libgomp-<hash>.so``) are other runtimes, not counted."""
-    try:
-        with open("/proc/self/maps") as f:
-            maps = f.read()
-    except OSError:
-        return False
-    return re.search(r"/libgomp\.so\.1(\.\d+)*$", maps, re.MULTILINE) is not None
-
-
-# numba's OpenMP threads sleep as soon as a parallel loop ends, instead of spinning for a
-# while: spinning, they took the cores from the BLAS threads of the next matrix product,
-# which made a 2-thread forward pass several times slower than a 1-thread one
-# (docs/performance.md). Set before numba's OpenMP layer loads; a user's setting stays.
-# Where that runtime loaded before this module (PyTorch imported first), its threads may
-# spin whatever is set now: with numba's ``omp`` layer the parallel loops then run on the
-# calling thread alone (``runtime/threads.limit``), since spinning made the digits
-# example's 2-thread training step 57 ms instead of 10 (one thread, 9).
-OPENMP_MAY_SPIN = (os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != "PASSIVE"
-                   and _openmp_loaded())
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
     import numba
@@ -107,45 +84,128 @@ _BETA = {"swish": 1.0, "silu": 1.0}
 FASTMATH = {"contract"}
 
 
-def jit(parallel=False, fastmath=None):
-    """The decorator of every compiled kernel (here and in ops/winograd.py): machine code
-    cached on disk, no GIL, ``FASTMATH`` unless given, NumPy's error model."""
+def jit(fastmath=None, noalias=False):
+    """The decorator of every compiled kernel (here, in ops/winograd.py and ops/pool.py):
+    machine code cached on disk, no GIL (`parallel` runs them on several threads),
+    ``FASTMATH`` unless given, NumPy's error model. ``noalias``: see `_noalias`."""
     if numba is None:
         return lambda f: f
     flags = set(FASTMATH if fastmath is None else fastmath)
 
     def wrap(f):
         try:
-            return numba.njit(cache=True, nogil=True, parallel=parallel, fastmath=flags,
-                              error_model="numpy")(f)
+            compiled = numba.njit(cache=True, nogil=True, fastmath=flags,
+                                  error_model="numpy")(f)
         except RuntimeError:  # no writable cache location: compile in every process
-            return numba.njit(nogil=True, parallel=parallel, fastmath=flags,
-                              error_model="numpy")(f)
+            compiled = numba.njit(nogil=True, fastmath=flags, error_model="numpy")(f)
+        return _noalias(compiled) if noalias else compiled
 
     return wrap
 
 
-def _prange(n):
-    return range(n)
+def _noalias(dispatcher):
+    """``dispatcher`` compiling with LLVM's ``noalias`` on its array arguments: no two of
+    them overlap where either is written, so LLVM vectorises their loops without checking
+    at run time that they do not (on 7- to 56-wide maps those checks cost the direct
+    convolution 17-45 %). numba sets this flag itself for the function of a parallel loop
+    whose arguments its alias analysis finds apart (what these kernels were until they ran
+    on `parallel`'s threads); here it goes through the dispatcher's hook for its flags,
+    and where a numba lacks that hook the kernel compiles without it (slower, as right)."""
+    compiler = getattr(dispatcher, "_compiler", None)
+    customize = getattr(compiler, "_customize_flags", None)
+    if customize is None:
+        return dispatcher
+
+    def with_noalias(flags):
+        flags = customize(flags)
+        flags.noalias = True
+        return flags
+
+    compiler._customize_flags = with_noalias
+    return dispatcher
 
 
-prange = numba.prange if numba is not None else _prange
+# ---- threads ------------------------------------------------------------------------------
+# Every kernel is a serial loop over a range of jobs, ``kernel(start, stop, ...)``, and
+# `parallel` splits the jobs among threads of this module's own. numba's ``parallel=True``
+# (its threading layer) ran the same loops before; it compiled each kernel two to five
+# times longer (LLVM optimises the body again inside the parallel wrapper: 14.5 s against
+# 2.9 s for the Winograd weight transform, 17 s against 9.6 s for the direct convolution),
+# its ``workqueue`` layer stopped the process when two threads launched loops at once, and
+# its ``omp`` layer ran on whatever OpenMP runtime was loaded first (PyTorch's spinning one
+# made a 2-thread training step of the digits example 57 ms instead of 10).
+
+_local = threading.local()  # per thread: ``count``, the threads its kernel calls may use
+_pool_lock = threading.Lock()
+_pool = None  # (size, ThreadPoolExecutor), made on first use, grown when asked for more
 
 
-@jit(parallel=True)
-def _touch(a):
-    for i in prange(a.shape[0]):
-        a[i] = 0
-
-
-def threading_layer() -> str:
-    """numba's threading layer (``omp``, ``tbb`` or ``workqueue``), chosen by its first
-    parallel loop (run here if none has run yet)."""
+def _cores() -> int:
     try:
-        return numba.threading_layer()
-    except ValueError:  # no parallel loop has run yet
-        _touch(np.zeros(2))
-        return numba.threading_layer()
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def get_threads() -> int:
+    """The threads the kernels called from this thread run on: as set (`set_threads`) in
+    this thread, else every core this process may use (as BLAS does by default)."""
+    count = getattr(_local, "count", None)
+    return _cores() if count is None else count
+
+
+def set_threads(count) -> None:
+    """The kernels called from this thread run on ``count`` threads (None: the default)."""
+    _local.count = None if count is None else max(1, int(count))
+
+
+def _workers(count: int) -> ThreadPoolExecutor:
+    """The module's worker threads, at least ``count`` of them."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] < count:
+            if _pool is not None:
+                _pool[1].shutdown(wait=False)
+            _pool = (count, ThreadPoolExecutor(max_workers=count,
+                                               thread_name_prefix="cnnc-kernel"))
+        return _pool[1]
+
+
+# A call shares its jobs among threads only when it has at least this many values to
+# compute (outputs, or multiply-adds): handing a range to a worker thread and waiting for
+# it costs about 40-60 us on the 2-core machine of docs/performance.md, the time of some
+# 10^5 values of these loops.
+MIN_PARALLEL_VALUES = 1 << 17
+
+
+def parallel(kernel, jobs: int, *args, values=None) -> None:
+    """``kernel(start, stop, *args)`` over jobs ``0 .. jobs - 1``, cut into as many equal
+    ranges as there are threads to run them (`get_threads`, at most one per job): the
+    calling thread runs the first range, worker threads the others. The kernels release the
+    GIL (``nogil``), so the ranges run at once. ``values``: how much the call computes (see
+    ``MIN_PARALLEL_VALUES``; None: enough). Returns when every range is done; an error in
+    any is raised after all have stopped."""
+    count = min(get_threads(), jobs)
+    if values is not None and values < MIN_PARALLEL_VALUES:
+        count = 1
+    if count <= 1:
+        if jobs > 0:
+            kernel(0, jobs, *args)
+        return
+    bounds = [jobs * i // count for i in range(count + 1)]
+    pool = _workers(count - 1)
+    futures = [pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(1, count)]
+    try:
+        kernel(0, bounds[1], *args)
+    finally:
+        errors = []
+        for future in futures:
+            try:
+                future.result()
+            except BaseException as error:  # noqa: BLE001 - raised below, once all stop
+                errors.append(error)
+    if errors:
+        raise errors[0]
 
 
 def usable(*arrays) -> bool:
@@ -224,6 +284,16 @@ if numba is not None:
 else:  # pragma: no cover - only the compiled kernels call it
     def _float32_from_bits(bits):
         return np.array(bits, dtype=np.int32).view(np.float32)[()]
+
+
+@_inline
+def _copy(dst, src):
+    """``dst[:n] = src`` (``n`` src's length) as a plain loop over two 1-D arrays: numba's
+    slice assignment goes through its generic setitem (an overlap check, then a loop that
+    does not vectorise), which made a depthwise layer's plane copies 2.5x slower outside a
+    parallel loop (inside one, numba had rewritten them as loops itself)."""
+    for q in range(src.shape[0]):
+        dst[q] = src[q]
 
 
 @_inline
@@ -411,9 +481,9 @@ def _tap(w, oc, ci, i, j, row, plane, sh, sw, dh, dw):
     return w[oc, ci, i, j], row + phase * plane + (j * dw) // sw
 
 
-@jit(parallel=True)
-def _direct_forward(x, w, scale, bias, out, ho, wo, sh, sw, top, left, dh, dw, code, k,
-                    has_scale, has_bias, gate, has_gate, block):
+@jit(noalias=True)
+def _direct_forward(start, stop, x, w, scale, bias, out, ho, wo, sh, sw, top, left, dh, dw,
+                    code, k, has_scale, has_bias, gate, has_gate, block):
     """A convolution of few input channels per group (``w (O, C/G, kh, kw)``): depthwise
     ones, and stems such as 3 -> 32 channels. Per image and block of ``block`` output
     channels: the input planes of the channel's group laid out as the phase planes of their
@@ -434,7 +504,7 @@ def _direct_forward(x, w, scale, bias, out, ho, wo, sh, sw, top, left, dh, dw, c
     phases = sh * sw * plane  # one input channel's phase planes
     blocks = (o + block - 1) // block
     rows = max(1, min(ho, ACC_VALUES // wq))  # output rows accumulated at a time
-    for job in prange(n * blocks):
+    for job in range(start, stop):  # jobs: n * blocks
         b = job // blocks
         start = (job - b * blocks) * block
         flat = np.zeros(cg * phases, dtype=x.dtype)
@@ -451,9 +521,9 @@ def _direct_forward(x, w, scale, bias, out, ho, wo, sh, sw, top, left, dh, dw, c
                     source = x[b, ic]
                     for r in range(h):
                         at = (r + top) * wq + left
-                        # a slice assignment: a loop over ``mine[at + q]`` would check each
+                        # between slices: a loop over ``mine[at + q]`` would check each
                         # index for wrapping around and not vectorise
-                        mine[at:at + wd] = source[r]
+                        _copy(mine[at:at + wd], source[r])
                 else:
                     _phase_copy(x[b, ic], mine.reshape(sh * sw, hq + 1, wq), top, left, sh,
                                 sw, True)
@@ -543,8 +613,8 @@ def _dot(a, b, zero):
     return total
 
 
-@jit(parallel=True)
-def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
+@jit(noalias=True)
+def _depthwise_backward(start, stop, x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
     """``gx`` (x's shape) gets the input gradient; ``gw`` (``(N, O, kh, kw)``) each image's
     weight gradient, summed by the caller. One job per (image, input channel), no two
     writing one cell. The forward's layout run backwards: the input plane as the phase
@@ -559,7 +629,7 @@ def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
     wq = max(-(-(wd + left) // sw), wo + ((kw - 1) * dw) // sw)
     span = ho * wq
     plane = (hq + 1) * wq
-    for job in prange(n * c):
+    for job in range(start, stop):  # jobs: n * c
         b = job // c
         ic = job - b * c
         flat = np.zeros(sh * sw * plane, dtype=x.dtype)
@@ -569,7 +639,7 @@ def _depthwise_backward(x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
         for q in range(per):
             oc = ic * per + q
             for oh in range(ho):
-                rows[oh * wq:oh * wq + wo] = dy[b, oc, oh]
+                _copy(rows[oh * wq:oh * wq + wo], dy[b, oc, oh])
             for i in range(kh):
                 for j in range(kw):
                     phase = (i * dh) % sh * sw + (j * dw) % sw
@@ -613,10 +683,10 @@ def _bn_dot(a, b):
     return s
 
 
-@jit(parallel=True)
-def batchnorm_train_forward(x, has_w, w, has_b, b, eps, xhat, y, mean, var, inv_std):
+@jit(noalias=True)
+def _bn_train_forward(start, stop, x, has_w, w, has_b, b, eps, xhat, y, mean, var, inv_std):
     n, c, m = x.shape
-    for ch in prange(c):
+    for ch in range(start, stop):  # jobs: c
         s = 0.0
         for i in range(n):
             s += _bn_total(x[i, ch])
@@ -644,13 +714,13 @@ def batchnorm_train_forward(x, has_w, w, has_b, b, eps, xhat, y, mean, var, inv_
                 dest[q] = v
 
 
-@jit(parallel=True)
-def batchnorm_train_backward(xhat, dy, has_w, w, inv_std, gx, gW, gb):
+@jit(noalias=True)
+def _bn_train_backward(start, stop, xhat, dy, has_w, w, inv_std, gx, gW, gb):
     """gb = sum(dy), gW = sum(dy * xhat) per channel; then, with g = dy * weight,
     gx = (xhat * (-sum(g * xhat) / m) + g - sum(g) / m) * inv_std."""
     n, c, m = xhat.shape
     count = n * m
-    for ch in prange(c):
+    for ch in range(start, stop):  # jobs: c
         sb = 0.0
         sw = 0.0
         for i in range(n):
@@ -671,25 +741,38 @@ def batchnorm_train_backward(xhat, dy, has_w, w, inv_std, gx, gW, gb):
                 dest[q] = (src[q] * t + gq - u) * k
 
 
+def batchnorm_train_forward(x, has_w, w, has_b, b, eps, xhat, y, mean, var, inv_std):
+    """Training batch norm over ``x (N, C, positions)``: per channel the batch's mean and
+    variance (float64 sums), ``xhat`` and ``y``; a job per channel (`parallel`)."""
+    parallel(_bn_train_forward, x.shape[1], x, has_w, w, has_b, b, eps, xhat, y, mean, var,
+             inv_std, values=x.size)
+
+
+def batchnorm_train_backward(xhat, dy, has_w, w, inv_std, gx, gW, gb):
+    """The gradients of `batchnorm_train_forward` (see `_bn_train_backward`)."""
+    parallel(_bn_train_backward, xhat.shape[1], xhat, dy, has_w, w, inv_std, gx, gW, gb,
+             values=xhat.size)
+
+
 # ---- the epilogue of a GEMM convolution ------------------------------------------------
 
 
-@jit(parallel=True)
-def _epilogue(src, dest, scale, bias, code, k, has_scale, has_bias, gate, has_gate, same,
-              rows):
+@jit(noalias=True)
+def _epilogue(start, stop, src, dest, scale, bias, code, k, has_scale, has_bias, gate,
+              has_gate, same, rows):
     """``dest[b, c, r] = act(src[b, c, r] * scale[c] + bias[c]) * gate[b, c]`` over 4-D
     arrays whose last axis is contiguous; ``same``: ``src`` is ``dest`` (then each row goes
     through a copy, see ``finish_row``). Jobs of ``rows`` rows."""
     n, o, h = dest.shape[0], dest.shape[1], dest.shape[2]
     length = dest.shape[3]
     total = n * o * h
-    for job in prange((total + rows - 1) // rows):
+    for job in range(start, stop):  # jobs: ceil(total / rows)
         tmp = np.empty(length, dtype=dest.dtype)
         for at in range(job * rows, min(total, (job + 1) * rows)):
             b = at // (o * h)
             c = (at // h) % o
             r = at % h
-            tmp[:] = src[b, c, r]  # (a contiguous copy in L1 even when not ``same``: the
+            _copy(tmp, src[b, c, r])  # (a contiguous copy in L1 even when not ``same``: the
             # loops of finish_row vectorise only when numba knows a row is contiguous)
             finish_row(tmp, dest[b, c, r], scale[c if has_scale else 0],
                         bias[c if has_bias else 0], has_scale, has_bias, code, k,
@@ -708,11 +791,12 @@ def epilogue_(dest, src, scale, bias, act, gate=None) -> bool:
     dummy = np.zeros(1, dtype=dest.dtype)
     n, o, h, length = dest.shape
     rows = max(1, min(64, (1 << 13) // max(1, length)))  # about 8K values a job
-    _epilogue(dest if src is None else src, dest, dummy if scale is None else scale,
-              dummy if bias is None else bias, code, constants(dest.dtype, alpha, beta),
-              scale is not None, bias is not None,
-              dummy.reshape(1, 1) if gate is None else gate, gate is not None, src is None,
-              rows)
+    parallel(_epilogue, (n * o * h + rows - 1) // rows,
+             dest if src is None else src, dest, dummy if scale is None else scale,
+             dummy if bias is None else bias, code, constants(dest.dtype, alpha, beta),
+             scale is not None, bias is not None,
+             dummy.reshape(1, 1) if gate is None else gate, gate is not None, src is None,
+             rows, values=dest.size)
     return True
 
 
@@ -734,12 +818,13 @@ def direct_conv2d(x, w, b, scale, act, out, stride, pads, dilation, gate=None):
     # compiled variant of the kernel for strided outputs would cost more than that copy
     # on the rare depthwise layer whose output a concat takes)
     into = out if out.flags.c_contiguous else np.empty(out.shape, dtype=out.dtype)
-    _direct_forward(x, w, dummy if scale is None else scale, dummy if b is None else b,
-                    into.reshape(n, o, ho * wo), ho, wo, stride[0], stride[1], pads[0],
-                    pads[2], dilation[0], dilation[1], code, constants(x.dtype, alpha, beta),
-                    scale is not None, b is not None,
-                    gate if use_gate else dummy.reshape(1, 1), use_gate,
-                    _channel_block(n, o) if w.shape[1] == 1 else o)
+    block = _channel_block(n, o) if w.shape[1] == 1 else o
+    parallel(_direct_forward, n * (-(-o // block)),
+             x, w, dummy if scale is None else scale, dummy if b is None else b,
+             into.reshape(n, o, ho * wo), ho, wo, stride[0], stride[1], pads[0], pads[2],
+             dilation[0], dilation[1], code, constants(x.dtype, alpha, beta),
+             scale is not None, b is not None, gate if use_gate else dummy.reshape(1, 1),
+             use_gate, block, values=out.size * w[0].size)
     if into is not out:
         out[...] = into
     return done
@@ -766,6 +851,7 @@ def depthwise_conv2d_backward(x, w, dy, stride, pads, dilation):
     x, w = _contiguous(x), _contiguous(w)
     gx = np.empty(x.shape, dtype=x.dtype)
     gw = np.empty((x.shape[0],) + w.shape[:1] + w.shape[2:], dtype=x.dtype)
-    _depthwise_backward(x, w, np.ascontiguousarray(dy), gx, gw, stride[0], stride[1],
-                        pads[0], pads[2], dilation[0], dilation[1], x.dtype.type(0))
+    parallel(_depthwise_backward, x.shape[0] * x.shape[1],
+             x, w, np.ascontiguousarray(dy), gx, gw, stride[0], stride[1], pads[0], pads[2],
+             dilation[0], dilation[1], x.dtype.type(0), values=dy.size * w[0].size)
     return gx, gw.sum(axis=0).reshape(w.shape)

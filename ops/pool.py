@@ -489,9 +489,9 @@ def maxpool2d_backward(saved, dy):
 
 
 # The compiled training pair (numba, where ops/fast.py's kernels run): per (image, channel)
-# plane, one visit of every window's cells, in parallel over the planes. The NumPy-API code
-# above makes 5 passes per window tap over strided views (and 2 more per tap backward);
-# these keep the same index and tie rule. At ResNet-18's stem pool (batch 8, one thread)
+# plane, one visit of every window's cells, the planes shared among threads
+# (`fast.parallel`). The NumPy-API code above makes 5 passes per window tap over strided
+# views (and 2 more per tap backward); these keep the same index and tie rule. At ResNet-18's stem pool (batch 8, one thread)
 # the forward took 70 ms where NumPy took 120, the backward 16 ms where NumPy took 100.
 _MAXPOOL_COMPILED = []  # [(forward, backward)] once built
 
@@ -513,10 +513,13 @@ def _build_maxpool():
     import numba
     import numpy as np
 
-    jit = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+    from . import fast
+
+    def jit(f):
+        return fast._noalias(numba.njit(cache=True, nogil=True, error_model="numpy")(f))
 
     @jit
-    def forward(x, best, index, kh, kw, sh, sw, dh, dw, top, left):
+    def forward(p0, p1, x, best, index, kh, kw, sh, sw, dh, dw, top, left):
         """``best`` and ``index`` (``(N, C, Ho, Wo)``) of max pooling ``x``, an output row
         at a time, tap by tap: the index starts at the window's first real tap and moves
         to a tap strictly greater (ties keep the first); padding is skipped; a NaN, once
@@ -527,7 +530,7 @@ def _build_maxpool():
         planes = x.reshape(n * c, h, w)
         bests = best.reshape(n * c, ho, wo)
         indices = index.reshape(n * c, ho, wo)
-        for p in numba.prange(n * c):
+        for p in range(p0, p1):  # jobs: n * c
             plane = planes[p]
             for oy in range(ho):
                 y0 = oy * sh - top
@@ -561,12 +564,12 @@ def _build_maxpool():
                             m[ox] = v if up | (v != v) else mo
 
     @jit
-    def backward(index, dy, gx, kw, sh, sw, dh, dw, top, left):
+    def backward(p0, p1, index, dy, gx, kw, sh, sw, dh, dw, top, left):
         """``gx`` (overwritten): each ``dy`` added to the cell its window's index names
         (none where that cell is padding)."""
         n, c, h, w = gx.shape
         ho, wo = dy.shape[2], dy.shape[3]
-        for p in numba.prange(n * c):
+        for p in range(p0, p1):  # jobs: n * c
             b = p // c
             ch = p % c
             gx[b, ch] = 0
@@ -578,7 +581,15 @@ def _build_maxpool():
                     if 0 <= yy < h and 0 <= xx < w:
                         gx[b, ch, yy, xx] += dy[b, ch, oy, ox]
 
-    return forward, backward
+    def forward_all(x, best, index, *geometry):
+        fast.parallel(forward, x.shape[0] * x.shape[1], x, best, index, *geometry,
+                      values=best.size * geometry[0] * geometry[1])
+
+    def backward_all(index, dy, gx, *geometry):
+        fast.parallel(backward, gx.shape[0] * gx.shape[1], index, dy, gx, *geometry,
+                      values=gx.size + dy.size)
+
+    return forward_all, backward_all
 
 
 def _gpu_maxpool_raw(x, geometry, save_argmax, xp, out=None):

@@ -13,8 +13,8 @@ position ``k`` of the 4x4 transform::
     M[k] (O, P) = U[k] (O, C) @ V[k] (C, P)      U = G g G^T,  V = B^T d B
 
 ``P`` the tiles of a chunk of images (image-major, then tile row, then tile column). The
-transforms are compiled (numba, ``prange`` over (image, channel-block) jobs, like
-``ops/fast.py``); the 16 products are one ``np.matmul`` on stacked arrays (OpenBLAS, its
+transforms are compiled (numba, serial loops over (image, channel-block) jobs, which
+``fast.parallel`` shares among threads, like ``ops/fast.py``'s); the 16 products are one ``np.matmul`` on stacked arrays (OpenBLAS, its
 threads set by ``runtime/threads.py``). The output transform applies the epilogue (scale,
 bias, the activation of ``fast.act_code``, the gate) as it writes each output row.
 
@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fast import act_code, constants, finish_row, jit, prange, usable
+from .fast import act_code, constants, finish_row, jit, parallel, usable
 
 # False turns the kernel off: ``winograd_conv2d`` returns False and the caller runs its
 # GEMM convolution (the benchmark and the tests compare the two).
@@ -68,15 +68,15 @@ U_CACHED_BYTES = 2 << 20
 #        | 0    0    1  |           | 0  1  0 -1 |
 
 
-@jit(parallel=True)
-def _weight_transform(w, u, half):
+@jit(noalias=True)
+def _weight_transform(start, stop, w, u, half):
     """``u (16, O, C)`` = ``G g G^T`` of every kernel ``g = w[o, c] (3, 3)``; position
     ``k = 4*i + j`` of the 4x4 transform at ``u[k]``. Per output channel the nine taps are
     first gathered tap-major (``wt (9, C)``), so that every later loop runs over the input
     channels with one array written and contiguous reads (vectorised; the transform kernel
     by kernel ran scalar, 2x slower)."""
-    o, c = w.shape[0], w.shape[1]
-    for oc in prange(o):
+    c = w.shape[1]
+    for oc in range(start, stop):  # jobs: o
         wt = np.empty((9, c), dtype=w.dtype)
         t = np.empty((12, c), dtype=w.dtype)  # G g: rows i = 0..3, columns j = 0..2
         flat = w[oc].reshape(c, 9)
@@ -117,8 +117,8 @@ def _weight_transform(w, u, half):
                 d[ic] = a2[ic]
 
 
-@jit(parallel=True)
-def _input_transform(x, n0, m, top, left, th, tw, v, block):
+@jit(noalias=True)
+def _input_transform(start, stop, x, n0, m, top, left, th, tw, v, block):
     """``v (16, C, m*th*tw)`` = ``B^T d B`` of every 4x4 tile ``d`` of images ``n0 .. n0+m``
     of ``x`` padded by ``top`` and ``left`` (and zeros past its end). One job per image and
     block of channels; each copies its planes into a zero-padded buffer (the padding stays
@@ -138,7 +138,7 @@ def _input_transform(x, n0, m, top, left, th, tw, v, block):
     blocks = (c + block - 1) // block
     rows = min(h, hb - top)
     cols = min(wd, wb - left)
-    for job in prange(m * blocks):
+    for job in range(start, stop):  # jobs: m * blocks
         bi = job // blocks
         c0 = (job - bi * blocks) * block
         pad = np.zeros((hb, wb), dtype=x.dtype)
@@ -196,9 +196,9 @@ def _input_transform(x, n0, m, top, left, th, tw, v, block):
                         d[tx] = ti[2 * tx + 1] - ti[2 * tx + 3]
 
 
-@jit(parallel=True)
-def _output_transform(mm, n0, m, th, tw, out, scale, bias, has_scale, has_bias, code, k,
-                      gate, has_gate, block):
+@jit(noalias=True)
+def _output_transform(start, stop, mm, n0, m, th, tw, out, scale, bias, has_scale, has_bias,
+                      code, k, gate, has_gate, block):
     """``out[n0 .. n0+m]`` = the epilogue of ``A^T M A`` of every tile of ``mm (16, O,
     m*th*tw)``: each band of tiles becomes two output rows (the second one dropped past an
     odd height, the last column past an odd width), through scale, bias, activation and
@@ -208,7 +208,7 @@ def _output_transform(mm, n0, m, th, tw, out, scale, bias, has_scale, has_bias, 
     ho, wo = out.shape[2], out.shape[3]
     tiles = th * tw
     blocks = (o + block - 1) // block
-    for job in prange(m * blocks):
+    for job in range(start, stop):  # jobs: m * blocks
         bi = job // blocks
         o0 = (job - bi * blocks) * block
         b = n0 + bi
@@ -284,7 +284,7 @@ def weight_transform(w):
     (the benchmark's ``U ms`` column against the layer's time)."""
     o, c = w.shape[:2]
     u = np.empty((16, o, c), dtype=w.dtype)
-    _weight_transform(w, u, w.dtype.type(0.5))
+    parallel(_weight_transform, o, w, u, w.dtype.type(0.5), values=u.size)
     return u
 
 
@@ -355,12 +355,14 @@ def winograd_conv2d(x, w, b, scale, act, out, pads, gate=None, u=None) -> bool:
         m = min(nb, n - n0)
         v = vbuf[:16 * c * m * tiles].reshape(16, c, m * tiles)
         mm = mbuf[:16 * o * m * tiles].reshape(16, o, m * tiles)
-        _input_transform(x, n0, m, top, left, th, tw, v, in_block)
+        parallel(_input_transform, m * -(-c // in_block), x, n0, m, top, left, th, tw, v,
+                 in_block, values=v.size)
         np.matmul(u, v, out=mm)
-        _output_transform(mm, n0, m, th, tw, out, dummy if scale is None else scale,
-                          dummy if b is None else b, scale is not None, b is not None,
-                          code, k, gate if has_gate else dummy.reshape(1, 1), has_gate,
-                          out_block)
+        parallel(_output_transform, m * -(-o // out_block), mm, n0, m, th, tw, out,
+                 dummy if scale is None else scale, dummy if b is None else b,
+                 scale is not None, b is not None, code, k,
+                 gate if has_gate else dummy.reshape(1, 1), has_gate, out_block,
+                 values=mm.size)
     return True
 
 

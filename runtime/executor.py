@@ -169,14 +169,14 @@ class Executor:
             return self._run(inputs, params)
         if not self._compiled_loaded:
             # the compiled kernels' module (and numba) loads before the thread count is set,
-            # so that the count reaches numba's pool from the first call
+            # so that the count reaches its kernels from the first call
             from ..ops import fast  # noqa: F401
 
             self._compiled_loaded = True
         count = threads_.decide(self.threads)
         n = next(iter(inputs.values())).shape[0]
         lanes = min(count, n)
-        if not SPLIT_BATCH or lanes < 2 or not threads_.lanes_safe():
+        if not SPLIT_BATCH or lanes < 2:
             with threads_.limit(count):
                 return self._run(inputs, params)
         return self._run_split(inputs, params, lanes)

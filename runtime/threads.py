@@ -201,21 +201,16 @@ def blas_threads() -> list:
     return [pool.get_num_threads() for pool in _blas_pools()]
 
 
-def _numba_threads():
-    """numba's ``(get_num_threads, set_num_threads, most)`` once it is loaded; None before
-    (the compiled kernels load it, never this module). ``most`` is 1 where its OpenMP
-    threads may spin between loops (``ops/fast.OPENMP_MAY_SPIN``, the ``omp`` layer)."""
+def _kernel_threads():
+    """The compiled kernels' ``(get_threads, set_threads)`` (``ops/fast.py``, per thread)
+    once that module is loaded; None before (the op families load it with their first
+    compiled kernel, never this module: it imports numba)."""
     import sys
 
-    numba = sys.modules.get("numba")
-    if numba is None or not hasattr(numba, "set_num_threads"):
-        return None
     fast = sys.modules.get("cnnc.ops.fast")
-    most = numba.config.NUMBA_NUM_THREADS
-    if (fast is not None and getattr(fast, "OPENMP_MAY_SPIN", False)
-            and fast.threading_layer() == "omp"):
-        most = 1
-    return numba.get_num_threads, numba.set_num_threads, most
+    if fast is None:
+        return None
+    return fast.get_threads, fast.set_threads
 
 
 @contextlib.contextmanager
@@ -228,12 +223,12 @@ def limit(n=None):
     for pool, was in zip(pools, before):
         if was != count:
             pool.set_num_threads(count)
-    jit = _numba_threads()
+    jit = _kernel_threads()
     jit_before = None
     if jit is not None:
-        get, put, most = jit
+        get, put = jit
         jit_before = get()
-        put(min(count, most))
+        put(count)
     try:
         yield count
     finally:
@@ -247,13 +242,13 @@ def limit(n=None):
 @contextlib.contextmanager
 def this_thread_only():
     """Within the block, the compiled kernels called from this thread run on this thread
-    alone (numba's count is per thread). For the workers of a split batch, whose BLAS
-    count the calling thread has set to 1 for the process with `limit`."""
-    jit = _numba_threads()
+    alone (their count is per thread). For the workers of a split batch, whose BLAS count
+    the calling thread has set to 1 for the process with `limit`."""
+    jit = _kernel_threads()
     if jit is None:
         yield
         return
-    get, put, _ = jit
+    get, put = jit
     before = get()
     put(1)
     try:
@@ -262,27 +257,14 @@ def this_thread_only():
         put(before)
 
 
-def lanes_safe() -> bool:
-    """Whether several threads may call the compiled kernels at once: yes without numba
-    (or with its kernels off), and with numba's ``omp`` or ``tbb`` threading layer; not
-    with ``workqueue``, which stops the process when two threads launch parallel loops at
-    once."""
-    import sys
-
-    fast = sys.modules.get("cnnc.ops.fast")
-    if fast is None or not fast.ENABLED:
-        return True
-    return fast.threading_layer() in ("omp", "tbb")
-
-
 def info() -> dict:
     """What a report prints: the setting, the usable cores and the count ``auto`` takes
-    now, the BLAS libraries and whether numba is loaded."""
+    now, the BLAS libraries and whether the compiled kernels are loaded."""
     fixed = setting()
     return {
         "setting": "auto" if fixed is None else fixed,
         "usable_cores": usable_cores(),
         "threads_now": decide(),
         "blas": [pool.internal_api for pool in _blas_pools()],
-        "numba_loaded": _numba_threads() is not None,
+        "compiled_kernels_loaded": _kernel_threads() is not None,
     }

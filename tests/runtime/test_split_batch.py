@@ -83,18 +83,6 @@ def test_one_image_or_one_thread_is_not_split(monkeypatch):
     assert not called
 
 
-def test_not_split_where_the_threading_layer_is_not_thread_safe(monkeypatch):
-    fast = pytest.importorskip("cnnc.ops.fast")
-    if not fast.ENABLED:
-        pytest.skip("numba not installed or CNNC_FAST=0")
-    monkeypatch.setattr(fast, "threading_layer", lambda: "workqueue")
-    assert not threads.lanes_safe()
-    model = _model()
-    monkeypatch.setattr(executor.Executor, "_run_split", lambda *a: pytest.fail("split"))
-    threads.set_threads(2)
-    model(np.zeros((4, 3, 9, 9)))
-
-
 def test_an_error_in_a_worker_share_reaches_the_caller(monkeypatch):
     model = _model()
     threads.set_threads(2)

@@ -1,0 +1,164 @@
+"""`ops/fast.parallel`: the compiled kernels' jobs shared among cnnc's own threads.
+
+Every kernel is a serial loop over a range of jobs; the ranges cover each job once, run on
+as many threads as the calling thread's count says, and a kernel's result does not depend
+on that count (each job writes its own outputs). numba's own threading layer never starts.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from cnnc.runtime import threads
+
+fast = pytest.importorskip("cnnc.ops.fast")
+if not fast.ENABLED:
+    pytest.skip("numba not installed or CNNC_FAST=0", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def _default_count():
+    yield
+    fast.set_threads(None)
+
+
+def _recorder(parties):
+    """A kernel that records its range and thread, and waits for ``parties`` ranges to
+    be running at once (a broken barrier, after 30 s, if they never are)."""
+    seen = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(max(1, parties), timeout=30)
+
+    def kernel(start, stop, tag):
+        with lock:
+            seen.append((start, stop, tag, threading.get_ident()))
+        barrier.wait()
+
+    return kernel, seen
+
+
+@pytest.mark.parametrize("count, jobs", [(1, 5), (2, 5), (3, 7), (4, 2), (8, 1), (3, 0)])
+def test_the_ranges_cover_every_job_once_at_once(count, jobs):
+    kernel, seen = _recorder(min(count, jobs))
+    fast.set_threads(count)
+    fast.parallel(kernel, jobs, "t")
+    covered = sorted(j for start, stop, _, _ in seen for j in range(start, stop))
+    assert covered == list(range(jobs))
+    assert len(seen) == min(count, jobs)  # one range per thread, none empty
+    assert all(tag == "t" for _, _, tag, _ in seen)
+    if min(count, jobs) > 1:
+        assert len({ident for *_, ident in seen}) == min(count, jobs)
+        assert threading.get_ident() in {ident for *_, ident in seen}  # the caller works too
+
+
+def test_an_error_in_a_worker_range_is_raised_after_every_range_stops():
+    done = []
+
+    def kernel(start, stop):
+        if start > 0:
+            raise ValueError(f"range {start}-{stop}")
+        done.append(start)
+
+    fast.set_threads(3)
+    with pytest.raises(ValueError, match="range"):
+        fast.parallel(kernel, 9)
+    assert done == [0]
+
+
+def test_a_small_call_runs_on_the_calling_thread():
+    kernel, seen = _recorder(1)
+    fast.set_threads(4)
+    fast.parallel(kernel, 8, "s", values=fast.MIN_PARALLEL_VALUES - 1)
+    assert [(start, stop) for start, stop, *_ in seen] == [(0, 8)]
+    assert seen[0][3] == threading.get_ident()
+    kernel, seen = _recorder(4)
+    fast.parallel(kernel, 8, "s", values=fast.MIN_PARALLEL_VALUES)
+    assert len(seen) == 4
+
+
+def test_the_count_is_per_thread_and_limit_sets_it():
+    fast.set_threads(3)
+    other = []
+    t = threading.Thread(target=lambda: other.append(fast.get_threads()))
+    t.start()
+    t.join()
+    assert fast.get_threads() == 3
+    assert other == [fast._cores()]  # a thread that set nothing: every usable core
+    with threads.limit(2):
+        assert fast.get_threads() == 2
+        with threads.this_thread_only():
+            assert fast.get_threads() == 1
+        assert fast.get_threads() == 2
+    assert fast.get_threads() == 3
+
+
+def _kernel_outputs():
+    """One output of each compiled kernel family on the same inputs."""
+    from cnnc.ops import conv, norm, pool, winograd
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 8, 11, 13)).astype(np.float32)
+    outs = []
+    dw = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+    outs.append(conv.conv2d(x, dw, rng.standard_normal(8).astype(np.float32), stride=2,
+                            pad=1, groups=8, act="silu"))
+    gx, gw = fast.depthwise_conv2d_backward(x, dw, rng.standard_normal((3, 8, 11, 13))
+                                            .astype(np.float32), (1, 1), (1, 1, 1, 1), (1, 1))
+    outs += [gx, gw]
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    out = np.empty((3, 16, 11, 13), np.float32)
+    assert winograd.winograd_conv2d(x, w, None, None, "relu", out, (1, 1, 1, 1))
+    outs.append(out)
+    y = np.empty((3, 8, 1, 143), np.float32)
+    assert fast.epilogue_(y, x.reshape(3, 8, 1, 143), None, np.ones(8, np.float32), "relu6")
+    outs.append(y)
+    y, saved = norm.batchnorm_forward(x, np.ones(8, np.float32), np.zeros(8, np.float32),
+                                      np.zeros(8, np.float32), np.ones(8, np.float32),
+                                      train=True)
+    outs.append(y)
+    outs.append(norm.batchnorm_backward(saved, 2 * x)[0][0])
+    y, saved = pool.maxpool2d_forward(x, kernel=3, stride=2, pad=1)
+    outs.append(y)
+    outs.append(pool.maxpool2d_backward(saved, np.ones_like(y))[0][0])
+    return outs
+
+
+def test_every_kernel_gives_the_same_result_on_one_thread_and_on_three(monkeypatch):
+    monkeypatch.setattr(fast, "MIN_PARALLEL_VALUES", 0)  # small calls share their jobs too
+    fast.set_threads(1)
+    one = _kernel_outputs()
+    fast.set_threads(3)
+    three = _kernel_outputs()
+    for a, b in zip(one, three):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_numba_threading_layer_never_starts():
+    """No kernel is a numba ``parallel=True`` function: its threading layer (which ran on
+    whatever OpenMP runtime was loaded first, and whose ``workqueue`` layer stopped the
+    process when two threads launched loops at once) is never chosen."""
+    script = (
+        "import numpy as np, numba, cnnc\n"
+        "from cnnc.runtime import threads\n"
+        "src = 'network t\\ninput x: [3, 12, 12]\\noutput y = x -> conv(8, 3, pad=1) -> "
+        "batchnorm -> relu -> conv(8, 3, groups=8, pad=1) -> maxpool(2) -> flatten -> "
+        "dense(4)\\n'\n"
+        "m = cnnc.compile(src).build(backend='numpy')\n"
+        "x = np.random.default_rng(0).standard_normal((4, 3, 12, 12)).astype(np.float32)\n"
+        "with threads.limit(2):\n"
+        "    m.forward(x, train=True)\n"
+        "    m.backward(np.ones((4, 4), np.float32))\n"
+        "    m(x)\n"
+        "try:\n"
+        "    print(numba.threading_layer())\n"
+        "except ValueError:\n"
+        "    print('none')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "none"
