@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -137,7 +136,7 @@ def _noalias(dispatcher):
 
 _local = threading.local()  # per thread: ``count``, the threads its kernel calls may use
 _pool_lock = threading.Lock()
-_pool = None  # (size, ThreadPoolExecutor), made on first use, grown when asked for more
+_idle = []  # workers (`_Worker`) no call is using
 
 
 def _cores() -> int:
@@ -159,16 +158,64 @@ def set_threads(count) -> None:
     _local.count = None if count is None else max(1, int(count))
 
 
-def _workers(count: int) -> ThreadPoolExecutor:
-    """The module's worker threads, at least ``count`` of them."""
-    global _pool
+class _Worker:
+    """A thread that runs one range at a time: started by releasing ``go``, finished when
+    it releases ``done``. Two bare locks per range, where a pool's queue, future and
+    condition cost 40-60 us a call on a 2-core VM."""
+
+    def __init__(self):
+        self.go = threading.Lock()
+        self.go.acquire()
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.task = None
+        self.error = None
+        threading.Thread(target=self._loop, name="cnnc-kernel", daemon=True).start()
+
+    def _loop(self):
+        while True:
+            self.go.acquire()
+            kernel, args = self.task
+            try:
+                kernel(*args)
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                self.error = error
+            self.done.release()
+
+    def start(self, kernel, args):
+        self.task = (kernel, args)
+        self.error = None
+        self.go.release()
+
+    def wait(self):
+        """The range's error, or None, once it has finished."""
+        self.done.acquire()
+        self.task = None
+        return self.error
+
+
+def _take_workers(count: int) -> list:
+    """``count`` idle workers, made as needed; each is the caller's until `_give_back`."""
     with _pool_lock:
-        if _pool is None or _pool[0] < count:
-            if _pool is not None:
-                _pool[1].shutdown(wait=False)
-            _pool = (count, ThreadPoolExecutor(max_workers=count,
-                                               thread_name_prefix="cnnc-kernel"))
-        return _pool[1]
+        taken = [_idle.pop() for _ in range(min(count, len(_idle)))]
+    return taken + [_Worker() for _ in range(count - len(taken))]
+
+
+def _give_back(workers: list) -> None:
+    with _pool_lock:
+        _idle.extend(workers)
+
+
+def _forget_workers() -> None:
+    """In a forked child: the parent's workers are not there (their threads were not
+    copied), and a lock held at the fork would stay held."""
+    global _pool_lock, _idle
+    _pool_lock = threading.Lock()
+    _idle = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers)
 
 
 # A call shares its jobs among threads only when it has at least this many values to
@@ -193,19 +240,17 @@ def parallel(kernel, jobs: int, *args, values=None) -> None:
             kernel(0, jobs, *args)
         return
     bounds = [jobs * i // count for i in range(count + 1)]
-    pool = _workers(count - 1)
-    futures = [pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(1, count)]
+    workers = _take_workers(count - 1)
+    for i, worker in enumerate(workers, 1):
+        worker.start(kernel, (bounds[i], bounds[i + 1]) + args)
     try:
         kernel(0, bounds[1], *args)
     finally:
-        errors = []
-        for future in futures:
-            try:
-                future.result()
-            except BaseException as error:  # noqa: BLE001 - raised below, once all stop
-                errors.append(error)
-    if errors:
-        raise errors[0]
+        errors = [worker.wait() for worker in workers]  # every range stops first
+        _give_back(workers)
+    for error in errors:
+        if error is not None:
+            raise error
 
 
 def usable(*arrays) -> bool:

@@ -70,6 +70,26 @@ def test_an_error_in_a_worker_range_is_raised_after_every_range_stops():
     assert done == [0]
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")
+def test_a_forked_child_makes_workers_of_its_own():
+    import os
+
+    kernel, seen = _recorder(2)
+    fast.set_threads(2)
+    fast.parallel(kernel, 4, "parent")  # the parent's workers exist, idle
+    pid = os.fork()
+    if pid == 0:  # the child: its ranges must run (the parent's worker threads are gone)
+        code = 1
+        try:
+            kernel2, seen2 = _recorder(2)
+            fast.parallel(kernel2, 4, "child")
+            code = 0 if sorted(a for a, *_ in seen2) == [0, 2] else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
 def test_a_small_call_runs_on_the_calling_thread():
     kernel, seen = _recorder(1)
     fast.set_threads(4)
