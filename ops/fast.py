@@ -83,45 +83,21 @@ _BETA = {"swish": 1.0, "silu": 1.0}
 FASTMATH = {"contract"}
 
 
-def jit(fastmath=None, noalias=False):
+def jit(fastmath=None):
     """The decorator of every compiled kernel (here, in ops/winograd.py and ops/pool.py):
     machine code cached on disk, no GIL (`parallel` runs them on several threads),
-    ``FASTMATH`` unless given, NumPy's error model. ``noalias``: see `_noalias`."""
+    ``FASTMATH`` unless given, NumPy's error model."""
     if numba is None:
         return lambda f: f
     flags = set(FASTMATH if fastmath is None else fastmath)
 
     def wrap(f):
         try:
-            compiled = numba.njit(cache=True, nogil=True, fastmath=flags,
-                                  error_model="numpy")(f)
+            return numba.njit(cache=True, nogil=True, fastmath=flags, error_model="numpy")(f)
         except RuntimeError:  # no writable cache location: compile in every process
-            compiled = numba.njit(nogil=True, fastmath=flags, error_model="numpy")(f)
-        return _noalias(compiled) if noalias else compiled
+            return numba.njit(nogil=True, fastmath=flags, error_model="numpy")(f)
 
     return wrap
-
-
-def _noalias(dispatcher):
-    """``dispatcher`` compiling with LLVM's ``noalias`` on its array arguments: no two of
-    them overlap where either is written, so LLVM vectorises their loops without checking
-    at run time that they do not (on 7- to 56-wide maps those checks cost the direct
-    convolution 17-45 %). numba sets this flag itself for the function of a parallel loop
-    whose arguments its alias analysis finds apart (what these kernels were until they ran
-    on `parallel`'s threads); here it goes through the dispatcher's hook for its flags,
-    and where a numba lacks that hook the kernel compiles without it (slower, as right)."""
-    compiler = getattr(dispatcher, "_compiler", None)
-    customize = getattr(compiler, "_customize_flags", None)
-    if customize is None:
-        return dispatcher
-
-    def with_noalias(flags):
-        flags = customize(flags)
-        flags.noalias = True
-        return flags
-
-    compiler._customize_flags = with_noalias
-    return dispatcher
 
 
 # ---- threads ------------------------------------------------------------------------------
@@ -180,6 +156,7 @@ class _Worker:
                 kernel(*args)
             except BaseException as error:  # noqa: BLE001 - handed to the caller
                 self.error = error
+            kernel = args = None  # an idle worker holds no array of the last call
             self.done.release()
 
     def start(self, kernel, args):
@@ -191,7 +168,8 @@ class _Worker:
         """The range's error, or None, once it has finished."""
         self.done.acquire()
         self.task = None
-        return self.error
+        error, self.error = self.error, None
+        return error
 
 
 def _take_workers(count: int) -> list:
@@ -241,12 +219,14 @@ def parallel(kernel, jobs: int, *args, values=None) -> None:
         return
     bounds = [jobs * i // count for i in range(count + 1)]
     workers = _take_workers(count - 1)
-    for i, worker in enumerate(workers, 1):
-        worker.start(kernel, (bounds[i], bounds[i + 1]) + args)
+    started = []
     try:
+        for i, worker in enumerate(workers, 1):
+            worker.start(kernel, (bounds[i], bounds[i + 1]) + args)
+            started.append(worker)
         kernel(0, bounds[1], *args)
     finally:
-        errors = [worker.wait() for worker in workers]  # every range stops first
+        errors = [worker.wait() for worker in started]  # every range stops first
         _give_back(workers)
     for error in errors:
         if error is not None:
@@ -526,7 +506,7 @@ def _tap(w, oc, ci, i, j, row, plane, sh, sw, dh, dw):
     return w[oc, ci, i, j], row + phase * plane + (j * dw) // sw
 
 
-@jit(noalias=True)
+@jit()
 def _direct_forward(start, stop, x, w, scale, bias, out, ho, wo, sh, sw, top, left, dh, dw,
                     code, k, has_scale, has_bias, gate, has_gate, block):
     """A convolution of few input channels per group (``w (O, C/G, kh, kw)``): depthwise
@@ -551,11 +531,11 @@ def _direct_forward(start, stop, x, w, scale, bias, out, ho, wo, sh, sw, top, le
     rows = max(1, min(ho, ACC_VALUES // wq))  # output rows accumulated at a time
     for job in range(start, stop):  # jobs: n * blocks
         b = job // blocks
-        start = (job - b * blocks) * block
+        first = (job - b * blocks) * block
         flat = np.zeros(cg * phases, dtype=x.dtype)
         acc = np.empty(rows * wq, dtype=out.dtype)
-        end = min(o, start + block)
-        oc0 = start
+        end = min(o, first + block)
+        oc0 = first
         while oc0 < end:  # the block's channels, a group at a time
             group = oc0 // og
             oc1 = min(end, (group + 1) * og)
@@ -658,7 +638,7 @@ def _dot(a, b, zero):
     return total
 
 
-@jit(noalias=True)
+@jit()
 def _depthwise_backward(start, stop, x, w, dy, gx, gw, sh, sw, top, left, dh, dw, zero):
     """``gx`` (x's shape) gets the input gradient; ``gw`` (``(N, O, kh, kw)``) each image's
     weight gradient, summed by the caller. One job per (image, input channel), no two
@@ -728,7 +708,7 @@ def _bn_dot(a, b):
     return s
 
 
-@jit(noalias=True)
+@jit()
 def _bn_train_forward(start, stop, x, has_w, w, has_b, b, eps, xhat, y, mean, var, inv_std):
     n, c, m = x.shape
     for ch in range(start, stop):  # jobs: c
@@ -759,7 +739,7 @@ def _bn_train_forward(start, stop, x, has_w, w, has_b, b, eps, xhat, y, mean, va
                 dest[q] = v
 
 
-@jit(noalias=True)
+@jit()
 def _bn_train_backward(start, stop, xhat, dy, has_w, w, inv_std, gx, gW, gb):
     """gb = sum(dy), gW = sum(dy * xhat) per channel; then, with g = dy * weight,
     gx = (xhat * (-sum(g * xhat) / m) + g - sum(g) / m) * inv_std."""
@@ -802,7 +782,7 @@ def batchnorm_train_backward(xhat, dy, has_w, w, inv_std, gx, gW, gb):
 # ---- the epilogue of a GEMM convolution ------------------------------------------------
 
 
-@jit(noalias=True)
+@jit()
 def _epilogue(start, stop, src, dest, scale, bias, code, k, has_scale, has_bias, gate,
               has_gate, same, rows):
     """``dest[b, c, r] = act(src[b, c, r] * scale[c] + bias[c]) * gate[b, c]`` over 4-D

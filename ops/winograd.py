@@ -14,9 +14,10 @@ position ``k`` of the 4x4 transform::
 
 ``P`` the tiles of a chunk of images (image-major, then tile row, then tile column). The
 transforms are compiled (numba, serial loops over (image, channel-block) jobs, which
-``fast.parallel`` shares among threads, like ``ops/fast.py``'s); the 16 products are one ``np.matmul`` on stacked arrays (OpenBLAS, its
-threads set by ``runtime/threads.py``). The output transform applies the epilogue (scale,
-bias, the activation of ``fast.act_code``, the gate) as it writes each output row.
+``fast.parallel`` shares among threads, like ``ops/fast.py``'s); the 16 products are one
+``np.matmul`` on stacked arrays (OpenBLAS, its threads set by ``runtime/threads.py``). The
+output transform applies the epilogue (scale, bias, the activation of ``fast.act_code``,
+the gate) as it writes each output row.
 
 NaN: each output of a tile depends, through the transforms, only on the nine inputs of its
 own window (the rows and columns of ``B`` and ``A`` make a NaN reach exactly the outputs
@@ -68,7 +69,7 @@ U_CACHED_BYTES = 2 << 20
 #        | 0    0    1  |           | 0  1  0 -1 |
 
 
-@jit(noalias=True)
+@jit()
 def _weight_transform(start, stop, w, u, half):
     """``u (16, O, C)`` = ``G g G^T`` of every kernel ``g = w[o, c] (3, 3)``; position
     ``k = 4*i + j`` of the 4x4 transform at ``u[k]``. Per output channel the nine taps are
@@ -117,7 +118,7 @@ def _weight_transform(start, stop, w, u, half):
                 d[ic] = a2[ic]
 
 
-@jit(noalias=True)
+@jit()
 def _input_transform(start, stop, x, n0, m, top, left, th, tw, v, block):
     """``v (16, C, m*th*tw)`` = ``B^T d B`` of every 4x4 tile ``d`` of images ``n0 .. n0+m``
     of ``x`` padded by ``top`` and ``left`` (and zeros past its end). One job per image and
@@ -196,7 +197,7 @@ def _input_transform(start, stop, x, n0, m, top, left, th, tw, v, block):
                         d[tx] = ti[2 * tx + 1] - ti[2 * tx + 3]
 
 
-@jit(noalias=True)
+@jit()
 def _output_transform(start, stop, mm, n0, m, th, tw, out, scale, bias, has_scale, has_bias,
                       code, k, gate, has_gate, block):
     """``out[n0 .. n0+m]`` = the epilogue of ``A^T M A`` of every tile of ``mm (16, O,

@@ -70,6 +70,40 @@ def test_an_error_in_a_worker_range_is_raised_after_every_range_stops():
     assert done == [0]
 
 
+def test_an_error_in_the_callers_range_waits_for_the_workers():
+    import time
+
+    done = []
+
+    def kernel(start, stop):
+        if start == 0:
+            raise ValueError("the caller's range")
+        time.sleep(0.2)  # still running when the caller's range fails
+        done.append(start)
+
+    fast.set_threads(3)
+    with pytest.raises(ValueError, match="caller"):
+        fast.parallel(kernel, 9)
+    assert sorted(done) == [3, 6]
+
+
+def test_an_idle_worker_holds_no_array_of_the_last_call():
+    import gc
+    import weakref
+
+    def kernel(start, stop, a):
+        a[start:stop] = 1.0
+
+    fast.set_threads(2)
+    a = np.zeros(8)
+    fast.parallel(kernel, 8, a)
+    assert (a == 1).all()
+    ref = weakref.ref(a)
+    del a
+    gc.collect()
+    assert ref() is None
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")
 def test_a_forked_child_makes_workers_of_its_own():
     import os
@@ -79,6 +113,9 @@ def test_a_forked_child_makes_workers_of_its_own():
     fast.parallel(kernel, 4, "parent")  # the parent's workers exist, idle
     pid = os.fork()
     if pid == 0:  # the child: its ranges must run (the parent's worker threads are gone)
+        import signal
+
+        signal.alarm(60)  # a child that hangs dies, rather than the test suite waiting
         code = 1
         try:
             kernel2, seen2 = _recorder(2)
@@ -150,12 +187,34 @@ def _kernel_outputs():
 
 def test_every_kernel_gives_the_same_result_on_one_thread_and_on_three(monkeypatch):
     monkeypatch.setattr(fast, "MIN_PARALLEL_VALUES", 0)  # small calls share their jobs too
+    real_empty = np.empty
+
+    def nan_empty(*args, **kwargs):  # every float output starts as NaN: a job no range
+        a = real_empty(*args, **kwargs)  # ran would show, in both runs alike
+        if a.dtype.kind == "f":
+            a.fill(np.nan)
+        return a
+
+    monkeypatch.setattr(np, "empty", nan_empty)
     fast.set_threads(1)
     one = _kernel_outputs()
     fast.set_threads(3)
     three = _kernel_outputs()
     for a, b in zip(one, three):
+        assert not np.isnan(a).any()
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_in_place_epilogue_on_three_threads(monkeypatch):
+    monkeypatch.setattr(fast, "MIN_PARALLEL_VALUES", 0)
+    fast.set_threads(3)
+    rng = np.random.default_rng(5)
+    y = rng.standard_normal((3, 8, 1, 50)).astype(np.float32)
+    scale = rng.standard_normal(8).astype(np.float32)
+    bias = rng.standard_normal(8).astype(np.float32)
+    want = np.clip(y * scale[:, None, None] + bias[:, None, None], 0, 6)
+    assert fast.epilogue_(y, None, scale, bias, "relu6")
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
 
 
 def test_numba_threading_layer_never_starts():
