@@ -258,8 +258,11 @@ class Model:
 
         from . import threads as threads_
 
-        return contextlib.nullcontext() if self.backend.on_device else \
-            threads_.limit(self.threads)
+        if self.backend.on_device:
+            return contextlib.nullcontext()
+        from ..ops import fast  # noqa: F401 - loaded first, so the count reaches its kernels
+
+        return threads_.limit(self.threads)
 
     def forward(self, x, train: bool = True, logits: bool = False):
         """Run the network and keep what `backward` needs.
