@@ -582,53 +582,40 @@ def _direct_forward(start, stop, x, w, scale, bias, out, ho, wo, sh, sw, top, le
 def _row_taps(dst, flat, w, oc, ci, i, row, plane, sh, sw, dh, dw, first):
     """``dst`` (= if ``first``, else +=) the taps of kernel row ``i`` of input channel
     ``ci`` times their runs in ``flat``. Three or five taps a pass: a third or a fifth of
-    the accumulator's loads and stores of a pass per tap. The runs are read through one
-    slice of ``flat`` at unsigned offsets (numba checks no unsigned index for wrapping
-    around): a slice per run, as before, made the depthwise layers of MobileNet V2 and
-    EfficientNet-B0 about 1.8x slower (LLVM checks each source against ``dst`` for
-    overlap)."""
+    the accumulator's loads and stores of a pass per tap (not more: LLVM checks each source
+    against ``dst`` for overlap, and gives up past eight)."""
     count = dst.shape[0]
     kw = w.shape[3]
     if kw == 3:
         t0, a0 = _tap(w, oc, ci, i, 0, row, plane, sh, sw, dh, dw)
         t1, a1 = _tap(w, oc, ci, i, 1, row, plane, sh, sw, dh, dw)
         t2, a2 = _tap(w, oc, ci, i, 2, row, plane, sh, sw, dh, dw)
-        lo = min(min(a0, a1), a2)
-        seg = flat[lo:]
-        u0 = np.uint64(a0 - lo)
-        u1 = np.uint64(a1 - lo)
-        u2 = np.uint64(a2 - lo)
+        s0 = flat[a0:a0 + count]  # slices: no index can wrap
+        s1 = flat[a1:a1 + count]
+        s2 = flat[a2:a2 + count]
         if first:
             for p in range(count):
-                q = np.uint64(p)
-                dst[p] = t0 * seg[q + u0] + t1 * seg[q + u1] + t2 * seg[q + u2]
+                dst[p] = t0 * s0[p] + t1 * s1[p] + t2 * s2[p]
         else:
             for p in range(count):
-                q = np.uint64(p)
-                dst[p] += t0 * seg[q + u0] + t1 * seg[q + u1] + t2 * seg[q + u2]
+                dst[p] += t0 * s0[p] + t1 * s1[p] + t2 * s2[p]
     elif kw == 5:
         t0, a0 = _tap(w, oc, ci, i, 0, row, plane, sh, sw, dh, dw)
         t1, a1 = _tap(w, oc, ci, i, 1, row, plane, sh, sw, dh, dw)
         t2, a2 = _tap(w, oc, ci, i, 2, row, plane, sh, sw, dh, dw)
         t3, a3 = _tap(w, oc, ci, i, 3, row, plane, sh, sw, dh, dw)
         t4, a4 = _tap(w, oc, ci, i, 4, row, plane, sh, sw, dh, dw)
-        lo = min(min(a0, a1), min(min(a2, a3), a4))
-        seg = flat[lo:]  # one slice; unsigned offsets into it: no index can wrap
-        u0 = np.uint64(a0 - lo)
-        u1 = np.uint64(a1 - lo)
-        u2 = np.uint64(a2 - lo)
-        u3 = np.uint64(a3 - lo)
-        u4 = np.uint64(a4 - lo)
+        s0 = flat[a0:a0 + count]
+        s1 = flat[a1:a1 + count]
+        s2 = flat[a2:a2 + count]
+        s3 = flat[a3:a3 + count]
+        s4 = flat[a4:a4 + count]
         if first:
             for p in range(count):
-                q = np.uint64(p)
-                dst[p] = (t0 * seg[q + u0] + t1 * seg[q + u1] + t2 * seg[q + u2]
-                          + t3 * seg[q + u3] + t4 * seg[q + u4])
+                dst[p] = t0 * s0[p] + t1 * s1[p] + t2 * s2[p] + t3 * s3[p] + t4 * s4[p]
         else:
             for p in range(count):
-                q = np.uint64(p)
-                dst[p] += (t0 * seg[q + u0] + t1 * seg[q + u1] + t2 * seg[q + u2]
-                           + t3 * seg[q + u3] + t4 * seg[q + u4])
+                dst[p] += t0 * s0[p] + t1 * s1[p] + t2 * s2[p] + t3 * s3[p] + t4 * s4[p]
     else:
         for j in range(kw):
             tap, at = _tap(w, oc, ci, i, j, row, plane, sh, sw, dh, dw)
