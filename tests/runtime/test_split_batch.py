@@ -123,3 +123,29 @@ def test_the_workers_keep_the_callers_floating_point_error_handling():
             model(huge)
     with np.errstate(all="warn"), pytest.warns(RuntimeWarning):
         model(huge)
+
+
+def test_auto_splits_over_every_usable_core_even_when_others_keep_them_busy(monkeypatch):
+    """Lanes share nothing until the join: under ``auto`` a batch takes a lane per usable
+    core though other processes keep all but one busy (a fixed count stays as given)."""
+    monkeypatch.delenv("CNNC_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "auto_threads", lambda: 1)  # the others' load: one core
+    monkeypatch.setattr(threads, "usable_cores", lambda: 3)
+    model = _model()
+    x = np.random.default_rng(0).standard_normal((4, 3, 9, 9))
+    seen = []
+    real = executor.Executor._run_split
+
+    def spy(self, inputs, params, lanes):
+        seen.append(lanes)
+        return real(self, inputs, params, lanes)
+
+    monkeypatch.setattr(executor.Executor, "_run_split", spy)
+    got = model(x)
+    assert seen == [3]
+    threads.set_threads(1)
+    np.testing.assert_allclose(model(x)["logits"], got["logits"], rtol=1e-12, atol=1e-14)
+    assert seen == [3]  # a fixed count of one: not split
+    threads.set_threads(None)
+    model(x[:1])
+    assert seen == [3]  # one image: not split
