@@ -20,7 +20,8 @@ machine, a forward pass with two threads became 4 to 17 times slower than with o
 (docs/performance.md). So ``auto`` reads how busy the usable cores were since it last looked
 (``/proc/stat``, less this process's own CPU time), at most every ``SAMPLE_SECONDS``, and
 runs one thread per core the others leave free. Where ``/proc/stat`` cannot be read (not
-Linux), ``auto`` is every usable core.
+Linux), ``auto`` is every usable core. (A batch of several images is split among every
+usable core under ``auto`` all the same: `runtime/executor.py` says why.)
 """
 
 from __future__ import annotations
