@@ -198,8 +198,8 @@ if hasattr(os, "register_at_fork"):
 
 # A call shares its jobs among threads only when it has at least this many values to
 # compute (outputs, or multiply-adds): handing a range to a worker thread and waiting for
-# it costs about 40-60 us on the 2-core machine of docs/performance.md, the time of some
-# 10^5 values of these loops.
+# it costs about 20 us on the 2-core machine of docs/performance.md (more while the
+# worker's core wakes), the time of some 10^5 values of these loops.
 MIN_PARALLEL_VALUES = 1 << 17
 
 
