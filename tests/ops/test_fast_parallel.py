@@ -187,6 +187,7 @@ def _kernel_outputs():
 
 def test_every_kernel_gives_the_same_result_on_one_thread_and_on_three(monkeypatch):
     monkeypatch.setattr(fast, "MIN_PARALLEL_VALUES", 0)  # small calls share their jobs too
+    _kernel_outputs()  # compiled first: numba must not type the patched np.empty below
     real_empty = np.empty
 
     def nan_empty(*args, **kwargs):  # every float output starts as NaN: a job no range
