@@ -116,10 +116,11 @@ _idle = []  # workers (`_Worker`) no call is using
 
 
 def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    """The cores this process may use (its affinity and cgroup quota): as
+    ``runtime/threads.py`` counts them."""
+    from ..runtime.threads import usable_cores  # (that module imports nothing heavy)
+
+    return usable_cores()
 
 
 def get_threads() -> int:
@@ -423,7 +424,7 @@ def _activate_flat(y, code, k, chunk):
     for start in range(0, n, chunk):
         m = min(n, start + chunk) - start
         part = tmp[:m]
-        part[:] = y[start:start + m]
+        _copy(part, y[start:start + m])
         finish_row(part, y[start:start + m], k[ONE], k[ZERO], False, False, code, k, k[ONE],
                     False)
 
@@ -463,9 +464,9 @@ def _phase_copy(plane, phases, top, left, sh, sw, into):
         row = plane[r]
         if sw == 1:
             if into:
-                phases[p, pr, left:left + wd] = row
+                _copy(phases[p, pr, left:left + wd], row)
             else:
-                row[:] = phases[p, pr, left:left + wd]
+                _copy(row, phases[p, pr, left:left + wd])
         elif sw == 2:  # one loop, both phases: a stride-2 pair LLVM loads as vectors
             even = phases[p * 2 + left % 2, pr, left // 2:]  # columns 0, 2, 4, ...
             odd = phases[p * 2 + (left + 1) % 2, pr, (left + 1) // 2:]  # 1, 3, 5, ...
