@@ -116,11 +116,12 @@ _idle = []  # workers (`_Worker`) no call is using
 
 
 def _cores() -> int:
-    """The cores this process may use (its affinity and cgroup quota): as
-    ``runtime/threads.py`` counts them."""
-    from ..runtime.threads import usable_cores  # (that module imports nothing heavy)
-
-    return usable_cores()
+    """The cores this process's affinity allows (ops may not import ``runtime/``, whose
+    ``threads.usable_cores`` also reads a cgroup quota: every run sets the count itself)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def get_threads() -> int:
