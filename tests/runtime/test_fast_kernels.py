@@ -214,6 +214,47 @@ def test_gemm_epilogue_matches_numpy(case, shifted, numpy_only, monkeypatch):
     np.testing.assert_allclose(plain, conv2d(x, w, None, **case), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_epilogue_of_one_value_per_channel_matches_numpy(dtype, numpy_only):
+    """A squeeze-and-excitation's 1x1 convolutions (a 1x1 map) take the flat path of the
+    compiled epilogue: scale, bias, activation and gate as the per-row path gives them."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 5, 1, 1)).astype(dtype)
+    w = rng.standard_normal((7, 5, 1, 1)).astype(dtype)
+    b = rng.standard_normal(7).astype(dtype)
+    scale = rng.standard_normal(7).astype(dtype)
+    gate = rng.random((3, 7, 1, 1)).astype(dtype)
+    got = [(act, conv2d(x, w, b, act=act, scale=scale, gate=gate)) for act in ACTS]
+    src = rng.standard_normal((3, 7, 1, 1)).astype(dtype)
+    into = np.empty_like(src)
+    assert fast.epilogue_(into, src, scale, b, "relu", gate.reshape(3, 7))
+    numpy_only()
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    for act, y in got:
+        np.testing.assert_allclose(y, conv2d(x, w, b, act=act, scale=scale, gate=gate), **tol,
+                                   err_msg=str(act))
+    np.testing.assert_allclose(into, np.maximum(src * scale[:, None, None] + b[:, None, None],
+                                                0) * gate, **tol)
+
+
+def test_a_borrowed_array_lives_while_kept():
+    """`fast._borrow` makes a view that holds no reference: numba frees the array after
+    its last use unless `fast._keep` uses it later (here the next allocation would take
+    its memory)."""
+    numba = pytest.importorskip("numba")
+
+    @numba.njit
+    def kept(n):
+        owner = np.zeros(n)
+        view = fast._borrow(owner)
+        other = np.ones(n)
+        value = view[0] + other[0] * 0
+        fast._keep(owner)
+        return value
+
+    assert kept(1000) == 0.0
+
+
 def test_usable_only_for_numpy_float_arrays_of_one_dtype():
     f32 = np.zeros(3, np.float32)
     assert fast.usable(f32, None, np.ones(2, np.float32))
