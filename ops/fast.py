@@ -768,6 +768,8 @@ def _bn_dot(a, b):
 @jit()
 def _bn_train_forward(start, stop, x, has_w, w, has_b, b, eps, xhat, y, mean, var, inv_std):
     n, c, m = x.shape
+    x, w, b, xhat, y = _borrow(x), _borrow(w), _borrow(b), _borrow(xhat), _borrow(y)
+    mean, var, inv_std = _borrow(mean), _borrow(var), _borrow(inv_std)
     for ch in range(start, stop):  # jobs: c
         s = 0.0
         for i in range(n):
@@ -802,6 +804,8 @@ def _bn_train_backward(start, stop, xhat, dy, has_w, w, inv_std, gx, gW, gb):
     gx = (xhat * (-sum(g * xhat) / m) + g - sum(g) / m) * inv_std."""
     n, c, m = xhat.shape
     count = n * m
+    xhat, dy, w, inv_std = _borrow(xhat), _borrow(dy), _borrow(w), _borrow(inv_std)
+    gx, gW, gb = _borrow(gx), _borrow(gW), _borrow(gb)
     for ch in range(start, stop):  # jobs: c
         sb = 0.0
         sw = 0.0

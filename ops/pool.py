@@ -527,6 +527,8 @@ def _build_maxpool():
         mispredicted one per tap cost 3x."""
         n, c, h, w = x.shape
         ho, wo = best.shape[2], best.shape[3]
+        # borrowed: the views below count no references (see fast._borrow)
+        x, best, index = fast._borrow(x), fast._borrow(best), fast._borrow(index)
         planes = x.reshape(n * c, h, w)
         bests = best.reshape(n * c, ho, wo)
         indices = index.reshape(n * c, ho, wo)
@@ -569,6 +571,7 @@ def _build_maxpool():
         (none where that cell is padding)."""
         n, c, h, w = gx.shape
         ho, wo = dy.shape[2], dy.shape[3]
+        index, dy, gx = fast._borrow(index), fast._borrow(dy), fast._borrow(gx)
         for p in range(p0, p1):  # jobs: n * c
             b = p // c
             ch = p % c
