@@ -310,6 +310,17 @@ if numba is not None:
         return _types.float32(_types.int32), codegen
 
     @_intrinsic
+    def _bits_of_float32(typingctx, value):
+        """The int32 bit pattern of the float32 ``value`` (an LLVM bitcast)."""
+        if value != _types.float32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], _ir.IntType(32))
+
+        return _types.int32(_types.float32), codegen
+
+    @_intrinsic
     def _borrow(typingctx, a):
         """``a`` itself, borrowed: the same array without a reference to its memory (a
         null meminfo). numba counts a reference, an atomic increment and decrement of
@@ -341,6 +352,9 @@ else:  # pragma: no cover - only the compiled kernels call it
     def _float32_from_bits(bits):
         return np.array(bits, dtype=np.int32).view(np.float32)[()]
 
+    def _bits_of_float32(value):
+        return np.array(value, dtype=np.float32).view(np.int32)[()]
+
     def _borrow(a):
         return a
 
@@ -360,14 +374,21 @@ def _copy(dst, src):
 
 @_inline
 def _exp32(v):
-    """``e**v`` in float32 arithmetic, to about 2 ulp: ``v = k ln2 + r`` with ``|r| <= ln2/2``
-    (ln2 in two parts, so ``k ln2`` is exact), ``e**r`` by its degree-7 Taylor-like polynomial
-    (Cephes' expf coefficients), ``2**k`` built from its exponent bits. Past float32's range
-    the result is inf or 0; NaN stays NaN. No call and no branch: loops over it vectorise."""
-    c = v if v > np.float32(-87.0) else np.float32(-87.0)  # (a select: min and max
-    c = c if c < np.float32(88.0) else np.float32(88.0)  # branch on NaN, which stops SIMD)
-    # round to the nearest integer: adding 1.5 * 2**23 leaves no fraction bits
-    k = (c * np.float32(1.44269504088896341) + np.float32(12582912.0)) - np.float32(12582912.0)
+    """``e**v`` in float32 arithmetic, to about 2 ulp, for ``1 + e**v`` (sigmoid and swish's
+    denominator): ``v = k ln2 + r`` with ``|r| <= ln2/2`` (ln2 in two parts, so ``k ln2`` is
+    exact), ``e**r`` by its degree-7 Taylor-like polynomial (Cephes' expf coefficients),
+    ``2**k`` built from its exponent bits. Past e**88.7 the result is inf; below e**-87 it
+    is e**-87 (to which 1 adds nothing in float32, as to 0). NaN stays NaN: both clamps
+    are x86's max and min (a select written ``bound if bound > v else v`` keeps the second
+    operand, NaN, as they do), so no select for NaN is needed, and ``k`` is read from the
+    rounding's bits rather than converted (a NaN converted to an integer would be LLVM's
+    poison). No call and no branch: loops over it vectorise."""
+    c = np.float32(-87.0) if np.float32(-87.0) > v else v
+    c = np.float32(88.0) if np.float32(88.0) < c else c
+    # round to the nearest integer: adding 1.5 * 2**23 leaves no fraction bits, and the
+    # sum's bits are those of 1.5 * 2**23 (0x4B400000) plus the integer
+    t = c * np.float32(1.44269504088896341) + np.float32(12582912.0)
+    k = t - np.float32(12582912.0)
     r = c - k * np.float32(0.693359375)
     r = r + k * np.float32(2.12194440e-4)
     p = np.float32(1.9875691500e-4)
@@ -377,10 +398,9 @@ def _exp32(v):
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
     p = p * (r * r) + r + np.float32(1.0)
-    e = p * _float32_from_bits(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
-    e = np.float32(np.inf) if v > np.float32(88.72283) else e
-    e = np.float32(0.0) if v < np.float32(-87.33654) else e
-    return v if v != v else e
+    k_biased = np.int32(_bits_of_float32(t) - np.int32(0x4B400000 - 127))  # k + 127
+    e = p * _float32_from_bits(np.int32(k_biased << np.int32(23)))
+    return np.float32(np.inf) if v > np.float32(88.72283) else e
 
 
 @jit()  # called per row, not inlined: each kernel calling it compiled twice as long
