@@ -559,11 +559,17 @@ def _phase_copy(plane, phases, top, left, sh, sw, into):
 
 
 @_inline
-def _tap(w, oc, ci, i, j, row, plane, sh, sw, dh, dw):
-    """Tap ``(i, j)`` of input channel ``ci``: its weight, and where its run starts in the
-    phase planes (``row``: the start of its kernel row's phase row)."""
-    phase = (i * dh) % sh * sw + (j * dw) % sw
-    return w[oc, ci, i, j], row + phase * plane + (j * dw) // sw
+def _tap_offsets(kh, kw, wq, plane, sh, sw, dh, dw):
+    """Where tap ``(i, j)``'s run starts in an input channel's phase planes, relative to
+    the band's first row: ``offsets[i * kw + j]``. Computed once per call: the divisions
+    by the stride, done per tap and channel, were more of a 7x7 map's time than its
+    multiply-adds."""
+    offsets = np.empty(kh * kw, dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            phase = (i * dh) % sh * sw + (j * dw) % sw
+            offsets[i * kw + j] = (i * dh) // sh * wq + phase * plane + (j * dw) // sw
+    return offsets
 
 
 @jit()
@@ -592,6 +598,8 @@ def _direct_forward(start, stop, x, w, scale, bias, out, ho, wo, sh, sw, top, le
     # borrowed (see `_borrow`): the caller holds the arguments, `_keep` the workspaces
     x, w, out, scale, bias = _borrow(x), _borrow(w), _borrow(out), _borrow(scale), _borrow(bias)
     k, gate = _borrow(k), _borrow(gate)
+    where = _tap_offsets(kh, kw, wq, plane, sh, sw, dh, dw)
+    offsets = _borrow(where)
     for job in range(start, stop):  # jobs: n * blocks
         b = job // blocks
         first = (job - b * blocks) * block
@@ -628,10 +636,8 @@ def _direct_forward(start, stop, x, w, scale, bias, out, ho, wo, sh, sw, top, le
                 for oc in range(oc0, oc1):
                     for ci in range(cg):
                         for i in range(kh):
-                            # where the kernel row's phase row starts in ``flat``
-                            row = ci * phases + (r0 + (i * dh) // sh) * wq
-                            _row_taps(dst, flat, w, oc, ci, i, row, plane, sh, sw, dh, dw,
-                                      ci == 0 and i == 0)
+                            _row_taps(dst, flat, w, oc, ci, i, ci * phases + r0 * wq,
+                                      offsets, ci == 0 and i == 0)
                     g = scale[oc if has_scale else 0]
                     s = bias[oc if has_bias else 0]
                     f = gate[b if has_gate else 0, oc if has_gate else 0]
@@ -646,20 +652,22 @@ def _direct_forward(start, stop, x, w, scale, bias, out, ho, wo, sh, sw, top, le
             oc0 = oc1
         _keep(planes)
         _keep(sums)
+    _keep(where)
 
 
 @_inline
-def _row_taps(dst, flat, w, oc, ci, i, row, plane, sh, sw, dh, dw, first):
+def _row_taps(dst, flat, w, oc, ci, i, band, offsets, first):
     """``dst`` (= if ``first``, else +=) the taps of kernel row ``i`` of input channel
-    ``ci`` times their runs in ``flat``. Three or five taps a pass: a third or a fifth of
-    the accumulator's loads and stores of a pass per tap (not more: LLVM checks each source
-    against ``dst`` for overlap, and gives up past eight)."""
+    ``ci`` times their runs in ``flat`` (``band``: where the band's first phase row of the
+    channel starts; ``offsets``: `_tap_offsets`). Three or five taps a pass: a third or a
+    fifth of the accumulator's loads and stores of a pass per tap (not more: LLVM checks
+    each source against ``dst`` for overlap, and gives up past eight)."""
     count = dst.shape[0]
     kw = w.shape[3]
     if kw == 3:
-        t0, a0 = _tap(w, oc, ci, i, 0, row, plane, sh, sw, dh, dw)
-        t1, a1 = _tap(w, oc, ci, i, 1, row, plane, sh, sw, dh, dw)
-        t2, a2 = _tap(w, oc, ci, i, 2, row, plane, sh, sw, dh, dw)
+        t0, a0 = w[oc, ci, i, 0], band + offsets[i * kw + 0]
+        t1, a1 = w[oc, ci, i, 1], band + offsets[i * kw + 1]
+        t2, a2 = w[oc, ci, i, 2], band + offsets[i * kw + 2]
         s0 = flat[a0:a0 + count]  # slices: no index can wrap
         s1 = flat[a1:a1 + count]
         s2 = flat[a2:a2 + count]
@@ -670,11 +678,11 @@ def _row_taps(dst, flat, w, oc, ci, i, row, plane, sh, sw, dh, dw, first):
             for p in range(count):
                 dst[p] += t0 * s0[p] + t1 * s1[p] + t2 * s2[p]
     elif kw == 5:
-        t0, a0 = _tap(w, oc, ci, i, 0, row, plane, sh, sw, dh, dw)
-        t1, a1 = _tap(w, oc, ci, i, 1, row, plane, sh, sw, dh, dw)
-        t2, a2 = _tap(w, oc, ci, i, 2, row, plane, sh, sw, dh, dw)
-        t3, a3 = _tap(w, oc, ci, i, 3, row, plane, sh, sw, dh, dw)
-        t4, a4 = _tap(w, oc, ci, i, 4, row, plane, sh, sw, dh, dw)
+        t0, a0 = w[oc, ci, i, 0], band + offsets[i * kw + 0]
+        t1, a1 = w[oc, ci, i, 1], band + offsets[i * kw + 1]
+        t2, a2 = w[oc, ci, i, 2], band + offsets[i * kw + 2]
+        t3, a3 = w[oc, ci, i, 3], band + offsets[i * kw + 3]
+        t4, a4 = w[oc, ci, i, 4], band + offsets[i * kw + 4]
         s0 = flat[a0:a0 + count]
         s1 = flat[a1:a1 + count]
         s2 = flat[a2:a2 + count]
@@ -688,7 +696,7 @@ def _row_taps(dst, flat, w, oc, ci, i, row, plane, sh, sw, dh, dw, first):
                 dst[p] += t0 * s0[p] + t1 * s1[p] + t2 * s2[p] + t3 * s3[p] + t4 * s4[p]
     else:
         for j in range(kw):
-            tap, at = _tap(w, oc, ci, i, j, row, plane, sh, sw, dh, dw)
+            tap, at = w[oc, ci, i, j], band + offsets[i * kw + j]
             src = flat[at:at + count]
             if first and j == 0:
                 for p in range(count):
@@ -725,6 +733,8 @@ def _depthwise_backward(start, stop, x, w, dy, gx, gw, sh, sw, top, left, dh, dw
     span = -(-(ho * wq) // LANES) * LANES  # (see `_direct_forward`: zeros past the rows)
     plane = (hq + 1) * wq
     x, w, dy, gx, gw = _borrow(x), _borrow(w), _borrow(dy), _borrow(gx), _borrow(gw)
+    where = _tap_offsets(kh, kw, wq, plane, sh, sw, dh, dw)
+    offsets = _borrow(where)
     for job in range(start, stop):  # jobs: n * c
         b = job // c
         ic = job - b * c
@@ -740,8 +750,7 @@ def _depthwise_backward(start, stop, x, w, dy, gx, gw, sh, sw, top, left, dh, dw
                 _copy(rows[oh * wq:oh * wq + wo], dy[b, oc, oh])
             for i in range(kh):
                 for j in range(kw):
-                    phase = (i * dh) % sh * sw + (j * dw) % sw
-                    at = phase * plane + (i * dh) // sh * wq + (j * dw) // sw
+                    at = offsets[i * kw + j]
                     gw[b, oc, i, j] = _dot(flat[at:at + span], rows, zero)
                     tap = w[oc, 0, i, j]
                     into = grad[at:at + span]
@@ -752,6 +761,7 @@ def _depthwise_backward(start, stop, x, w, dy, gx, gw, sh, sw, top, left, dh, dw
         _keep(planes)
         _keep(grads)
         _keep(dys)
+    _keep(where)
 
 
 # ---- batch norm's training pair (ops/norm.py calls these) ----------------------------------
