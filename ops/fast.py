@@ -46,6 +46,7 @@ import threading
 
 import numpy as np
 
+from .cores import usable_cores
 
 try:
     import numba
@@ -115,20 +116,11 @@ _pool_lock = threading.Lock()
 _idle = []  # workers (`_Worker`) no call is using
 
 
-def _cores() -> int:
-    """The cores this process's affinity allows (ops may not import ``runtime/``, whose
-    ``threads.usable_cores`` also reads a cgroup quota: every run sets the count itself)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def get_threads() -> int:
     """The threads the kernels called from this thread run on: as set (`set_threads`) in
     this thread, else every core this process may use (as BLAS does by default)."""
     count = getattr(_local, "count", None)
-    return _cores() if count is None else count
+    return usable_cores() if count is None else count
 
 
 def set_threads(count) -> None:
@@ -321,14 +313,14 @@ if numba is not None:
         return _types.int32(_types.float32), codegen
 
     @_intrinsic
-    def _borrow(typingctx, a):
+    def borrow(typingctx, a):
         """``a`` itself, borrowed: the same array without a reference to its memory (a
         null meminfo). numba counts a reference, an atomic increment and decrement of
         about 20 cycles each, for every view it makes of an owned array and every time
         one goes into a helper compiled into its caller (`_inline`), even where it only
         reads it: a fifth of a depthwise layer's time on 7x7 maps. Views of a borrowed
         array count nothing. The caller keeps ``a`` alive while they are used: a kernel's
-        arguments live through the call, arrays it allocates are kept with `_keep`."""
+        arguments live through the call, arrays it allocates are kept with `keep`."""
         if not isinstance(a, _types.Array):
             return None
 
@@ -340,9 +332,9 @@ if numba is not None:
         return a(a), codegen
 
     @_intrinsic
-    def _keep(typingctx, a):
+    def keep(typingctx, a):
         """Nothing, but ``a`` counts as used here: numba drops an array right after its
-        last use, so an array whose borrowed views (`_borrow`) are used later is kept
+        last use, so an array whose borrowed views (`borrow`) are used later is kept
         to here."""
         def codegen(context, builder, signature, args):
             return context.get_dummy_value()
@@ -355,10 +347,10 @@ else:  # pragma: no cover - only the compiled kernels call it
     def _bits_of_float32(value):
         return np.array(value, dtype=np.float32).view(np.int32)[()]
 
-    def _borrow(a):
+    def borrow(a):
         return a
 
-    def _keep(a):
+    def keep(a):
         pass
 
 
@@ -595,18 +587,18 @@ def _direct_forward(start, stop, x, w, scale, bias, out, ho, wo, sh, sw, top, le
     phases = sh * sw * plane  # one input channel's phase planes
     blocks = (o + block - 1) // block
     rows = max(1, min(ho, ACC_VALUES // wq))  # output rows accumulated at a time
-    # borrowed (see `_borrow`): the caller holds the arguments, `_keep` the workspaces
-    x, w, out, scale, bias = _borrow(x), _borrow(w), _borrow(out), _borrow(scale), _borrow(bias)
-    k, gate = _borrow(k), _borrow(gate)
+    # borrowed (see `borrow`): the caller holds the arguments, `keep` the workspaces
+    x, w, out, scale, bias = borrow(x), borrow(w), borrow(out), borrow(scale), borrow(bias)
+    k, gate = borrow(k), borrow(gate)
     where = _tap_offsets(kh, kw, wq, plane, sh, sw, dh, dw)
-    offsets = _borrow(where)
+    offsets = borrow(where)
     for job in range(start, stop):  # jobs: n * blocks
         b = job // blocks
         first = (job - b * blocks) * block
         # (the last run may read and the accumulator hold ``LANES - 1`` values more)
         planes = np.zeros(cg * phases + LANES, dtype=x.dtype)
         sums = np.empty(rows * wq + LANES, dtype=out.dtype)
-        flat, acc = _borrow(planes), _borrow(sums)
+        flat, acc = borrow(planes), borrow(sums)
         end = min(o, first + block)
         oc0 = first
         while oc0 < end:  # the block's channels, a group at a time
@@ -650,9 +642,9 @@ def _direct_forward(start, stop, x, w, scale, bias, out, ho, wo, sh, sw, top, le
                     finish_row(acc[:(r1 - r0) * wo], out[b, oc, r0 * wo:r1 * wo], g, s,
                                has_scale, has_bias, code, k, f, has_gate)
             oc0 = oc1
-        _keep(planes)
-        _keep(sums)
-    _keep(where)
+        keep(planes)
+        keep(sums)
+    keep(where)
 
 
 @_inline
@@ -732,16 +724,16 @@ def _depthwise_backward(start, stop, x, w, dy, gx, gw, sh, sw, top, left, dh, dw
     wq = max(-(-(wd + left) // sw), wo + ((kw - 1) * dw) // sw)
     span = -(-(ho * wq) // LANES) * LANES  # (see `_direct_forward`: zeros past the rows)
     plane = (hq + 1) * wq
-    x, w, dy, gx, gw = _borrow(x), _borrow(w), _borrow(dy), _borrow(gx), _borrow(gw)
+    x, w, dy, gx, gw = borrow(x), borrow(w), borrow(dy), borrow(gx), borrow(gw)
     where = _tap_offsets(kh, kw, wq, plane, sh, sw, dh, dw)
-    offsets = _borrow(where)
+    offsets = borrow(where)
     for job in range(start, stop):  # jobs: n * c
         b = job // c
         ic = job - b * c
         planes = np.zeros(sh * sw * plane + LANES, dtype=x.dtype)
         grads = np.zeros(sh * sw * plane + LANES, dtype=x.dtype)
         dys = np.zeros(span, dtype=x.dtype)  # dy, Wq wide
-        flat, grad, rows = _borrow(planes), _borrow(grads), _borrow(dys)
+        flat, grad, rows = borrow(planes), borrow(grads), borrow(dys)
         _phase_copy(x[b, ic], flat[:sh * sw * plane].reshape(sh * sw, hq + 1, wq), top, left,
                     sh, sw, True)
         for q in range(per):
@@ -758,10 +750,10 @@ def _depthwise_backward(start, stop, x, w, dy, gx, gw, sh, sw, top, left, dh, dw
                         into[p] += tap * rows[p]
         _phase_copy(gx[b, ic], grad[:sh * sw * plane].reshape(sh * sw, hq + 1, wq), top, left,
                     sh, sw, False)
-        _keep(planes)
-        _keep(grads)
-        _keep(dys)
-    _keep(where)
+        keep(planes)
+        keep(grads)
+        keep(dys)
+    keep(where)
 
 
 # ---- batch norm's training pair (ops/norm.py calls these) ----------------------------------
@@ -798,8 +790,8 @@ def _bn_dot(a, b):
 @jit()
 def _bn_train_forward(start, stop, x, has_w, w, has_b, b, eps, xhat, y, mean, var, inv_std):
     n, c, m = x.shape
-    x, w, b, xhat, y = _borrow(x), _borrow(w), _borrow(b), _borrow(xhat), _borrow(y)
-    mean, var, inv_std = _borrow(mean), _borrow(var), _borrow(inv_std)
+    x, w, b, xhat, y = borrow(x), borrow(w), borrow(b), borrow(xhat), borrow(y)
+    mean, var, inv_std = borrow(mean), borrow(var), borrow(inv_std)
     for ch in range(start, stop):  # jobs: c
         s = 0.0
         for i in range(n):
@@ -834,8 +826,8 @@ def _bn_train_backward(start, stop, xhat, dy, has_w, w, inv_std, gx, gW, gb):
     gx = (xhat * (-sum(g * xhat) / m) + g - sum(g) / m) * inv_std."""
     n, c, m = xhat.shape
     count = n * m
-    xhat, dy, w, inv_std = _borrow(xhat), _borrow(dy), _borrow(w), _borrow(inv_std)
-    gx, gW, gb = _borrow(gx), _borrow(gW), _borrow(gb)
+    xhat, dy, w, inv_std = borrow(xhat), borrow(dy), borrow(w), borrow(inv_std)
+    gx, gW, gb = borrow(gx), borrow(gW), borrow(gb)
     for ch in range(start, stop):  # jobs: c
         sb = 0.0
         sw = 0.0
@@ -882,11 +874,11 @@ def _epilogue(start, stop, src, dest, scale, bias, code, k, has_scale, has_bias,
     n, o, h = dest.shape[0], dest.shape[1], dest.shape[2]
     length = dest.shape[3]
     total = n * o * h
-    src, dest, scale, bias = _borrow(src), _borrow(dest), _borrow(scale), _borrow(bias)
-    k, gate = _borrow(k), _borrow(gate)
+    src, dest, scale, bias = borrow(src), borrow(dest), borrow(scale), borrow(bias)
+    k, gate = borrow(k), borrow(gate)
     for job in range(start, stop):  # jobs: ceil(total / rows)
         row = np.empty(length, dtype=dest.dtype)
-        tmp = _borrow(row)
+        tmp = borrow(row)
         for at in range(job * rows, min(total, (job + 1) * rows)):
             b = at // (o * h)
             c = (at // h) % o
@@ -896,7 +888,7 @@ def _epilogue(start, stop, src, dest, scale, bias, code, k, has_scale, has_bias,
             finish_row(tmp, dest[b, c, r], scale[c if has_scale else 0],
                         bias[c if has_bias else 0], has_scale, has_bias, code, k,
                         gate[b if has_gate else 0, c if has_gate else 0], has_gate)
-        _keep(row)
+        keep(row)
 
 
 def epilogue_(dest, src, scale, bias, act, gate=None) -> bool:

@@ -530,21 +530,21 @@ def _build_maxpool():
         stride from the plane itself, ResNet's 3x3 stride-2 pooling ran 4x slower)."""
         n, c, h, w = x.shape
         ho, wo = best.shape[2], best.shape[3]
-        # borrowed: the views below count no references (see fast._borrow)
-        x, best, index = fast._borrow(x), fast._borrow(best), fast._borrow(index)
+        # borrowed: the views below count no references (see fast.borrow)
+        x, best, index = fast.borrow(x), fast.borrow(best), fast.borrow(index)
         planes = x.reshape(n * c, h, w)
         bests = best.reshape(n * c, ho, wo)
         indices = index.reshape(n * c, ho, wo)
         hq = max(-(-(h + top) // sh), ho + ((kh - 1) * dh) // sh)
         wq = max(-(-(w + left) // sw), wo + ((kw - 1) * dw) // sw)
         laid = np.full((sh * sw, hq + 1, wq), -np.inf, dtype=x.dtype)
-        phases = fast._borrow(laid)
+        phases = fast.borrow(laid)
         first_col = np.empty(wo, dtype=np.int32)  # the first real tap of each column
-        firsts = fast._borrow(first_col)
+        firsts = fast.borrow(first_col)
         # a row's indices as int32 while the taps run (uint8 ones kept the loop scalar, 5x
         # slower: the select mixes a float32 comparison with 8-bit lanes)
         row_index = np.empty(wo, dtype=np.int32)
-        t = fast._borrow(row_index)
+        t = fast.borrow(row_index)
         for ox in range(wo):
             x0 = ox * sw - left
             fj = 0
@@ -576,9 +576,9 @@ def _build_maxpool():
                 kept = indices[p, oy]
                 for ox in range(wo):
                     kept[ox] = t[ox]
-        fast._keep(laid)
-        fast._keep(first_col)
-        fast._keep(row_index)
+        fast.keep(laid)
+        fast.keep(first_col)
+        fast.keep(row_index)
 
     @jit
     def backward(p0, p1, index, dy, gx, kw, sh, sw, dh, dw, top, left):
@@ -586,7 +586,7 @@ def _build_maxpool():
         (none where that cell is padding)."""
         n, c, h, w = gx.shape
         ho, wo = dy.shape[2], dy.shape[3]
-        index, dy, gx = fast._borrow(index), fast._borrow(dy), fast._borrow(gx)
+        index, dy, gx = fast.borrow(index), fast.borrow(dy), fast.borrow(gx)
         for p in range(p0, p1):  # jobs: n * c
             b = p // c
             ch = p % c

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fast import _borrow, _keep, act_code, constants, finish_row, jit, parallel, usable
+from .fast import act_code, borrow, constants, finish_row, jit, keep, parallel, usable
 
 # False turns the kernel off: ``winograd_conv2d`` returns False and the caller runs its
 # GEMM convolution (the benchmark and the tests compare the two).
@@ -77,11 +77,11 @@ def _weight_transform(start, stop, w, u, half):
     channels with one array written and contiguous reads (vectorised; the transform kernel
     by kernel ran scalar, 2x slower)."""
     c = w.shape[1]
-    w, u = _borrow(w), _borrow(u)  # (views of borrowed arrays count no references)
+    w, u = borrow(w), borrow(u)  # (views of borrowed arrays count no references)
     for oc in range(start, stop):  # jobs: o
         taps = np.empty((9, c), dtype=w.dtype)
         rows = np.empty((12, c), dtype=w.dtype)  # G g: rows i = 0..3, columns j = 0..2
-        wt, t = _borrow(taps), _borrow(rows)
+        wt, t = borrow(taps), borrow(rows)
         flat = w[oc].reshape(c, 9)
         for ic in range(c):
             for tap in range(9):
@@ -118,8 +118,8 @@ def _weight_transform(start, stop, w, u, half):
             d = u[4 * i + 3, oc]
             for ic in range(c):
                 d[ic] = a2[ic]
-        _keep(taps)
-        _keep(rows)
+        keep(taps)
+        keep(rows)
 
 
 @jit()
@@ -143,13 +143,13 @@ def _input_transform(start, stop, x, n0, m, top, left, th, tw, v, block):
     blocks = (c + block - 1) // block
     rows = min(h, hb - top)
     cols = min(wd, wb - left)
-    x, v = _borrow(x), _borrow(v)
+    x, v = borrow(x), borrow(v)
     for job in range(start, stop):  # jobs: m * blocks
         bi = job // blocks
         c0 = (job - bi * blocks) * block
         padded = np.zeros((hb, wb), dtype=x.dtype)
         bands = np.empty((4, wb), dtype=x.dtype)
-        pad, t = _borrow(padded), _borrow(bands)
+        pad, t = borrow(padded), borrow(bands)
         t0 = t[0]
         t1 = t[1]
         t2 = t[2]
@@ -201,8 +201,8 @@ def _input_transform(start, stop, x, n0, m, top, left, th, tw, v, block):
                     d = v[4 * i + 3, ch, at:at + tw]
                     for tx in range(tw):
                         d[tx] = ti[2 * tx + 1] - ti[2 * tx + 3]
-        _keep(padded)
-        _keep(bands)
+        keep(padded)
+        keep(bands)
 
 
 @jit()
@@ -217,15 +217,15 @@ def _output_transform(start, stop, mm, n0, m, th, tw, out, scale, bias, has_scal
     ho, wo = out.shape[2], out.shape[3]
     tiles = th * tw
     blocks = (o + block - 1) // block
-    mm, out, scale, bias = _borrow(mm), _borrow(out), _borrow(scale), _borrow(bias)
-    k, gate = _borrow(k), _borrow(gate)
+    mm, out, scale, bias = borrow(mm), borrow(out), borrow(scale), borrow(bias)
+    k, gate = borrow(k), borrow(gate)
     for job in range(start, stop):  # jobs: m * blocks
         bi = job // blocks
         o0 = (job - bi * blocks) * block
         b = n0 + bi
         columns = np.empty((4, tw), dtype=out.dtype)
         pair = np.empty((2, 2 * tw), dtype=out.dtype)
-        e, y = _borrow(columns), _borrow(pair)
+        e, y = borrow(columns), borrow(pair)
         for oc in range(o0, min(o, o0 + block)):
             g = scale[oc if has_scale else 0]
             s = bias[oc if has_bias else 0]
@@ -253,8 +253,8 @@ def _output_transform(start, stop, mm, n0, m, th, tw, out, scale, bias, has_scal
                         y[1, 2 * tx + 1] = e[1, tx] - e[2, tx] - e[3, tx]
                     finish_row(y[1, :wo], out[b, oc, 2 * ty + 1], g, s, has_scale,
                                has_bias, code, k, f, has_gate)
-        _keep(columns)
-        _keep(pair)
+        keep(columns)
+        keep(pair)
 
 
 # ---- the kernel ------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ import os
 import threading
 import time
 
+from ..ops.cores import usable_cores
+
 ENV = "CNNC_NUM_THREADS"
 # ``auto`` looks at the machine's load at most this often (the kernel counts CPU time in
 # 10 ms ticks, so a shorter window says little).
@@ -80,22 +82,6 @@ def setting() -> int | None:
     if _setting is not None:
         return _setting
     return parse(os.environ.get(ENV), ENV)
-
-
-def usable_cores() -> int:
-    """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
 
 
 class LoadSampler:

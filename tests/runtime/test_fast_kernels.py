@@ -238,18 +238,18 @@ def test_epilogue_of_one_value_per_channel_matches_numpy(dtype, numpy_only):
 
 
 def test_a_borrowed_array_lives_while_kept():
-    """`fast._borrow` makes a view that holds no reference: numba frees the array after
-    its last use unless `fast._keep` uses it later (here the next allocation would take
+    """`fast.borrow` makes a view that holds no reference: numba frees the array after
+    its last use unless `fast.keep` uses it later (here the next allocation would take
     its memory)."""
     numba = pytest.importorskip("numba")
 
     @numba.njit
     def kept(n):
         owner = np.zeros(n)
-        view = fast._borrow(owner)
+        view = fast.borrow(owner)
         other = np.ones(n)
         value = view[0] + other[0] * 0
-        fast._keep(owner)
+        fast.keep(owner)
         return value
 
     assert kept(1000) == 0.0

@@ -1,0 +1,28 @@
+"""How many cores this process may use: the one reader of the CPU affinity and the cgroup
+CPU quota, for the compiled kernels' default thread count (``ops/fast.py``) and for
+``runtime/threads.py``'s decisions (ops may not import ``runtime/``, so it lives here).
+Nothing heavy is imported: ``cnnc check`` may load it."""
+
+from __future__ import annotations
+
+import os
+
+# cgroup v2's CPU limit: "<quota> <period>" in microseconds, or "max <period>"
+CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (a
+    container allowed 1.5 CPUs of a 16-core machine gets 2)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        with open(CPU_MAX) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
