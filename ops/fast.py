@@ -128,6 +128,11 @@ def set_threads(count) -> None:
     _local.count = None if count is None else max(1, int(count))
 
 
+# A worker left idle this long ends its thread (the pool holds a worker per extra thread
+# per caller that ran kernels at once, and would otherwise keep them all for good).
+IDLE_SECONDS = 60.0
+
+
 class _Worker:
     """A thread that runs one range at a time: started by releasing ``go``, finished when
     it releases ``done``. Two bare locks per range, where a pool's queue, future and
@@ -144,7 +149,12 @@ class _Worker:
 
     def _loop(self):
         while True:
-            self.go.acquire()
+            if not self.go.acquire(timeout=IDLE_SECONDS):
+                with _pool_lock:  # idle that long: leave the pool, unless just taken
+                    if self in _idle:
+                        _idle.remove(self)
+                        return
+                continue  # taken as the wait ended: its range is coming
             kernel, args = self.task
             try:
                 kernel(*args)

@@ -105,6 +105,25 @@ def test_an_idle_worker_holds_no_array_of_the_last_call():
     assert ref() is None
 
 
+def test_idle_workers_end_after_a_while_and_new_ones_come_when_needed(monkeypatch):
+    monkeypatch.setattr(fast, "IDLE_SECONDS", 0.2)
+    monkeypatch.setattr(fast, "_idle", [])  # a pool of this test's own
+    before = {t.ident for t in threading.enumerate() if t.name == "cnnc-kernel"}
+    kernel, seen = _recorder(3)
+    fast.set_threads(3)
+    fast.parallel(kernel, 3, "first")
+    made = [t for t in threading.enumerate()
+            if t.name == "cnnc-kernel" and t.ident not in before]
+    assert len(made) == 2 and len(fast._idle) == 2
+    for thread in made:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in made)
+    assert fast._idle == []
+    kernel, seen = _recorder(3)
+    fast.parallel(kernel, 3, "again")
+    assert sorted(a for a, *_ in seen) == [0, 1, 2]
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")
 def test_a_forked_child_makes_workers_of_its_own():
     import os
