@@ -648,6 +648,17 @@ def conv2d_backward(saved, dy, input_grad=True):
     # the input's gradient: a convolution of dy (stride 1), else col2im of each chunk's
     gx = _input_grad_by_conv(dy, w, geometry) if input_grad else None  # (N, C, H, W)
     direct = gx is not None or not input_grad
+    fast = _compiled(x, w, dy) if direct and kh == kw == 3 else None
+    if fast is not None and fast.get_threads() == 1:
+        from . import winograd  # 2.25x fewer multiplications, no column matrix
+
+        if (winograd.GRADIENT and winograd.applies(x, w, stride, dilation, groups)
+                and winograd.worthwhile(n, c, o, ho, wo, x.itemsize)
+                and min(ho, wo) >= winograd.MIN_MAP):
+            gW = winograd.weight_grad(x, dy, pads)
+            if not has_bias:
+                return (gx,), (gW,)
+            return (gx,), (gW, dy.sum(axis=(0, 2, 3)))
     if not direct:
         gx = xp.empty(x.shape, dtype=x.dtype)
     gW = xp.zeros((groups, og, ck), dtype=x.dtype)

@@ -46,11 +46,20 @@ from .fast import act_code, borrow, constants, finish_row, jit, keep, parallel, 
 # False turns the kernel off: ``winograd_conv2d`` returns False and the caller runs its
 # GEMM convolution (the benchmark and the tests compare the two).
 WINOGRAD = True
+# False: the weight gradient of a 3x3 layer comes from the column path (`weight_grad`). It
+# is taken at one thread only, on maps of at least MIN_MAP: a ResNet-18 SGD step at batch 8
+# took 0.89 of the time at one thread, and 1.05-1.08 at two (its 16 products a chunk share
+# two BLAS threads worse than the column path's one large product); 512 -> 512 at 7x7 ran
+# 1.3x slower (128 tiles: products too short).
+GRADIENT = True
 # Bytes of the transformed input ``V`` and output ``M`` of one chunk of images, together
 # (``chunk_images``; at least one image a chunk). 2 to 32 MiB timed on ResNet-18's 3x3
 # layers (benchmarks/bench_winograd.py --budgets) differed by less than the noise of the
 # shared 2-core machine; 8 MiB keeps a chunk in its 32 MiB L3.
 WORKSPACE_BYTES = 8 << 20
+# The same for the weight gradient (`weight_grad`): its 16 products take the chunk's tiles
+# as their inner dimension, so longer chunks make fewer, larger products.
+GRAD_WORKSPACE_BYTES = 32 << 20
 # Tile columns from which the input transform's rows are long enough for one vectorised
 # loop per transform position (shorter ones: one fused loop, measured).
 WIDE = 16
@@ -380,4 +389,129 @@ def winograd_conv2d(x, w, b, scale, act, out, pads, gate=None, u=None) -> bool:
     return True
 
 
-__all__ = ["winograd_conv2d", "weight_transform", "applies", "worthwhile", "chunk_images"]
+# ---- the weight gradient ---------------------------------------------------------------------
+#   dL/dM = A dY A^T (dY a tile's 2x2 output gradient),   dL/dU[k] = sum over tiles of
+#   dL/dM[k] * V[k], one product per position k, and dL/dg = G^T (dL/dU) G: 16 products of
+#   (O, P) by (P, C) where the column matrix's product is one of (O, N*Ho*Wo) by
+#   (N*Ho*Wo, 9C): 2.25x fewer multiplications, and no column matrix.
+
+@jit()
+def _output_grad_transform(start, stop, dy, th, tw, into, block):
+    """``into (16, O, m*th*tw)`` = ``A dY A^T`` of every 2x2 tile of ``dy (m, O, Ho, Wo)``
+    (zeros past an odd edge), tiles image-major as the input transform's. One job per
+    image and block of channels: a band of two rows, padded to ``2*tw`` wide, becomes
+    four rows (A down the columns), each then four runs of ``into`` (A along the rows),
+    one array written per loop as in the input transform. (In NumPy, slices and sums of
+    whole arrays, it took longer than the 16 products it feeds.)"""
+    m, o, ho, wo = dy.shape
+    tiles = th * tw
+    blocks = (o + block - 1) // block
+    dy, into = borrow(dy), borrow(into)
+    for job in range(start, stop):  # jobs: m * blocks
+        b = job // blocks
+        o0 = (job - b * blocks) * block
+        band = np.zeros((2, 2 * tw), dtype=dy.dtype)
+        combos = np.empty((4, 2 * tw), dtype=dy.dtype)
+        pair, t = borrow(band), borrow(combos)
+        t0, t1, t2, t3 = t[0], t[1], t[2], t[3]
+        for oc in range(o0, min(o, o0 + block)):
+            plane = dy[b, oc]
+            for ty in range(th):
+                top = pair[0]
+                bottom = pair[1]
+                src = plane[2 * ty]
+                for q in range(wo):
+                    top[q] = src[q]
+                if 2 * ty + 1 < ho:
+                    src = plane[2 * ty + 1]
+                    for q in range(wo):
+                        bottom[q] = src[q]
+                else:  # an odd height: the last tile's second row is zeros
+                    for q in range(wo):
+                        bottom[q] = 0
+                for q in range(2 * tw):
+                    t0[q] = top[q]
+                for q in range(2 * tw):
+                    t1[q] = top[q] + bottom[q]
+                for q in range(2 * tw):
+                    t2[q] = top[q] - bottom[q]
+                for q in range(2 * tw):
+                    t3[q] = -bottom[q]
+                at = b * tiles + ty * tw
+                for i in range(4):
+                    ti = t[i]
+                    d = into[4 * i, oc, at:at + tw]
+                    for tx in range(tw):
+                        d[tx] = ti[2 * tx]
+                    d = into[4 * i + 1, oc, at:at + tw]
+                    for tx in range(tw):
+                        d[tx] = ti[2 * tx] + ti[2 * tx + 1]
+                    d = into[4 * i + 2, oc, at:at + tw]
+                    for tx in range(tw):
+                        d[tx] = ti[2 * tx] - ti[2 * tx + 1]
+                    d = into[4 * i + 3, oc, at:at + tw]
+                    for tx in range(tw):
+                        d[tx] = -ti[2 * tx + 1]
+        keep(band)
+        keep(combos)
+
+
+def _weight_from_transform(grad_u):
+    """``G^T dU G`` of ``grad_u (4, 4, O, C)``: ``(O, C, 3, 3)``, G's zeros and halves
+    written out (numpy's tensordot copied its operands into shape twice: 30 ms at
+    512 x 512)."""
+    o, c = grad_u.shape[2:]
+    half = grad_u.dtype.type(0.5)
+    rows = []  # T[i] (3 columns) = U[i] G
+    for i in range(4):
+        u0, u1, u2, u3 = grad_u[i]
+        mid = (u1 + u2) * half
+        rows.append((u0 + mid, (u1 - u2) * half, mid + u3))
+    out = np.empty((o, c, 3, 3), dtype=grad_u.dtype)
+    for b in range(3):  # gW[a, b] = (G^T T)[a, b]
+        c0, c1, c2, c3 = (rows[i][b] for i in range(4))
+        mid = (c1 + c2) * half
+        out[:, :, 0, b] = c0 + mid
+        out[:, :, 1, b] = (c1 - c2) * half
+        out[:, :, 2, b] = mid + c3
+    return out
+
+
+def weight_grad(x, dy, pads):
+    """``gW (O, C, 3, 3)`` of a 3x3, stride-1, dilation-1, ungrouped CONV2D of ``x (N, C,
+    H, W)`` padded by ``pads = (top, bottom, left, right)``, from the output gradient
+    ``dy (N, O, Ho, Wo)``, by Winograd F(2x2, 3x3) (the column path takes the others:
+    `applies`). In chunks of images as the forward (``chunk_images``): the input
+    and output gradient transforms (compiled), 16 products summed."""
+    x = np.ascontiguousarray(x)
+    dy = np.ascontiguousarray(dy, dtype=x.dtype)
+    n, c, h, wd = x.shape
+    o, ho, wo = dy.shape[1:]
+    top, left = int(pads[0]), int(pads[2])
+    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    tiles = th * tw
+    nb = chunk_images(n, c, o, tiles, x.itemsize, GRAD_WORKSPACE_BYTES)
+    vbuf = np.empty(16 * c * nb * tiles, dtype=x.dtype)
+    ybuf = np.empty(16 * o * nb * tiles, dtype=x.dtype)
+    in_block = _block(min(n, nb), c)
+    out_block = _block(min(n, nb), o)
+    grad_u = np.zeros((16, o, c), dtype=x.dtype)
+    part = np.empty_like(grad_u) if nb < n else None
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        v = vbuf[:16 * c * m * tiles].reshape(16, c, m * tiles)
+        yhat = ybuf[:16 * o * m * tiles].reshape(16, o, m * tiles)
+        parallel(_input_transform, m * -(-c // in_block), x, n0, m, top, left, th, tw, v,
+                 in_block, values=v.size)
+        parallel(_output_grad_transform, m * -(-o // out_block), dy[n0:n0 + m], th, tw, yhat,
+                 out_block, values=yhat.size)
+        if part is None:
+            np.matmul(yhat, v.transpose(0, 2, 1), out=grad_u)
+        else:
+            np.matmul(yhat, v.transpose(0, 2, 1), out=part)
+            grad_u += part
+    return _weight_from_transform(grad_u.reshape(4, 4, o, c))
+
+
+__all__ = ["winograd_conv2d", "weight_transform", "weight_grad", "applies", "worthwhile",
+           "chunk_images"]

@@ -223,3 +223,87 @@ def test_worthwhile_thresholds():
     assert not winograd.worthwhile(32, 64, 64, 8, 8)  # under WIDE_CHANNELS on a small map
     assert winograd.worthwhile(32, 64, 64, 14, 14)
     assert winograd.worthwhile(32, 128, 128, 4, 4)  # WIDE_CHANNELS: any map
+
+
+# ---- the weight gradient ----------------------------------------------------------------
+
+
+def _column_weight_grad(x, w, dy, pads, monkeypatch):
+    """gW by the column path (Winograd off)."""
+    with monkeypatch.context() as m:
+        m.setattr(winograd, "WINOGRAD", False)
+        _, saved = conv.conv2d_forward(x, w, None, pad=pads)
+        return conv.conv2d_backward(saved, dy, input_grad=False)[1][0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("pads", PADS)
+def test_weight_grad_matches_the_column_path(dtype, pads, monkeypatch):
+    rng = np.random.default_rng(sum(pads) + 7)
+    for h, w in [(1, 1), (2, 3), (5, 4), (7, 7), (8, 9), (14, 9)]:
+        if h + pads[0] + pads[1] < 3 or w + pads[2] + pads[3] < 3:
+            continue
+        x, wt = _inputs(rng, 2, 3, 4, h, w, dtype)
+        ho, wo = h + pads[0] + pads[1] - 2, w + pads[2] + pads[3] - 2
+        dy = rng.standard_normal((2, 4, ho, wo)).astype(dtype)
+        want = _column_weight_grad(x, wt, dy, pads, monkeypatch)
+        got = winograd.weight_grad(x, dy, pads)
+        assert got.shape == wt.shape and got.dtype == dtype and got.flags.c_contiguous
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got, want, rtol=0, atol=REL[dtype] * scale,
+                                   err_msg=f"{h}x{w}")
+
+
+def test_weight_grad_over_several_chunks(monkeypatch):
+    """A workspace of one image per chunk: the 16 products of every chunk add up."""
+    rng = np.random.default_rng(3)
+    x, wt = _inputs(rng, 5, 6, 5, 9, 8, np.float64)
+    dy = rng.standard_normal((5, 5, 9, 8))
+    want = _column_weight_grad(x, wt, dy, (1, 1, 1, 1), monkeypatch)
+    monkeypatch.setattr(winograd, "WORKSPACE_BYTES", 1)
+    np.testing.assert_allclose(winograd.weight_grad(x, dy, (1, 1, 1, 1)), want,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_the_backward_takes_it_where_the_forward_would(monkeypatch):
+    """At one thread, conv2d_backward's weight gradient of a wide 3x3 stride-1 layer
+    comes from `weight_grad`; a strided, dilated or narrow one keeps the column path, and
+    so does every layer at two threads."""
+    rng = np.random.default_rng(4)
+    calls = []
+    real = winograd.weight_grad
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(winograd, "weight_grad", spy)
+    fast.set_threads(1)  # (taken at one thread only)
+    try:
+        _taken_where_it_applies(rng, calls, monkeypatch)
+    finally:
+        fast.set_threads(None)
+
+
+def _taken_where_it_applies(rng, calls, monkeypatch):
+    x, wt = _inputs(rng, 2, 64, 8, 16, 16, np.float32)
+    y, saved = conv.conv2d_forward(x, wt, None, pad=1)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    gW = conv.conv2d_backward(saved, dy)[1][0]
+    assert calls == [x.shape]
+    want = _column_weight_grad(x, wt, dy, (1, 1, 1, 1), monkeypatch)
+    np.testing.assert_allclose(gW, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    for attrs in (dict(stride=2, pad=1), dict(dilation=2, pad=2)):
+        calls.clear()
+        y, saved = conv.conv2d_forward(x, wt, None, **attrs)
+        conv.conv2d_backward(saved, rng.standard_normal(y.shape).astype(np.float32))
+        assert calls == [], attrs
+    narrow = x[:, :8]  # few input channels: not worthwhile
+    y, saved = conv.conv2d_forward(narrow, wt[:, :8], None, pad=1)
+    calls.clear()
+    conv.conv2d_backward(saved, rng.standard_normal(y.shape).astype(np.float32))
+    assert calls == []
+    fast.set_threads(2)
+    y, saved = conv.conv2d_forward(x, wt, None, pad=1)
+    conv.conv2d_backward(saved, rng.standard_normal(y.shape).astype(np.float32))
+    assert calls == []
