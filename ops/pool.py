@@ -510,6 +510,10 @@ def _compiled_maxpool(a):
     return _MAXPOOL_COMPILED[0]
 
 
+# Output rows at least this wide take the compiled training forward's phase-plane layout.
+WIDE_POOL = 16
+
+
 def _build_maxpool():
     import numba
     import numpy as np
@@ -518,16 +522,51 @@ def _build_maxpool():
 
     jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
+    @fast._inline
+    def _narrow_rows(plane, m_rows, t_rows, firsts, kh, kw, sh, sw, dh, dw, top, left):
+        """`forward` on one plane of short output rows: the taps read at the stride from
+        the plane itself, the indices written in their own dtype."""
+        h, w = plane.shape
+        ho, wo = m_rows.shape
+        for oy in range(ho):
+            y0 = oy * sh - top
+            m = m_rows[oy]
+            t = t_rows[oy]
+            fi = 0
+            while fi < kh - 1 and not 0 <= y0 + fi * dh < h:
+                fi += 1
+            for ox in range(wo):
+                m[ox] = -np.inf
+                t[ox] = fi * kw + firsts[ox]
+            for i in range(kh):
+                yy = y0 + i * dh
+                if yy < 0 or yy >= h:
+                    continue
+                row = plane[yy]
+                for j in range(kw):
+                    shift = j * dw - left
+                    first = max(0, -(shift // sw))  # outputs whose tap j is in the row
+                    stop = min(wo, (w - 1 - shift) // sw + 1)
+                    tap = i * kw + j
+                    for ox in range(first, stop):
+                        v = row[ox * sw + shift]
+                        mo = m[ox]
+                        up = v > mo
+                        t[ox] = tap if up else t[ox]
+                        m[ox] = v if up | (v != v) else mo
+
     @jit
     def forward(p0, p1, x, best, index, kh, kw, sh, sw, dh, dw, top, left):
         """``best`` and ``index`` (``(N, C, Ho, Wo)``) of max pooling ``x``, an output row
         at a time, tap by tap: the index starts at the window's first real tap and moves
         to a tap strictly greater (ties keep the first); a NaN, once met, stays the
         maximum (as ``maximum`` propagates it). No branch on the data: a mispredicted one
-        per tap cost 3x. Each plane is first laid out as the phase planes of its padded
-        self (``fast._phase_copy``, the padding -inf, which never wins), so that a tap's
-        run over an output row is contiguous and the loop vectorises (read at the
-        stride from the plane itself, ResNet's 3x3 stride-2 pooling ran 4x slower)."""
+        per tap cost 3x. Rows of ``WIDE_POOL`` outputs or more: each plane is first laid
+        out as the phase planes of its padded self (``fast._phase_copy``, the padding
+        -inf, which never wins), so that a tap's run over an output row is contiguous and
+        the loop vectorises (read at the stride from the plane itself, ResNet's 3x3
+        stride-2 pooling ran 4x slower). Shorter rows read the plane itself: there the
+        layout cost more than it saved (the digits example's 4x4 maps, 1.65x)."""
         n, c, h, w = x.shape
         ho, wo = best.shape[2], best.shape[3]
         # borrowed: the views below count no references (see fast.borrow)
@@ -537,7 +576,9 @@ def _build_maxpool():
         indices = index.reshape(n * c, ho, wo)
         hq = max(-(-(h + top) // sh), ho + ((kh - 1) * dh) // sh)
         wq = max(-(-(w + left) // sw), wo + ((kw - 1) * dw) // sw)
-        laid = np.full((sh * sw, hq + 1, wq), -np.inf, dtype=x.dtype)
+        narrow = wo < WIDE_POOL
+        laid = np.full((1, 1, 1) if narrow else (sh * sw, hq + 1, wq), -np.inf,
+                       dtype=x.dtype)
         phases = fast.borrow(laid)
         first_col = np.empty(wo, dtype=np.int32)  # the first real tap of each column
         firsts = fast.borrow(first_col)
@@ -552,7 +593,12 @@ def _build_maxpool():
                 fj += 1
             firsts[ox] = fj
         for p in range(p0, p1):  # jobs: n * c
-            fast._phase_copy(planes[p], phases, top, left, sh, sw, True)
+            plane = planes[p]
+            if narrow:
+                _narrow_rows(plane, bests[p], indices[p], firsts, kh, kw, sh, sw, dh, dw,
+                             top, left)
+                continue
+            fast._phase_copy(plane, phases, top, left, sh, sw, True)
             for oy in range(ho):
                 y0 = oy * sh - top
                 m = bests[p, oy]

@@ -33,6 +33,11 @@ POOLS = [
     ((2, 1, 1, 9), dict(kernel=(1, 4), stride=(1, 2), pad=(0, 0, 2, 1))),  # a maxpool1d
     ((1, 1, 11, 10), dict(kernel=5, stride=1, pad=2, dilation=2)),
     ((2, 3, 8, 9), dict(kernel=3, stride=2, pad=1, transposed=True)),  # a strided view
+    # rows of WIDE_POOL outputs or more: the phase-plane layout
+    ((2, 2, 40, 37), dict(kernel=3, stride=2, pad=1)),
+    ((1, 2, 21, 70), dict(kernel=(3, 2), stride=(2, 1), pad=(0, 2, 1, 0), dilation=(1, 2),
+                          ceil=True)),
+    ((1, 1, 18, 41), dict(kernel=(2, 3), stride=(3, 2), pad=(1, 1, 1, 1))),
 ]
 
 
