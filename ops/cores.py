@@ -6,14 +6,29 @@ Nothing heavy is imported: ``cnnc check`` may load it."""
 from __future__ import annotations
 
 import os
+import time
 
 # cgroup v2's CPU limit: "<quota> <period>" in microseconds, or "max <period>"
 CPU_MAX = "/sys/fs/cgroup/cpu.max"
+# (when, count) of the last reading `usable_cores(max_age=...)` may answer with
+_last = None
 
 
-def usable_cores() -> int:
+def usable_cores(max_age: float = 0.0) -> int:
     """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (a
-    container allowed 1.5 CPUs of a 16-core machine gets 2)."""
+    container allowed 1.5 CPUs of a 16-core machine gets 2). ``max_age``: seconds an
+    earlier reading may be reused (reading the quota's file costs about 14 us, which a
+    caller on every kernel call should not pay)."""
+    global _last
+    now = time.monotonic()
+    if max_age > 0 and _last is not None and now - _last[0] <= max_age:
+        return _last[1]
+    count = _read()
+    _last = (now, count)
+    return count
+
+
+def _read() -> int:
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

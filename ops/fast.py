@@ -120,7 +120,7 @@ def get_threads() -> int:
     """The threads the kernels called from this thread run on: as set (`set_threads`) in
     this thread, else every core this process may use (as BLAS does by default)."""
     count = getattr(_local, "count", None)
-    return usable_cores() if count is None else count
+    return usable_cores(max_age=1.0) if count is None else count
 
 
 def set_threads(count) -> None:

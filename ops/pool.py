@@ -440,8 +440,10 @@ def maxpool2d_forward(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, 
     if compiled is not None:  # one pass over every window, in parallel over the planes
         best = numpy.empty((n, c) + out_hw, dtype=x.dtype)
         index = numpy.empty((n, c) + out_hw, dtype=index_dtype(kh * kw))
-        compiled[0](numpy.ascontiguousarray(x), best, index, kh, kw, *stride, *dilation,
-                    pads[0], pads[2])
+        # writable and contiguous (a read-only input, from Ray's object store, would not
+        # type: fast._phase_copy also writes planes back, in its other direction)
+        planes = x if x.flags.writeable and x.flags.c_contiguous else numpy.array(x, order="C")
+        compiled[0](planes, best, index, kh, kw, *stride, *dilation, pads[0], pads[2])
         return best, (index, tuple(x.shape), geometry, x.dtype)
     xpad = _pad_to_windows(x, kernel, stride, dilation, pads, out_hw, -xp.inf, xp)
     first_h = _first_real_tap(h, kh, stride[0], dilation[0], pads[0], out_hw[0], xp)

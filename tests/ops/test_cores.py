@@ -45,5 +45,16 @@ def test_the_kernels_default_and_the_runtime_read_the_same_count(tmp_path, monke
     limit = tmp_path / "cpu.max"
     limit.write_text("100000 100000\n")
     monkeypatch.setattr(cores, "CPU_MAX", str(limit))
+    monkeypatch.setattr(cores, "_last", None)  # (the kernels reuse a reading for 1 s)
     fast.set_threads(None)
     assert fast.get_threads() == threads.usable_cores() == 1
+
+
+def test_a_reading_is_reused_only_within_max_age(tmp_path, monkeypatch):
+    limit = tmp_path / "cpu.max"
+    limit.write_text("100000 100000\n")
+    monkeypatch.setattr(cores, "CPU_MAX", str(limit))
+    assert cores.usable_cores() == 1
+    limit.write_text("max 100000\n")
+    assert cores.usable_cores(max_age=60) == 1  # the reading of a moment ago
+    assert cores.usable_cores() == _affinity()  # max_age 0: read again

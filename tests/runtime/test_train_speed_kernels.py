@@ -86,6 +86,16 @@ def test_maxpool_nan_stays_the_maximum_and_keeps_the_index(monkeypatch):
     assert np.array_equal(index1, index0)
 
 
+@pytest.mark.parametrize("shape", [(1, 2, 20, 40), (1, 2, 8, 8)])  # wide rows, short rows
+def test_maxpool_training_forward_takes_a_read_only_input(shape):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y0, saved0 = pool.maxpool2d_forward(x, kernel=3, stride=2, pad=1)
+    x.flags.writeable = False  # as Ray's object store hands arrays out
+    y1, saved1 = pool.maxpool2d_forward(x, kernel=3, stride=2, pad=1)
+    assert np.array_equal(y1, y0) and np.array_equal(saved1[0], saved0[0])
+
+
 def test_maxpool_compiled_only_for_numpy_float_arrays():
     assert pool._compiled_maxpool(np.zeros((1, 1, 2, 2), np.float32)) is not None
     assert pool._compiled_maxpool(np.zeros((1, 1, 2, 2), np.float16)) is None

@@ -260,7 +260,8 @@ def test_weight_grad_over_several_chunks(monkeypatch):
     x, wt = _inputs(rng, 5, 6, 5, 9, 8, np.float64)
     dy = rng.standard_normal((5, 5, 9, 8))
     want = _column_weight_grad(x, wt, dy, (1, 1, 1, 1), monkeypatch)
-    monkeypatch.setattr(winograd, "WORKSPACE_BYTES", 1)
+    monkeypatch.setattr(winograd, "GRAD_WORKSPACE_BYTES", 1)
+    assert winograd.chunk_images(5, 6, 5, 20, 8, winograd.GRAD_WORKSPACE_BYTES) == 1
     np.testing.assert_allclose(winograd.weight_grad(x, dy, (1, 1, 1, 1)), want,
                                rtol=1e-12, atol=1e-12)
 
