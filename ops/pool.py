@@ -525,6 +525,17 @@ def _build_maxpool():
     jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
     @fast._inline
+    def _start_row(m, t, y0, h, kh, kw, dh, firsts):
+        """An output row's running maxima at -inf and its indices at each window's first
+        real tap (``firsts``: the column's; ``y0``: the window's first input row)."""
+        fi = 0
+        while fi < kh - 1 and not 0 <= y0 + fi * dh < h:
+            fi += 1
+        for ox in range(m.shape[0]):
+            m[ox] = -np.inf
+            t[ox] = fi * kw + firsts[ox]
+
+    @fast._inline
     def _narrow_rows(plane, m_rows, t_rows, firsts, kh, kw, sh, sw, dh, dw, top, left):
         """`forward` on one plane of short output rows: the taps read at the stride from
         the plane itself, the indices written in their own dtype."""
@@ -534,12 +545,7 @@ def _build_maxpool():
             y0 = oy * sh - top
             m = m_rows[oy]
             t = t_rows[oy]
-            fi = 0
-            while fi < kh - 1 and not 0 <= y0 + fi * dh < h:
-                fi += 1
-            for ox in range(wo):
-                m[ox] = -np.inf
-                t[ox] = fi * kw + firsts[ox]
+            _start_row(m, t, y0, h, kh, kw, dh, firsts)
             for i in range(kh):
                 yy = y0 + i * dh
                 if yy < 0 or yy >= h:
@@ -602,14 +608,8 @@ def _build_maxpool():
                 continue
             fast._phase_copy(plane, phases, top, left, sh, sw, True)
             for oy in range(ho):
-                y0 = oy * sh - top
                 m = bests[p, oy]
-                fi = 0
-                while fi < kh - 1 and not 0 <= y0 + fi * dh < h:
-                    fi += 1
-                for ox in range(wo):
-                    m[ox] = -np.inf
-                    t[ox] = fi * kw + firsts[ox]
+                _start_row(m, t, oy * sh - top, h, kh, kw, dh, firsts)
                 for i in range(kh):
                     for j in range(kw):
                         run = phases[(i * dh) % sh * sw + (j * dw) % sw, oy + (i * dh) // sh,

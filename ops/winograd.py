@@ -325,6 +325,16 @@ def _block(jobs_per_block, count):
     return max(1, min(16, (jobs_per_block * count) // 64))
 
 
+def _input_chunk(x, n0, m, top, left, th, tw, vbuf, block):
+    """``V (16, C, m*th*tw)`` of images ``n0 .. n0+m`` (`_input_transform`), in the start of
+    the flat buffer ``vbuf``."""
+    c = x.shape[1]
+    v = vbuf[:16 * c * m * th * tw].reshape(16, c, m * th * tw)
+    parallel(_input_transform, m * -(-c // block), x, n0, m, top, left, th, tw, v, block,
+             values=v.size)
+    return v
+
+
 def winograd_conv2d(x, w, b, scale, act, out, pads, gate=None, u=None) -> bool:
     """A 3x3, stride-1, dilation-1, ungrouped CONV2D of ``x (N, C, H, W)`` (C-contiguous)
     by ``w (O, C, 3, 3)`` into ``out (N, O, Ho, Wo)`` (contiguous rows: a channel slice of
@@ -376,10 +386,8 @@ def winograd_conv2d(x, w, b, scale, act, out, pads, gate=None, u=None) -> bool:
     has_gate = gate is not None
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
-        v = vbuf[:16 * c * m * tiles].reshape(16, c, m * tiles)
+        v = _input_chunk(x, n0, m, top, left, th, tw, vbuf, in_block)
         mm = mbuf[:16 * o * m * tiles].reshape(16, o, m * tiles)
-        parallel(_input_transform, m * -(-c // in_block), x, n0, m, top, left, th, tw, v,
-                 in_block, values=v.size)
         np.matmul(u, v, out=mm)
         parallel(_output_transform, m * -(-o // out_block), mm, n0, m, th, tw, out,
                  dummy if scale is None else scale, dummy if b is None else b,
@@ -499,10 +507,8 @@ def weight_grad(x, dy, pads):
     part = np.empty_like(grad_u) if nb < n else None
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
-        v = vbuf[:16 * c * m * tiles].reshape(16, c, m * tiles)
+        v = _input_chunk(x, n0, m, top, left, th, tw, vbuf, in_block)
         yhat = ybuf[:16 * o * m * tiles].reshape(16, o, m * tiles)
-        parallel(_input_transform, m * -(-c // in_block), x, n0, m, top, left, th, tw, v,
-                 in_block, values=v.size)
         parallel(_output_grad_transform, m * -(-o // out_block), dy[n0:n0 + m], th, tw, yhat,
                  out_block, values=yhat.size)
         if part is None:
