@@ -536,11 +536,13 @@ def _build_maxpool():
             t[ox] = fi * kw + firsts[ox]
 
     @fast._inline
-    def _narrow_rows(plane, m_rows, t_rows, firsts, kh, kw, sh, sw, dh, dw, top, left):
+    def _narrow_rows(plane, m_rows, t_rows, firsts, spans, kh, kw, sh, dh, top):
         """`forward` on one plane of short output rows: the taps read at the stride from
-        the plane itself, the indices written in their own dtype."""
+        the plane itself, the indices written in their own dtype (``spans[j]``: the first
+        output column whose tap ``j`` is in the row, the last + 1, and the tap's shift)."""
         h, w = plane.shape
         ho, wo = m_rows.shape
+        sw = spans[0, 3]
         for oy in range(ho):
             y0 = oy * sh - top
             m = m_rows[oy]
@@ -552,11 +554,9 @@ def _build_maxpool():
                     continue
                 row = plane[yy]
                 for j in range(kw):
-                    shift = j * dw - left
-                    first = max(0, -(shift // sw))  # outputs whose tap j is in the row
-                    stop = min(wo, (w - 1 - shift) // sw + 1)
+                    shift = spans[j, 2]
                     tap = i * kw + j
-                    for ox in range(first, stop):
+                    for ox in range(spans[j, 0], spans[j, 1]):
                         v = row[ox * sw + shift]
                         mo = m[ox]
                         up = v > mo
@@ -600,33 +600,50 @@ def _build_maxpool():
             while fj < kw - 1 and not 0 <= x0 + fj * dw < w:
                 fj += 1
             firsts[ox] = fj
+        # per tap, once per call (divisions by the stride per tap and row were most of a
+        # 4x4 plane's time): its columns and shift in the plane (short rows), its phase
+        # plane, phase row and phase column (long rows)
+        table = np.empty((kh * kw, 4), dtype=np.int64)
+        taps = fast.borrow(table)
+        for i in range(kh):
+            for j in range(kw):
+                shift = j * dw - left
+                at = i * kw + j
+                if narrow:
+                    taps[at, 0] = max(0, -(shift // sw))  # outputs whose tap j is in the row
+                    taps[at, 1] = min(wo, (w - 1 - shift) // sw + 1)
+                    taps[at, 2] = shift
+                    taps[at, 3] = sw
+                else:
+                    taps[at, 0] = (i * dh) % sh * sw + (j * dw) % sw
+                    taps[at, 1] = (i * dh) // sh
+                    taps[at, 2] = (j * dw) // sw
         for p in range(p0, p1):  # jobs: n * c
             plane = planes[p]
             if narrow:
-                _narrow_rows(plane, bests[p], indices[p], firsts, kh, kw, sh, sw, dh, dw,
-                             top, left)
+                _narrow_rows(plane, bests[p], indices[p], firsts, taps[:kw], kh, kw, sh, dh,
+                             top)
                 continue
             fast._phase_copy(plane, phases, top, left, sh, sw, True)
             for oy in range(ho):
                 m = bests[p, oy]
                 _start_row(m, t, oy * sh - top, h, kh, kw, dh, firsts)
-                for i in range(kh):
-                    for j in range(kw):
-                        run = phases[(i * dh) % sh * sw + (j * dw) % sw, oy + (i * dh) // sh,
-                                     (j * dw) // sw:(j * dw) // sw + wo]
-                        tap = i * kw + j
-                        for ox in range(wo):
-                            v = run[ox]
-                            mo = m[ox]
-                            up = v > mo
-                            t[ox] = tap if up else t[ox]
-                            m[ox] = v if up | (v != v) else mo
+                for tap in range(kh * kw):
+                    run = phases[taps[tap, 0], oy + taps[tap, 1],
+                                 taps[tap, 2]:taps[tap, 2] + wo]
+                    for ox in range(wo):
+                        v = run[ox]
+                        mo = m[ox]
+                        up = v > mo
+                        t[ox] = tap if up else t[ox]
+                        m[ox] = v if up | (v != v) else mo
                 kept = indices[p, oy]
                 for ox in range(wo):
                     kept[ox] = t[ox]
         fast.keep(laid)
         fast.keep(first_col)
         fast.keep(row_index)
+        fast.keep(table)
 
     @jit
     def backward(p0, p1, index, dy, gx, kw, sh, sw, dh, dw, top, left):
