@@ -536,14 +536,12 @@ def _build_maxpool():
             t[ox] = fi * kw + firsts[ox]
 
     @fast._inline
-    def _narrow_rows(plane, m_rows, t_rows, firsts, spans, kh, kw, sh, dh, top):
+    def _narrow_rows(plane, m_rows, t_rows, firsts, spans, kh, kw, sh, sw, dh, top):
         """`forward` on one plane of short output rows: the taps read at the stride from
         the plane itself, the indices written in their own dtype (``spans[j]``: the first
         output column whose tap ``j`` is in the row, the last + 1, and the tap's shift)."""
-        h, w = plane.shape
-        ho, wo = m_rows.shape
-        sw = spans[0, 3]
-        for oy in range(ho):
+        h = plane.shape[0]
+        for oy in range(m_rows.shape[0]):
             y0 = oy * sh - top
             m = m_rows[oy]
             t = t_rows[oy]
@@ -603,7 +601,7 @@ def _build_maxpool():
         # per tap, once per call (divisions by the stride per tap and row were most of a
         # 4x4 plane's time): its columns and shift in the plane (short rows), its phase
         # plane, phase row and phase column (long rows)
-        table = np.empty((kh * kw, 4), dtype=np.int64)
+        table = np.empty((kh * kw, 3), dtype=np.int64)
         taps = fast.borrow(table)
         for i in range(kh):
             for j in range(kw):
@@ -613,7 +611,6 @@ def _build_maxpool():
                     taps[at, 0] = max(0, -(shift // sw))  # outputs whose tap j is in the row
                     taps[at, 1] = min(wo, (w - 1 - shift) // sw + 1)
                     taps[at, 2] = shift
-                    taps[at, 3] = sw
                 else:
                     taps[at, 0] = (i * dh) % sh * sw + (j * dw) % sw
                     taps[at, 1] = (i * dh) // sh
@@ -621,8 +618,8 @@ def _build_maxpool():
         for p in range(p0, p1):  # jobs: n * c
             plane = planes[p]
             if narrow:
-                _narrow_rows(plane, bests[p], indices[p], firsts, taps[:kw], kh, kw, sh, dh,
-                             top)
+                _narrow_rows(plane, bests[p], indices[p], firsts, taps[:kw], kh, kw, sh, sw,
+                             dh, top)
                 continue
             fast._phase_copy(plane, phases, top, left, sh, sw, True)
             for oy in range(ho):
