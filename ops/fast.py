@@ -564,8 +564,8 @@ def _phase_copy(plane, phases, top, left, sh, sw, into):
 def _tap_offsets(kh, kw, wq, plane, sh, sw, dh, dw):
     """Where tap ``(i, j)``'s run starts in an input channel's phase planes, relative to
     the band's first row: ``offsets[i * kw + j]``. Computed once per call: the divisions
-    by the stride, done per tap and channel, were more of a 7x7 map's time than its
-    multiply-adds."""
+    by the stride, done per tap and channel, took a fifth of a 5x5 layer's time on 7x7
+    maps."""
     offsets = np.empty(kh * kw, dtype=np.int64)
     for i in range(kh):
         for j in range(kw):
