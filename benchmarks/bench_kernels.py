@@ -6,6 +6,13 @@ Prints milliseconds and GFLOP/s (2 FLOPs per multiply-accumulate) per layer, bes
     OPENBLAS_CORETYPE=SkylakeX python benchmarks/bench_kernels.py
     python benchmarks/bench_kernels.py --depthwise            # MobileNet V1's 13 layers
 
+``--training`` times ResNet-18's training kernels that have a compiled path of their own:
+max pooling with the index of each maximum (cnnc, and PyTorch's ``return_indices``), and
+the weight gradient of its 3x3 stride-1 layers (the Winograd path, the column path it
+replaces, and PyTorch's), at ``--threads``:
+
+    python benchmarks/bench_kernels.py --training --threads 1
+
 ``--depthwise`` times MobileNet V1's 13 depthwise 3x3 convolutions (with batchnorm folded
 as a scale, bias and ReLU), forward and backward: the compiled kernels (``ops/fast.py``),
 the NumPy-API kernels they replace (``CNNC_FAST`` off), and PyTorch, all at one thread
@@ -124,12 +131,72 @@ def depthwise(args, torch):
     print(f"{'total':<16} " + " ".join(f"{v * 1e3:9.2f} " for v in totals))
 
 
+# ResNet-18's 3x3 stride-1 layers: (channels, map size)
+RESNET_3X3 = [(64, 56), (128, 28), (256, 14), (512, 7)]
+
+
+def training(args, torch):
+    from cnnc.ops import conv, pool, winograd
+    from cnnc.runtime import threads
+
+    threads.set_threads(args.threads)
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+    n = args.batch
+    rng = np.random.default_rng(0)
+    print(f"ResNet-18's training kernels, batch {n}, float32, {args.threads} thread(s), "
+          f"best of {args.repeat}, ms")
+    x = rng.standard_normal((n, 64, 112, 112), dtype=np.float32)
+
+    def ours_pool():
+        with threads.limit():
+            return pool.maxpool2d_forward(x, kernel=3, stride=2, pad=1)
+
+    ours = best_time(ours_pool, args.repeat)
+    line = f"{'max pool 3x3/2 with indices, 64 x 112':<40} cnnc {ours * 1e3:8.2f}"
+    if torch is not None:
+        tx = torch.from_numpy(x)
+        t = best_time(lambda: torch.nn.functional.max_pool2d(tx, 3, 2, 1, return_indices=True),
+                      args.repeat)
+        line += f"   torch {t * 1e3:8.2f}"
+    print(line)
+    for c, size in RESNET_3X3:
+        x = rng.standard_normal((n, c, size, size), dtype=np.float32)
+        w = rng.standard_normal((c, c, 3, 3), dtype=np.float32)
+        _, saved = conv.conv2d_forward(x, w, None, pad=1)
+        dy = rng.standard_normal((n, c, size, size), dtype=np.float32)
+        row = []
+        for on in (True, False):
+            winograd.GRADIENT = on
+
+            def weight_grad():
+                with threads.limit():  # (the kernels' own thread count, as in training)
+                    return conv.conv2d_backward(saved, dy, input_grad=False)
+
+            row.append(best_time(weight_grad, args.repeat))
+        winograd.GRADIENT = True
+        line = (f"{f'weight gradient 3x3, {c} -> {c} at {size}':<40} "
+                f"cnnc {row[0] * 1e3:8.2f} (columns {row[1] * 1e3:8.2f})")
+        if torch is not None:
+            tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+            leaf = torch.from_numpy(w).clone().requires_grad_()
+            ty = torch.nn.functional.conv2d(tx, leaf, None, 1, 1)
+
+            def torch_grad():
+                return torch.autograd.grad(ty, (leaf,), tdy, retain_graph=True)
+
+            line += f"   torch {best_time(torch_grad, args.repeat) * 1e3:8.2f}"
+        print(line)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--depthwise", action="store_true")
-    parser.add_argument("--threads", type=int, default=1, help="with --depthwise")
+    parser.add_argument("--training", action="store_true")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="with --depthwise and --training")
     args = parser.parse_args()
     try:
         import torch
@@ -137,6 +204,9 @@ def main():
         torch = None
     if args.depthwise:
         depthwise(args, torch)
+        return
+    if args.training:
+        training(args, torch)
         return
 
     coretype = os.environ.get("OPENBLAS_CORETYPE", "(unset)")
