@@ -641,24 +641,15 @@ def conv2d_backward(saved, dy, input_grad=True):
         fast = _compiled(x, w, dy)
         if fast is not None:  # depthwise: direct compiled loops
             gx, gW = fast.depthwise_conv2d_backward(x, w, dy, stride, pads, dilation)
-            gx = gx if input_grad else None
-            if not has_bias:
-                return (gx,), (gW,)
-            return (gx,), (gW, dy.sum(axis=(0, 2, 3)))
+            return _grads(gx if input_grad else None, gW, dy, has_bias)
     # the input's gradient: a convolution of dy (stride 1), else col2im of each chunk's
     gx = _input_grad_by_conv(dy, w, geometry) if input_grad else None  # (N, C, H, W)
     direct = gx is not None or not input_grad
-    fast = _compiled(x, w, dy) if direct and kh == kw == 3 else None
-    if fast is not None and fast.get_threads() == 1:
+    if direct and kh == kw == 3 and _compiled(x, w, dy) is not None:
         from . import winograd  # 2.25x fewer multiplications, no column matrix
 
-        if (winograd.GRADIENT and winograd.applies(x, w, stride, dilation, groups)
-                and winograd.worthwhile(n, c, o, ho, wo, x.itemsize)
-                and min(ho, wo) >= winograd.MIN_MAP):
-            gW = winograd.weight_grad(x, dy, pads)
-            if not has_bias:
-                return (gx,), (gW,)
-            return (gx,), (gW, dy.sum(axis=(0, 2, 3)))
+        if winograd.takes_weight_grad(x, w, geometry, (ho, wo)):
+            return _grads(gx, winograd.weight_grad(x, dy, pads), dy, has_bias)
     if not direct:
         gx = xp.empty(x.shape, dtype=x.dtype)
     gW = xp.zeros((groups, og, ck), dtype=x.dtype)
@@ -684,11 +675,12 @@ def conv2d_backward(saved, dy, input_grad=True):
             gx[n0:n1] = gcol.reshape(nb, c, h, wd)
         else:
             gx[n0:n1] = _col2im(gcol, nb, x.shape, geometry, (ho, wo), (kh, kw), xp)
-    gW = gW.reshape(w.shape)
-    if not has_bias:
-        return (gx,), (gW,)
-    gb = dy.sum(axis=(0, 2, 3))
-    return (gx,), (gW, gb)
+    return _grads(gx, gW.reshape(w.shape), dy, has_bias)
+
+
+def _grads(gx, gW, dy, has_bias):
+    """The backward's result: ``(gx,)``, then ``gW`` and, with a bias, its gradient."""
+    return (gx,), ((gW, dy.sum(axis=(0, 2, 3))) if has_bias else (gW,))
 
 
 # ---- CONV2D: the CUDA kernels -----------------------------------------------------------------

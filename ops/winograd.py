@@ -41,16 +41,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fast import act_code, borrow, constants, finish_row, jit, keep, parallel, usable
+from .fast import (act_code, borrow, constants, finish_row, get_threads, jit, keep, parallel,
+                   usable)
 
 # False turns the kernel off: ``winograd_conv2d`` returns False and the caller runs its
 # GEMM convolution (the benchmark and the tests compare the two).
 WINOGRAD = True
-# False: the weight gradient of a 3x3 layer comes from the column path (`weight_grad`). It
-# is taken at one thread only, on maps of at least MIN_MAP: a ResNet-18 SGD step at batch 8
-# took 0.89 of the time at one thread, and 1.05-1.08 at two (its 16 products a chunk share
-# two BLAS threads worse than the column path's one large product); 512 -> 512 at 7x7 ran
-# 1.3x slower (128 tiles: products too short).
+# False: the weight gradient of a 3x3 layer always comes from the column path (see
+# `takes_weight_grad`).
 GRADIENT = True
 # Bytes of the transformed input ``V`` and output ``M`` of one chunk of images, together
 # (``chunk_images``; at least one image a chunk). 2 to 32 MiB timed on ResNet-18's 3x3
@@ -485,6 +483,21 @@ def _weight_from_transform(grad_u):
     return out
 
 
+def takes_weight_grad(x, w, geometry, out_hw) -> bool:
+    """Whether `weight_grad` computes this layer's weight gradient (conv2d_backward asks;
+    else the column path): where the forward would run Winograd (`applies`,
+    `worthwhile`), on maps of at least ``MIN_MAP``, at one thread. A ResNet-18 SGD step at
+    batch 8 took 0.89-0.93 of the time at one thread, and 1.02-1.08 at two (its 16 products
+    a chunk share two BLAS threads worse than the column path's one long product); 512 ->
+    512 at 7x7 ran 1.3x slower (128 tiles: products too short)."""
+    stride, dilation, _, groups = geometry
+    n, c = x.shape[:2]
+    ho, wo = out_hw
+    return (GRADIENT and get_threads() == 1 and min(ho, wo) >= MIN_MAP
+            and applies(x, w, stride, dilation, groups)
+            and worthwhile(n, c, w.shape[0], ho, wo, x.itemsize))
+
+
 def weight_grad(x, dy, pads):
     """``gW (O, C, 3, 3)`` of a 3x3, stride-1, dilation-1, ungrouped CONV2D of ``x (N, C,
     H, W)`` padded by ``pads = (top, bottom, left, right)``, from the output gradient
@@ -519,5 +532,5 @@ def weight_grad(x, dy, pads):
     return _weight_from_transform(grad_u.reshape(4, 4, o, c))
 
 
-__all__ = ["winograd_conv2d", "weight_transform", "weight_grad", "applies", "worthwhile",
-           "chunk_images"]
+__all__ = ["winograd_conv2d", "weight_transform", "weight_grad", "takes_weight_grad",
+           "applies", "worthwhile", "chunk_images"]
