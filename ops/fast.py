@@ -287,7 +287,7 @@ def constants(dtype, alpha=0.0, beta=0.0):
     return np.array([0, 1, 3, 6, alpha, beta], dtype=dtype)
 
 
-def _inline(f):
+def inline(f):
     """A small helper compiled into its callers (so that their loops vectorise)."""
     if numba is None:
         return f
@@ -327,7 +327,7 @@ if numba is not None:
         """``a`` itself, borrowed: the same array without a reference to its memory (a
         null meminfo). numba counts a reference, an atomic increment and decrement of
         about 20 cycles each, for every view it makes of an owned array and every time
-        one goes into a helper compiled into its caller (`_inline`), even where it only
+        one goes into a helper compiled into its caller (`inline`), even where it only
         reads it: a fifth of a depthwise layer's time on 7x7 maps. Views of a borrowed
         array count nothing. The caller keeps ``a`` alive while they are used: a kernel's
         arguments live through the call, arrays it allocates are kept with `keep`."""
@@ -364,7 +364,7 @@ else:  # pragma: no cover - only the compiled kernels call it
         pass
 
 
-@_inline
+@inline
 def _copy(dst, src):
     """``dst[:n] = src`` (``n`` src's length) as a plain loop over two 1-D arrays: numba's
     slice assignment goes through its generic setitem (an overlap check, then a loop that
@@ -374,7 +374,7 @@ def _copy(dst, src):
         dst[q] = src[q]
 
 
-@_inline
+@inline
 def _exp32(v):
     """``e**v`` in float32 arithmetic, to about 2 ulp, for ``1 + e**v`` (sigmoid and swish's
     denominator): ``v = k ln2 + r`` with ``|r| <= ln2/2`` (ln2 in two parts, so ``k ln2`` is
@@ -465,7 +465,7 @@ def finish_row(src, dest, g, s, has_scale, has_bias, code, k, gate, has_gate):
             dest[q] = v / (one32 + _exp32(-(beta * v))) * f
 
 
-@_inline
+@inline
 def _activate_row(dest, code, k):
     """The activation in place on one row (through a copy: see ``finish_row``)."""
     if code != 0:
@@ -510,7 +510,7 @@ LANES = 16
 
 
 @jit()
-def _phase_copy(plane, phases, top, left, sh, sw, into):
+def phase_copy(plane, phases, top, left, sh, sw, into):
     """Between one ``plane (H, W)`` and its zero-padded phase planes ``phases (sh*sw, Hq+1,
     Wq)``: padded row ``R`` and column ``C`` are phase ``(R % sh, C % sw)`` at ``(R // sh,
     C // sw)`` (at stride 1, the padded plane itself). ``into``: the plane's values into the
@@ -560,7 +560,7 @@ def _phase_copy(plane, phases, top, left, sh, sw, into):
                             line[t * sw] = part[t]
 
 
-@_inline
+@inline
 def _tap_offsets(kh, kw, wq, plane, sh, sw, dh, dw):
     """Where tap ``(i, j)``'s run starts in an input channel's phase planes, relative to
     the band's first row: ``offsets[i * kw + j]``. Computed once per call: the divisions
@@ -625,7 +625,7 @@ def _direct_forward(start, stop, x, w, scale, bias, out, ho, wo, sh, sw, top, le
                         # index for wrapping around and not vectorise
                         _copy(mine[at:at + wd], source[r])
                 else:
-                    _phase_copy(x[b, ic], mine.reshape(sh * sw, hq + 1, wq), top, left, sh,
+                    phase_copy(x[b, ic], mine.reshape(sh * sw, hq + 1, wq), top, left, sh,
                                 sw, True)
             # a band of rows at a time, every channel of the group over it: the band's
             # phase rows stay in the caches from one channel to the next
@@ -657,7 +657,7 @@ def _direct_forward(start, stop, x, w, scale, bias, out, ho, wo, sh, sw, top, le
     keep(where)
 
 
-@_inline
+@inline
 def _row_taps(dst, flat, w, oc, ci, i, band, offsets, first):
     """``dst`` (= if ``first``, else +=) the taps of kernel row ``i`` of input channel
     ``ci`` times their runs in ``flat`` (``band``: where the band's first phase row of the
@@ -744,7 +744,7 @@ def _depthwise_backward(start, stop, x, w, dy, gx, gw, sh, sw, top, left, dh, dw
         grads = np.zeros(sh * sw * plane + LANES, dtype=x.dtype)
         dys = np.zeros(span, dtype=x.dtype)  # dy, Wq wide
         flat, grad, rows = borrow(planes), borrow(grads), borrow(dys)
-        _phase_copy(x[b, ic], flat[:sh * sw * plane].reshape(sh * sw, hq + 1, wq), top, left,
+        phase_copy(x[b, ic], flat[:sh * sw * plane].reshape(sh * sw, hq + 1, wq), top, left,
                     sh, sw, True)
         for q in range(per):
             oc = ic * per + q
@@ -758,7 +758,7 @@ def _depthwise_backward(start, stop, x, w, dy, gx, gw, sh, sw, top, left, dh, dw
                     into = grad[at:at + span]
                     for p in range(span):
                         into[p] += tap * rows[p]
-        _phase_copy(gx[b, ic], grad[:sh * sw * plane].reshape(sh * sw, hq + 1, wq), top, left,
+        phase_copy(gx[b, ic], grad[:sh * sw * plane].reshape(sh * sw, hq + 1, wq), top, left,
                     sh, sw, False)
         keep(planes)
         keep(grads)
@@ -925,8 +925,7 @@ def epilogue_(dest, src, scale, bias, act, gate=None) -> bool:
             value = flat
         if value is not flat:
             flat[...] = value
-        if code != ACT_IDENTITY:
-            _activate_flat(flat.reshape(-1), code, constants(dest.dtype, alpha, beta), 1 << 14)
+        activate_(flat, act)
         if gate is not None:
             flat *= gate
         return True

@@ -441,7 +441,7 @@ def maxpool2d_forward(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, 
         best = numpy.empty((n, c) + out_hw, dtype=x.dtype)
         index = numpy.empty((n, c) + out_hw, dtype=index_dtype(kh * kw))
         # writable and contiguous (a read-only input, from Ray's object store, would not
-        # type: fast._phase_copy also writes planes back, in its other direction)
+        # type: fast.phase_copy also writes planes back, in its other direction)
         planes = x if x.flags.writeable and x.flags.c_contiguous else numpy.array(x, order="C")
         compiled[0](planes, best, index, kh, kw, *stride, *dilation, pads[0], pads[2])
         return best, (index, tuple(x.shape), geometry, x.dtype)
@@ -524,7 +524,7 @@ def _build_maxpool():
 
     jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
-    @fast._inline
+    @fast.inline
     def _start_row(m, t, y0, h, kh, kw, dh, firsts):
         """An output row's running maxima at -inf and its indices at each window's first
         real tap (``firsts``: the column's; ``y0``: the window's first input row)."""
@@ -535,7 +535,7 @@ def _build_maxpool():
             m[ox] = -np.inf
             t[ox] = fi * kw + firsts[ox]
 
-    @fast._inline
+    @fast.inline
     def _narrow_rows(plane, m_rows, t_rows, firsts, spans, kh, kw, sh, sw, dh, top):
         """`forward` on one plane of short output rows: the taps read at the stride from
         the plane itself, the indices written in their own dtype (``spans[j]``: the first
@@ -568,7 +568,7 @@ def _build_maxpool():
         to a tap strictly greater (ties keep the first); a NaN, once met, stays the
         maximum (as ``maximum`` propagates it). No branch on the data: a mispredicted one
         per tap cost 3x. Rows of ``WIDE_POOL`` outputs or more: each plane is first laid
-        out as the phase planes of its padded self (``fast._phase_copy``, the padding
+        out as the phase planes of its padded self (``fast.phase_copy``, the padding
         -inf, which never wins), so that a tap's run over an output row is contiguous and
         the loop vectorises (read at the stride from the plane itself, ResNet's 3x3
         stride-2 pooling ran 4x slower). Shorter rows read the plane itself: there the
@@ -621,7 +621,7 @@ def _build_maxpool():
                 _narrow_rows(plane, bests[p], indices[p], firsts, taps[:kw], kh, kw, sh, sw,
                              dh, top)
                 continue
-            fast._phase_copy(plane, phases, top, left, sh, sw, True)
+            fast.phase_copy(plane, phases, top, left, sh, sw, True)
             for oy in range(ho):
                 m = bests[p, oy]
                 _start_row(m, t, oy * sh - top, h, kh, kw, dh, firsts)
