@@ -13,6 +13,15 @@ replaces, and PyTorch's), at ``--threads``:
 
     python benchmarks/bench_kernels.py --training --threads 1
 
+``--pointwise`` times the 1x1 convolutions of MobileNet V2, EfficientNet-B0 and GoogLeNet
+(``--models``) as each network runs them (its shapes, batchnorm folded as a scale, bias,
+activation and gate, captured from one inference of the compiled example): the compiled
+tiles (``ops/pointwise.py``), the GEMM they replace (``CNNC_POINTWISE`` off: OpenBLAS and
+the compiled epilogue) and PyTorch's conv2d with its activation, timed in turns, at
+``--threads``:
+
+    python benchmarks/bench_kernels.py --pointwise --threads 1
+
 ``--depthwise`` times MobileNet V1's 13 depthwise 3x3 convolutions (with batchnorm folded
 as a scale, bias and ReLU), forward and backward: the compiled kernels (``ops/fast.py``),
 the NumPy-API kernels they replace (``CNNC_FAST`` off), and PyTorch, all at one thread
@@ -189,14 +198,135 @@ def training(args, torch):
         print(line)
 
 
+def _network_pointwise_layers(name, batch):
+    """``[(args, attrs, count)]``: the 1x1, stride-1, ungrouped CONV2D calls of one
+    inference of ``examples/<name>.cnn`` at ``batch`` (copies of their arguments)."""
+    import collections
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_runtime
+
+    from cnnc.ops import Op
+
+    model = bench_runtime._model(name, None)
+    executor = model.executor
+    seen = collections.OrderedDict()
+    original = executor.kernels[Op.CONV2D]
+
+    def capture(*args, **attrs):
+        x, w = args[0], args[1]
+        if (w.shape[2:] == (1, 1) and attrs.get("groups", 1) == 1
+                and attrs.get("stride", 1) in (1, (1, 1))
+                and not any(np.atleast_1d(attrs.get("pad", 0)))):
+            key = (tuple(x.shape), tuple(w.shape), str(attrs.get("act")),
+                   attrs.get("gate") is not None)
+            if key not in seen:
+                copies = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+                kept = {k: v.copy() if isinstance(v, np.ndarray) else v
+                        for k, v in attrs.items()}
+                if "out" in kept:  # the arena's slot, as the executor passes it
+                    kept["out"] = np.empty_like(attrs["out"])
+                seen[key] = [copies, kept, 0]
+            seen[key][2] += 1
+        return original(*args, **attrs)
+
+    executor.kernels = dict(executor.kernels, **{Op.CONV2D: capture})
+    try:
+        model(bench_runtime._input(model, batch))
+    finally:
+        executor.kernels = dict(executor.kernels, **{Op.CONV2D: original})
+    return list(seen.values())
+
+
+def _torch_pointwise(torch, x, w, b, attrs):
+    """PyTorch's conv2d with the scale folded into the weights, its activation and gate."""
+    scale, act, gate = attrs.get("scale"), attrs.get("act"), attrs.get("gate")
+    if scale is not None:
+        w = w * scale[:, None, None, None]
+    name = act if isinstance(act, str) or act is None else act[0]
+    f = {None: None, "relu": torch.relu, "relu6": lambda t: torch.nn.functional.hardtanh(t, 0, 6),
+         "silu": torch.nn.functional.silu, "swish": torch.nn.functional.silu,
+         "sigmoid": torch.sigmoid}[name]
+    tx, tw = torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(w))
+    tb = None if b is None else torch.from_numpy(b)
+    tg = None if gate is None else torch.from_numpy(np.asarray(gate, np.float32))
+
+    def run():
+        with torch.no_grad():
+            y = torch.nn.functional.conv2d(tx, tw, tb)
+            if f is not None:
+                y = f(y)
+            return y if tg is None else y * tg
+
+    return run
+
+
+def pointwise_layers(args, torch):
+    from cnnc.ops import conv, pointwise
+    from cnnc.runtime import threads
+
+    threads.set_threads(args.threads)
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+    print(f"1x1 convolutions as the networks run them, batch {args.batch}, float32, "
+          f"{args.threads} thread(s), best of {args.repeat} taken in turns, ms per image; "
+          f"tiles chosen on this CPU: {pointwise.CHOSEN_HERE}")
+    for name in args.models:
+        layers = _network_pointwise_layers(name, args.batch)
+        print(f"\n{name}: {len(layers)} shapes, {sum(c for *_, c in layers)} layers")
+        print(f"{'input':>16} {'out':>5} {'act':>8} {'n':>2} {'tiles':>8} {'gemm':>8} "
+              f"{'torch':>8} {'gemm/tiles':>10} {'torch/tiles':>11}")
+        totals = [0.0, 0.0, 0.0]
+        for call_args, attrs, count in layers:
+            x, w = call_args[0], call_args[1]
+            b = call_args[2] if len(call_args) > 2 else attrs.get("b")
+
+            def ours(on):
+                def run():
+                    pointwise.POINTWISE = on
+                    try:
+                        with threads.limit():
+                            return conv.conv2d(*call_args, **attrs)
+                    finally:
+                        pointwise.POINTWISE = True
+                return run
+
+            runs = [ours(True), ours(False)]
+            if torch is not None:
+                runs.append(_torch_pointwise(torch, x, w, b, attrs))
+            for run in runs:
+                run()
+            best = [float("inf")] * len(runs)
+            for _ in range(args.repeat):
+                for i, run in enumerate(runs):
+                    started = time.perf_counter()
+                    run()
+                    best[i] = min(best[i], time.perf_counter() - started)
+            per = [t * 1e3 / args.batch for t in best] + [float("nan")] * (3 - len(best))
+            for i in range(3):
+                totals[i] += per[i] * count
+            act = attrs.get("act")
+            act = act if isinstance(act, str) or act is None else act[0]
+            print(f"{str(list(x.shape[1:])):>16} {w.shape[0]:5d} {str(act):>8} {count:2d} "
+                  f"{per[0]:8.3f} {per[1]:8.3f} {per[2]:8.3f} {per[1] / per[0]:10.2f} "
+                  f"{per[2] / per[0]:11.2f}")
+        print(f"{'total':>16} {'':5} {'':8} {'':2} {totals[0]:8.3f} {totals[1]:8.3f} "
+              f"{totals[2]:8.3f} {totals[1] / totals[0]:10.2f} {totals[2] / totals[0]:11.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--depthwise", action="store_true")
     parser.add_argument("--training", action="store_true")
+    parser.add_argument("--pointwise", action="store_true")
+    parser.add_argument("--models", nargs="+",
+                        default=["mobilenet_v2", "efficientnet_b0", "googlenet"],
+                        help="with --pointwise")
     parser.add_argument("--threads", type=int, default=1,
-                        help="with --depthwise and --training")
+                        help="with --depthwise, --training and --pointwise")
     args = parser.parse_args()
     try:
         import torch
@@ -207,6 +337,9 @@ def main():
         return
     if args.training:
         training(args, torch)
+        return
+    if args.pointwise:
+        pointwise_layers(args, torch)
         return
 
     coretype = os.environ.get("OPENBLAS_CORETYPE", "(unset)")

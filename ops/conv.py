@@ -498,6 +498,15 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
                 _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
             if winograd.winograd_conv2d(x, w, b, scale, act, target, pads, gate):
                 return target
+    if groups == 1 and kh == kw == sh == sw == 1 and max(pads) == 0:
+        from . import pointwise  # the product and its epilogue in one pass, no packed copies
+
+        if pointwise.applies(x, w, dtype):
+            target = xp.empty((n, o, ho, wo), dtype=dtype) if out is None else out
+            if out is not None:
+                _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
+            if pointwise.pointwise_conv2d(x, w, b, scale, act, target, gate):
+                return target
     if SHIFTED and not (kh == kw == sh == sw == 1 and max(pads) == 0):
         if out is None:
             out = xp.empty((n, o, ho, wo), dtype=dtype)

@@ -1,0 +1,449 @@
+"""1x1 convolutions (stride 1, no padding, ungrouped) as register-blocked products of our
+own, with the epilogue applied while the sums are still in registers.
+
+A 1x1 convolution of one image is the product ``Y (O, HW) = W (O, C) @ X (C, HW)``. Where
+OpenBLAS runs it (the GEMM path of ``ops/conv.py``), it packs both operands on every call,
+writes ``Y``, and the epilogue (scale, bias, activation) reads and writes ``Y`` once more.
+MobileNet V2's and EfficientNet's 1x1 layers are many, with few input channels (16 to 960)
+or few outputs, and that GEMM ran them at 36-70 GFLOP/s inside the networks.
+
+Here the product is computed in tiles of ``MR`` output channels by ``NR`` columns (pixels
+of the flattened batch), the tile's ``MR x NR`` sums held in vector registers through the
+loop over input channels: per input channel, ``NR / LANES`` vector loads of ``X``, ``MR``
+broadcast weights, ``MR * NR / LANES`` fused multiply-adds. The tile is written once, with
+the scale, the bias and a clamp (no activation, relu, relu6) applied in registers; another
+activation or a gate is applied to each block of columns afterwards, while it is in L2.
+numba's loops do not keep a tile in registers, so the tile is LLVM IR written here
+(`_tile`, an intrinsic: vector types and ``llvm.fmuladd``).
+
+Columns are taken in blocks sized for L2, and a block's input is first copied into one
+contiguous buffer: read straight from the image, every input channel is a different
+page, and 96 input channels over 56x56 maps missed the TLB on each row (a third of the
+speed). Two orders, chosen by the map's size (measured, ``SMALL_MAP``):
+
+- large maps: a block holds every input channel; each panel of ``MR`` output channels
+  meets every strip of the block in turn, so the outputs are written ``MR`` rows at a
+  time along the map. The block is packed row by row (long contiguous copies) for layers
+  of few outputs, strip by strip (each tile then reads one contiguous run) for the others.
+- small maps (14x14 and 7x7, many channels): the input channels come ``DEPTH`` at a time;
+  each strip (``DEPTH x NR`` values, in L1) meets every panel of weights, and the block's
+  partial sums stay in L2 until the last depth (the tile adds the stored sums, ``more``,
+  and applies the epilogue at the ``last``).
+
+A strip that runs across two images, or a block's narrower last strip, keeps its sums in
+a small buffer and is scattered into the output at the end of its block.
+
+Jobs are the column blocks, shared among ``fast.parallel``'s threads; a result does not
+depend on the thread count. The weights are packed (panels of ``MR`` channels,
+channel-minor) on every call, a pass over ``O x C`` values: a kernel that keeps no state
+never meets weights updated in place (training).
+
+Float32 only, on x86-64 CPUs with AVX2 and FMA and without AVX-512 (``CHOSEN_HERE``): where
+it was measured (``python benchmarks/bench_kernels.py --pointwise``). Elsewhere, for
+float64 and for the layers ``applies`` refuses, the caller keeps its GEMM.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .fast import act_code, borrow, constants, finish_row, jit, keep, numba, parallel, usable
+
+# False (or ``CNNC_POINTWISE=0``) turns the kernel off: ``pointwise_conv2d`` returns False
+# and the caller runs its GEMM (the benchmark and the tests compare the two).
+POINTWISE = os.environ.get("CNNC_POINTWISE", "1").strip() not in ("0", "off")
+# The tile: MR output channels by NV vectors of LANES float32 columns, MR * NV sums in
+# registers (AVX2 has 16: 12 sums, NV loads of X, one broadcast weight). Timed against
+# 6 x 16 over MobileNet V2's 1x1 shapes: 4 x 24 the faster in total.
+MR = 4
+NV = 3
+LANES = 8
+NR = NV * LANES
+# Layers that reduce their channels this many times or more (GoogLeNet's 480 -> 16, 832 ->
+# 32 on 14x14 and 7x7 maps) keep the GEMM: there each input value meets few outputs, and
+# the tiles ran 1.1-1.3x slower than OpenBLAS.
+REDUCTION = 12
+# Bytes of packed input per column block (L2 holds it beside the output block).
+BLOCK_BYTES = 1 << 17
+# Layers of at most this many output channels pack their input block row by row (long
+# contiguous copies), the others strip by strip (each tile then reads one contiguous run:
+# 1.1-1.3x faster on wide layers, but a copy of NR values per strip and channel costs
+# more than a few panels of tiles gain: 0.6-0.8x on 96 -> 24 and 144 -> 24).
+BY_ROW_CHANNELS = 32
+# Maps of at most this many pixels (16 x 16) take their input channels DEPTH at a time (a
+# strip of DEPTH x NR input values, 15 KiB, stays in L1 while it meets every panel of
+# weights); the block's partial sums, at most OUT_BLOCK_BYTES, stay in L2 between depths.
+# Measured on the 14x14 and 7x7 layers of GoogLeNet, MobileNet V2 and EfficientNet: 1.1-1.5x
+# the speed of every channel at once; on 28x28 and larger maps slower (the strips' outputs
+# lie a map apart, a page each).
+SMALL_MAP = 256
+SMALL_MAP_CHANNELS = 48
+DEPTH = 160
+OUT_BLOCK_BYTES = 1 << 18
+# The activations applied in the tile itself, as a clamp [lo, hi]: none, relu, relu6.
+_CLAMPED = {0: (-np.inf, np.inf), 1: (0.0, np.inf), 10: (0.0, 6.0)}
+
+
+def _host_features() -> set:
+    """The features of the CPU numba compiles for (``+avx2``, ``-avx512f``, ...)."""
+    if numba is None:
+        return set()
+    try:
+        import llvmlite.binding as llvm
+
+        return set(llvm.get_host_cpu_features().flatten().split(","))
+    except Exception:  # noqa: BLE001 - no feature list: the kernel stays off
+        return set()
+
+
+_FEATURES = _host_features()
+# Whether the tile can run here (its vectors are AVX2's, its multiply-adds FMA's), and
+# whether it is chosen: not where AVX-512 is (OpenBLAS's own kernels there are twice as
+# wide as this tile; not measured). The tests run it wherever it can run.
+RUNS_HERE = "+avx2" in _FEATURES and "+fma" in _FEATURES
+CHOSEN_HERE = RUNS_HERE and "+avx512f" not in _FEATURES
+
+
+if numba is not None:
+    from llvmlite import ir as _ir
+    from numba.core import cgutils as _cgutils
+    from numba.core import types as _types
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def _tile(typingctx, a, ai, b, bi, bs, kk, c, ci, cs, g, s, gi, lo, hi, rows, more, last):
+        """One ``MR x NR`` tile of ``c`` (``c[ci + i*cs + j]``, ``i < rows``, ``j < NR``):
+        ``S[i, j] = sum_k a[ai + k*MR + i] * b[bi + k*bs + j]`` over ``kk >= 1`` input
+        channels, plus the tile's stored values where ``more`` (a later block of input
+        channels); stored as ``clamp(S * g[gi+i] + s[gi+i], lo, hi)`` where ``last``, else
+        as ``S``. Rows past ``rows`` are computed, never loaded or stored. ``a``, ``b``,
+        ``c``, ``g``, ``s``: float32 arrays of any layout, addressed from their first
+        element by the element offsets given. The sums stay in registers through the loop
+        over ``k``. A NaN passes the clamp (``lo > v`` and ``v > hi`` are false for it)."""
+        arrays = (a, b, c, g, s)
+        if any(not isinstance(t, _types.Array) or t.dtype != _types.float32 for t in arrays):
+            return None
+        sig = _types.none(a, _types.intp, b, _types.intp, _types.intp, _types.intp, c,
+                          _types.intp, _types.intp, g, s, _types.intp, _types.float32,
+                          _types.float32, _types.intp, _types.boolean, _types.boolean)
+
+        def codegen(context, builder, signature, args):
+            (a_, ai_, b_, bi_, bs_, kk_, c_, ci_, cs_, g_, s_, gi_, lo_, hi_, rows_, more_,
+             last_) = args
+            t = signature.args
+            f32 = _ir.FloatType()
+            i64 = _ir.IntType(64)
+            i32 = _ir.IntType(32)
+            vec = _ir.VectorType(f32, LANES)
+            fn = builder.function
+
+            def base(value, typ, offset):
+                data = context.make_array(typ)(context, builder, value).data
+                return builder.gep(data, [offset])
+
+            def const(v):
+                return _ir.Constant(i64, v)
+
+            def splat(x):
+                one = builder.insert_element(_ir.Constant(vec, _ir.Undefined), x,
+                                             _ir.Constant(i32, 0))
+                return builder.shuffle_vector(one, _ir.Constant(vec, _ir.Undefined),
+                                              _ir.Constant(_ir.VectorType(i32, LANES),
+                                                           [0] * LANES))
+
+            def vector_at(pointer):
+                return builder.bitcast(pointer, vec.as_pointer())
+
+            def row_guard(i, name):
+                """A block entered for row ``i < rows`` (and the block after it)."""
+                inside = fn.append_basic_block(f"tile.{name}{i}")
+                after = fn.append_basic_block(f"tile.{name}{i}.after")
+                builder.cbranch(builder.icmp_signed("<", const(i), rows_), inside, after)
+                builder.position_at_end(inside)
+                return inside, after
+
+            pa, pb, pc = base(a_, t[0], ai_), base(b_, t[2], bi_), base(c_, t[6], ci_)
+            pg, ps = base(g_, t[9], gi_), base(s_, t[10], gi_)
+            row_at = [builder.gep(pc, [builder.mul(const(i), cs_)]) for i in range(MR)]
+            fma = _cgutils.get_or_insert_function(
+                builder.module, _ir.FunctionType(vec, [vec, vec, vec]),
+                f"llvm.fmuladd.v{LANES}f32")
+            zero = _ir.Constant(vec, [0.0] * LANES)
+            # the starting sums: zero, or (``more``) the tile's stored rows
+            start = []
+            for i in range(MR):
+                before = builder.block
+                read = fn.append_basic_block(f"tile.read{i}")
+                after = fn.append_basic_block(f"tile.read{i}.after")
+                go = builder.and_(more_, builder.icmp_signed("<", const(i), rows_))
+                builder.cbranch(go, read, after)
+                builder.position_at_end(read)
+                got = [builder.load(vector_at(builder.gep(row_at[i], [const(v * LANES)])),
+                                    align=4) for v in range(NV)]
+                builder.branch(after)
+                builder.position_at_end(after)
+                row = []
+                for v in range(NV):
+                    p = builder.phi(vec)
+                    p.add_incoming(got[v], read)
+                    p.add_incoming(zero, before)
+                    row.append(p)
+                start.append(row)
+            entry = builder.block
+            loop = fn.append_basic_block("tile.k")
+            done = fn.append_basic_block("tile.store")
+            builder.branch(loop)
+            builder.position_at_end(loop)
+            k = builder.phi(i64)
+            k.add_incoming(const(0), entry)
+            sums = [[builder.phi(vec) for _ in range(NV)] for _ in range(MR)]
+            for i in range(MR):
+                for v in range(NV):
+                    sums[i][v].add_incoming(start[i][v], entry)
+            pbk = builder.gep(pb, [builder.mul(k, bs_)])
+            xs = [builder.load(vector_at(builder.gep(pbk, [const(v * LANES)])), align=4)
+                  for v in range(NV)]
+            pak = builder.gep(pa, [builder.mul(k, const(MR))])
+            new = []
+            for i in range(MR):
+                wi = splat(builder.load(builder.gep(pak, [const(i)])))
+                new.append([builder.call(fma, [wi, xs[v], sums[i][v]]) for v in range(NV)])
+            k1 = builder.add(k, const(1))
+            k.add_incoming(k1, loop)
+            for i in range(MR):
+                for v in range(NV):
+                    sums[i][v].add_incoming(new[i][v], loop)
+            builder.cbranch(builder.icmp_signed("<", k1, kk_), loop, done)
+            builder.position_at_end(done)
+            vlo, vhi = splat(lo_), splat(hi_)
+            for i in range(MR):
+                _, after = row_guard(i, "row")
+                gain = splat(builder.load(builder.gep(pg, [const(i)])))
+                shift = splat(builder.load(builder.gep(ps, [const(i)])))
+                for v in range(NV):
+                    y = builder.call(fma, [new[i][v], gain, shift])
+                    y = builder.select(builder.fcmp_ordered("<", y, vlo), vlo, y)
+                    y = builder.select(builder.fcmp_ordered(">", y, vhi), vhi, y)
+                    y = builder.select(last_, y, new[i][v])
+                    builder.store(y, vector_at(builder.gep(row_at[i], [const(v * LANES)])),
+                                  align=4)
+                builder.branch(after)
+                builder.position_at_end(after)
+            return context.get_dummy_value()
+
+        return sig, codegen
+else:  # pragma: no cover - the kernels below are never called without numba
+    _tile = None
+
+
+@jit()
+def _pack_weights(w, packed):
+    """``w (O, C)`` into panels of ``MR`` channels, channel-minor: ``packed[(p*C + k)*MR + i]
+    = w[p*MR + i, k]``, zero past ``O``."""
+    o, c = w.shape
+    for p in range(0, o, MR):
+        base = p * c
+        for k in range(c):
+            for i in range(MR):
+                packed[base + k * MR + i] = w[p + i, k] if p + i < o else 0.0
+
+
+@jit()
+def _pointwise(start, stop, packed, x, out, gain, shift, lo, hi, post, code, k, gate,
+               has_gate, per_block, blocks, depth, by_strip, strip_outer):
+    """Column blocks ``start .. stop - 1`` of ``blocks`` (see ``pointwise_conv2d``):
+    ``out (N, O, HW)`` from ``x (N, C, HW)``, both with contiguous rows, ``depth`` input
+    channels at a time. ``by_strip``: the input block packed strip by strip (else row by
+    row); ``strip_outer``: each strip meets every panel of weights in turn (else each
+    panel every strip). ``post``: the activation ``code`` (constants ``k``) and the gate
+    are applied after the tiles, on each row of the block."""
+    n, c, hw = x.shape
+    o = out.shape[1]
+    panels = (o + MR - 1) // MR
+    cols = n * hw
+    on, oc = out.strides[0] // 4, out.strides[1] // 4
+    width_max = per_block + NR
+    most = width_max // NR + 1  # strips in a block
+    starts = np.empty(most, dtype=np.int64)
+    images = np.empty(most, dtype=np.int64)
+    direct = np.empty(most, dtype=np.bool_)
+    # (+ NR: a narrow last strip's tile reads NR columns of its row-packed block)
+    buffer = np.empty(depth * width_max + NR, dtype=np.float32)
+    # the sums of strips that run across images, (strip, panel, MR, NR), scattered at the end
+    scratch = np.empty(most * panels * MR * NR, dtype=np.float32)
+    row = np.empty(width_max, dtype=np.float32)
+    buf, tmp, rowbuf = borrow(buffer), borrow(scratch), borrow(row)
+    x, out, packed = borrow(x), borrow(out), borrow(packed)
+    gain, shift, gate, k = borrow(gain), borrow(shift), borrow(gate), borrow(k)
+    for block in range(start, stop):
+        c0 = block * per_block
+        c1 = cols if block == blocks - 1 else c0 + per_block
+        width = c1 - c0
+        strips = (width + NR - 1) // NR
+        for t in range(strips):
+            first = c0 + t * NR
+            starts[t] = first
+            images[t] = first // hw
+            # a strip within one image and the block is written straight to ``out``;
+            # one across two images, or the block's last when narrower, goes through
+            # ``tmp`` (its sums carried there from one depth to the next)
+            direct[t] = first - images[t] * hw + NR <= hw and first + NR <= c1
+        for k0 in range(0, c, depth):
+            kn = min(depth, c - k0)
+            if by_strip:
+                # strip t's columns of input channel k0 + ch at buf[(t*kn + ch)*NR:][:NR]:
+                # a tile reads one contiguous run of kn*NR values
+                for ch in range(kn):
+                    for t in range(strips):
+                        img = images[t]
+                        p = starts[t] - img * hw
+                        dst = buf[(t * kn + ch) * NR:(t * kn + ch + 1) * NR]
+                        if direct[t]:
+                            src = x[img, k0 + ch, p:p + NR]
+                            for q in range(NR):
+                                dst[q] = src[q]
+                        else:  # across two images at most (hw >= NR here); the columns
+                            # past the block are left as they are: their sums are dropped
+                            valid = min(NR, c1 - starts[t])
+                            part = min(hw - p, valid)
+                            src = x[img, k0 + ch, p:p + part]
+                            for q in range(part):
+                                dst[q] = src[q]
+                            src = x[img + 1, k0 + ch, 0:valid - part]
+                            for q in range(valid - part):
+                                dst[part + q] = src[q]
+            else:
+                # the block's columns of input channel k0 + ch at buf[ch*width:][:width]
+                col = c0
+                while col < c1:
+                    img = col // hw
+                    p = col - img * hw
+                    run = min(hw - p, c1 - col)
+                    for ch in range(kn):
+                        src = x[img, k0 + ch, p:p + run]
+                        dst = buf[ch * width + col - c0:ch * width + col - c0 + run]
+                        for q in range(run):
+                            dst[q] = src[q]
+                    col += run
+            more = k0 > 0
+            last = k0 + kn == c
+            step = NR if by_strip else width
+            for u in range(strips * panels):
+                if strip_outer:
+                    t, m = u // panels, u % panels
+                else:
+                    m, t = u // strips, u % strips
+                m0 = m * MR
+                rows = min(MR, o - m0)
+                img = images[t]
+                p = starts[t] - img * hw
+                at = t * kn * NR if by_strip else starts[t] - c0
+                if direct[t]:
+                    _tile(packed, m0 * c + k0 * MR, buf, at, step, kn, out,
+                          img * on + m0 * oc + p, oc, gain, shift, m0, lo, hi, rows, more, last)
+                else:
+                    _tile(packed, m0 * c + k0 * MR, buf, at, step, kn, tmp,
+                          (t * panels + m) * MR * NR, NR, gain, shift, m0, lo, hi, rows, more,
+                          last)
+        for t in range(strips):  # the strips kept in ``tmp``, into their images
+            if direct[t]:
+                continue
+            first = starts[t]
+            valid = min(NR, c1 - first)
+            q = 0
+            while q < valid:
+                im = (first + q) // hw
+                pp = first + q - im * hw
+                run = min(hw - pp, valid - q)
+                for ch in range(o):
+                    at = ((t * panels + ch // MR) * MR + ch % MR) * NR + q
+                    dst = out[im, ch, pp:pp + run]
+                    src = tmp[at:at + run]
+                    for r in range(run):
+                        dst[r] = src[r]
+                q += run
+        if post:
+            col = c0
+            while col < c1:
+                img = col // hw
+                p = col - img * hw
+                run = min(hw - p, c1 - col)
+                part = rowbuf[:run]
+                for ch in range(o):
+                    dst = out[img, ch, p:p + run]
+                    for q in range(run):
+                        part[q] = dst[q]
+                    finish_row(part, dst, k[1], k[0], False, False, code, k,
+                               gate[img if has_gate else 0, ch if has_gate else 0], has_gate)
+                col += run
+    keep(buffer)
+    keep(scratch)
+    keep(row)
+
+
+def applies(x, w, dtype) -> bool:
+    """Whether ``pointwise_conv2d`` runs this 1x1 convolution (the caller has checked the
+    geometry: 1x1 kernel, stride 1, no padding, one group)."""
+    n, c = x.shape[:2]
+    cols = n * math.prod(x.shape[2:])
+    return (POINTWISE and CHOSEN_HERE and np.dtype(dtype) == np.float32 and cols >= NR
+            and c < REDUCTION * w.shape[0] and usable(x, w))
+
+
+def pointwise_conv2d(x, w, b, scale, act, out, gate=None) -> bool:
+    """``out (N, O, H, W)`` (rows contiguous) = the 1x1 convolution of ``x (N, C, H, W)`` by
+    ``w (O, C, 1, 1)``, times ``scale``, plus ``b`` (``(O,)`` or None), through ``act`` and
+    times ``gate`` (``(N, O)`` or None). Returns False (nothing written) when the kernel
+    does not take it: the caller runs its GEMM."""
+    if not applies(x, w, x.dtype):
+        return False
+    code = act_code(act, x.dtype)
+    if code is None:
+        return False
+    code, alpha, beta = code
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    hw = math.prod(x.shape[2:])
+    x3 = x.reshape(n, c, hw)
+    if x3.strides[2] != 4 or (hw > 1 and x3.strides[1] < hw * 4):
+        x3 = np.ascontiguousarray(x3)
+    out3 = out.reshape(n, o, hw) if out.flags.c_contiguous else _rows_view(out, n, o, hw)
+    packed = np.empty(-(-o // MR) * MR * c, dtype=np.float32)
+    _pack_weights(np.ascontiguousarray(w.reshape(o, c)), packed)
+    gain = np.ones(o, np.float32) if scale is None else np.ascontiguousarray(scale)
+    shift = np.zeros(o, np.float32) if b is None else np.ascontiguousarray(b)
+    post = gate is not None or code not in _CLAMPED
+    lo, hi = _CLAMPED[0] if post else _CLAMPED[code]  # a gate multiplies after the activation
+    cols = n * hw
+    if NR <= hw <= SMALL_MAP and o > SMALL_MAP_CHANNELS:
+        # small maps: input channels DEPTH at a time, each strip (DEPTH x NR values, in
+        # L1) meeting every panel of weights; the block's output stays in L2 between them
+        depth = min(c, DEPTH)
+        per_block = min(OUT_BLOCK_BYTES // (o * 4), BLOCK_BYTES // (depth * 4))
+        by_strip = strip_outer = True
+    else:
+        # large maps: every input channel at once, each panel meeting every strip (a
+        # strip's outputs are MR rows a map apart: NR values in each of O pages, when
+        # each strip met every panel)
+        depth = c
+        per_block = BLOCK_BYTES // (c * 4)
+        by_strip = o > BY_ROW_CHANNELS and hw >= NR
+        strip_outer = False
+    per_block = max(NR, per_block // NR * NR)  # whole strips
+    blocks = -(-cols // per_block)
+    if blocks > 1 and cols - (blocks - 1) * per_block < NR:
+        blocks -= 1  # the last block takes the rest, so that it is at least NR wide
+    parallel(_pointwise, blocks, packed, x3, out3, gain, shift, np.float32(lo), np.float32(hi),
+             post, code, constants(np.float32, alpha, beta),
+             np.zeros((1, 1), np.float32) if gate is None else gate, gate is not None,
+             per_block, blocks, depth, by_strip, strip_outer, values=cols * o * c)
+    return True
+
+
+def _rows_view(out, n, o, hw):
+    """``out (N, O, H, W)`` with contiguous rows seen as ``(N, O, H*W)``."""
+    s_n, s_o = out.strides[:2]
+    return np.lib.stride_tricks.as_strided(out, (n, o, hw), (s_n, s_o, 4))
