@@ -231,11 +231,12 @@ def _network_pointwise_layers(name, batch):
             seen[key][2] += 1
         return original(*args, **attrs)
 
-    executor.kernels = dict(executor.kernels, **{Op.CONV2D: capture})
+    kernels = executor.kernels
+    executor.kernels = {**kernels, Op.CONV2D: capture}
     try:
         model(bench_runtime._input(model, batch))
     finally:
-        executor.kernels = dict(executor.kernels, **{Op.CONV2D: original})
+        executor.kernels = kernels
     return list(seen.values())
 
 
@@ -298,10 +299,11 @@ def pointwise_layers(args, torch):
             for run in runs:
                 run()
             best = [float("inf")] * len(runs)
-            for _ in range(args.repeat):
-                for i, run in enumerate(runs):
+            for turn in range(args.repeat):
+                for j in range(len(runs)):  # each first in turn: none always after another
+                    i = (turn + j) % len(runs)
                     started = time.perf_counter()
-                    run()
+                    runs[i]()
                     best[i] = min(best[i], time.perf_counter() - started)
             per = [t * 1e3 / args.batch for t in best] + [float("nan")] * (3 - len(best))
             for i in range(3):

@@ -80,11 +80,16 @@ BY_ROW_CHANNELS = 32
 # the speed of every channel at once; on 28x28 and larger maps slower (the strips' outputs
 # lie a map apart, a page each).
 SMALL_MAP = 256
+# On larger maps the tiles take layers of at most this many input channels (MobileNet V2's
+# and EfficientNet's expansions, 16 -> 96 at 112x112: 1.5x OpenBLAS and its epilogue): there
+# the product is bound by writing its output, and the epilogue in registers saves a pass.
+# With more input channels OpenBLAS's blocking for L1 wins (GoogLeNet's 192 -> 64 and 256 ->
+# 128 at 28x28, EfficientNet's 240 -> 40: 0.8-0.9x; panels taken in groups of 2 to 8 per
+# strip did no better).
+LARGE_MAP_CHANNELS = 64
 SMALL_MAP_CHANNELS = 48
 DEPTH = 160
 OUT_BLOCK_BYTES = 1 << 18
-# The activations applied in the tile itself, as a clamp [lo, hi]: none, relu, relu6.
-_CLAMPED = {0: (-np.inf, np.inf), 1: (0.0, np.inf), 10: (0.0, 6.0)}
 
 
 def _host_features() -> set:
@@ -107,6 +112,77 @@ RUNS_HERE = "+avx2" in _FEATURES and "+fma" in _FEATURES
 CHOSEN_HERE = RUNS_HERE and "+avx512f" not in _FEATURES
 
 
+# The activations the tile applies itself (``fast.ACT_CODES``: identity, relu, leaky relu,
+# sigmoid, swish, relu6, hardsigmoid, hardswish); RAW: none, the sums stored as they are
+# (an input depth before the last).
+_IN_TILE = frozenset({0, 1, 2, 6, 9, 10, 11, 12})
+RAW = -1
+
+
+def _vector_exp(builder, v, fma, vec):
+    """``fast._exp32`` on a vector ``v``: the same steps (clamps that keep NaN, ``k`` read
+    from the rounding's bits, the degree-7 polynomial, ``2**k`` from exponent bits)."""
+    from llvmlite import ir
+
+    i32 = ir.IntType(32)
+    ivec = ir.VectorType(i32, LANES)
+
+    def k(x):
+        return ir.Constant(vec, [x] * LANES)
+
+    def fmuladd(a, b, c):
+        return builder.call(fma, [a, b, c])
+
+    c = builder.select(builder.fcmp_ordered(">", k(-87.0), v), k(-87.0), v)
+    c = builder.select(builder.fcmp_ordered("<", k(88.0), c), k(88.0), c)
+    t = fmuladd(c, k(1.44269504088896341), k(12582912.0))
+    kk = builder.fsub(t, k(12582912.0))
+    r = fmuladd(kk, k(-0.693359375), c)
+    r = fmuladd(kk, k(2.12194440e-4), r)
+    p = k(1.9875691500e-4)
+    for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+                 5.0000001201e-1):
+        p = fmuladd(p, r, k(coef))
+    p = builder.fadd(fmuladd(p, builder.fmul(r, r), r), k(1.0))
+    biased = builder.sub(builder.bitcast(t, ivec), ir.Constant(ivec, [0x4B400000 - 127] * LANES))
+    scale = builder.bitcast(builder.shl(biased, ir.Constant(ivec, [23] * LANES)), vec)
+    e = builder.fmul(p, scale)
+    return builder.select(builder.fcmp_ordered(">", v, k(88.72283)), k(float("inf")), e)
+
+
+def _vector_act(builder, code, y, alpha, beta, fma, splat, vec):
+    """The activation ``code`` on a vector ``y``, as ``fast.finish_row`` computes it."""
+    from llvmlite import ir
+
+    def k(x):
+        return ir.Constant(vec, [x] * LANES)
+
+    def clamp(v, top):
+        v = builder.select(builder.fcmp_ordered("<", v, k(0.0)), k(0.0), v)
+        return builder.select(builder.fcmp_ordered(">", v, k(top)), k(top), v)
+
+    if code == 0:
+        return y
+    if code == 1:  # NaN stays NaN: ``0 if v < 0 else v``
+        return builder.select(builder.fcmp_ordered("<", y, k(0.0)), k(0.0), y)
+    if code == 10:
+        return clamp(y, 6.0)
+    if code == 2:
+        return builder.select(builder.fcmp_ordered(">=", y, k(0.0)), y,
+                              builder.fmul(y, splat(alpha)))
+    if code == 11:
+        return builder.fdiv(clamp(builder.fadd(y, k(3.0)), 6.0), k(6.0))
+    if code == 12:
+        return builder.fmul(y, builder.fdiv(clamp(builder.fadd(y, k(3.0)), 6.0), k(6.0)))
+    if code == 6:
+        return builder.fdiv(k(1.0), builder.fadd(k(1.0), _vector_exp(
+            builder, builder.fsub(k(-0.0), y), fma, vec)))
+    if code == 9:
+        arg = builder.fsub(k(-0.0), builder.fmul(splat(beta), y))
+        return builder.fdiv(y, builder.fadd(k(1.0), _vector_exp(builder, arg, fma, vec)))
+    raise ValueError(f"no activation {code} in the tile")
+
+
 if numba is not None:
     from llvmlite import ir as _ir
     from numba.core import cgutils as _cgutils
@@ -114,25 +190,33 @@ if numba is not None:
     from numba.extending import intrinsic as _intrinsic
 
     @_intrinsic
-    def _tile(typingctx, a, ai, b, bi, bs, kk, c, ci, cs, g, s, gi, lo, hi, rows, more, last):
+    def _tile(typingctx, a, ai, b, bi, bs, kk, c, ci, cs, g, s, gi, code, alpha, beta, rows,
+              more, last):
         """One ``MR x NR`` tile of ``c`` (``c[ci + i*cs + j]``, ``i < rows``, ``j < NR``):
         ``S[i, j] = sum_k a[ai + k*MR + i] * b[bi + k*bs + j]`` over ``kk >= 1`` input
         channels, plus the tile's stored values where ``more`` (a later block of input
-        channels); stored as ``clamp(S * g[gi+i] + s[gi+i], lo, hi)`` where ``last``, else
-        as ``S``. Rows past ``rows`` are computed, never loaded or stored. ``a``, ``b``,
-        ``c``, ``g``, ``s``: float32 arrays of any layout, addressed from their first
-        element by the element offsets given. The sums stay in registers through the loop
-        over ``k``. A NaN passes the clamp (``lo > v`` and ``v > hi`` are false for it)."""
-        arrays = (a, b, c, g, s)
+        channels); stored as ``act(S * g[gi+i] + s[gi+i])`` where ``last``, else as ``S``;
+        ``act`` the activation of ``fast.ACT_CODES``'s ``code`` with its ``alpha`` and
+        ``beta``, computed as ``fast.finish_row`` does (sigmoid and swish through the same
+        exp, `_vector_exp`). Rows past ``rows`` are computed, never loaded or stored. ``a``,
+        ``b``, ``g``, ``s``: float32 arrays of any layout, addressed from their first
+        element by the element offsets given; ``c``: the address of float32 memory (an
+        array's ``ctypes.data``), so that one call site serves the output and a buffer (a
+        call site per array type made the kernel's compilation 1.5 s longer). The sums
+        stay in registers through the loop over ``k``."""
+        arrays = (a, b, g, s)
         if any(not isinstance(t, _types.Array) or t.dtype != _types.float32 for t in arrays):
             return None
-        sig = _types.none(a, _types.intp, b, _types.intp, _types.intp, _types.intp, c,
-                          _types.intp, _types.intp, g, s, _types.intp, _types.float32,
-                          _types.float32, _types.intp, _types.boolean, _types.boolean)
+        if not isinstance(c, _types.Integer):
+            return None
+        sig = _types.none(a, _types.intp, b, _types.intp, _types.intp, _types.intp, _types.uintp,
+                          _types.intp, _types.intp, g, s, _types.intp, _types.intp,
+                          _types.float32, _types.float32, _types.intp, _types.boolean,
+                          _types.boolean)
 
         def codegen(context, builder, signature, args):
-            (a_, ai_, b_, bi_, bs_, kk_, c_, ci_, cs_, g_, s_, gi_, lo_, hi_, rows_, more_,
-             last_) = args
+            (a_, ai_, b_, bi_, bs_, kk_, c_, ci_, cs_, g_, s_, gi_, code_, alpha_, beta_, rows_,
+             more_, last_) = args
             t = signature.args
             f32 = _ir.FloatType()
             i64 = _ir.IntType(64)
@@ -165,7 +249,8 @@ if numba is not None:
                 builder.position_at_end(inside)
                 return inside, after
 
-            pa, pb, pc = base(a_, t[0], ai_), base(b_, t[2], bi_), base(c_, t[6], ci_)
+            pa, pb = base(a_, t[0], ai_), base(b_, t[2], bi_)
+            pc = builder.gep(builder.inttoptr(c_, f32.as_pointer()), [ci_])
             pg, ps = base(g_, t[9], gi_), base(s_, t[10], gi_)
             row_at = [builder.gep(pc, [builder.mul(const(i), cs_)]) for i in range(MR)]
             fma = _cgutils.get_or_insert_function(
@@ -218,19 +303,25 @@ if numba is not None:
                     sums[i][v].add_incoming(new[i][v], loop)
             builder.cbranch(builder.icmp_signed("<", k1, kk_), loop, done)
             builder.position_at_end(done)
-            vlo, vhi = splat(lo_), splat(hi_)
+            # the activation's code where ``last``, else RAW: the sums stored as they are
+            chosen = builder.select(last_, code_, const(RAW))
+            cases = [RAW] + sorted(_IN_TILE)
             for i in range(MR):
                 _, after = row_guard(i, "row")
                 gain = splat(builder.load(builder.gep(pg, [const(i)])))
                 shift = splat(builder.load(builder.gep(ps, [const(i)])))
-                for v in range(NV):
-                    y = builder.call(fma, [new[i][v], gain, shift])
-                    y = builder.select(builder.fcmp_ordered("<", y, vlo), vlo, y)
-                    y = builder.select(builder.fcmp_ordered(">", y, vhi), vhi, y)
-                    y = builder.select(last_, y, new[i][v])
-                    builder.store(y, vector_at(builder.gep(row_at[i], [const(v * LANES)])),
-                                  align=4)
-                builder.branch(after)
+                ys = [builder.call(fma, [new[i][v], gain, shift]) for v in range(NV)]
+                blocks = [fn.append_basic_block(f"tile.act{i}.{case}") for case in cases]
+                switch = builder.switch(chosen, blocks[1])  # (an unknown code: identity)
+                for case, block in zip(cases, blocks):
+                    switch.add_case(const(case), block)
+                    builder.position_at_end(block)
+                    for v in range(NV):
+                        y = (new[i][v] if case == RAW else
+                             _vector_act(builder, case, ys[v], alpha_, beta_, fma, splat, vec))
+                        builder.store(y, vector_at(builder.gep(row_at[i], [const(v * LANES)])),
+                                      align=4)
+                    builder.branch(after)
                 builder.position_at_end(after)
             return context.get_dummy_value()
 
@@ -252,13 +343,13 @@ def _pack_weights(w, packed):
 
 
 @jit()
-def _pointwise(start, stop, packed, x, out, gain, shift, lo, hi, post, code, k, gate,
-               has_gate, per_block, blocks, depth, by_strip, strip_outer):
+def _pointwise(start, stop, packed, x, out, gain, shift, act, alpha, beta, post, code, k, gate,
+               has_gate, per_block, blocks, depth, by_strip, group):
     """Column blocks ``start .. stop - 1`` of ``blocks`` (see ``pointwise_conv2d``):
     ``out (N, O, HW)`` from ``x (N, C, HW)``, both with contiguous rows, ``depth`` input
     channels at a time. ``by_strip``: the input block packed strip by strip (else row by
-    row); ``strip_outer``: each strip meets every panel of weights in turn (else each
-    panel every strip). ``post``: the activation ``code`` (constants ``k``) and the gate
+    row); ``group``: panels of weights (``MR`` output channels each) taken together, each
+    strip of the block meeting every panel of a group in turn. ``post``: the activation ``code`` (constants ``k``) and the gate
     are applied after the tiles, on each row of the block."""
     n, c, hw = x.shape
     o = out.shape[1]
@@ -276,6 +367,7 @@ def _pointwise(start, stop, packed, x, out, gain, shift, lo, hi, post, code, k, 
     scratch = np.empty(most * panels * MR * NR, dtype=np.float32)
     row = np.empty(width_max, dtype=np.float32)
     buf, tmp, rowbuf = borrow(buffer), borrow(scratch), borrow(row)
+    out_data, tmp_data = out.ctypes.data, scratch.ctypes.data  # (the tile's stores)
     x, out, packed = borrow(x), borrow(out), borrow(packed)
     gain, shift, gate, k = borrow(gain), borrow(shift), borrow(gate), borrow(k)
     for block in range(start, stop):
@@ -331,23 +423,22 @@ def _pointwise(start, stop, packed, x, out, gain, shift, lo, hi, post, code, k, 
             more = k0 > 0
             last = k0 + kn == c
             step = NR if by_strip else width
-            for u in range(strips * panels):
-                if strip_outer:
-                    t, m = u // panels, u % panels
-                else:
-                    m, t = u // strips, u % strips
+            for u in range(strips * panels):  # groups of panels, each meeting every
+                g0 = u // (strips * group) * group  # strip in turn (the strip in L1)
+                size = min(group, panels - g0)
+                t = (u - g0 * strips) // size
+                m = g0 + (u - g0 * strips) % size
                 m0 = m * MR
                 rows = min(MR, o - m0)
                 img = images[t]
                 p = starts[t] - img * hw
                 at = t * kn * NR if by_strip else starts[t] - c0
                 if direct[t]:
-                    _tile(packed, m0 * c + k0 * MR, buf, at, step, kn, out,
-                          img * on + m0 * oc + p, oc, gain, shift, m0, lo, hi, rows, more, last)
+                    target, at_out, row_step = out_data, img * on + m0 * oc + p, oc
                 else:
-                    _tile(packed, m0 * c + k0 * MR, buf, at, step, kn, tmp,
-                          (t * panels + m) * MR * NR, NR, gain, shift, m0, lo, hi, rows, more,
-                          last)
+                    target, at_out, row_step = tmp_data, (t * panels + m) * MR * NR, NR
+                _tile(packed, m0 * c + k0 * MR, buf, at, step, kn, target, at_out, row_step,
+                      gain, shift, m0, act, alpha, beta, rows, more, last)
         for t in range(strips):  # the strips kept in ``tmp``, into their images
             if direct[t]:
                 continue
@@ -388,9 +479,11 @@ def applies(x, w, dtype) -> bool:
     """Whether ``pointwise_conv2d`` runs this 1x1 convolution (the caller has checked the
     geometry: 1x1 kernel, stride 1, no padding, one group)."""
     n, c = x.shape[:2]
-    cols = n * math.prod(x.shape[2:])
+    hw = math.prod(x.shape[2:])
+    cols = n * hw
     return (POINTWISE and CHOSEN_HERE and np.dtype(dtype) == np.float32 and cols >= NR
-            and c < REDUCTION * w.shape[0] and usable(x, w))
+            and c < REDUCTION * w.shape[0] and (hw <= SMALL_MAP or c <= LARGE_MAP_CHANNELS)
+            and usable(x, w))
 
 
 def pointwise_conv2d(x, w, b, scale, act, out, gate=None) -> bool:
@@ -415,15 +508,18 @@ def pointwise_conv2d(x, w, b, scale, act, out, gate=None) -> bool:
     _pack_weights(np.ascontiguousarray(w.reshape(o, c)), packed)
     gain = np.ones(o, np.float32) if scale is None else np.ascontiguousarray(scale)
     shift = np.zeros(o, np.float32) if b is None else np.ascontiguousarray(b)
-    post = gate is not None or code not in _CLAMPED
-    lo, hi = _CLAMPED[0] if post else _CLAMPED[code]  # a gate multiplies after the activation
+    # the tile applies the activation where it has it; the rest, and a gate (after the
+    # activation), in a pass over each block's rows
+    act, code = (code, 0) if code in _IN_TILE else (0, code)
+    post = gate is not None or code != 0
     cols = n * hw
     if NR <= hw <= SMALL_MAP and o > SMALL_MAP_CHANNELS:
         # small maps: input channels DEPTH at a time, each strip (DEPTH x NR values, in
         # L1) meeting every panel of weights; the block's output stays in L2 between them
         depth = min(c, DEPTH)
         per_block = min(OUT_BLOCK_BYTES // (o * 4), BLOCK_BYTES // (depth * 4))
-        by_strip = strip_outer = True
+        by_strip = True
+        group = -(-o // MR)  # every panel
     else:
         # large maps: every input channel at once, each panel meeting every strip (a
         # strip's outputs are MR rows a map apart: NR values in each of O pages, when
@@ -431,15 +527,16 @@ def pointwise_conv2d(x, w, b, scale, act, out, gate=None) -> bool:
         depth = c
         per_block = BLOCK_BYTES // (c * 4)
         by_strip = o > BY_ROW_CHANNELS and hw >= NR
-        strip_outer = False
+        group = 1
     per_block = max(NR, per_block // NR * NR)  # whole strips
     blocks = -(-cols // per_block)
     if blocks > 1 and cols - (blocks - 1) * per_block < NR:
         blocks -= 1  # the last block takes the rest, so that it is at least NR wide
-    parallel(_pointwise, blocks, packed, x3, out3, gain, shift, np.float32(lo), np.float32(hi),
+    parallel(_pointwise, blocks, packed, x3, out3, gain, shift, act, np.float32(alpha),
+             np.float32(beta),
              post, code, constants(np.float32, alpha, beta),
              np.zeros((1, 1), np.float32) if gate is None else gate, gate is not None,
-             per_block, blocks, depth, by_strip, strip_outer, values=cols * o * c)
+             per_block, blocks, depth, by_strip, group, values=cols * o * c)
     return True
 
 

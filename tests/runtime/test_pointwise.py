@@ -27,7 +27,8 @@ ACTS = [None] + [name for name in fast.ACT_CODES] + [("leaky_relu", {"alpha": 0.
 def _chosen(monkeypatch):
     monkeypatch.setattr(pointwise, "CHOSEN_HERE", True)
     monkeypatch.setattr(pointwise, "POINTWISE", True)
-    monkeypatch.setattr(pointwise, "REDUCTION", 10 ** 9)  # the rule has its own test
+    monkeypatch.setattr(pointwise, "REDUCTION", 10 ** 9)  # the rules have their own test
+    monkeypatch.setattr(pointwise, "LARGE_MAP_CHANNELS", 10 ** 9)
     yield
     fast.set_threads(None)
 
@@ -190,10 +191,13 @@ def test_refusals_write_nothing(monkeypatch):
     assert np.isnan(out).all() and np.isnan(out64).all()
 
 
-def test_strongly_reducing_layers_keep_the_gemm(monkeypatch):
+def test_the_layers_it_takes(monkeypatch):
     monkeypatch.setattr(pointwise, "REDUCTION", 12)
+    monkeypatch.setattr(pointwise, "LARGE_MAP_CHANNELS", 64)
     rng = np.random.default_rng(9)
-    x, wt = _inputs(rng, 2, 480, 16, 7, 7)
-    assert not pointwise.applies(x, wt, np.float32)
-    x, wt = _inputs(rng, 2, 176, 16, 7, 7)
-    assert pointwise.applies(x, wt, np.float32)
+    for shape, taken in [((2, 480, 16, 7, 7), False),  # reduces 30 times
+                         ((2, 176, 16, 7, 7), True),
+                         ((2, 256, 128, 28, 28), False),  # many inputs on a large map
+                         ((2, 64, 128, 28, 28), True), ((2, 256, 128, 16, 16), True)]:
+        x, wt = _inputs(rng, *shape)
+        assert pointwise.applies(x, wt, np.float32) is taken, shape
