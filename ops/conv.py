@@ -482,6 +482,12 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
                 out = xp.empty((n, o, ho, wo), dtype=dtype)
             else:
                 _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
+            if cg == 1 and groups > 1:
+                from . import depthwise  # small maps: a tile of rows in registers
+
+                if (depthwise.applies(x, w, (sh, sw), (dh, dw), pads, groups)
+                        and depthwise.depthwise_conv2d(x, w, b, scale, act, out, pads, gate)):
+                    return out
             if not fast.direct_conv2d(x, w, b, scale, act, out, (sh, sw), pads, (dh, dw),
                                       gate):
                 apply_act_(out, act)

@@ -201,3 +201,16 @@ def test_the_layers_it_takes(monkeypatch):
                          ((2, 64, 128, 28, 28), True), ((2, 256, 128, 16, 16), True)]:
         x, wt = _inputs(rng, *shape)
         assert pointwise.applies(x, wt, np.float32) is taken, shape
+
+
+def test_nothing_is_written_past_the_output():
+    rng = np.random.default_rng(10)
+    for shape in [(3, 8, 5, 4, 5), (2, 200, 6, 7, 7), (5, 9, 7, 3, 3)]:
+        x, wt = _inputs(rng, *shape)
+        n, o, h, w = shape[0], shape[2], shape[3], shape[4]
+        size = n * o * h * w
+        buf = np.full(size + 64, np.nan, dtype=np.float32)
+        out = buf[:size].reshape(n, o, h, w)
+        _run(x, wt, act="relu6", out=out)
+        _close(out, _expected(x, wt, act="relu6"))
+        assert np.isnan(buf[size:]).all()

@@ -1,0 +1,169 @@
+"""The depthwise tiles of small maps (ops/depthwise.py) against the loop reference and the
+direct compiled kernel they replace there: 3x3 and 5x5, maps from 1x1 to 28x28 (rows and
+columns that are and are not whole tiles), symmetric, one-sided and no padding, every
+compiled epilogue with scale, bias and gate, one and two threads, output into a channel
+slice, NaN, and the cases it refuses. Skipped where the CPU cannot run the tiles; run
+where it can but they are not chosen (AVX-512)."""
+
+import numpy as np
+import pytest
+
+from cnnc.ops import conv
+from cnnc.ops.conv import conv2d, reference_conv2d
+
+fast = pytest.importorskip("cnnc.ops.fast")
+pointwise = pytest.importorskip("cnnc.ops.pointwise")
+depthwise = pytest.importorskip("cnnc.ops.depthwise")
+pytestmark = [
+    pytest.mark.skipif(not fast.ENABLED, reason="numba not installed or CNNC_FAST=0"),
+    pytest.mark.skipif(not pointwise.RUNS_HERE, reason="the CPU lacks AVX2 and FMA"),
+]
+
+ACTS = [None] + [name for name in fast.ACT_CODES] + [("leaky_relu", {"alpha": 0.2})]
+
+
+@pytest.fixture(autouse=True)
+def _chosen(monkeypatch):
+    monkeypatch.setattr(pointwise, "CHOSEN_HERE", True)
+    monkeypatch.setattr(depthwise, "DEPTHWISE", True)
+    yield
+    fast.set_threads(None)
+
+
+def _inputs(rng, n, c, h, w, k):
+    x = (rng.standard_normal((n, c, h, w)) * 2).astype(np.float32)
+    wt = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    return x, wt
+
+
+def _expected(x, w, pads, b=None, scale=None, act=None, gate=None):
+    z = reference_conv2d(x.astype(np.float64), w.astype(np.float64), pad=pads,
+                         groups=x.shape[1])
+    if scale is not None:
+        z = z * scale[:, None, None]
+    if b is not None:
+        z = z + b[:, None, None]
+    y = conv.reference_act(z, act)
+    return y if gate is None else y * gate[:, :, None, None]
+
+
+def _run(x, w, pads, b=None, scale=None, act=None, gate=None, out=None):
+    k = w.shape[2]
+    ho = x.shape[2] + pads[0] + pads[1] - k + 1
+    wo = x.shape[3] + pads[2] + pads[3] - k + 1
+    assert depthwise.applies(x, w, (1, 1), (1, 1), pads, x.shape[1])
+    if out is None:
+        out = np.full((x.shape[0], x.shape[1], ho, wo), np.nan, dtype=np.float32)
+    assert depthwise.depthwise_conv2d(x, w, b, scale, act, out, pads,
+                                      None if gate is None else np.ascontiguousarray(gate))
+    return out
+
+
+def _close(got, want):
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * max(1.0, np.abs(want).max()))
+
+
+SIZES = [(1, 1), (2, 3), (3, 3), (5, 6), (7, 7), (8, 8), (9, 13), (14, 14), (16, 17),
+         (17, 9), (28, 28)]
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("pads", ["same", "none", "one-sided"])
+def test_sizes_and_pads_match_the_reference(k, pads):
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(SIZES):
+        p = {"same": (k // 2,) * 4, "none": (0, 0, 0, 0),
+             "one-sided": (k - 1, 0, 0, k - 1)}[pads]
+        if h + p[0] + p[1] < k or w + p[2] + p[3] < k or w + p[2] + p[3] - k + 1 > 28:
+            continue
+        if w + p[2] + p[3] - k + 1 > depthwise.WIDEST[k]:
+            continue
+        x, wt = _inputs(rng, 1 + i % 3, 1 + (3 * i) % 7, h, w, k)
+        _close(_run(x, wt, p), _expected(x, wt, p))
+
+
+@pytest.mark.parametrize("act", ACTS, ids=str)
+def test_every_epilogue_matches_the_reference(act):
+    rng = np.random.default_rng(1)
+    for n, c, h, w, k in [(2, 6, 7, 7, 3), (3, 4, 14, 14, 5), (2, 5, 10, 9, 3)]:
+        x, wt = _inputs(rng, n, c, h, w, k)
+        pads = (k // 2,) * 4
+        b = rng.standard_normal(c).astype(np.float32)
+        scale = rng.uniform(0.5, 2, c).astype(np.float32)
+        gate = rng.uniform(0, 1, (n, c)).astype(np.float32)
+        for kw in ({}, {"b": b, "scale": scale}, {"scale": scale, "gate": gate}):
+            _close(_run(x, wt, pads, act=act, **kw), _expected(x, wt, pads, act=act, **kw))
+
+
+def test_it_agrees_with_the_direct_kernel_through_conv2d():
+    rng = np.random.default_rng(2)
+    for n, c, size, k in [(4, 32, 7, 3), (2, 24, 14, 5), (2, 16, 28, 3)]:
+        x, wt = _inputs(rng, n, c, size, size, k)
+        b = rng.standard_normal(c).astype(np.float32)
+        ours = conv2d(x, wt, b, pad=k // 2, groups=c, act="relu6")
+        depthwise.DEPTHWISE = False
+        direct = conv2d(x, wt, b, pad=k // 2, groups=c, act="relu6")
+        depthwise.DEPTHWISE = True
+        np.testing.assert_allclose(ours, direct, rtol=1e-5, atol=1e-5)
+
+
+def test_one_and_two_threads_agree_exactly():
+    rng = np.random.default_rng(3)
+    x, wt = _inputs(rng, 4, 40, 14, 14, 3)
+    fast.set_threads(1)
+    one = _run(x, wt, (1, 1, 1, 1), act="silu")
+    fast.set_threads(2)
+    np.testing.assert_array_equal(one, _run(x, wt, (1, 1, 1, 1), act="silu"))
+
+
+def test_output_into_a_channel_slice():
+    rng = np.random.default_rng(4)
+    x, wt = _inputs(rng, 2, 6, 7, 7, 3)
+    full = np.full((2, 10, 7, 7), np.nan, dtype=np.float32)
+    _run(x, wt, (1, 1, 1, 1), act="relu", out=full[:, 2:8])
+    _close(full[:, 2:8], _expected(x, wt, (1, 1, 1, 1), act="relu"))
+    assert np.isnan(full[:, :2]).all() and np.isnan(full[:, 8:]).all()
+
+
+def test_nan_reaches_exactly_the_outputs_whose_window_holds_it():
+    rng = np.random.default_rng(5)
+    x, wt = _inputs(rng, 2, 3, 9, 9, 3)
+    x[1, 2, 4, 8] = np.nan
+    for act in (None, "relu", "relu6", "silu"):
+        got = _run(x, wt, (1, 1, 1, 1), act=act)
+        nan = np.isnan(got)
+        assert nan[1, 2, 3:6, 7:9].all() and nan.sum() == 6
+
+
+def test_refusals(monkeypatch):
+    rng = np.random.default_rng(6)
+    x, wt = _inputs(rng, 1, 4, 7, 7, 3)
+    ones = (1, 1, 1, 1)
+    assert not depthwise.applies(x, wt, (2, 2), (1, 1), ones, 4)  # stride
+    assert not depthwise.applies(x, wt, (1, 1), (2, 2), ones, 4)  # dilation
+    assert not depthwise.applies(x.astype(np.float64), wt.astype(np.float64), (1, 1), (1, 1),
+                                 ones, 4)
+    big, wbig = _inputs(rng, 1, 2, 56, 56, 3)
+    assert not depthwise.applies(big, wbig, (1, 1), (1, 1), ones, 2)  # map too wide
+    x7, w7 = _inputs(rng, 1, 4, 7, 7, 7)
+    assert not depthwise.applies(x7, w7, (1, 1), (1, 1), (3, 3, 3, 3), 4)  # 7x7 kernel
+    out = np.full((1, 4, 7, 7), np.nan, dtype=np.float32)
+    assert not depthwise.depthwise_conv2d(x, wt, None, None, "tanh", out, ones)
+    assert np.isnan(out).all()
+    monkeypatch.setattr(pointwise, "CHOSEN_HERE", False)
+    assert not depthwise.applies(x, wt, (1, 1), (1, 1), ones, 4)
+
+
+def test_nothing_is_written_past_the_output():
+    # planes narrower than a vector: a row's vector would run past the plane, the last
+    # plane's past the array
+    rng = np.random.default_rng(7)
+    for n, c, h, w, k in [(2, 3, 2, 3, 3), (1, 2, 1, 1, 3), (3, 5, 4, 5, 5), (2, 2, 6, 7, 3)]:
+        x, wt = _inputs(rng, n, c, h, w, k)
+        pads = (k // 2,) * 4
+        size = n * c * h * w
+        buf = np.full(size + 64, np.nan, dtype=np.float32)
+        out = buf[:size].reshape(n, c, h, w)
+        _run(x, wt, pads, act="relu", out=out)
+        _close(out, _expected(x, wt, pads, act="relu"))
+        assert np.isnan(buf[size:]).all()
