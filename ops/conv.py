@@ -486,7 +486,8 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
                 from . import depthwise  # small maps: a tile of rows in registers
 
                 if (depthwise.applies(x, w, (sh, sw), (dh, dw), pads, groups)
-                        and depthwise.depthwise_conv2d(x, w, b, scale, act, out, pads, gate)):
+                        and depthwise.depthwise_conv2d(x, w, b, scale, act, out, pads, gate,
+                                                       sh)):
                     return out
             if not fast.direct_conv2d(x, w, b, scale, act, out, (sh, sw), pads, (dh, dw),
                                       gate):

@@ -1,5 +1,6 @@
-"""Depthwise 3x3 and 5x5 convolutions of small maps (stride 1), a tile of output rows in
-vector registers at a time, the epilogue applied before the one store.
+"""Depthwise 3x3 and 5x5 convolutions (small maps at stride 1, most maps at stride 2), a
+tile of output rows in vector registers at a time, the epilogue applied before the one
+store.
 
 ``ops/fast.py``'s direct convolution computes a depthwise layer a kernel row at a time over
 runs of the padded plane, through an accumulator in memory, and moves the kept columns
@@ -7,7 +8,9 @@ out; on the 7x7 and 14x14 maps of MobileNet V2 and EfficientNet its fixed work p
 (a loop per pass, the moves, a compiled row call for the epilogue) cost more than the
 arithmetic: 0.3 us a plane on 7x7, where ONNX Runtime takes 0.1.
 
-Here each plane is copied into a zero-padded buffer (rows ``wq`` apart), then a tile
+Here each plane is copied into a zero-padded buffer (rows ``wq`` apart; at stride 2 into
+the four phase planes of the padded plane, a row's values dealt out to two of them by
+vector shuffles, so that every tap reads a contiguous run again), then a tile
 (`_tile3`, `_tile5`: LLVM IR, as ``ops/pointwise.py``'s) computes ``R`` output rows of
 eight columns: each output vector the sum of its ``K*K`` taps, each tap a vector load of
 the padded buffer times a broadcast weight (the loads shared between rows are loaded
@@ -37,34 +40,41 @@ ROWS = {3: ROWS_3, 5: ROWS_5}
 # ``ops/fast.py``: 3x3 2.5x as fast on 7x7, 1.4x on 14x14 and 28x28, 1.0x on 56x56, 0.75x on
 # 112x112; 5x5 1.7x on 7x7, 1.05x on 14x14, 0.8x on 28x28).
 WIDEST = {3: 28, 5: 14}
+# The same at stride 2, by the output map's width: 3x3 from 224 to 112 wide 1.05x as fast,
+# 112 -> 56 1.1x, 56 -> 28 1.1x, 28 -> 14 2x, 14 -> 7 3x; 5x5 56 -> 28 1.1x, 14 -> 7 2x
+# (its larger maps not measured).
+WIDEST_2 = {3: 112, 5: 28}
 # False turns the tiles off: ``depthwise_conv2d`` returns False (the tests compare).
 DEPTHWISE = True
 
 
-def _make_tile(kernel, rows):
-    """The intrinsic computing ``rows`` output rows by ``LANES`` columns of one plane."""
+def _make_tile(kernel, rows, stride):
+    """The intrinsic computing ``rows`` output rows by ``LANES`` columns of one plane, at
+    ``stride`` 1 or 2."""
     from llvmlite import ir
     from numba.core import cgutils, types
     from numba.extending import intrinsic
 
     @intrinsic
-    def tile(typingctx, plane, at, wq, w, wi, out, oi, ho, wo, r0, c0, g, s, f, code, alpha,
-             beta):
+    def tile(typingctx, plane, at, wq, phase, w, wi, out, oi, ho, wo, r0, c0, g, s, f, code,
+             alpha, beta):
         """Output rows ``r0 .. r0 + rows - 1`` (those below ``ho``), columns ``c0 ..
         c0 + LANES - 1`` of a plane: ``out`` the address of its first value (rows ``wo``
-        apart, plus ``oi``), ``plane`` the zero-padded input (row ``r`` of output row
-        ``r``'s window at ``at + r*wq``), ``w[wi:]`` the ``kernel x kernel`` weights.
-        Stored: ``act(sum * g + s) * f``, ``act`` as ``pointwise._tile``'s."""
+        apart, plus ``oi``), ``plane[at:]`` the zero-padded input (rows ``wq`` apart; at
+        stride 2 its four phase planes, ``phase`` values apart: padded row ``2R + a`` and
+        column ``2C + b`` at row ``R``, column ``C`` of phase ``2a + b``), ``w[wi:]`` the
+        ``kernel x kernel`` weights. Stored: ``act(sum * g + s) * f``, ``act`` as
+        ``pointwise._tile``'s."""
         if not all(isinstance(t, types.Array) and t.dtype == types.float32
                    for t in (plane, w)):
             return None
         ints = types.intp
-        sig = types.none(plane, ints, ints, w, ints, types.uintp, ints, ints, ints, ints, ints,
-                         types.float32, types.float32, types.float32, ints, types.float32,
-                         types.float32)
+        sig = types.none(plane, ints, ints, ints, w, ints, types.uintp, ints, ints, ints, ints,
+                         ints, types.float32, types.float32, types.float32, ints,
+                         types.float32, types.float32)
 
         def codegen(context, builder, signature, args):
-            (plane_, at_, wq_, w_, wi_, out_, oi_, ho_, wo_, r0_, c0_, g_, s_, f_, code_,
+            (plane_, at_, wq_, phase_, w_, wi_, out_, oi_, ho_, wo_, r0_, c0_, g_, s_, f_, code_,
              alpha_, beta_) = args
             f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
             vec = ir.VectorType(f32, LANES)
@@ -86,7 +96,7 @@ def _make_tile(kernel, rows):
 
             t = signature.args
             pp = builder.gep(context.make_array(t[0])(context, builder, plane_).data, [at_])
-            pw = builder.gep(context.make_array(t[3])(context, builder, w_).data, [wi_])
+            pw = builder.gep(context.make_array(t[4])(context, builder, w_).data, [wi_])
             po = builder.gep(builder.inttoptr(out_, f32.as_pointer()), [oi_])
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vec, [vec, vec, vec]),
@@ -101,10 +111,15 @@ def _make_tile(kernel, rows):
             for r in range(rows):
                 acc = ir.Constant(vec, [0.0] * LANES)
                 for i in range(kernel):
-                    row = builder.add(builder.mul(builder.add(r0_, const(r + i)), wq_), c0_)
-                    base = builder.gep(pp, [row])
                     for j in range(kernel):
-                        v = builder.load(vector_at(builder.gep(base, [const(j)])), align=4)
+                        # tap (i, j): its phase plane, and the row and column in it
+                        p, di, dj = ((i % 2) * 2 + j % 2, i // 2, j // 2) if stride == 2 else (
+                            0, i, j)
+                        row = builder.add(builder.mul(builder.add(r0_, const(r + di)), wq_),
+                                          builder.add(c0_, const(dj)))
+                        if p:
+                            row = builder.add(row, builder.mul(phase_, const(p)))
+                        v = builder.load(vector_at(builder.gep(pp, [row])), align=4)
                         acc = builder.call(fma, [weights[i * kernel + j], v, acc])
                 sums.append(acc)
             gain, shift, factor = splat(g_), splat(s_), splat(f_)
@@ -216,49 +231,154 @@ def _make_row_copy():
     return copy
 
 
+def _make_row_split():
+    """The intrinsic ``split(dst, evens, odds, src, start, count)``: the ``count`` values
+    of ``src.flat[start:]`` dealt out, those at even positions to ``dst[evens:]``, the
+    others to ``dst[odds:]`` (a row of a plane into two phase planes), sixteen values at
+    a time (two vector loads, two shuffles, two stores); the last sixteen loaded under a
+    mask, their missing lanes stored as zeros into the (zero) padding past each run."""
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def split(typingctx, dst, evens, odds, src, start, count):
+        if not all(isinstance(t, types.Array) and t.dtype == types.float32
+                   for t in (dst, src)):
+            return None
+        sig = types.none(dst, types.intp, types.intp, src, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            dst_, evens_, odds_, src_, start_, count_ = args
+            f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
+            vec = ir.VectorType(f32, LANES)
+            lanes = ir.VectorType(ir.IntType(1), LANES)
+            t = signature.args
+            data = context.make_array(t[0])(context, builder, dst_).data
+            pe, po = builder.gep(data, [evens_]), builder.gep(data, [odds_])
+            ps = builder.gep(context.make_array(t[3])(context, builder, src_).data, [start_])
+            masked_load = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32, lanes, vec]),
+                f"llvm.masked.load.v{LANES}f32.p0")
+            zero = ir.Constant(vec, [0.0] * LANES)
+            every = ir.Constant(ir.VectorType(i32, LANES), list(range(0, 2 * LANES, 2)))
+            other = ir.Constant(ir.VectorType(i32, LANES), list(range(1, 2 * LANES, 2)))
+
+            def vector_at(pointer):
+                return builder.bitcast(pointer, vec.as_pointer())
+
+            def deal(q, a, b):
+                builder.store(builder.shuffle_vector(a, b, every),
+                              vector_at(builder.gep(pe, [builder.mul(q, ir.Constant(
+                                  i64, LANES))])), align=4)
+                builder.store(builder.shuffle_vector(a, b, other),
+                              vector_at(builder.gep(po, [builder.mul(q, ir.Constant(
+                                  i64, LANES))])), align=4)
+
+            fn = builder.function
+            entry = builder.block
+            loop = fn.append_basic_block("split.whole")
+            tail = fn.append_basic_block("split.tail")
+            whole = builder.sdiv(builder.sub(count_, ir.Constant(i64, 1)),
+                                 ir.Constant(i64, 2 * LANES))
+            builder.cbranch(builder.icmp_signed(">", whole, ir.Constant(i64, 0)), loop, tail)
+            builder.position_at_end(loop)
+            q = builder.phi(i64)
+            q.add_incoming(ir.Constant(i64, 0), entry)
+            at = builder.gep(ps, [builder.mul(q, ir.Constant(i64, 2 * LANES))])
+            a = builder.load(vector_at(at), align=4)
+            b = builder.load(vector_at(builder.gep(at, [ir.Constant(i64, LANES)])), align=4)
+            deal(q, a, b)
+            q1 = builder.add(q, ir.Constant(i64, 1))
+            q.add_incoming(q1, loop)
+            builder.cbranch(builder.icmp_signed("<", q1, whole), loop, tail)
+            builder.position_at_end(tail)
+            at = builder.gep(ps, [builder.mul(whole, ir.Constant(i64, 2 * LANES))])
+            left = builder.sub(count_, builder.mul(whole, ir.Constant(i64, 2 * LANES)))
+            kind = ir.VectorType(i64, LANES)
+            one = builder.insert_element(ir.Constant(kind, ir.Undefined), left,
+                                         ir.Constant(i32, 0))
+            bound = builder.shuffle_vector(one, ir.Constant(kind, ir.Undefined),
+                                           ir.Constant(ir.VectorType(i32, LANES), [0] * LANES))
+            low = builder.icmp_signed("<", ir.Constant(kind, list(range(LANES))), bound)
+            high = builder.icmp_signed("<", ir.Constant(kind, list(range(LANES, 2 * LANES))),
+                                       bound)
+            a = builder.call(masked_load, [vector_at(at), ir.Constant(i32, 4), low, zero])
+            b = builder.call(masked_load, [vector_at(builder.gep(at, [ir.Constant(
+                i64, LANES)])), ir.Constant(i32, 4), high, zero])
+            deal(whole, a, b)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return split
+
+
 if numba is not None and pointwise.RUNS_HERE:
-    _tile3 = _make_tile(3, ROWS_3)
-    _tile5 = _make_tile(5, ROWS_5)
+    _tile3 = _make_tile(3, ROWS_3, 1)
+    _tile5 = _make_tile(5, ROWS_5, 1)
+    _tile3s2 = _make_tile(3, ROWS_3, 2)
+    _tile5s2 = _make_tile(5, ROWS_5, 2)
     _row_copy = _make_row_copy()
+    _row_split = _make_row_split()
 else:  # pragma: no cover - the kernel below is never called then
-    _tile3 = _tile5 = _row_copy = None
+    _tile3 = _tile5 = _tile3s2 = _tile5s2 = _row_copy = _row_split = None
 
 
 @jit()
 def _depthwise(start, stop, x, w, out, scale, bias, has_scale, has_bias, gate, has_gate, code,
-               alpha, beta, top, left, block):
+               alpha, beta, stride, top, left, block):
     """Jobs ``start .. stop - 1`` of (image, block of ``block`` channels): ``out (N, C, Ho,
-    Wo)`` (contiguous) from ``x (N, C, H, W)`` and ``w (C, 1, K, K)``."""
+    Wo)`` (contiguous) from ``x (N, C, H, W)`` and ``w (C, 1, K, K)`` at ``stride`` 1 or 2."""
     n, c, h, wd = x.shape
     kernel = w.shape[2]
     ho, wo = out.shape[2], out.shape[3]
     rows = ROWS_3 if kernel == 3 else ROWS_5
-    wq = wo + kernel - 1 + LANES  # (a row's last vector reads up to LANES - 1 past it)
-    hq = ho + kernel - 1 + rows  # (a tile's rows past ho read rows of zeros)
-    padded = np.zeros(hq * wq + LANES, dtype=np.float32)
+    if stride == 1:
+        wq = wo + kernel - 1 + LANES  # (a row's last vector reads up to LANES - 1 past it)
+        hq = ho + kernel - 1 + rows  # (a tile's rows past ho read rows of zeros)
+    else:  # four phase planes, each of half the padded rows and columns
+        wq = max(wo + kernel // 2, (wd + left + 1) // 2 + 1) + LANES + 1
+        hq = max(ho + kernel // 2 + rows, (h + top) // 2 + 1) + 1
+    phase = hq * wq
+    padded = np.zeros(phase * stride * stride + 2 * LANES, dtype=np.float32)
     plane = borrow(padded)
     x, w, scale, bias, gate = borrow(x), borrow(w), borrow(scale), borrow(bias), borrow(gate)
     wf, xf = w.reshape(-1), x.reshape(-1)
     address = out.ctypes.data
     blocks = (c + block - 1) // block
     last_column = (wo - 1) // LANES * LANES
+    even = left % 2  # the phase column of x's even columns (stride 2)
     for job in range(start, stop):
         b = job // blocks
         for ch in range((job - b * blocks) * block, min(c, (job - b * blocks + 1) * block)):
-            for r in range(h):  # the interior; the padding stays zero from plane to plane
-                _row_copy(plane, (r + top) * wq + left, xf, ((b * c + ch) * h + r) * wd, wd)
+            # the interior; the padding stays zero from plane to plane
+            for r in range(h):
+                src = ((b * c + ch) * h + r) * wd
+                if stride == 1:
+                    _row_copy(plane, (r + top) * wq + left, xf, src, wd)
+                else:
+                    row = ((r + top) % 2 * 2) * phase + (r + top) // 2 * wq
+                    _row_split(plane, row + even * phase + left // 2,
+                               row + (1 - even) * phase + (left + 1) // 2, xf, src, wd)
             g = scale[ch] if has_scale else np.float32(1.0)
             s = bias[ch] if has_bias else np.float32(0.0)
             f = gate[b, ch] if has_gate else np.float32(1.0)
             oi = (b * c + ch) * ho * wo
             for r0 in range(0, ho, rows):
                 for c0 in range(last_column, -1, -LANES):  # last vector first: see above
-                    if kernel == 3:
-                        _tile3(plane, 0, wq, wf, ch * 9, address, oi, ho, wo, r0, c0, g, s, f,
-                               code, alpha, beta)
+                    if stride == 1 and kernel == 3:
+                        _tile3(plane, 0, wq, phase, wf, ch * 9, address, oi, ho, wo, r0, c0,
+                               g, s, f, code, alpha, beta)
+                    elif stride == 1:
+                        _tile5(plane, 0, wq, phase, wf, ch * 25, address, oi, ho, wo, r0, c0,
+                               g, s, f, code, alpha, beta)
+                    elif kernel == 3:
+                        _tile3s2(plane, 0, wq, phase, wf, ch * 9, address, oi, ho, wo, r0,
+                                 c0, g, s, f, code, alpha, beta)
                     else:
-                        _tile5(plane, 0, wq, wf, ch * 25, address, oi, ho, wo, r0, c0, g, s,
-                               f, code, alpha, beta)
+                        _tile5s2(plane, 0, wq, phase, wf, ch * 25, address, oi, ho, wo, r0,
+                                 c0, g, s, f, code, alpha, beta)
     keep(padded)
 
 
@@ -268,15 +388,18 @@ def applies(x, w, stride, dilation, pads, groups) -> bool:
     o, cg, kh, kw = w.shape
     if not (DEPTHWISE and pointwise.CHOSEN_HERE and x.dtype == np.float32 and cg == 1
             and o == c and groups == c and kh == kw and kh in WIDEST
-            and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and usable(x, w)):
+            and tuple(stride) in ((1, 1), (2, 2)) and tuple(dilation) == (1, 1)
+            and usable(x, w)):
         return False
+    step = stride[0]
     top, bottom, left, right = pads
-    ho, wo = h + top + bottom - kh + 1, wd + left + right - kw + 1
-    return (0 < wo <= WIDEST[kh] and ho > 0 and max(pads) < kh
-            and top <= kh - 1 and left <= kw - 1)
+    ho = (h + top + bottom - kh) // step + 1
+    wo = (wd + left + right - kw) // step + 1
+    widest = WIDEST[kh] if step == 1 else WIDEST_2[kh]
+    return 0 < wo <= widest and ho > 0 and max(pads) < kh
 
 
-def depthwise_conv2d(x, w, b, scale, act, out, pads, gate=None) -> bool:
+def depthwise_conv2d(x, w, b, scale, act, out, pads, gate=None, stride=1) -> bool:
     """``out (N, C, Ho, Wo)`` = the depthwise convolution of ``x (N, C, H, W)`` by ``w (C,
     1, K, K)`` at stride 1 with ``pads`` (top, bottom, left, right), times ``scale``, plus
     ``b``, through ``act``, times ``gate`` (``(N, C)``). Returns False (nothing written)
@@ -295,7 +418,7 @@ def depthwise_conv2d(x, w, b, scale, act, out, pads, gate=None) -> bool:
              dummy if scale is None else scale, dummy if b is None else b,
              scale is not None, b is not None,
              dummy.reshape(1, 1) if gate is None else gate, gate is not None,
-             code, np.float32(alpha), np.float32(beta), pads[0], pads[2], block,
+             code, np.float32(alpha), np.float32(beta), stride, pads[0], pads[2], block,
              values=out.size * w.shape[2] * w.shape[3])
     if into is not out:
         out[...] = into

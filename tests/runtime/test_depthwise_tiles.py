@@ -36,9 +36,9 @@ def _inputs(rng, n, c, h, w, k):
     return x, wt
 
 
-def _expected(x, w, pads, b=None, scale=None, act=None, gate=None):
+def _expected(x, w, pads, b=None, scale=None, act=None, gate=None, stride=1):
     z = reference_conv2d(x.astype(np.float64), w.astype(np.float64), pad=pads,
-                         groups=x.shape[1])
+                         groups=x.shape[1], stride=stride)
     if scale is not None:
         z = z * scale[:, None, None]
     if b is not None:
@@ -47,15 +47,16 @@ def _expected(x, w, pads, b=None, scale=None, act=None, gate=None):
     return y if gate is None else y * gate[:, :, None, None]
 
 
-def _run(x, w, pads, b=None, scale=None, act=None, gate=None, out=None):
+def _run(x, w, pads, b=None, scale=None, act=None, gate=None, out=None, stride=1):
     k = w.shape[2]
-    ho = x.shape[2] + pads[0] + pads[1] - k + 1
-    wo = x.shape[3] + pads[2] + pads[3] - k + 1
-    assert depthwise.applies(x, w, (1, 1), (1, 1), pads, x.shape[1])
+    ho = (x.shape[2] + pads[0] + pads[1] - k) // stride + 1
+    wo = (x.shape[3] + pads[2] + pads[3] - k) // stride + 1
+    assert depthwise.applies(x, w, (stride, stride), (1, 1), pads, x.shape[1])
     if out is None:
         out = np.full((x.shape[0], x.shape[1], ho, wo), np.nan, dtype=np.float32)
     assert depthwise.depthwise_conv2d(x, w, b, scale, act, out, pads,
-                                      None if gate is None else np.ascontiguousarray(gate))
+                                      None if gate is None else np.ascontiguousarray(gate),
+                                      stride)
     return out
 
 
@@ -67,19 +68,21 @@ SIZES = [(1, 1), (2, 3), (3, 3), (5, 6), (7, 7), (8, 8), (9, 13), (14, 14), (16,
          (17, 9), (28, 28)]
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("k", [3, 5])
-@pytest.mark.parametrize("pads", ["same", "none", "one-sided"])
-def test_sizes_and_pads_match_the_reference(k, pads):
+@pytest.mark.parametrize("pads", ["same", "none", "one-sided", "odd"])
+def test_sizes_and_pads_match_the_reference(stride, k, pads):
     rng = np.random.default_rng(0)
-    for i, (h, w) in enumerate(SIZES):
-        p = {"same": (k // 2,) * 4, "none": (0, 0, 0, 0),
-             "one-sided": (k - 1, 0, 0, k - 1)}[pads]
-        if h + p[0] + p[1] < k or w + p[2] + p[3] < k or w + p[2] + p[3] - k + 1 > 28:
+    for i, (h, w) in enumerate(SIZES + [(31, 30), (57, 56)]):
+        p = {"same": (k // 2,) * 4, "none": (0, 0, 0, 0), "one-sided": (k - 1, 0, 0, k - 1),
+             "odd": (1, 2, 2, 1)}[pads]
+        if h + p[0] + p[1] < k or w + p[2] + p[3] < k:
             continue
-        if w + p[2] + p[3] - k + 1 > depthwise.WIDEST[k]:
+        widest = (depthwise.WIDEST if stride == 1 else depthwise.WIDEST_2)[k]
+        if (w + p[2] + p[3] - k) // stride + 1 > widest:
             continue
         x, wt = _inputs(rng, 1 + i % 3, 1 + (3 * i) % 7, h, w, k)
-        _close(_run(x, wt, p), _expected(x, wt, p))
+        _close(_run(x, wt, p, stride=stride), _expected(x, wt, p, stride=stride))
 
 
 @pytest.mark.parametrize("act", ACTS, ids=str)
@@ -97,12 +100,13 @@ def test_every_epilogue_matches_the_reference(act):
 
 def test_it_agrees_with_the_direct_kernel_through_conv2d():
     rng = np.random.default_rng(2)
-    for n, c, size, k in [(4, 32, 7, 3), (2, 24, 14, 5), (2, 16, 28, 3)]:
+    for n, c, size, k, stride in [(4, 32, 7, 3, 1), (2, 24, 14, 5, 1), (2, 16, 28, 3, 1),
+                                  (2, 8, 56, 3, 2), (2, 12, 28, 5, 2)]:
         x, wt = _inputs(rng, n, c, size, size, k)
         b = rng.standard_normal(c).astype(np.float32)
-        ours = conv2d(x, wt, b, pad=k // 2, groups=c, act="relu6")
+        ours = conv2d(x, wt, b, stride=stride, pad=k // 2, groups=c, act="relu6")
         depthwise.DEPTHWISE = False
-        direct = conv2d(x, wt, b, pad=k // 2, groups=c, act="relu6")
+        direct = conv2d(x, wt, b, stride=stride, pad=k // 2, groups=c, act="relu6")
         depthwise.DEPTHWISE = True
         np.testing.assert_allclose(ours, direct, rtol=1e-5, atol=1e-5)
 
@@ -139,7 +143,8 @@ def test_refusals(monkeypatch):
     rng = np.random.default_rng(6)
     x, wt = _inputs(rng, 1, 4, 7, 7, 3)
     ones = (1, 1, 1, 1)
-    assert not depthwise.applies(x, wt, (2, 2), (1, 1), ones, 4)  # stride
+    assert not depthwise.applies(x, wt, (3, 3), (1, 1), ones, 4)  # stride
+    assert not depthwise.applies(x, wt, (1, 2), (1, 1), ones, 4)
     assert not depthwise.applies(x, wt, (1, 1), (2, 2), ones, 4)  # dilation
     assert not depthwise.applies(x.astype(np.float64), wt.astype(np.float64), (1, 1), (1, 1),
                                  ones, 4)
@@ -158,12 +163,14 @@ def test_nothing_is_written_past_the_output():
     # planes narrower than a vector: a row's vector would run past the plane, the last
     # plane's past the array
     rng = np.random.default_rng(7)
-    for n, c, h, w, k in [(2, 3, 2, 3, 3), (1, 2, 1, 1, 3), (3, 5, 4, 5, 5), (2, 2, 6, 7, 3)]:
+    for n, c, h, w, k, stride in [(2, 3, 2, 3, 3, 1), (1, 2, 1, 1, 3, 1), (3, 5, 4, 5, 5, 1),
+                                  (2, 2, 6, 7, 3, 1), (2, 3, 5, 6, 3, 2), (2, 2, 13, 9, 5, 2)]:
         x, wt = _inputs(rng, n, c, h, w, k)
         pads = (k // 2,) * 4
-        size = n * c * h * w
+        ho, wo = (h + 2 * (k // 2) - k) // stride + 1, (w + 2 * (k // 2) - k) // stride + 1
+        size = n * c * ho * wo
         buf = np.full(size + 64, np.nan, dtype=np.float32)
-        out = buf[:size].reshape(n, c, h, w)
-        _run(x, wt, pads, act="relu", out=out)
-        _close(out, _expected(x, wt, pads, act="relu"))
+        out = buf[:size].reshape(n, c, ho, wo)
+        _run(x, wt, pads, act="relu", out=out, stride=stride)
+        _close(out, _expected(x, wt, pads, act="relu", stride=stride))
         assert np.isnan(buf[size:]).all()
