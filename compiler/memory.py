@@ -79,6 +79,9 @@ class Exec:
     act_params: list[str] = field(default_factory=list)  # prelu slopes of a fused epilogue
     scales: list[list[str]] = field(default_factory=list)  # scale layers' keys folded in
     gate: str | None = None  # a per-channel gate multiplied in last (also the last input)
+    # a per-channel gate multiplied into the input (a squeeze-and-excitation ``mul`` before
+    # a 1x1 convolution); an input too, before ``gate``
+    in_gate: str | None = None
     skip: bool = False  # an alias: nothing to compute
     in_place: int | None = None  # which input's storage the output overwrites
     fused: list[str] = field(default_factory=list)  # names of the steps merged into this one
@@ -111,7 +114,7 @@ def plan_memory(plan: Plan, fuse: bool = True) -> ExecPlan:
     if fuse:
         shape_of = dict(plan.inputs)
         shape_of.update((st.name, tuple(st.shape)) for st in plan.steps)
-        execs = _fuse(execs, outputs, shape_of)
+        execs = _fuse(execs, outputs, shape_of, plan.params)
 
     tensors: dict[str, Tensor] = {}
     for name, shape in plan.inputs.items():
@@ -205,8 +208,42 @@ def _gate_input(e: Exec, by_out: dict, shape_of: dict, position: dict):
     return None
 
 
-def _fuse(execs: list[Exec], outputs: set, shape_of: dict) -> list[Exec]:
-    """Fold batchnorms, activations, scales and gates into the conv or dense before them."""
+def _input_gate(e: Exec, readers: dict, by_out: dict, shape_of: dict, outputs: set,
+                param_shapes: dict):
+    """``(map, gate, conv)`` of a ``mul`` whose one reader is a 1x1, stride-1, unpadded,
+    ungrouped convolution that can multiply the gate into its input as it reads it (a
+    squeeze-and-excitation block's ``mul`` before its projection), else None."""
+    if len(e.inputs) != 2 or e.inputs[0] == e.inputs[1] or e.out in outputs:
+        return None
+    reader = readers.get(e.out)
+    conv = by_out.get(reader[0]) if reader and len(reader) == 1 else None
+    if (conv is None or conv.op is not Op.CONV2D or conv.in_gate is not None
+            or conv.inputs.count(e.out) != 1 or conv.inputs[0] != e.out):
+        return None
+    a = conv.attrs
+    weight = param_shapes.get(conv.params[0]) if conv.params else None
+    if (weight is None or tuple(weight[2:]) != (1, 1) or a.get("groups", 1) != 1
+            or any(v != 1 for v in _pair(a.get("stride", 1)))
+            or any(v != 0 for v in _pair(a.get("pad", 0)))):
+        return None
+    for m, g in (e.inputs, e.inputs[::-1]):
+        shape = shape_of.get(g)
+        if (shape_of.get(m) != shape_of[e.out] or shape is None
+                or len(shape) != len(shape_of[m]) or shape[0] not in (1, shape_of[m][0])
+                or any(d != 1 for d in shape[1:])):
+            continue
+        return m, g, conv
+    return None
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+
+
+def _fuse(execs: list[Exec], outputs: set, shape_of: dict,
+          param_shapes: dict | None = None) -> list[Exec]:
+    """Fold batchnorms, activations, scales and gates into the conv or dense before them,
+    and a gate into the input of the 1x1 convolution after it."""
     readers = _readers(execs)
     by_out = {e.out: e for e in execs}
     position = {id(e): i for i, e in enumerate(execs)}
@@ -218,12 +255,13 @@ def _fuse(execs: list[Exec], outputs: set, shape_of: dict) -> list[Exec]:
         gate = None
         if e.op is Op.MUL:
             pair = _gate_input(e, by_out, shape_of, position)
-            if pair is None:
-                continue
-            first, gate = pair
+            first, gate = pair if pair is not None else (None, None)
         src = by_out.get(first)
         if (src is None or src.op not in _GEMM or src.out in outputs
                 or readers.get(src.out) != [e.out] or src.gate is not None):
+            if e.op is Op.MUL and _into_next(e, readers, by_out, shape_of, outputs,
+                                             param_shapes or {}):
+                dropped.add(id(e))
             continue
         if e.op is not Op.MUL and src.attrs.get("act") is not None:
             continue
@@ -248,6 +286,25 @@ def _fuse(execs: list[Exec], outputs: set, shape_of: dict) -> list[Exec]:
         by_out[e.out] = src
         dropped.add(id(e))
     return [e for e in execs if id(e) not in dropped]
+
+
+def _into_next(e: Exec, readers: dict, by_out: dict, shape_of: dict, outputs: set,
+               param_shapes: dict) -> bool:
+    """Move the ``mul`` ``e`` into the input of the convolution after it (`_input_gate`),
+    if it can be; whether it was."""
+    found = _input_gate(e, readers, by_out, shape_of, outputs, param_shapes)
+    if found is None:
+        return False
+    m, g, conv = found
+    conv.inputs[0] = m
+    conv.inputs.insert(len(conv.inputs) - (conv.gate is not None), g)
+    conv.in_gate = g
+    conv.fused.append(e.step.name)
+    for name in (m, g):
+        readers[name] = [conv.out if r == e.out else r for r in readers.get(name, [])]
+    del readers[e.out]
+    del by_out[e.out]
+    return True
 
 
 def _root(tensors: dict, name: str) -> str:

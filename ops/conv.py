@@ -446,7 +446,7 @@ def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp, scale=N
 
 
 def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None,
-           scale=None, gate=None):
+           scale=None, gate=None, in_gate=None):
     """Convolve ``x (N, C, H, W)`` with ``w (O, C/groups, kh, kw)``; returns ``(N, O, Ho, Wo)``.
 
     ``pad`` is ``p``, ``(ph, pw)`` or ``(top, bottom, left, right)``; ``stride`` and
@@ -457,7 +457,9 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     ``scale`` (``(O,)``) multiplies each output channel before the bias is added: a
     batchnorm folded in at inference without a scaled copy of the weights. ``gate``
     (``(N, O or 1, 1, 1)``) multiplies each image's output channels after the activation:
-    a squeeze-and-excitation ``mul`` the memory plan fused in.
+    a squeeze-and-excitation ``mul`` the memory plan fused in. ``in_gate`` (``(N, C or 1,
+    1, 1)``) multiplies each image's input channels first: the ``mul`` before a 1x1
+    convolution, which the compiled 1x1 kernel applies as it reads its input.
     """
     xp = get_array_module(x, w)
     dtype = float_dtype(xp, x, w)
@@ -475,6 +477,16 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     og = o // groups
     spatial = ho * wo
     gate = _gate_of(gate, n, o, dtype, xp)
+    in_gate = _gate_of(in_gate, n, c, dtype, xp, "conv2d (in_gate)")
+    tiles = None  # ops/pointwise.py where it takes this 1x1 convolution
+    if groups == 1 and kh == kw == sh == sw == 1 and max(pads) == 0:
+        from . import pointwise as tiles  # the product and its epilogue in one pass
+
+        if not tiles.applies(x, w, dtype):
+            tiles = None
+    if in_gate is not None and tiles is None:
+        x = x * in_gate[:, :, None, None]  # a kernel that cannot take it: the product first
+        in_gate = None
     if (groups > 1 and cg == 1) or (groups == 1 and c <= DIRECT_CHANNELS and kw in (3, 5)):
         fast = _compiled(x, w, b, scale, out, gate)
         if fast is not None:  # depthwise, or a stem: a direct compiled loop, no GEMM
@@ -505,15 +517,14 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
                 _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
             if winograd.winograd_conv2d(x, w, b, scale, act, target, pads, gate):
                 return target
-    if groups == 1 and kh == kw == sh == sw == 1 and max(pads) == 0:
-        from . import pointwise  # the product and its epilogue in one pass, no packed copies
-
-        if pointwise.applies(x, w, dtype):
-            target = xp.empty((n, o, ho, wo), dtype=dtype) if out is None else out
-            if out is not None:
-                _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
-            if pointwise.pointwise_conv2d(x, w, b, scale, act, target, gate):
-                return target
+    if tiles is not None:
+        target = xp.empty((n, o, ho, wo), dtype=dtype) if out is None else out
+        if out is not None:
+            _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
+        if tiles.pointwise_conv2d(x, w, b, scale, act, target, gate, in_gate):
+            return target
+        if in_gate is not None:  # refused (an activation it lacks): the product first
+            x = x * in_gate[:, :, None, None]
     if SHIFTED and not (kh == kw == sh == sw == 1 and max(pads) == 0):
         if out is None:
             out = xp.empty((n, o, ho, wo), dtype=dtype)

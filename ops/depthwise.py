@@ -131,14 +131,14 @@ def _make_tile(kernel, rows, stride):
             narrow = builder.icmp_signed(">", builder.add(c0_, const(LANES)), wo_)
             size = builder.mul(ho_, wo_)  # the plane's values
             done = fn.append_basic_block("dw.done")
-            cases = sorted(pointwise._IN_TILE)
+            cases = sorted(pointwise.IN_TILE)
             blocks = [fn.append_basic_block(f"dw.act{case}") for case in cases]
             switch = builder.switch(code_, blocks[0])  # (an unknown code: identity)
             for case, block in zip(cases, blocks):
                 switch.add_case(const(case), block)
                 builder.position_at_end(block)
                 for r in range(rows):
-                    y = pointwise._vector_act(builder, case, ys[r], alpha_, beta_, fma, splat,
+                    y = pointwise.vector_act(builder, case, ys[r], alpha_, beta_, fma, splat,
                                               vec)
                     y = builder.fmul(y, factor)
                     orow = builder.add(r0_, const(r))
@@ -405,7 +405,7 @@ def depthwise_conv2d(x, w, b, scale, act, out, pads, gate=None, stride=1) -> boo
     ``b``, through ``act``, times ``gate`` (``(N, C)``). Returns False (nothing written)
     when the kernel does not take it."""
     code = act_code(act, np.float32)
-    if code is None or code[0] not in pointwise._IN_TILE:
+    if code is None or code[0] not in pointwise.IN_TILE:
         return False
     code, alpha, beta = code
     n, c = x.shape[:2]

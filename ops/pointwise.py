@@ -115,7 +115,7 @@ CHOSEN_HERE = RUNS_HERE and "+avx512f" not in _FEATURES
 # The activations the tile applies itself (``fast.ACT_CODES``: identity, relu, leaky relu,
 # sigmoid, swish, relu6, hardsigmoid, hardswish); RAW: none, the sums stored as they are
 # (an input depth before the last).
-_IN_TILE = frozenset({0, 1, 2, 6, 9, 10, 11, 12})
+IN_TILE = frozenset({0, 1, 2, 6, 9, 10, 11, 12})
 RAW = -1
 
 
@@ -150,7 +150,7 @@ def _vector_exp(builder, v, fma, vec):
     return builder.select(builder.fcmp_ordered(">", v, k(88.72283)), k(float("inf")), e)
 
 
-def _vector_act(builder, code, y, alpha, beta, fma, splat, vec):
+def vector_act(builder, code, y, alpha, beta, fma, splat, vec):
     """The activation ``code`` on a vector ``y``, as ``fast.finish_row`` computes it."""
     from llvmlite import ir
 
@@ -305,7 +305,7 @@ if numba is not None:
             builder.position_at_end(done)
             # the activation's code where ``last``, else RAW: the sums stored as they are
             chosen = builder.select(last_, code_, const(RAW))
-            cases = [RAW] + sorted(_IN_TILE)
+            cases = [RAW] + sorted(IN_TILE)
             for i in range(MR):
                 _, after = row_guard(i, "row")
                 gain = splat(builder.load(builder.gep(pg, [const(i)])))
@@ -318,7 +318,7 @@ if numba is not None:
                     builder.position_at_end(block)
                     for v in range(NV):
                         y = (new[i][v] if case == RAW else
-                             _vector_act(builder, case, ys[v], alpha_, beta_, fma, splat, vec))
+                             vector_act(builder, case, ys[v], alpha_, beta_, fma, splat, vec))
                         builder.store(y, vector_at(builder.gep(row_at[i], [const(v * LANES)])),
                                       align=4)
                     builder.branch(after)
@@ -344,18 +344,20 @@ def _pack_weights(w, packed):
 
 @jit()
 def _pointwise(start, stop, packed, x, out, gain, shift, act, alpha, beta, post, code, k, gate,
-               has_gate, per_block, blocks, depth, by_strip, group):
+               has_gate, in_gate, has_in_gate, per_block, blocks, depth, by_strip, group):
     """Column blocks ``start .. stop - 1`` of ``blocks`` (see ``pointwise_conv2d``):
     ``out (N, O, HW)`` from ``x (N, C, HW)``, both with contiguous rows, ``depth`` input
     channels at a time. ``by_strip``: the input block packed strip by strip (else row by
     row); ``group``: panels of weights (``MR`` output channels each) taken together, each
     strip of the block meeting every panel of a group in turn. ``post``: the activation ``code`` (constants ``k``) and the gate
-    are applied after the tiles, on each row of the block."""
+    are applied after the tiles, on each row of the block. ``in_gate`` (``(N, C)``, where
+    ``has_in_gate``) multiplies the input as it is packed."""
     n, c, hw = x.shape
     o = out.shape[1]
     panels = (o + MR - 1) // MR
     cols = n * hw
     on, oc = out.strides[0] // 4, out.strides[1] // 4
+    one = np.float32(1.0)
     width_max = per_block + NR
     most = width_max // NR + 1  # strips in a block
     starts = np.empty(most, dtype=np.int64)
@@ -370,6 +372,7 @@ def _pointwise(start, stop, packed, x, out, gain, shift, act, alpha, beta, post,
     out_data, tmp_data = out.ctypes.data, scratch.ctypes.data  # (the tile's stores)
     x, out, packed = borrow(x), borrow(out), borrow(packed)
     gain, shift, gate, k = borrow(gain), borrow(shift), borrow(gate), borrow(k)
+    in_gate = borrow(in_gate)
     for block in range(start, stop):
         c0 = block * per_block
         c1 = cols if block == blocks - 1 else c0 + per_block
@@ -393,20 +396,22 @@ def _pointwise(start, stop, packed, x, out, gain, shift, act, alpha, beta, post,
                         img = images[t]
                         p = starts[t] - img * hw
                         dst = buf[(t * kn + ch) * NR:(t * kn + ch + 1) * NR]
+                        g = in_gate[img, k0 + ch] if has_in_gate else one
                         if direct[t]:
                             src = x[img, k0 + ch, p:p + NR]
                             for q in range(NR):
-                                dst[q] = src[q]
+                                dst[q] = src[q] * g
                         else:  # across two images at most (hw >= NR here); the columns
                             # past the block are left as they are: their sums are dropped
                             valid = min(NR, c1 - starts[t])
                             part = min(hw - p, valid)
                             src = x[img, k0 + ch, p:p + part]
                             for q in range(part):
-                                dst[q] = src[q]
+                                dst[q] = src[q] * g
+                            g = in_gate[img + 1, k0 + ch] if has_in_gate else one
                             src = x[img + 1, k0 + ch, 0:valid - part]
                             for q in range(valid - part):
-                                dst[part + q] = src[q]
+                                dst[part + q] = src[q] * g
             else:
                 # the block's columns of input channel k0 + ch at buf[ch*width:][:width]
                 col = c0
@@ -417,8 +422,9 @@ def _pointwise(start, stop, packed, x, out, gain, shift, act, alpha, beta, post,
                     for ch in range(kn):
                         src = x[img, k0 + ch, p:p + run]
                         dst = buf[ch * width + col - c0:ch * width + col - c0 + run]
+                        g = in_gate[img, k0 + ch] if has_in_gate else one
                         for q in range(run):
-                            dst[q] = src[q]
+                            dst[q] = src[q] * g
                     col += run
             more = k0 > 0
             last = k0 + kn == c
@@ -486,8 +492,9 @@ def applies(x, w, dtype) -> bool:
             and usable(x, w))
 
 
-def pointwise_conv2d(x, w, b, scale, act, out, gate=None) -> bool:
-    """``out (N, O, H, W)`` (rows contiguous) = the 1x1 convolution of ``x (N, C, H, W)`` by
+def pointwise_conv2d(x, w, b, scale, act, out, gate=None, in_gate=None) -> bool:
+    """``out (N, O, H, W)`` (rows contiguous) = the 1x1 convolution of ``x (N, C, H, W)``
+    (each image's channels times ``in_gate``, ``(N, C)`` or None, as they are packed) by
     ``w (O, C, 1, 1)``, times ``scale``, plus ``b`` (``(O,)`` or None), through ``act`` and
     times ``gate`` (``(N, O)`` or None). Returns False (nothing written) when the kernel
     does not take it: the caller runs its GEMM."""
@@ -510,7 +517,7 @@ def pointwise_conv2d(x, w, b, scale, act, out, gate=None) -> bool:
     shift = np.zeros(o, np.float32) if b is None else np.ascontiguousarray(b)
     # the tile applies the activation where it has it; the rest, and a gate (after the
     # activation), in a pass over each block's rows
-    act, code = (code, 0) if code in _IN_TILE else (0, code)
+    act, code = (code, 0) if code in IN_TILE else (0, code)
     post = gate is not None or code != 0
     cols = n * hw
     if NR <= hw <= SMALL_MAP and o > SMALL_MAP_CHANNELS:
@@ -536,6 +543,7 @@ def pointwise_conv2d(x, w, b, scale, act, out, gate=None) -> bool:
              np.float32(beta),
              post, code, constants(np.float32, alpha, beta),
              np.zeros((1, 1), np.float32) if gate is None else gate, gate is not None,
+             np.ones((1, 1), np.float32) if in_gate is None else in_gate, in_gate is not None,
              per_block, blocks, depth, by_strip, group, values=cols * o * c)
     return True
 

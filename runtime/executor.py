@@ -234,9 +234,11 @@ class Executor:
                 continue
             out = get(e.out)
             xs = [values[i] if i in values else get(i) for i in e.inputs]
-            gate = None
+            gate = in_gate = None
             if e.gate is not None:  # (N, C or 1, 1...): a per-image, per-channel factor
                 gate = xs.pop()
+            if e.in_gate is not None:  # the same, multiplied into the input
+                in_gate = xs.pop()
             if e.op is Op.CONCAT:
                 offset = 0
                 for name, x in zip(e.inputs, xs):
@@ -263,6 +265,11 @@ class Executor:
             if gate is not None and e.op in self.accepts_gate:
                 attrs = dict(attrs, gate=gate)
                 gate = None
+            if in_gate is not None:
+                if e.op in self.accepts_gate:
+                    attrs = dict(attrs, in_gate=in_gate)
+                else:  # a kernel without ``in_gate=``: the product before it
+                    xs[0] = xs[0] * in_gate
             try:
                 if e.op in self.accepts_out:
                     kernel(*xs, *ps, out=out, **attrs)

@@ -161,3 +161,78 @@ def test_convnext_folds_every_layer_scale():
     eplan = plan_memory(cnnc.compile(path).plan)
     assert sum(len(e.scales) for e in eplan.execs) == 18
     assert not [e for e in eplan.execs if e.op is Op.SCALE]
+
+
+INPUT_GATED = [
+    # squeeze-and-excitation: the map read by the pool and the mul, the product by a 1x1
+    "a = x -> conv(8, 3, pad=1) -> relu\n"
+    "g = a -> global_avgpool -> conv(2, 1) -> relu -> conv(8, 1) -> sigmoid\n"
+    "output y = mul(a, g) -> conv(6, 1, bias=false) -> batchnorm\n",
+    # the gate first in the mul, one value for every channel, an activation after
+    "a = x -> conv(5, 3, pad=1)\ng = x -> global_avgpool -> conv(1, 1) -> sigmoid\n"
+    "output y = mul(g, a) -> conv(7, 1) -> relu\n",
+]
+
+
+@pytest.mark.parametrize("body", INPUT_GATED)
+def test_a_gate_before_a_1x1_convolution_joins_its_input(body):
+    eplan = _plan(body)
+    assert not [e for e in eplan.execs if e.op is Op.MUL]
+    [conv] = [e for e in eplan.execs if e.in_gate is not None]
+    assert conv.op is Op.CONV2D and conv.inputs[-1] == conv.in_gate
+    _check_runs(body)
+
+
+def test_a_gate_in_and_a_gate_out_of_one_convolution():
+    body = ("a = x -> conv(8, 3, pad=1)\ng = a -> global_avgpool -> conv(8, 1) -> sigmoid\n"
+            "h = x -> global_avgpool -> conv(6, 1) -> sigmoid\n"
+            "b = mul(a, g) -> conv(6, 1)\noutput y = mul(b, h)\n")
+    eplan = _plan(body)
+    [conv] = [e for e in eplan.execs if e.in_gate is not None]
+    assert conv.gate is not None and conv.inputs[-2:] == [conv.in_gate, conv.gate]
+    _check_runs(body)
+
+
+@pytest.mark.parametrize("body", [
+    # a 3x3 convolution after the product
+    "a = x -> conv(8, 3, pad=1)\ng = a -> global_avgpool -> conv(8, 1) -> sigmoid\n"
+    "output y = mul(a, g) -> conv(4, 3, pad=1)\n",
+    # a strided 1x1
+    "a = x -> conv(8, 3, pad=1)\ng = a -> global_avgpool -> conv(8, 1) -> sigmoid\n"
+    "output y = mul(a, g) -> conv(4, 1, stride=2)\n",
+    # the product read twice
+    "a = x -> conv(8, 3, pad=1)\ng = a -> global_avgpool -> conv(8, 1) -> sigmoid\n"
+    "m = mul(a, g)\nb = m -> conv(8, 1)\noutput y = add(m, b)\n",
+])
+def test_a_gate_that_cannot_join_the_next_input_stays_a_step(body):
+    eplan = _plan(body)
+    assert [e for e in eplan.execs if e.op is Op.MUL]
+    assert all(e.in_gate is None for e in eplan.execs)
+    _check_runs(body)
+
+
+def test_efficientnet_multiplies_every_squeeze_and_excitation_into_its_projection():
+    import os
+
+    path = os.path.join(os.path.dirname(cnnc.__file__), "examples", "efficientnet_b0.cnn")
+    eplan = plan_memory(cnnc.compile(path).plan)
+    assert not [e for e in eplan.execs if e.op is Op.MUL]
+    assert sum(e.in_gate is not None for e in eplan.execs) == 16
+
+
+def test_an_input_gate_in_float32_matches_the_interpreter():
+    """float32: the compiled 1x1 kernel multiplies the gate in as it packs its input."""
+    body = INPUT_GATED[0]
+    model = cnnc.compile(HEAD + body).build(backend="numpy", dtype="float32", seed=3)
+    x = np.random.default_rng(1).standard_normal((5, 4, 7, 6)).astype(np.float32)
+    want = model.interpret(x.astype(np.float64))
+    np.testing.assert_allclose(model(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_an_input_gate_for_a_kernel_without_it():
+    """A backend whose convolutions take no gates (CuPy's): the executor multiplies the
+    input first."""
+    model = cnnc.compile(HEAD + INPUT_GATED[0]).build(backend="numpy", dtype="float64", seed=3)
+    x = np.random.default_rng(2).standard_normal((3, 4, 7, 6))
+    model.executor.accepts_gate = frozenset()
+    np.testing.assert_allclose(model(x), model.interpret(x), rtol=1e-11, atol=1e-12)
