@@ -23,10 +23,11 @@ the compiled epilogue) and PyTorch's conv2d with its activation, timed in turns,
     python benchmarks/bench_kernels.py --pointwise --threads 1
 
 ``--depthwise`` times MobileNet V1's 13 depthwise 3x3 convolutions (with batchnorm folded
-as a scale, bias and ReLU), forward and backward: the compiled kernels (``ops/fast.py``),
-the NumPy-API kernels they replace (``CNNC_FAST`` off), and PyTorch, all at one thread
-(``--threads``), best of ``--repeat`` (the best time is the one least disturbed on a shared
-machine).
+as a scale, bias and ReLU), forward and backward: the compiled kernels (``ops/fast.py``, and
+the tiles of ``ops/depthwise.py`` where they apply; ``fwd direct``: ``ops/fast.py``'s
+direct kernel alone), the NumPy-API kernels they replace (``CNNC_FAST`` off), and PyTorch,
+all at one thread (``--threads``), best of ``--repeat`` (the best time is the one least
+disturbed on a shared machine).
 
 NumPy's OpenBLAS picks its GEMM kernels by CPU type; on AVX-512 machines it may not
 recognise (such as recent AMD EPYC) it falls back to Haswell kernels, and setting
@@ -68,6 +69,21 @@ def best_time(fn, repeat):
     return min(times)
 
 
+def best_in_turns(fns, repeat):
+    """The best time of each of ``fns``, run in turns (each first in a turn as often as the
+    others), after one warm-up each."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for turn in range(repeat):
+        for j in range(len(fns)):
+            i = (turn + j) % len(fns)
+            start = time.perf_counter()
+            fns[i]()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
 def torch_conv_relu(torch, x, weight, bias, stride, pad):
     with torch.no_grad():
         return torch.relu(torch.nn.functional.conv2d(x, weight, bias, stride, pad))
@@ -80,7 +96,7 @@ DEPTHWISE = [(32, 112, 1), (64, 112, 2), (128, 56, 1), (128, 56, 2), (256, 28, 1
 
 
 def depthwise(args, torch):
-    from cnnc.ops import conv, fast
+    from cnnc.ops import conv, depthwise as tiles, fast
     from cnnc.runtime import threads
 
     threads.set_threads(args.threads)
@@ -89,9 +105,9 @@ def depthwise(args, torch):
     print(f"MobileNet V1 depthwise 3x3, batch {args.batch}, float32, {args.threads} thread(s), "
           f"best of {args.repeat}; compiled kernels {'on' if fast.ENABLED else 'OFF'}")
     print(f"{'layer':<16} {'fwd fast':>9} {'fwd numpy':>10} {'fwd torch':>10} "
-          f"{'bwd fast':>9} {'bwd numpy':>10} {'bwd torch':>10}  ms")
+          f"{'bwd fast':>9} {'bwd numpy':>10} {'bwd torch':>10} {'fwd direct':>10}  ms")
     rng = np.random.default_rng(0)
-    totals = np.zeros(6)
+    totals = np.zeros(7)
     for c, size, s in DEPTHWISE:
         x = rng.standard_normal((args.batch, c, size, size), dtype=np.float32)
         w = rng.standard_normal((c, 1, 3, 3), dtype=np.float32)
@@ -133,8 +149,21 @@ def depthwise(args, torch):
             row += [best_time(torch_forward, args.repeat), best_time(torch_backward, args.repeat)]
         else:
             row += [float("nan")] * 2
+        def forward_with(on):  # the tiles on, or the direct kernel of ops/fast.py alone
+            def run():
+                tiles.DEPTHWISE = on
+                try:
+                    with threads.limit():
+                        return conv.conv2d(x, w, b, act="relu", scale=g, **attrs)
+                finally:
+                    tiles.DEPTHWISE = True
+            return run
+
+        # the two compiled forwards again, in turns (a shared machine's speed drifts)
+        row[0], fwd_direct = best_in_turns([forward_with(True), forward_with(False)],
+                                           args.repeat)
         fwd_fast, bwd_fast, fwd_np, bwd_np, fwd_t, bwd_t = row
-        cells = [fwd_fast, fwd_np, fwd_t, bwd_fast, bwd_np, bwd_t]
+        cells = [fwd_fast, fwd_np, fwd_t, bwd_fast, bwd_np, bwd_t, fwd_direct]
         totals += cells
         print(f"{c:>4}x{size:<3} s{s:<7} " + " ".join(f"{v * 1e3:9.2f} " for v in cells))
     print(f"{'total':<16} " + " ".join(f"{v * 1e3:9.2f} " for v in totals))
@@ -296,15 +325,7 @@ def pointwise_layers(args, torch):
             runs = [ours(True), ours(False)]
             if torch is not None:
                 runs.append(_torch_pointwise(torch, x, w, b, attrs))
-            for run in runs:
-                run()
-            best = [float("inf")] * len(runs)
-            for turn in range(args.repeat):
-                for j in range(len(runs)):  # each first in turn: none always after another
-                    i = (turn + j) % len(runs)
-                    started = time.perf_counter()
-                    runs[i]()
-                    best[i] = min(best[i], time.perf_counter() - started)
+            best = best_in_turns(runs, args.repeat)
             per = [t * 1e3 / args.batch for t in best] + [float("nan")] * (3 - len(best))
             for i in range(3):
                 totals[i] += per[i] * count
