@@ -105,16 +105,18 @@ class ExecPlan:
         return sum(self.slots) + fresh
 
 
-def plan_memory(plan: Plan, fuse: bool = True) -> ExecPlan:
+def plan_memory(plan: Plan, fuse: bool = True, input_gates: bool = True) -> ExecPlan:
     """The inference schedule and memory plan of ``plan``; ``fuse=False`` keeps every step
-    as it is (still with aliases, concat slices, in-place ops and reuse)."""
+    as it is (still with aliases, concat slices, in-place ops and reuse);
+    ``input_gates=False`` keeps a gate before a 1x1 convolution a step of its own (for
+    kernels that cannot multiply it in as they read: the CuPy backend's)."""
     outputs = set(plan.outputs.values())
     execs = [Exec(s, s.op, list(s.inputs), s.name, list(s.params), dict(s.attrs))
              for s in plan.steps]
     if fuse:
         shape_of = dict(plan.inputs)
         shape_of.update((st.name, tuple(st.shape)) for st in plan.steps)
-        execs = _fuse(execs, outputs, shape_of, plan.params)
+        execs = _fuse(execs, outputs, shape_of, plan.params if input_gates else None)
 
     tensors: dict[str, Tensor] = {}
     for name, shape in plan.inputs.items():
@@ -243,7 +245,8 @@ def _pair(v) -> tuple:
 def _fuse(execs: list[Exec], outputs: set, shape_of: dict,
           param_shapes: dict | None = None) -> list[Exec]:
     """Fold batchnorms, activations, scales and gates into the conv or dense before them,
-    and a gate into the input of the 1x1 convolution after it."""
+    and (given the parameters' shapes) a gate into the input of the 1x1 convolution after
+    it."""
     readers = _readers(execs)
     by_out = {e.out: e for e in execs}
     position = {id(e): i for i, e in enumerate(execs)}
@@ -259,8 +262,8 @@ def _fuse(execs: list[Exec], outputs: set, shape_of: dict,
         src = by_out.get(first)
         if (src is None or src.op not in _GEMM or src.out in outputs
                 or readers.get(src.out) != [e.out] or src.gate is not None):
-            if e.op is Op.MUL and _into_next(e, readers, by_out, shape_of, outputs,
-                                             param_shapes or {}):
+            if (e.op is Op.MUL and param_shapes is not None
+                    and _into_next(e, readers, by_out, shape_of, outputs, param_shapes)):
                 dropped.add(id(e))
             continue
         if e.op is not Op.MUL and src.attrs.get("act") is not None:

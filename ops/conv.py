@@ -334,16 +334,17 @@ def _epilogue_(slab, b, act, scale=None, gate=None, fast=None):
         slab *= gate[:, :, None]
 
 
-def _gate_of(gate, n, o, dtype, xp, where="conv2d"):
+def _gate_of(gate, n, o, dtype, xp, where="conv2d", name="gate", side="output"):
     """A fused gate (``(N, O or 1, 1, ...)``: squeeze-and-excitation) as a contiguous
-    ``(N, O)`` array of ``dtype``; None stays None."""
+    ``(N, O)`` array of ``dtype``; None stays None. ``name`` and ``side`` (the output or
+    input channels it multiplies) for the error."""
     if gate is None:
         return None
     gate = xp.asarray(gate, dtype=dtype)
     if (gate.ndim < 2 or gate.shape[0] != n or gate.shape[1] not in (1, o)
             or any(d != 1 for d in gate.shape[2:])):
-        raise ValueError(f"{where}: gate must be [{n}, {o} or 1, 1...] (one factor per image "
-                         f"and output channel), got {list(gate.shape)}")
+        raise ValueError(f"{where}: {name} must be [{n}, {o} or 1, 1...] (one factor per "
+                         f"image and {side} channel), got {list(gate.shape)}")
     gate = xp.ascontiguousarray(xp.broadcast_to(gate.reshape(n, -1), (n, o)))
     # writable always (a read-only one is another type to numba: one more compilation)
     return gate if getattr(gate.flags, "writeable", True) else gate.copy()
@@ -477,15 +478,15 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     og = o // groups
     spatial = ho * wo
     gate = _gate_of(gate, n, o, dtype, xp)
-    in_gate = _gate_of(in_gate, n, c, dtype, xp, "conv2d (in_gate)")
+    in_gate = _gate_of(in_gate, n, c, dtype, xp, name="in_gate", side="input")
     tiles = None  # ops/pointwise.py where it takes this 1x1 convolution
     if groups == 1 and kh == kw == sh == sw == 1 and max(pads) == 0:
         from . import pointwise as tiles  # the product and its epilogue in one pass
 
         if not tiles.applies(x, w, dtype):
             tiles = None
-    if in_gate is not None and tiles is None:
-        x = x * in_gate[:, :, None, None]  # a kernel that cannot take it: the product first
+    if in_gate is not None and not (kh == kw == sh == sw == 1 and max(pads) == 0):
+        x = x * in_gate[:, :, None, None]  # (no plan asks this: the product first)
         in_gate = None
     if (groups > 1 and cg == 1) or (groups == 1 and c <= DIRECT_CHANNELS and kw in (3, 5)):
         fast = _compiled(x, w, b, scale, out, gate)
@@ -523,8 +524,6 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
             _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
         if tiles.pointwise_conv2d(x, w, b, scale, act, target, gate, in_gate):
             return target
-        if in_gate is not None:  # refused (an activation it lacks): the product first
-            x = x * in_gate[:, :, None, None]
     if SHIFTED and not (kh == kw == sh == sw == 1 and max(pads) == 0):
         if out is None:
             out = xp.empty((n, o, ho, wo), dtype=dtype)
@@ -554,7 +553,13 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
         nb = n1 - n0
         slab = out[n0:n1]  # (nb, O, Ho*Wo)
         slab_g = slab.reshape(nb, groups, og, spatial)  # (nb, G, O/G, Ho*Wo)
-        if pointwise:
+        if pointwise and in_gate is not None:
+            # W (g x) = (W g) x: each image's weights scaled by its gate (a weights-sized
+            # temporary per image, where the product would be a map-sized one)
+            for i in range(nb):
+                wi = wg * in_gate[n0 + i].reshape(groups, 1, cg)
+                xp.matmul(wi, xg[n0 + i], out=slab_g[i])
+        elif pointwise:
             xp.matmul(wg, xg[n0:n1], out=slab_g)
         elif nb == 1:
             col = view[n0].reshape(groups, cg * kh * kw, spatial)  # (G, C/G*kh*kw, Ho*Wo)

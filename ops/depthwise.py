@@ -18,8 +18,10 @@ once), then the scale, bias, activation and gate, and a plain store. A row's las
 may run past the row's end: its extra lanes land on the next rows' first columns, which
 are stored later (the tiles go through a plane's columns from the last vector to the
 first, its rows upwards), so only a vector that would run past the plane's end is stored
-narrower (a masked store: on AMD's Zen 3 one costs as much as the tile's arithmetic). Stride 1, dilation 1, one input channel per output channel, float32, the maps
-``applies`` takes (measured: larger maps run faster through ``ops/fast.py``'s runs).
+narrower (a masked store: on AMD's Zen 3 one costs as much as the tile's arithmetic).
+Stride 1 or 2, dilation 1, one input channel per output channel, float32, the maps
+``applies`` takes (measured: at stride 1, maps wider than 28 run as fast or faster through
+``ops/fast.py``'s runs).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import pointwise
-from .fast import act_code, borrow, get_threads, jit, keep, numba, parallel, usable
+from .fast import act_code, borrow, get_threads, jit, keep, numba, usable
 
 LANES = pointwise.LANES
 # Output rows per tile (``R``) by kernel size: 3x3 keeps its nine weights in registers
@@ -104,7 +106,7 @@ def _make_tile(kernel, rows, stride):
             masked_store = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32,
                                                                 lanes]),
-                f"llvm.masked.store.v{LANES}f32.p0")
+                f"llvm.masked.store.v{LANES}f32.{pointwise.POINTER}")
             weights = [splat(builder.load(builder.gep(pw, [const(q)])))
                        for q in range(kernel * kernel)]
             sums = []
@@ -191,7 +193,7 @@ def _make_row_copy():
             ps = builder.gep(context.make_array(t[2])(context, builder, src_).data, [start_])
             masked_load = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32, lanes, vec]),
-                f"llvm.masked.load.v{LANES}f32.p0")
+                f"llvm.masked.load.v{LANES}f32.{pointwise.POINTER}")
             fn = builder.function
             entry = builder.block
             loop = fn.append_basic_block("copy.whole")
@@ -259,7 +261,7 @@ def _make_row_split():
             ps = builder.gep(context.make_array(t[3])(context, builder, src_).data, [start_])
             masked_load = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32, lanes, vec]),
-                f"llvm.masked.load.v{LANES}f32.p0")
+                f"llvm.masked.load.v{LANES}f32.{pointwise.POINTER}")
             zero = ir.Constant(vec, [0.0] * LANES)
             every = ir.Constant(ir.VectorType(i32, LANES), list(range(0, 2 * LANES, 2)))
             other = ir.Constant(ir.VectorType(i32, LANES), list(range(1, 2 * LANES, 2)))
@@ -401,9 +403,9 @@ def applies(x, w, stride, dilation, pads, groups) -> bool:
 
 def depthwise_conv2d(x, w, b, scale, act, out, pads, gate=None, stride=1) -> bool:
     """``out (N, C, Ho, Wo)`` = the depthwise convolution of ``x (N, C, H, W)`` by ``w (C,
-    1, K, K)`` at stride 1 with ``pads`` (top, bottom, left, right), times ``scale``, plus
-    ``b``, through ``act``, times ``gate`` (``(N, C)``). Returns False (nothing written)
-    when the kernel does not take it."""
+    1, K, K)`` at ``stride`` (1 or 2) with ``pads`` (top, bottom, left, right), times
+    ``scale``, plus ``b``, through ``act``, times ``gate`` (``(N, C)``). Returns False
+    (nothing written) when the kernel does not take it."""
     code = act_code(act, np.float32)
     if code is None or code[0] not in pointwise.IN_TILE:
         return False
@@ -414,12 +416,12 @@ def depthwise_conv2d(x, w, b, scale, act, out, pads, gate=None, stride=1) -> boo
     into = out if out.flags.c_contiguous else np.empty(out.shape, dtype=np.float32)
     dummy = np.zeros(1, dtype=np.float32)
     block = max(1, min(16, (n * c) // (4 * max(1, get_threads()))))
-    parallel(_depthwise, n * (-(-c // block)), x, w, into,
+    done = pointwise.run_tiles(_depthwise, n * (-(-c // block)), x, w, into,
              dummy if scale is None else scale, dummy if b is None else b,
              scale is not None, b is not None,
              dummy.reshape(1, 1) if gate is None else gate, gate is not None,
              code, np.float32(alpha), np.float32(beta), stride, pads[0], pads[2], block,
              values=out.size * w.shape[2] * w.shape[3])
-    if into is not out:
+    if done and into is not out:
         out[...] = into
-    return True
+    return done

@@ -104,7 +104,23 @@ def _host_features() -> set:
         return set()
 
 
+def _pointer_suffix() -> str:
+    """How LLVM names a vector intrinsic's pointer operand (``llvm.masked.load.v8f32.p0``):
+    ``p0`` with the opaque pointers of LLVM 17 and later, ``p0v8f32`` before."""
+    try:
+        import llvmlite.binding as llvm
+
+        major = llvm.llvm_version_info[0]
+    except Exception:  # noqa: BLE001 - no version: the newer naming
+        major = 17
+    return "p0" if major >= 17 else f"p0v{LANES}f32"
+
+
 _FEATURES = _host_features()
+POINTER = _pointer_suffix()
+# The error that kept the tiles from compiling in this process (an LLVM or numba older
+# or newer than the ones measured), after which the callers keep their own kernels.
+BROKEN = None
 # Whether the tile can run here (its vectors are AVX2's, its multiply-adds FMA's), and
 # whether it is chosen: not where AVX-512 is (OpenBLAS's own kernels there are twice as
 # wide as this tile; not measured). The tests run it wherever it can run.
@@ -349,9 +365,11 @@ def _pointwise(start, stop, packed, x, out, gain, shift, act, alpha, beta, post,
     ``out (N, O, HW)`` from ``x (N, C, HW)``, both with contiguous rows, ``depth`` input
     channels at a time. ``by_strip``: the input block packed strip by strip (else row by
     row); ``group``: panels of weights (``MR`` output channels each) taken together, each
-    strip of the block meeting every panel of a group in turn. ``post``: the activation ``code`` (constants ``k``) and the gate
-    are applied after the tiles, on each row of the block. ``in_gate`` (``(N, C)``, where
-    ``has_in_gate``) multiplies the input as it is packed."""
+    strip of the block meeting every panel of a group in turn. ``act`` (with ``alpha``,
+    ``beta``): the activation the tile applies; ``post``: the activation ``code``
+    (constants ``k``) and the gate are applied after the tiles, on each row of the block.
+    ``in_gate`` (``(N, C)``, where ``has_in_gate``) multiplies the input as it is
+    packed."""
     n, c, hw = x.shape
     o = out.shape[1]
     panels = (o + MR - 1) // MR
@@ -408,10 +426,11 @@ def _pointwise(start, stop, packed, x, out, gain, shift, act, alpha, beta, post,
                             src = x[img, k0 + ch, p:p + part]
                             for q in range(part):
                                 dst[q] = src[q] * g
-                            g = in_gate[img + 1, k0 + ch] if has_in_gate else one
-                            src = x[img + 1, k0 + ch, 0:valid - part]
-                            for q in range(valid - part):
-                                dst[part + q] = src[q] * g
+                            if valid > part:  # (else the strip ends in the last image)
+                                g = in_gate[img + 1, k0 + ch] if has_in_gate else one
+                                src = x[img + 1, k0 + ch, 0:valid - part]
+                                for q in range(valid - part):
+                                    dst[part + q] = src[q] * g
             else:
                 # the block's columns of input channel k0 + ch at buf[ch*width:][:width]
                 col = c0
@@ -481,6 +500,27 @@ def _pointwise(start, stop, packed, x, out, gain, shift, act, alpha, beta, post,
     keep(row)
 
 
+def run_tiles(kernel, jobs, *args, values=None) -> bool:
+    """``fast.parallel(kernel, jobs, *args)`` for a kernel built on this module's IR (here
+    and in ``ops/depthwise.py``); False, with a warning once and the tiles off for the
+    process, if it does not compile here (nothing was written then: compilation comes
+    before the first job)."""
+    global BROKEN, CHOSEN_HERE
+    try:
+        parallel(kernel, jobs, *args, values=values)
+    except (numba.core.errors.NumbaError, RuntimeError) as error:
+        if BROKEN is not None or CHOSEN_HERE is False:
+            raise
+        BROKEN, CHOSEN_HERE = error, False
+        import warnings
+
+        warnings.warn(f"cnnc: the compiled 1x1 and depthwise tiles do not compile here "
+                      f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                      f"the GEMM and direct kernels run instead", RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
 def applies(x, w, dtype) -> bool:
     """Whether ``pointwise_conv2d`` runs this 1x1 convolution (the caller has checked the
     geometry: 1x1 kernel, stride 1, no padding, one group)."""
@@ -539,13 +579,13 @@ def pointwise_conv2d(x, w, b, scale, act, out, gate=None, in_gate=None) -> bool:
     blocks = -(-cols // per_block)
     if blocks > 1 and cols - (blocks - 1) * per_block < NR:
         blocks -= 1  # the last block takes the rest, so that it is at least NR wide
-    parallel(_pointwise, blocks, packed, x3, out3, gain, shift, act, np.float32(alpha),
-             np.float32(beta),
-             post, code, constants(np.float32, alpha, beta),
-             np.zeros((1, 1), np.float32) if gate is None else gate, gate is not None,
-             np.ones((1, 1), np.float32) if in_gate is None else in_gate, in_gate is not None,
-             per_block, blocks, depth, by_strip, group, values=cols * o * c)
-    return True
+    return run_tiles(_pointwise, blocks, packed, x3, out3, gain, shift, act,
+                     np.float32(alpha), np.float32(beta), post, code,
+                     constants(np.float32, alpha, beta),
+                     np.zeros((1, 1), np.float32) if gate is None else gate, gate is not None,
+                     np.ones((1, 1), np.float32) if in_gate is None else in_gate,
+                     in_gate is not None, per_block, blocks, depth, by_strip, group,
+                     values=cols * o * c)
 
 
 def _rows_view(out, n, o, hw):

@@ -268,7 +268,7 @@ class Executor:
             if in_gate is not None:
                 if e.op in self.accepts_gate:
                     attrs = dict(attrs, in_gate=in_gate)
-                else:  # a kernel without ``in_gate=``: the product before it
+                else:  # a kernel without ``in_gate=`` (a plan made for another backend)
                     xs[0] = xs[0] * in_gate
             try:
                 if e.op in self.accepts_out:

@@ -101,8 +101,8 @@ class Model:
             from ..compiler.memory import plan_memory
             from .executor import Executor
 
-            self._executor = Executor(plan_memory(self.plan), self.backend, self.dtype,
-                                      threads=self.threads)
+            eplan = plan_memory(self.plan, input_gates=not self.backend.on_device)
+            self._executor = Executor(eplan, self.backend, self.dtype, threads=self.threads)
         return self._executor
 
     def mark_changed(self) -> None:

@@ -236,3 +236,26 @@ def test_an_input_gate_for_a_kernel_without_it():
     x = np.random.default_rng(2).standard_normal((3, 4, 7, 6))
     model.executor.accepts_gate = frozenset()
     np.testing.assert_allclose(model(x), model.interpret(x), rtol=1e-11, atol=1e-12)
+
+
+def test_no_input_gate_for_a_backend_whose_kernels_take_none():
+    plan = cnnc.compile(HEAD + INPUT_GATED[0]).plan
+    eplan = plan_memory(plan, input_gates=False)
+    assert [e for e in eplan.execs if e.op is Op.MUL]
+    assert all(e.in_gate is None for e in eplan.execs)
+
+
+def test_the_gemm_path_takes_an_input_gate_without_a_map_sized_product(monkeypatch):
+    """Where the 1x1 tiles do not run (float64 here), conv2d scales each image's weights
+    by its gate: the same result as the product first."""
+    from cnnc.ops.conv import conv2d
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 6, 5, 4))
+    w = rng.standard_normal((7, 6, 1, 1))
+    g = rng.uniform(0, 1, (3, 6, 1, 1))
+    np.testing.assert_allclose(conv2d(x, w, act="relu", in_gate=g),
+                               conv2d(x * g, w, act="relu"), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="in_gate must be .3, 6 or 1, 1.... .one factor per "
+                                         "image and input channel"):
+        conv2d(x, w, in_gate=np.ones((3, 7, 1, 1)))

@@ -214,3 +214,33 @@ def test_nothing_is_written_past_the_output():
         _run(x, wt, act="relu6", out=out)
         _close(out, _expected(x, wt, act="relu6"))
         assert np.isnan(buf[size:]).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 40, 5, 5), (3, 17, 37, 7, 7), (2, 200, 48, 7, 7),
+                                   (2, 24, 36, 20, 20), (5, 9, 8, 4, 4)], ids=str)
+def test_an_input_gate_multiplies_each_images_channels(shape):
+    rng = np.random.default_rng(11)
+    x, wt = _inputs(rng, *shape)
+    g = rng.uniform(0, 2, shape[:2]).astype(np.float32)
+    out = np.full((shape[0], shape[2]) + shape[3:], np.nan, dtype=np.float32)
+    assert pointwise.pointwise_conv2d(x, wt, None, None, "silu", out, None, g)
+    _close(out, _expected(x * g[:, :, None, None], wt, act="silu"))
+
+
+def test_tiles_that_do_not_compile_leave_the_gemm(monkeypatch):
+    """An LLVM or numba the tiles do not compile with: a warning, the tiles off for the
+    process, the convolution from the GEMM path."""
+    from numba.core.errors import NumbaError
+
+    def refuse(*args, **kwargs):
+        raise NumbaError("Intrinsic name not mangled correctly")
+
+    monkeypatch.setattr(pointwise, "parallel", refuse)
+    monkeypatch.setattr(pointwise, "BROKEN", None)
+    rng = np.random.default_rng(12)
+    x, wt = _inputs(rng, 2, 16, 24, 7, 7)
+    with pytest.warns(RuntimeWarning, match="do not compile here"):
+        y = conv2d(x, wt, act="relu")
+    assert pointwise.CHOSEN_HERE is False and pointwise.BROKEN is not None
+    _close(y, _expected(x, wt, act="relu"))
+    assert not pointwise.pointwise_conv2d(x, wt, None, None, None, np.empty_like(y))
