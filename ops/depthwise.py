@@ -87,14 +87,10 @@ def _make_tile(kernel, rows, stride):
                 return ir.Constant(i64, v)
 
             def splat(x, kind=vec):
-                one = builder.insert_element(ir.Constant(kind, ir.Undefined), x,
-                                             ir.Constant(i32, 0))
-                return builder.shuffle_vector(one, ir.Constant(kind, ir.Undefined),
-                                              ir.Constant(ir.VectorType(i32, LANES),
-                                                          [0] * LANES))
+                return pointwise.ir_splat(builder, x, kind)
 
             def vector_at(pointer):
-                return builder.bitcast(pointer, vec.as_pointer())
+                return pointwise.ir_vector_at(builder, pointer, vec)
 
             t = signature.args
             pp = builder.gep(context.make_array(t[0])(context, builder, plane_).data, [at_])
@@ -205,9 +201,9 @@ def _make_row_copy():
             q = builder.phi(i64)
             q.add_incoming(ir.Constant(i64, 0), entry)
             offset = builder.mul(q, ir.Constant(i64, LANES))
-            v = builder.load(builder.bitcast(builder.gep(ps, [offset]), vec.as_pointer()),
+            v = builder.load(pointwise.ir_vector_at(builder, builder.gep(ps, [offset]), vec),
                              align=4)
-            builder.store(v, builder.bitcast(builder.gep(pd, [offset]), vec.as_pointer()),
+            builder.store(v, pointwise.ir_vector_at(builder, builder.gep(pd, [offset]), vec),
                           align=4)
             q1 = builder.add(q, ir.Constant(i64, 1))
             q.add_incoming(q1, loop)
@@ -216,15 +212,12 @@ def _make_row_copy():
             offset = builder.mul(whole, ir.Constant(i64, LANES))
             left = builder.sub(count_, offset)
             iota = ir.Constant(ir.VectorType(i64, LANES), list(range(LANES)))
-            one = builder.insert_element(ir.Constant(iota.type, ir.Undefined), left,
-                                         ir.Constant(i32, 0))
-            bound = builder.shuffle_vector(one, ir.Constant(iota.type, ir.Undefined),
-                                           ir.Constant(ir.VectorType(i32, LANES), [0] * LANES))
+            bound = pointwise.ir_splat(builder, left, iota.type)
             mask = builder.icmp_signed("<", iota, bound)
             v = builder.call(masked_load, [
-                builder.bitcast(builder.gep(ps, [offset]), vec.as_pointer()),
+                pointwise.ir_vector_at(builder, builder.gep(ps, [offset]), vec),
                 ir.Constant(i32, 4), mask, ir.Constant(vec, [0.0] * LANES)])
-            builder.store(v, builder.bitcast(builder.gep(pd, [offset]), vec.as_pointer()),
+            builder.store(v, pointwise.ir_vector_at(builder, builder.gep(pd, [offset]), vec),
                           align=4)
             return context.get_dummy_value()
 
@@ -267,7 +260,7 @@ def _make_row_split():
             other = ir.Constant(ir.VectorType(i32, LANES), list(range(1, 2 * LANES, 2)))
 
             def vector_at(pointer):
-                return builder.bitcast(pointer, vec.as_pointer())
+                return pointwise.ir_vector_at(builder, pointer, vec)
 
             def deal(q, a, b):
                 builder.store(builder.shuffle_vector(a, b, every),
@@ -298,10 +291,7 @@ def _make_row_split():
             at = builder.gep(ps, [builder.mul(whole, ir.Constant(i64, 2 * LANES))])
             left = builder.sub(count_, builder.mul(whole, ir.Constant(i64, 2 * LANES)))
             kind = ir.VectorType(i64, LANES)
-            one = builder.insert_element(ir.Constant(kind, ir.Undefined), left,
-                                         ir.Constant(i32, 0))
-            bound = builder.shuffle_vector(one, ir.Constant(kind, ir.Undefined),
-                                           ir.Constant(ir.VectorType(i32, LANES), [0] * LANES))
+            bound = pointwise.ir_splat(builder, left, kind)
             low = builder.icmp_signed("<", ir.Constant(kind, list(range(LANES))), bound)
             high = builder.icmp_signed("<", ir.Constant(kind, list(range(LANES, 2 * LANES))),
                                        bound)

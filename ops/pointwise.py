@@ -135,6 +135,21 @@ IN_TILE = frozenset({0, 1, 2, 6, 9, 10, 11, 12})
 RAW = -1
 
 
+def ir_splat(builder, value, kind):
+    """A vector of LLVM type ``kind`` with ``value`` in every lane."""
+    from llvmlite import ir
+
+    i32 = ir.IntType(32)
+    one = builder.insert_element(ir.Constant(kind, ir.Undefined), value, ir.Constant(i32, 0))
+    return builder.shuffle_vector(one, ir.Constant(kind, ir.Undefined),
+                                  ir.Constant(ir.VectorType(i32, kind.count), [0] * kind.count))
+
+
+def ir_vector_at(builder, pointer, kind):
+    """``pointer`` (to an element) as a pointer to a vector of LLVM type ``kind``."""
+    return builder.bitcast(pointer, kind.as_pointer())
+
+
 def _vector_exp(builder, v, fma, vec):
     """``fast._exp32`` on a vector ``v``: the same steps (clamps that keep NaN, ``k`` read
     from the rounding's bits, the degree-7 polynomial, ``2**k`` from exponent bits)."""
@@ -236,7 +251,6 @@ if numba is not None:
             t = signature.args
             f32 = _ir.FloatType()
             i64 = _ir.IntType(64)
-            i32 = _ir.IntType(32)
             vec = _ir.VectorType(f32, LANES)
             fn = builder.function
 
@@ -248,14 +262,10 @@ if numba is not None:
                 return _ir.Constant(i64, v)
 
             def splat(x):
-                one = builder.insert_element(_ir.Constant(vec, _ir.Undefined), x,
-                                             _ir.Constant(i32, 0))
-                return builder.shuffle_vector(one, _ir.Constant(vec, _ir.Undefined),
-                                              _ir.Constant(_ir.VectorType(i32, LANES),
-                                                           [0] * LANES))
+                return ir_splat(builder, x, vec)
 
             def vector_at(pointer):
-                return builder.bitcast(pointer, vec.as_pointer())
+                return ir_vector_at(builder, pointer, vec)
 
             def row_guard(i, name):
                 """A block entered for row ``i < rows`` (and the block after it)."""

@@ -45,3 +45,18 @@ class StepGraph:
             return self.node(op_type, [x, self.const("axes", axes, np.int64)], output,
                              purpose, keepdims=0)
         return self.node(op_type, [x], output, purpose, axes=axes, keepdims=0)
+
+
+def reference_epilogue(z, b=None, scale=None, act=None, gate=None):
+    """What a convolution's fused epilogue makes of its product ``z (N, O, ...)``: times
+    ``scale`` ``(O,)``, plus ``b`` ``(O,)``, through ``act`` (the reference activation),
+    times ``gate`` ``(N, O)``."""
+    from cnnc.ops import conv
+
+    extra = (None,) * (z.ndim - 2)
+    if scale is not None:
+        z = z * scale[(slice(None),) + extra]
+    if b is not None:
+        z = z + b[(slice(None),) + extra]
+    y = conv.reference_act(z, act)
+    return y if gate is None else y * gate[(slice(None), slice(None)) + extra]

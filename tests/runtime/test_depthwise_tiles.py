@@ -8,8 +8,8 @@ where it can but they are not chosen (AVX-512)."""
 import numpy as np
 import pytest
 
-from cnnc.ops import conv
 from cnnc.ops.conv import conv2d, reference_conv2d
+from ops_support import reference_epilogue
 
 fast = pytest.importorskip("cnnc.ops.fast")
 pointwise = pytest.importorskip("cnnc.ops.pointwise")
@@ -39,12 +39,7 @@ def _inputs(rng, n, c, h, w, k):
 def _expected(x, w, pads, b=None, scale=None, act=None, gate=None, stride=1):
     z = reference_conv2d(x.astype(np.float64), w.astype(np.float64), pad=pads,
                          groups=x.shape[1], stride=stride)
-    if scale is not None:
-        z = z * scale[:, None, None]
-    if b is not None:
-        z = z + b[:, None, None]
-    y = conv.reference_act(z, act)
-    return y if gate is None else y * gate[:, :, None, None]
+    return reference_epilogue(z, b, scale, act, gate)
 
 
 def _run(x, w, pads, b=None, scale=None, act=None, gate=None, out=None, stride=1):

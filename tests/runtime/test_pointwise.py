@@ -9,8 +9,8 @@ skip; where it runs but is not chosen (AVX-512) they run it anyway."""
 import numpy as np
 import pytest
 
-from cnnc.ops import conv
 from cnnc.ops.conv import conv2d, reference_conv2d
+from ops_support import reference_epilogue
 
 fast = pytest.importorskip("cnnc.ops.fast")
 pointwise = pytest.importorskip("cnnc.ops.pointwise")
@@ -35,14 +35,7 @@ def _chosen(monkeypatch):
 
 def _expected(x, w, b=None, scale=None, act=None, gate=None):
     z = reference_conv2d(x.astype(np.float64), w.astype(np.float64))
-    if scale is not None:
-        z = z * scale[:, None, None]
-    if b is not None:
-        z = z + b[:, None, None]
-    y = conv.reference_act(z, act)
-    if gate is not None:
-        y = y * gate[:, :, None, None]
-    return y
+    return reference_epilogue(z, b, scale, act, gate)
 
 
 def _run(x, w, b=None, scale=None, act=None, gate=None, out=None):

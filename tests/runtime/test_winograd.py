@@ -11,6 +11,7 @@ import pytest
 
 from cnnc.ops import conv
 from cnnc.ops.conv import conv2d, reference_conv2d
+from ops_support import reference_epilogue
 
 fast = pytest.importorskip("cnnc.ops.fast")
 pytestmark = pytest.mark.skipif(not fast.ENABLED, reason="numba not installed or CNNC_FAST=0")
@@ -32,15 +33,7 @@ def _inputs(rng, n, c, o, h, w, dtype):
 
 
 def _expected(x, w, b, scale, act, pads, gate):
-    z = reference_conv2d(x, w, None, pad=pads)
-    if scale is not None:
-        z = z * scale[:, None, None]
-    if b is not None:
-        z = z + b[:, None, None]
-    y = conv.reference_act(z, act)
-    if gate is not None:
-        y = y * gate[:, :, None, None]
-    return y
+    return reference_epilogue(reference_conv2d(x, w, None, pad=pads), b, scale, act, gate)
 
 
 def _run(x, w, b, scale, act, pads, gate=None, out=None):
