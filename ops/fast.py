@@ -374,6 +374,18 @@ def _copy(dst, src):
         dst[q] = src[q]
 
 
+# ``_exp32``'s constants (``ops/pointwise.py``'s vector exp takes the same): its clamps and
+# the argument past which e**v is inf in float32, log2(e), the shift 1.5 * 2**23 that
+# rounds to an integer, ln 2 in two parts (``k * LN2_HI`` exact), and the polynomial's
+# coefficients from the highest power down (Cephes' expf).
+EXP_LOW, EXP_HIGH, EXP_INF = -87.0, 88.0, 88.72283
+LOG2E = 1.44269504088896341
+ROUND = 12582912.0
+LN2_HI, LN2_LO = 0.693359375, 2.12194440e-4
+EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+            1.6666665459e-1, 5.0000001201e-1)
+
+
 @inline
 def _exp32(v):
     """``e**v`` in float32 arithmetic, to about 2 ulp, for ``1 + e**v`` (sigmoid and swish's
@@ -385,24 +397,24 @@ def _exp32(v):
     operand, NaN, as they do), so no select for NaN is needed, and ``k`` is read from the
     rounding's bits rather than converted (a NaN converted to an integer would be LLVM's
     poison). No call and no branch: loops over it vectorise."""
-    c = np.float32(-87.0) if np.float32(-87.0) > v else v
-    c = np.float32(88.0) if np.float32(88.0) < c else c
+    c = np.float32(EXP_LOW) if np.float32(EXP_LOW) > v else v
+    c = np.float32(EXP_HIGH) if np.float32(EXP_HIGH) < c else c
     # round to the nearest integer: adding 1.5 * 2**23 leaves no fraction bits, and the
     # sum's bits are those of 1.5 * 2**23 (0x4B400000) plus the integer
-    t = c * np.float32(1.44269504088896341) + np.float32(12582912.0)
-    k = t - np.float32(12582912.0)
-    r = c - k * np.float32(0.693359375)
-    r = r + k * np.float32(2.12194440e-4)
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
+    t = c * np.float32(LOG2E) + np.float32(ROUND)
+    k = t - np.float32(ROUND)
+    r = c - k * np.float32(LN2_HI)
+    r = r + k * np.float32(LN2_LO)
+    p = np.float32(EXP_POLY[0])
+    p = p * r + np.float32(EXP_POLY[1])
+    p = p * r + np.float32(EXP_POLY[2])
+    p = p * r + np.float32(EXP_POLY[3])
+    p = p * r + np.float32(EXP_POLY[4])
+    p = p * r + np.float32(EXP_POLY[5])
     p = p * (r * r) + r + np.float32(1.0)
     k_biased = np.int32(_bits_of_float32(t) - np.int32(0x4B400000 - 127))  # k + 127
     e = p * _float32_from_bits(np.int32(k_biased << np.int32(23)))
-    return np.float32(np.inf) if v > np.float32(88.72283) else e
+    return np.float32(np.inf) if v > np.float32(EXP_INF) else e
 
 
 @jit()  # called per row, not inlined: each kernel calling it compiled twice as long

@@ -50,6 +50,7 @@ import os
 
 import numpy as np
 
+from . import fast
 from .fast import act_code, borrow, constants, finish_row, jit, keep, numba, parallel, usable
 
 # False (or ``CNNC_POINTWISE=0``) turns the kernel off: ``pointwise_conv2d`` returns False
@@ -164,21 +165,20 @@ def _vector_exp(builder, v, fma, vec):
     def fmuladd(a, b, c):
         return builder.call(fma, [a, b, c])
 
-    c = builder.select(builder.fcmp_ordered(">", k(-87.0), v), k(-87.0), v)
-    c = builder.select(builder.fcmp_ordered("<", k(88.0), c), k(88.0), c)
-    t = fmuladd(c, k(1.44269504088896341), k(12582912.0))
-    kk = builder.fsub(t, k(12582912.0))
-    r = fmuladd(kk, k(-0.693359375), c)
-    r = fmuladd(kk, k(2.12194440e-4), r)
-    p = k(1.9875691500e-4)
-    for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
-                 5.0000001201e-1):
+    c = builder.select(builder.fcmp_ordered(">", k(fast.EXP_LOW), v), k(fast.EXP_LOW), v)
+    c = builder.select(builder.fcmp_ordered("<", k(fast.EXP_HIGH), c), k(fast.EXP_HIGH), c)
+    t = fmuladd(c, k(fast.LOG2E), k(fast.ROUND))
+    kk = builder.fsub(t, k(fast.ROUND))
+    r = fmuladd(kk, k(-fast.LN2_HI), c)
+    r = fmuladd(kk, k(fast.LN2_LO), r)
+    p = k(fast.EXP_POLY[0])
+    for coef in fast.EXP_POLY[1:]:
         p = fmuladd(p, r, k(coef))
     p = builder.fadd(fmuladd(p, builder.fmul(r, r), r), k(1.0))
     biased = builder.sub(builder.bitcast(t, ivec), ir.Constant(ivec, [0x4B400000 - 127] * LANES))
     scale = builder.bitcast(builder.shl(biased, ir.Constant(ivec, [23] * LANES)), vec)
     e = builder.fmul(p, scale)
-    return builder.select(builder.fcmp_ordered(">", v, k(88.72283)), k(float("inf")), e)
+    return builder.select(builder.fcmp_ordered(">", v, k(fast.EXP_INF)), k(float("inf")), e)
 
 
 def vector_act(builder, code, y, alpha, beta, fma, splat, vec):
