@@ -363,6 +363,15 @@ def _flat_view(out, shape, dtype, where):
     return xp.lib.stride_tricks.as_strided(out, (n, o, ho * wo), (s_n, s_o, out.itemsize))
 
 
+def _target(out, shape, dtype, xp):
+    """Where a convolution writes: ``out`` (checked: ``shape``, ``dtype``, rows
+    contiguous), or a new array."""
+    if out is None:
+        return xp.empty(shape, dtype=dtype)
+    _flat_view(out, shape, dtype, "conv2d")
+    return out
+
+
 def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp, scale=None,
                   gate=None):
     """A convolution as one GEMM over shifted rows of phase planes of the padded image.
@@ -479,22 +488,20 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     spatial = ho * wo
     gate = _gate_of(gate, n, o, dtype, xp)
     in_gate = _gate_of(in_gate, n, c, dtype, xp, name="in_gate", side="input")
+    pointwise = kh == kw == sh == sw == 1 and max(pads) == 0
     tiles = None  # ops/pointwise.py where it takes this 1x1 convolution
-    if groups == 1 and kh == kw == sh == sw == 1 and max(pads) == 0:
+    if groups == 1 and pointwise:
         from . import pointwise as tiles  # the product and its epilogue in one pass
 
         if not tiles.applies(x, w, dtype):
             tiles = None
-    if in_gate is not None and not (kh == kw == sh == sw == 1 and max(pads) == 0):
+    if in_gate is not None and not pointwise:
         x = x * in_gate[:, :, None, None]  # (no plan asks this: the product first)
         in_gate = None
     if (groups > 1 and cg == 1) or (groups == 1 and c <= DIRECT_CHANNELS and kw in (3, 5)):
         fast = _compiled(x, w, b, scale, out, gate)
         if fast is not None:  # depthwise, or a stem: a direct compiled loop, no GEMM
-            if out is None:
-                out = xp.empty((n, o, ho, wo), dtype=dtype)
-            else:
-                _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
+            out = _target(out, (n, o, ho, wo), dtype, xp)
             if cg == 1 and groups > 1:
                 from . import depthwise  # small maps: a tile of rows in registers
 
@@ -513,22 +520,15 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
         from . import winograd  # 3x3 at stride 1: 2.25x fewer multiplications
 
         if winograd.applies(x, w) and winograd.worthwhile(n, c, o, ho, wo, x.itemsize):
-            target = xp.empty((n, o, ho, wo), dtype=dtype) if out is None else out
-            if out is not None:
-                _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
+            target = _target(out, (n, o, ho, wo), dtype, xp)
             if winograd.winograd_conv2d(x, w, b, scale, act, target, pads, gate):
                 return target
     if tiles is not None:
-        target = xp.empty((n, o, ho, wo), dtype=dtype) if out is None else out
-        if out is not None:
-            _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
+        target = _target(out, (n, o, ho, wo), dtype, xp)
         if tiles.pointwise_conv2d(x, w, b, scale, act, target, gate, in_gate):
             return target
-    if SHIFTED and not (kh == kw == sh == sw == 1 and max(pads) == 0):
-        if out is None:
-            out = xp.empty((n, o, ho, wo), dtype=dtype)
-        else:
-            _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
+    if SHIFTED and not pointwise:
+        out = _target(out, (n, o, ho, wo), dtype, xp)
         _conv_shifted(x, w, b, pads, (sh, sw), (dh, dw), groups, act, out, xp, scale, gate)
         return out
     wg = w.reshape(groups, og, cg * kh * kw)  # (G, O/G, C/G*kh*kw)
@@ -538,7 +538,6 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     else:
         out = _flat_view(out, (n, o, ho, wo), dtype, "conv2d")
 
-    pointwise = kh == kw == 1 and sh == sw == 1 and max(pads) == 0
     if pointwise:
         xg = x.reshape(n, groups, cg, spatial)  # (N, G, C/G, H*W)
         col_bytes = c * spatial * x.itemsize

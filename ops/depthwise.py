@@ -54,7 +54,7 @@ def _make_tile(kernel, rows, stride):
     """The intrinsic computing ``rows`` output rows by ``LANES`` columns of one plane, at
     ``stride`` 1 or 2."""
     from llvmlite import ir
-    from numba.core import cgutils, types
+    from numba.core import types
     from numba.extending import intrinsic
 
     @intrinsic
@@ -80,8 +80,6 @@ def _make_tile(kernel, rows, stride):
              alpha_, beta_) = args
             f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
             vec = ir.VectorType(f32, LANES)
-            lanes = ir.VectorType(ir.IntType(1), LANES)
-            fn = builder.function
 
             def const(v):
                 return ir.Constant(i64, v)
@@ -96,13 +94,8 @@ def _make_tile(kernel, rows, stride):
             pp = builder.gep(context.make_array(t[0])(context, builder, plane_).data, [at_])
             pw = builder.gep(context.make_array(t[4])(context, builder, w_).data, [wi_])
             po = builder.gep(builder.inttoptr(out_, f32.as_pointer()), [oi_])
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vec, [vec, vec, vec]),
-                f"llvm.fmuladd.v{LANES}f32")
-            masked_store = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32,
-                                                                lanes]),
-                f"llvm.masked.store.v{LANES}f32.{pointwise.POINTER}")
+            fma = pointwise.ir_intrinsic(builder, "fmuladd", vec)
+            masked_store = pointwise.ir_intrinsic(builder, "masked.store", vec)
             weights = [splat(builder.load(builder.gep(pw, [const(q)])))
                        for q in range(kernel * kernel)]
             sums = []
@@ -128,13 +121,8 @@ def _make_tile(kernel, rows, stride):
                                          splat(wo_, iota.type))
             narrow = builder.icmp_signed(">", builder.add(c0_, const(LANES)), wo_)
             size = builder.mul(ho_, wo_)  # the plane's values
-            done = fn.append_basic_block("dw.done")
-            cases = sorted(pointwise.IN_TILE)
-            blocks = [fn.append_basic_block(f"dw.act{case}") for case in cases]
-            switch = builder.switch(code_, blocks[0])  # (an unknown code: identity)
-            for case, block in zip(cases, blocks):
-                switch.add_case(const(case), block)
-                builder.position_at_end(block)
+
+            def store(case):
                 for r in range(rows):
                     y = pointwise.vector_act(builder, case, ys[r], alpha_, beta_, fma, splat,
                                               vec)
@@ -154,8 +142,8 @@ def _make_tile(kernel, rows, stride):
                                                             inside])
                             with whole:
                                 builder.store(y, pointer, align=4)
-                builder.branch(done)
-            builder.position_at_end(done)
+
+            pointwise.ir_switch(builder, code_, sorted(pointwise.IN_TILE), store, "dw.act")
             return context.get_dummy_value()
 
         return sig, codegen
@@ -169,7 +157,7 @@ def _make_row_copy():
     loaded under a mask and stored whole: its lanes past ``count`` are zeros written into
     ``dst``'s (zero) padding, which reaches ``LANES - 1`` values past the run."""
     from llvmlite import ir
-    from numba.core import cgutils, types
+    from numba.core import types
     from numba.extending import intrinsic
 
     @intrinsic
@@ -183,13 +171,10 @@ def _make_row_copy():
             dst_, at_, src_, start_, count_ = args
             f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
             vec = ir.VectorType(f32, LANES)
-            lanes = ir.VectorType(ir.IntType(1), LANES)
             t = signature.args
             pd = builder.gep(context.make_array(t[0])(context, builder, dst_).data, [at_])
             ps = builder.gep(context.make_array(t[2])(context, builder, src_).data, [start_])
-            masked_load = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32, lanes, vec]),
-                f"llvm.masked.load.v{LANES}f32.{pointwise.POINTER}")
+            masked_load = pointwise.ir_intrinsic(builder, "masked.load", vec)
             fn = builder.function
             entry = builder.block
             loop = fn.append_basic_block("copy.whole")
@@ -233,7 +218,7 @@ def _make_row_split():
     a time (two vector loads, two shuffles, two stores); the last sixteen loaded under a
     mask, their missing lanes stored as zeros into the (zero) padding past each run."""
     from llvmlite import ir
-    from numba.core import cgutils, types
+    from numba.core import types
     from numba.extending import intrinsic
 
     @intrinsic
@@ -247,14 +232,11 @@ def _make_row_split():
             dst_, evens_, odds_, src_, start_, count_ = args
             f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
             vec = ir.VectorType(f32, LANES)
-            lanes = ir.VectorType(ir.IntType(1), LANES)
             t = signature.args
             data = context.make_array(t[0])(context, builder, dst_).data
             pe, po = builder.gep(data, [evens_]), builder.gep(data, [odds_])
             ps = builder.gep(context.make_array(t[3])(context, builder, src_).data, [start_])
-            masked_load = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32, lanes, vec]),
-                f"llvm.masked.load.v{LANES}f32.{pointwise.POINTER}")
+            masked_load = pointwise.ir_intrinsic(builder, "masked.load", vec)
             zero = ir.Constant(vec, [0.0] * LANES)
             every = ir.Constant(ir.VectorType(i32, LANES), list(range(0, 2 * LANES, 2)))
             other = ir.Constant(ir.VectorType(i32, LANES), list(range(1, 2 * LANES, 2)))

@@ -151,6 +151,41 @@ def ir_vector_at(builder, pointer, kind):
     return builder.bitcast(pointer, kind.as_pointer())
 
 
+def ir_intrinsic(builder, name, kind):
+    """The LLVM intrinsic ``name`` on vectors of type ``kind`` (float32 lanes), declared in
+    the builder's module: ``fmuladd`` (a * b + c), ``masked.load`` (pointer, alignment,
+    lanes, values of the lanes left out) or ``masked.store`` (value, pointer, alignment,
+    lanes)."""
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    lanes = ir.VectorType(ir.IntType(1), kind.count)
+    i32, pointer = ir.IntType(32), kind.as_pointer()
+    signature = {"fmuladd": ir.FunctionType(kind, [kind, kind, kind]),
+                 "masked.load": ir.FunctionType(kind, [pointer, i32, lanes, kind]),
+                 "masked.store": ir.FunctionType(ir.VoidType(), [kind, pointer, i32, lanes])}
+    suffix = "" if name == "fmuladd" else f".{POINTER}"
+    return cgutils.get_or_insert_function(builder.module, signature[name],
+                                          f"llvm.{name}.v{kind.count}f32{suffix}")
+
+
+def ir_switch(builder, code, cases, emit, name):
+    """A block per case of the integer ``code`` (an unknown one takes case 0's), each
+    filled by ``emit(case)``; the builder is left after them."""
+    from llvmlite import ir
+
+    fn = builder.function
+    after = fn.append_basic_block(f"{name}.after")
+    blocks = {case: fn.append_basic_block(f"{name}.{case}") for case in cases}
+    switch = builder.switch(code, blocks[0])
+    for case, block in blocks.items():
+        switch.add_case(ir.Constant(code.type, case), block)
+        builder.position_at_end(block)
+        emit(case)
+        builder.branch(after)
+    builder.position_at_end(after)
+
+
 def _vector_exp(builder, v, fma, vec):
     """``fast._exp32`` on a vector ``v``: the same steps (clamps that keep NaN, ``k`` read
     from the rounding's bits, the degree-7 polynomial, ``2**k`` from exponent bits)."""
@@ -216,7 +251,6 @@ def vector_act(builder, code, y, alpha, beta, fma, splat, vec):
 
 if numba is not None:
     from llvmlite import ir as _ir
-    from numba.core import cgutils as _cgutils
     from numba.core import types as _types
     from numba.extending import intrinsic as _intrinsic
 
@@ -279,9 +313,7 @@ if numba is not None:
             pc = builder.gep(builder.inttoptr(c_, f32.as_pointer()), [ci_])
             pg, ps = base(g_, t[9], gi_), base(s_, t[10], gi_)
             row_at = [builder.gep(pc, [builder.mul(const(i), cs_)]) for i in range(MR)]
-            fma = _cgutils.get_or_insert_function(
-                builder.module, _ir.FunctionType(vec, [vec, vec, vec]),
-                f"llvm.fmuladd.v{LANES}f32")
+            fma = ir_intrinsic(builder, "fmuladd", vec)
             zero = _ir.Constant(vec, [0.0] * LANES)
             # the starting sums: zero, or (``more``) the tile's stored rows
             start = []
@@ -337,17 +369,16 @@ if numba is not None:
                 gain = splat(builder.load(builder.gep(pg, [const(i)])))
                 shift = splat(builder.load(builder.gep(ps, [const(i)])))
                 ys = [builder.call(fma, [new[i][v], gain, shift]) for v in range(NV)]
-                blocks = [fn.append_basic_block(f"tile.act{i}.{case}") for case in cases]
-                switch = builder.switch(chosen, blocks[1])  # (an unknown code: identity)
-                for case, block in zip(cases, blocks):
-                    switch.add_case(const(case), block)
-                    builder.position_at_end(block)
+
+                def store(case, i=i, ys=ys):
                     for v in range(NV):
                         y = (new[i][v] if case == RAW else
                              vector_act(builder, case, ys[v], alpha_, beta_, fma, splat, vec))
                         builder.store(y, vector_at(builder.gep(row_at[i], [const(v * LANES)])),
                                       align=4)
-                    builder.branch(after)
+
+                ir_switch(builder, chosen, cases, store, f"tile.act{i}")
+                builder.branch(after)
                 builder.position_at_end(after)
             return context.get_dummy_value()
 
