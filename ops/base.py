@@ -241,6 +241,10 @@ class Primitive:
     # backward (and gpu_backward) take ``input_grad=False``: the parameters' gradients alone,
     # None for the inputs' (a first layer in training, whose input is the data)
     skips_input_grad: bool = False
+    # the training forward and backward treat each image alone (no statistic across the
+    # batch, no random draw) and the parameters' gradients are sums over the images: a
+    # training step may run each thread's share of the batch through them on its own
+    per_image: bool = False
     keeps: Callable | None = None
     doc: str = ""
 

@@ -1428,6 +1428,7 @@ CONV2D = Primitive(
     accepts_scale=True,
     gemm=True,
     skips_input_grad=True,
+    per_image=True,
     doc="2-D convolution, with an optional fused scale, bias and activation epilogue",
     keeps=keeps_input,
 )
@@ -1449,6 +1450,7 @@ CONV1D_PRIMITIVE = Primitive(
     accepts_scale=True,
     gemm=True,
     skips_input_grad=True,
+    per_image=True,
     doc="1-D convolution: CONV2D's kernels on height-1 views, its epilogue included",
     keeps=keeps_input,
 )
@@ -1467,6 +1469,7 @@ CONV3D_PRIMITIVE = Primitive(
     accepts_scale=True,
     gemm=True,
     skips_input_grad=True,
+    per_image=True,
     doc="3-D convolution: N-d im2col and GEMM, with the scale, bias and activation epilogue",
     keeps=keeps_input,
 )

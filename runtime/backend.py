@@ -22,6 +22,9 @@ class Backend:
     on_device: bool  # arrays live on a GPU: NumPy inputs are copied there
     # ops whose backward takes ``input_grad=False`` (weights' gradients alone)
     skips_input_grad: frozenset = frozenset()
+    # ops whose training pair a step may run on shares of the batch, one thread each
+    # (``Primitive.per_image``; the CPU backend: a GPU runs one op at a time)
+    per_image: frozenset = frozenset()
 
     def __str__(self) -> str:
         return self.name

@@ -32,9 +32,6 @@ MobileNet V2, EfficientNet-B0). A fixed count (``threads=``, ``set_threads``,
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 from ..compiler.memory import ExecPlan
 from ..ops import Op, primitive
 from . import threads as threads_
@@ -47,23 +44,6 @@ _ACCEPTS_GATE = frozenset({Op.CONV1D, Op.CONV2D})
 # Split a batch among the threads (see the module's docstring); False: every kernel runs
 # the threads itself.
 SPLIT_BATCH = True
-
-_pool_lock = threading.Lock()
-_pool = None  # (size, the worker threads of split batches), made on first use
-
-
-def _workers(count: int) -> ThreadPoolExecutor:
-    """The process's pool of worker threads, at least ``count`` of them."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] < count:
-            old = _pool
-            _pool = (count, ThreadPoolExecutor(max_workers=count,
-                                               thread_name_prefix="cnnc-lane"))
-            if old is not None:
-                old[1].shutdown(wait=False)
-        return _pool[1]
-
 
 class Executor:
     def __init__(self, eplan: ExecPlan, backend: Backend, dtype, threads=None):
@@ -191,29 +171,16 @@ class Executor:
         return self._run_split(inputs, params, lanes)
 
     def _run_split(self, inputs: dict, params: dict, lanes: int) -> dict:
-        """The batch cut into ``lanes`` shares, each run by a worker thread at one thread."""
+        """The batch cut into ``lanes`` shares, each run by a thread at one thread."""
         n = next(iter(inputs.values())).shape[0]
         bounds = [n * i // lanes for i in range(lanes + 1)]
         self._params(params)  # folded once, before the lanes read them
-        # NumPy's floating-point error handling is per thread: the workers take the caller's
-        # (a trainer's ``errstate(all="ignore")`` around evaluation, say)
-        caller_errstate = self.xp.geterr()
 
         def lane(i):
             part = {k: v[bounds[i]:bounds[i + 1]] for k, v in inputs.items()}
-            with threads_.this_thread_only(), self.xp.errstate(**caller_errstate):
-                return self._run(part, params, lane=i)
+            return self._run(part, params, lane=i)
 
-        with threads_.limit(1):
-            futures = [_workers(lanes - 1).submit(lane, i) for i in range(1, lanes)]
-            try:
-                first = lane(0)  # the calling thread takes a share itself
-            finally:
-                parts = [_result_or_error(f) for f in futures]
-        errors = [p for p in parts if isinstance(p, BaseException)]
-        if errors:
-            raise errors[0]
-        parts.insert(0, first)
+        parts = threads_.in_lanes(lane, lanes)
         return {name: self.xp.concatenate([p[name] for p in parts])
                 for name in parts[0]}
 
@@ -282,12 +249,3 @@ class Executor:
             values[e.out] = out
         return {name: values[buf] if buf in values else get(buf)
                 for name, buf in self.eplan.outputs.items()}
-
-
-def _result_or_error(future):
-    """A worker's result, or the exception it raised (every worker is waited for before
-    one of their errors is raised)."""
-    try:
-        return future.result()
-    except BaseException as err:  # noqa: BLE001 - re-raised by the caller
-        return err

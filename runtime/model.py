@@ -87,6 +87,7 @@ class Model:
             _ = self.executor  # refuses now: no onnxruntime, or a dtype it does not run
         self._tape = None  # what the last forward(...) kept for backward
         self._free = None  # buffers whose gradient no parameter needs (_grad_free)
+        self._lane_cache = None  # ((batch, threads), the training steps' lanes: _lanes)
         # Dropout masks in training; its state is part of a training checkpoint.
         self.rng = self.xp.random.default_rng(seed)
 
@@ -273,32 +274,45 @@ class Model:
         a final softmax comes back as that softmax's input, for a fused softmax
         cross-entropy loss; `backward` then takes the gradient with respect to it.
         """
-        with self._thread_limit():
-            return self._forward(x, train, logits)
+        with self._thread_limit() as count:
+            return self._forward(x, train, logits, count or 1)
 
-    def _forward(self, x, train: bool, logits: bool):
+    def _forward(self, x, train: bool, logits: bool, threads: int = 1):
         if self.backend.name == "onnxruntime":
             from .ort_backend import TRAINING_REFUSED
 
             raise RuntimeError(TRAINING_REFUSED)
-        table = self.backend.grads
         values = self._inputs(x)
         self._tape = None
         self.mark_changed()  # batchnorm's running statistics move in training
+        lanes = self._lanes(next(iter(values.values())).shape[0], threads)
+        with _blas_for(lanes):
+            tape = self._run_forward(values, train, lanes)
+        heads = self._heads(logits)
+        outputs = {name: values[buf] for name, buf in heads.items()}
+        self._tape = (tape, heads, {name: values[name].shape for name in values},
+                      bool(lanes))
+        return _one_or_dict(outputs)
+
+    def _run_forward(self, values: dict, train: bool, lanes: dict) -> list:
+        table = self.backend.grads
         tape = []
         for step in self.plan.steps:
             forward, _ = table[step.op]
             args = [values[i] for i in step.inputs] + [self.params[p] for p in step.params]
             try:
-                values[step.name], saved = forward(*args, train=train, rng=self.rng,
-                                                   **step.attrs)
+                bounds = lanes.get(step.name)
+                if bounds is None:
+                    values[step.name], saved = forward(*args, train=train, rng=self.rng,
+                                                       **step.attrs)
+                else:
+                    values[step.name], saved = _forward_in_lanes(
+                        forward, args, len(step.inputs), bounds, self.xp,
+                        dict(step.attrs, train=train, rng=self.rng))
             except ValueError as err:
                 raise at_layer(step, self.plan.file, err) from err
             tape.append((step, saved))
-        heads = self._heads(logits)
-        outputs = {name: values[buf] for name, buf in heads.items()}
-        self._tape = (tape, heads, {name: values[name].shape for name in values})
-        return _one_or_dict(outputs)
+        return tape
 
     def saved_bytes(self) -> int:
         """Bytes that the last `forward` keeps for `backward`: every distinct array in the
@@ -347,6 +361,33 @@ class Model:
         with self._thread_limit():
             return self._backward(dy, input_grad)
 
+    def _lanes(self, n: int, threads: int) -> dict:
+        """Where a training call cuts the batch of ``n`` images into shares, one a thread
+        (`threads.in_lanes`): step name -> ``[0, ..., n]``, for the steps whose training
+        pair treats each image alone (``Primitive.per_image``: the convolutions), with
+        ``threads`` threads and as many images, and at least ``LANE_MIN_VALUES`` input
+        values a share. Empty: every step runs whole, its kernels on ``threads`` threads.
+        The BLAS threads of one product wait for each other at every barrier and the
+        compiled transforms between the products ran on one thread; a share of the images
+        a thread took a ResNet-18 SGD step (batch 8, two threads) in about 0.8 of the time
+        (docs/performance.md)."""
+        if threads < 2 or n < 2 or not self.backend.per_image:
+            return {}
+        key = (n, threads)
+        if self._lane_cache is None or self._lane_cache[0] != key:
+            shapes = dict(self.plan.inputs)
+            shapes.update((step.name, step.shape) for step in self.plan.steps)
+            lanes = {}
+            for step in self.plan.steps:
+                if step.op not in self.backend.per_image:
+                    continue
+                values = n * math.prod(shapes[step.inputs[0]])
+                count = min(threads, n, values // LANE_MIN_VALUES)
+                if count >= 2:
+                    lanes[step.name] = [n * i // count for i in range(count + 1)]
+            self._lane_cache = (key, lanes)
+        return self._lane_cache[1]
+
     def _grad_free(self) -> frozenset:
         """The buffers whose gradient no parameter's needs: the inputs, and what layers
         without parameters make from them alone."""
@@ -361,7 +402,11 @@ class Model:
     def _backward(self, dy, input_grad=True):
         if self._tape is None:
             raise RuntimeError("backward() needs a forward(x) first (model(x) keeps nothing)")
-        tape, heads, shapes = self._tape
+        tape, heads, shapes, split = self._tape
+        with _blas_for(split):
+            return self._run_backward(tape, heads, shapes, dy, input_grad)
+
+    def _run_backward(self, tape, heads, shapes, dy, input_grad):
         table = self.backend.grads
         if not isinstance(dy, dict):
             if len(heads) != 1:
@@ -388,11 +433,13 @@ class Model:
             _, backward = table[step.op]
             alone = (all(name in free for name in step.inputs)
                      and step.op in self.backend.skips_input_grad)
+            options = {"input_grad": False} if alone else {}
             try:
-                if alone:
-                    dinputs, dparams = backward(saved, g, input_grad=False)
+                if isinstance(saved, _Lanes):
+                    dinputs, dparams = _backward_in_lanes(backward, saved, g, self.xp,
+                                                          options)
                 else:
-                    dinputs, dparams = backward(saved, g)
+                    dinputs, dparams = backward(saved, g, **options)
             except ValueError as err:
                 raise at_layer(step, self.plan.file, err) from err
             for name, d in zip(step.inputs, dinputs):
@@ -603,6 +650,65 @@ def _root(a):
     while getattr(a, "base", None) is not None and hasattr(a.base, "nbytes"):
         a = a.base
     return a
+
+
+# a training step's share of the batch a thread has at least this many input values
+# (`Model._lanes`): the digits example's 16 x 8 x 8 maps at batch 32 ran slower in lanes
+LANE_MIN_VALUES = 1 << 16
+
+
+def _blas_for(lanes):
+    """A training call that runs shares of its batch in lanes runs NumPy's BLAS at one
+    thread throughout: a product run at two threads between the lanes leaves OpenBLAS's
+    worker spinning on the core that a lane then wants."""
+    import contextlib
+
+    from . import threads as threads_
+
+    return threads_.blas_limit(1) if lanes else contextlib.nullcontext()
+
+
+class _Lanes(tuple):
+    """What a forward run in lanes keeps: ``(bounds, [each share's saved])``."""
+
+
+def _forward_in_lanes(forward, args, n_inputs, bounds, xp, attrs):
+    """``forward`` on each share ``bounds[i]:bounds[i + 1]`` of the data inputs (the
+    parameters whole), one thread a share; the outputs joined."""
+    from . import threads as threads_
+
+    def share(i):
+        a, b = bounds[i], bounds[i + 1]
+        return forward(*[x[a:b] for x in args[:n_inputs]], *args[n_inputs:], **attrs)
+
+    parts = threads_.in_lanes(share, len(bounds) - 1)
+    y = xp.concatenate([p[0] for p in parts])
+    return y, _Lanes((bounds, [p[1] for p in parts]))
+
+
+def _backward_in_lanes(backward, saved, dy, xp, options):
+    """The backward of `_forward_in_lanes`: each share's input gradients joined, the
+    parameters' summed (None stays None)."""
+    from . import threads as threads_
+
+    bounds, kept = saved
+
+    def share(i):
+        return backward(kept[i], dy[bounds[i]:bounds[i + 1]], **options)
+
+    parts = threads_.in_lanes(share, len(bounds) - 1)
+    dinputs = tuple(None if d[0] is None else xp.concatenate(d)
+                    for d in zip(*(p[0] for p in parts)))
+    dparams = []
+    for d in zip(*(p[1] for p in parts)):
+        if d[0] is None:
+            dparams.append(None)
+        else:
+            total = d[0]
+            for more in d[1:]:
+                total += more  # each share's gradient is its own array
+            dparams.append(total)
+    return dinputs, tuple(dparams)
 
 
 def _accumulate(flowing: dict, name: str, g) -> None:

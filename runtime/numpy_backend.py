@@ -12,10 +12,12 @@ GRADS = {Op(name): (p.forward, p.backward) for name, p in PRIMITIVES.items()}
 ACCEPTS_OUT = ops_where("accepts_out")
 ACCEPTS_SCALE = ops_where("accepts_scale")
 SKIPS_INPUT_GRAD = ops_where("skips_input_grad")
+PER_IMAGE = ops_where("per_image")
 
 
 def make_backend() -> Backend:
     import numpy
 
     return Backend("numpy", numpy, KERNELS, GRADS, ACCEPTS_OUT, ACCEPTS_SCALE,
-                   on_device=False, skips_input_grad=SKIPS_INPUT_GRAD)
+                   on_device=False, skips_input_grad=SKIPS_INPUT_GRAD,
+                   per_image=PER_IMAGE)

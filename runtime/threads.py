@@ -30,6 +30,7 @@ import contextlib
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ..ops.cores import usable_cores
 
@@ -49,6 +50,8 @@ _lock = threading.Lock()
 _setting: int | None = None  # set_threads(n); None: the environment, then auto
 _sampler = None  # the load sampler of ``auto``, made on first use
 _pools = None  # threadpoolctl's controller of the BLAS libraries, made on first use
+_workers_lock = threading.Lock()
+_workers = None  # (size, the worker threads of `in_lanes`), made on first use
 
 
 def parse(value, where: str = ENV) -> int | None:
@@ -227,6 +230,23 @@ def limit(n=None):
 
 
 @contextlib.contextmanager
+def blas_limit(n: int):
+    """Within the block, NumPy's BLAS runs ``n`` threads (the compiled kernels keep their
+    count); the previous count comes back after it."""
+    pools = _blas_pools()
+    before = [pool.get_num_threads() for pool in pools]
+    for pool, was in zip(pools, before):
+        if was != n:
+            pool.set_num_threads(n)
+    try:
+        yield
+    finally:
+        for pool, was in zip(pools, before):
+            if was != n:
+                pool.set_num_threads(was)
+
+
+@contextlib.contextmanager
 def this_thread_only():
     """Within the block, the compiled kernels called from this thread run on this thread
     alone (their count is per thread). For the workers of a split batch, whose BLAS count
@@ -242,6 +262,53 @@ def this_thread_only():
         yield
     finally:
         put(before)
+
+
+def _worker_pool(count: int) -> ThreadPoolExecutor:
+    """The process's worker threads for `in_lanes`, at least ``count`` of them."""
+    global _workers
+    with _workers_lock:
+        if _workers is None or _workers[0] < count:
+            old = _workers
+            _workers = (count, ThreadPoolExecutor(max_workers=count,
+                                                  thread_name_prefix="cnnc-lane"))
+            if old is not None:
+                old[1].shutdown(wait=False)
+        return _workers[1]
+
+
+def in_lanes(work, lanes: int) -> list:
+    """``[work(0), ..., work(lanes - 1)]``, each on a thread of its own: lane 0 on the
+    calling thread, the others on the process's worker threads. Meanwhile NumPy's BLAS runs
+    one thread for the process and the compiled kernels one on each lane's thread; each
+    worker takes the caller's NumPy floating-point error handling (per thread in NumPy: a
+    trainer's ``errstate(all="ignore")`` around evaluation, say). Every lane is waited for
+    before the first lane's error, if any, is raised. The split batches of inference
+    (`runtime/executor.py`) and the image lanes of training steps (`runtime/model.py`)."""
+    import numpy
+
+    caller_errstate = numpy.geterr()
+
+    def lane(i):
+        with this_thread_only(), numpy.errstate(**caller_errstate):
+            return work(i)
+
+    with limit(1):
+        futures = [_worker_pool(lanes - 1).submit(lane, i) for i in range(1, lanes)]
+        first = error = None
+        try:
+            first = lane(0)
+        except BaseException as err:  # noqa: BLE001 - raised once the workers are done
+            error = err
+        parts = [first]
+        for future in futures:
+            try:
+                parts.append(future.result())
+            except BaseException as err:  # noqa: BLE001 - the first is raised below
+                error = err if error is None else error
+    if error is not None:
+        raise error
+    return parts
 
 
 def info() -> dict:
