@@ -514,6 +514,12 @@ def _compiled_maxpool(a):
 
 # Output rows at least this wide take the compiled training forward's phase-plane layout.
 WIDE_POOL = 16
+# What a tap of a short row (the plane read at the stride, a scalar loop: about 6 ns) and
+# a cell of the backward (a scatter: about 1.3 ns) cost in ``fast.parallel``'s values
+# (``MIN_PARALLEL_VALUES``: about 0.2 ns each): the digits example's pools, 16 and 4 outputs
+# a plane, ran on one thread though their 0.3-0.6 ms would have paid for two.
+NARROW_TAP_VALUES = 32
+BACKWARD_VALUES = 6
 
 
 def _build_maxpool():
@@ -666,12 +672,15 @@ def _build_maxpool():
                         gx[b, ch, yy, xx] += dy[b, ch, oy, ox]
 
     def forward_all(x, best, index, *geometry):
+        taps = best.size * geometry[0] * geometry[1]
+        if best.shape[3] < WIDE_POOL:
+            taps *= NARROW_TAP_VALUES  # the scalar loop of short rows
         fast.parallel(forward, x.shape[0] * x.shape[1], x, best, index, *geometry,
-                      values=best.size * geometry[0] * geometry[1])
+                      values=taps)
 
     def backward_all(index, dy, gx, *geometry):
         fast.parallel(backward, gx.shape[0] * gx.shape[1], index, dy, gx, *geometry,
-                      values=gx.size + dy.size)
+                      values=(gx.size + dy.size) * BACKWARD_VALUES)
 
     return forward_all, backward_all
 
