@@ -23,7 +23,10 @@ eager with autograd (runtime/torch_ref.py, training mode), from the same weights
 turns step by step; it prints the median seconds per step, the ratio, and the first step's
 losses (which must agree). ``--neighbours K`` keeps K busy processes beside it.
 ``--profile`` then runs as many cnnc steps again and prints where they go: forward, loss,
-backward and optimizer, and each op family's training forward and backward.
+backward and optimizer, and each op family's training forward and backward. ``--memory``
+runs the ResNet-18 steps of each framework alone in a fresh process and prints how far the
+peak memory (``VmHWM``, reset through ``/proc/self/clear_refs``) rose above the memory at
+rest: over the first step, and over the ``--steps`` steps after it.
 Run from an installed checkout (``pip install -e .``).
 """
 
@@ -31,8 +34,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -121,8 +127,10 @@ def profile_steps(model, opt, x, labels, args):
                   f"{seconds / total:6.1%}")
 
 
-def resnet_step(torch, args):
-    """Median seconds per SGD step of ResNet-18 at batch 8, cnnc and PyTorch side by side."""
+def resnet_steps(torch, args, which=("cnnc", "torch")):
+    """``(model, opt, x, labels, {framework: step})``: one SGD step (momentum 0.9) of
+    ResNet-18 at ``--resnet-batch`` in each framework of ``which`` (PyTorch where given),
+    from the same weights, each returning its loss."""
     from cnnc.runtime.torch_ref import TorchPlan
 
     model = cnnc.compile(RESNET).build(backend="numpy", seed=args.seed, dtype="float32")
@@ -140,14 +148,15 @@ def resnet_step(torch, args):
             opt.step()
         return float(loss)
 
-    steps = {"cnnc": cnnc_step}
-    if torch is not None:
+    steps = {"cnnc": cnnc_step} if "cnnc" in which else {}
+    if torch is not None and "torch" in which:
         ref = TorchPlan(model.plan, initial, training=True)
         leaves = [ref.params[k].requires_grad_() for k in model.plan.params]
         topt = torch.optim.SGD(leaves, lr=0.01, momentum=0.9)
         tx = torch.from_numpy(x)
         ty = torch.from_numpy(labels)
         (name,) = model.plan.inputs
+        del initial  # (the plan's copy is torch's own)
 
         def torch_step():
             topt.zero_grad(set_to_none=True)
@@ -158,6 +167,12 @@ def resnet_step(torch, args):
             return loss.item()
 
         steps["torch"] = torch_step
+    return model, opt, x, labels, steps
+
+
+def resnet_step(torch, args):
+    """Median seconds per SGD step of ResNet-18 at batch 8, cnnc and PyTorch side by side."""
+    model, opt, x, labels, steps = resnet_steps(torch, args)
     rows = []
     for load in args.neighbours:
         with neighbours(load):
@@ -181,6 +196,50 @@ def resnet_step(torch, args):
     if args.profile:
         profile_steps(model, opt, x, labels, args)
     return rows
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(torch, args, fw):
+    """In a fresh process: the peak memory of ``fw``'s ResNet-18 steps above the memory at
+    rest (the model built, nothing run), over the first step (with its one-time
+    allocations: numba's compiler for cnnc) and over the steps after it, printed as JSON.
+    Both frameworks keep their gradients and momentum between steps, so the later steps'
+    figure holds those, the memory their allocators kept, and each step's peak."""
+    model, opt, x, labels, steps = resnet_steps(torch, args, which=(fw,))
+    step = steps[fw]
+    rest = _rss_kib("VmRSS")
+    peaks = []
+    for count in (1, args.steps):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the peak-RSS counter back to the current RSS
+        for _ in range(count):
+            step()
+        peaks.append((_rss_kib("VmHWM") - rest) / 1024)
+    print(json.dumps({"rest_mib": rest / 1024, "first_step_mib": peaks[0],
+                      "later_steps_mib": peaks[1]}))
+
+
+def memory(args):
+    """`memory_child` for cnnc and PyTorch, each alone in a fresh process."""
+    for fw in ("cnnc", "torch"):
+        cmd = [sys.executable, __file__, "--memory-child", fw, "--steps", str(args.steps),
+               "--resnet-batch", str(args.resnet_batch)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0 or not done.stdout.strip():
+            print(f"{fw}: no figure ({done.stderr.strip().splitlines()[-1:]})")
+            continue
+        got = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"resnet18 SGD step, batch {args.resnet_batch}, peak above rest: {fw} first "
+              f"step +{got['first_step_mib']:.0f} MiB, later steps "
+              f"+{got['later_steps_mib']:.0f} MiB (rest {got['rest_mib']:.0f} MiB)",
+              flush=True)
 
 
 def orders(seed: int, n: int, epochs: int):
@@ -296,9 +355,17 @@ def main():
     parser.add_argument("--cnnc-threads", choices=("limit", "blas"), default="limit")
     parser.add_argument("--profile", action="store_true",
                         help="after the ResNet-18 rows, where cnnc's step goes")
+    parser.add_argument("--memory", action="store_true",
+                        help="the ResNet-18 step's peak memory, each framework alone")
+    parser.add_argument("--memory-child", choices=("cnnc", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory:
+        memory(args)
+        return
 
     torch = None
+    if args.memory_child == "cnnc":
+        args.no_torch = True  # (PyTorch not even loaded)
     if not args.no_torch:
         try:
             import torch
@@ -306,6 +373,9 @@ def main():
             print("torch is not installed: cnnc only")
     if torch is not None and args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_child:
+        memory_child(torch, args, args.memory_child)
+        return
 
     print(f"load average at start: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if args.part in ("resnet18", "both"):

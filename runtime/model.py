@@ -88,6 +88,7 @@ class Model:
         self._tape = None  # what the last forward(...) kept for backward
         self._free = None  # buffers whose gradient no parameter needs (_grad_free)
         self._lane_cache = None  # ((batch, threads), the training steps' lanes: _lanes)
+        self._last = None  # per step, the buffers read for the last time (_last_readers)
         # Dropout masks in training; its state is part of a training checkpoint.
         self.rng = self.xp.random.default_rng(seed)
 
@@ -286,18 +287,38 @@ class Model:
         self._tape = None
         self.mark_changed()  # batchnorm's running statistics move in training
         lanes = self._lanes(next(iter(values.values())).shape[0], threads)
-        with _blas_for(lanes):
-            tape = self._run_forward(values, train, lanes)
         heads = self._heads(logits)
+        shapes = {name: a.shape for name, a in values.items()}
+        with _blas_for(lanes):
+            tape = self._run_forward(values, shapes, set(heads.values()), train, lanes)
         outputs = {name: values[buf] for name, buf in heads.items()}
-        self._tape = (tape, heads, {name: values[name].shape for name in values},
-                      bool(lanes))
+        self._tape = (tape, heads, shapes, bool(lanes))
         return _one_or_dict(outputs)
 
-    def _run_forward(self, values: dict, train: bool, lanes: dict) -> list:
+    def _last_readers(self) -> list:
+        """For each step, the buffers no later step reads (`_run_forward` lets them go)."""
+        if self._last is None:
+            last = {}
+            for i, step in enumerate(self.plan.steps):
+                for name in step.inputs:
+                    last[name] = i
+            self._last = [[] for _ in self.plan.steps]
+            for name, i in last.items():
+                if name not in self.plan.inputs:
+                    self._last[i].append(name)
+        return self._last
+
+    def _run_forward(self, values: dict, shapes: dict, heads: set, train: bool,
+                     lanes: dict) -> list:
+        """Each step's training forward, its output into ``values`` and its shape into
+        ``shapes``; the tape of what each keeps. A buffer that no later step reads leaves
+        ``values`` (unless an output): what a backward needs is in the tape, and the rest
+        would hold every map of the network until the end of the pass (ResNet-18 at batch
+        8: a peak of 383 MiB for the 151 the tape keeps)."""
         table = self.backend.grads
         tape = []
-        for step in self.plan.steps:
+        done = self._last_readers()
+        for i, step in enumerate(self.plan.steps):
             forward, _ = table[step.op]
             args = [values[i] for i in step.inputs] + [self.params[p] for p in step.params]
             try:
@@ -311,7 +332,11 @@ class Model:
                         dict(step.attrs, train=train, rng=self.rng))
             except ValueError as err:
                 raise at_layer(step, self.plan.file, err) from err
+            shapes[step.name] = values[step.name].shape
             tape.append((step, saved))
+            for name in done[i]:
+                if name not in heads:
+                    del values[name]
         return tape
 
     def saved_bytes(self) -> int:
@@ -426,7 +451,13 @@ class Model:
             _accumulate(flowing, buf, g)
         grads = {}
         free = frozenset() if input_grad else self._grad_free()
-        for step, saved in reversed(tape):
+        # the tape is used up: each step's saved arrays go as soon as its backward has run
+        # (held to the end, they add up to the forward's whole tape at the last step); the
+        # previous gradients go now rather than once the new ones are all there
+        self._tape = None
+        self.grads = {}
+        while tape:
+            step, saved = tape.pop()
             g = flowing.pop(step.name, None)
             if g is None or step.name in free:
                 continue  # nothing downstream reaches an output, or no gradient is wanted

@@ -185,3 +185,102 @@ def test_in_lanes_waits_for_every_lane_before_raising():
         threads.in_lanes(work, 3)
     assert sorted(done) == [1, 2]
     assert threads.in_lanes(lambda i: i * i, 3) == [0, 1, 4]
+
+
+# ---- what a training step holds ---------------------------------------------------------
+
+def _arrays(item):
+    """Every array in a saved structure (tuples, lists, dicts, `_Lanes`)."""
+    stack, found = [item], []
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (tuple, list)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, np.ndarray):
+            found.append(item)
+    return found
+
+
+def _root(a):
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def test_a_step_holds_the_tape_and_lets_the_rest_go():
+    """The forward lets each map go once no later step reads it (what the backward needs is
+    in the tape), and the backward lets each step's saved arrays go once its backward has
+    run: ResNet-18 at batch 8 peaked at 383 MiB in the forward for the 151 its tape keeps.
+    (One thread: the spies below take one call a step.)"""
+    import weakref
+
+    model = cnnc.compile(SOURCE).build(backend="numpy", dtype="float64", seed=5)
+    table = model.backend.grads
+    kept = dict(table)
+    outputs = {}  # step index -> weak reference to its output
+    saved_by = {}  # id of a saved array's root -> (weak reference, step indices)
+    index_of = {}  # id of a step's saved structure -> the step's index
+    problems = []
+
+    plan_steps = model.plan.steps
+    last_read = {}
+    for k, step in enumerate(plan_steps):
+        for name in step.inputs:
+            last_read[name] = k
+
+    def spy(op, forward, backward):
+        def fwd(*args, **kwargs):
+            # the maps that no step from here on reads (nor a view of theirs: a flatten's
+            # output, say), and no backward needs, are gone
+            now = len(outputs)
+            read_later = set()
+            for j, ref in outputs.items():
+                y = ref()
+                if y is not None and last_read.get(plan_steps[j].name, j) >= now:
+                    read_later.add(id(_root(y)))
+            for j, ref in outputs.items():
+                y = ref()
+                if (y is not None and id(_root(y)) not in read_later
+                        and id(_root(y)) not in saved_by):
+                    problems.append(("forward", now, plan_steps[j].name))
+            y = None
+            y, saved = forward(*args, **kwargs)
+            i = len(outputs)
+            outputs[i] = weakref.ref(y)
+            index_of[id(saved)] = i
+            for a in _arrays(saved):
+                root = _root(a)
+                ref, steps = saved_by.setdefault(id(root), (weakref.ref(root), set()))
+                steps.add(i)
+            return y, saved
+
+        def bwd(saved, dy, **options):
+            # the steps after this one have run their backward: their own arrays are gone
+            i = index_of[id(saved)]
+            for key, (ref, steps) in saved_by.items():
+                if min(steps) > i and key not in params and ref() is not None:
+                    problems.append((i, sorted(steps)))
+            return backward(saved, dy, **options)
+        return fwd, bwd
+
+    params = {id(_root(a)) for a in model.params.values()}
+    for op, (forward, backward) in kept.items():
+        table[op] = spy(op, forward, backward)
+    try:
+        threads.set_threads(1)
+        x = np.random.default_rng(0).standard_normal((4, 3, 10, 10))
+        logits = model.forward(x, train=True, logits=True)
+        in_tape = {id(_root(a)) for _, saved in model._tape[0] for a in _arrays(saved)}
+        alive = [i for i, ref in outputs.items() if ref() is not None]
+        assert alive, "the tape keeps some outputs (relu's, for one)"
+        for i in alive:
+            assert (id(_root(outputs[i]())) in in_tape
+                    or outputs[i]() is logits), model.plan.steps[i].name
+        model.backward(np.ones_like(logits))
+    finally:
+        table.clear()
+        table.update(kept)
+    assert not problems, problems
+    assert model._tape is None
