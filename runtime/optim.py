@@ -153,6 +153,65 @@ class Optimizer:
                 self.slots[name][key] = xp.array(arr, dtype=p.dtype)
 
 
+# ---- the updates compiled (numba, where ops/fast.py's kernels run) ------------------------
+# One pass over each parameter where NumPy's expressions make five to nine, each with a
+# temporary: the digits example's Adam step took 0.47 ms of its 10.6 ms training step (12
+# small arrays, about 40 NumPy calls), ResNet-18's SGD step 26-31 ms of 1.2 s. The same
+# operations in the same order in the parameter's dtype, scalars rounded to it first as
+# NumPy rounds a Python float meeting a float32 array; no contraction into fused
+# multiply-adds (numba's default), so the results are NumPy's to the bit.
+_KERNELS = []  # [(sgd, adam)] once built
+
+
+def _compiled(*arrays):
+    """The compiled ``(sgd, adam)`` updates where they take these arrays (numba installed
+    and on, NumPy float32 or float64 arrays of one dtype, each contiguous); else None."""
+    from ..ops import fast
+
+    if not fast.usable(*arrays) or not all(a.flags.c_contiguous for a in arrays):
+        return None
+    if not _KERNELS:
+        _KERNELS.append(_build(fast))
+    return _KERNELS[0]
+
+
+def _flat(*arrays):
+    return [a.reshape(-1) for a in arrays]
+
+
+def _scalars(dtype, *values):
+    return [dtype.type(v) for v in values]
+
+
+def _build(fast):
+    jit = fast.jit(fastmath=())
+
+    @jit
+    def sgd(p, g, buf, wd, momentum, keep, lr, decay, has_momentum, damped, nesterov):
+        for i in range(p.shape[0]):
+            d = g[i] + wd * p[i] if decay else g[i]
+            if has_momentum:
+                b = buf[i] * momentum
+                b = b + keep * d if damped else b + d
+                buf[i] = b
+                d = d + momentum * b if nesterov else b
+            p[i] = p[i] - lr * d
+
+    @jit
+    def adam(p, g, m, v, rest1, beta2, rest2, root2, eps, step):
+        for i in range(p.shape[0]):
+            gi = g[i]
+            mi = m[i] + rest1 * (gi - m[i])
+            vi = v[i] * beta2
+            vi = vi + rest2 * (gi * gi)
+            m[i] = mi
+            v[i] = vi
+            denom = np.sqrt(vi) / root2 + eps
+            p[i] = p[i] - step * (mi / denom)
+
+    return sgd, adam
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent as ``torch.optim.SGD``:
 
@@ -180,6 +239,15 @@ class SGD(Optimizer):
                 "nesterov": self.nesterov}
 
     def _update(self, key, p, g, wd):
+        buffers = self.slots["momentum_buffer"]
+        kernels = _compiled(p, g)
+        if kernels is not None and (not self.momentum or key in buffers):
+            # the same arithmetic in one pass (a first step with momentum makes its buffer)
+            buf = buffers.get(key, p)  # (not read without momentum)
+            kernels[0](*_flat(p, g, buf), *_scalars(
+                p.dtype, wd, self.momentum, 1.0 - self.dampening, self.lr),
+                bool(wd), bool(self.momentum), bool(self.dampening), self.nesterov)
+            return
         d = g + wd * p if wd else g
         if self.momentum:
             buffers = self.slots["momentum_buffer"]
@@ -228,6 +296,13 @@ class Adam(Optimizer):
             m = self.slots["exp_avg"][key] = xp.zeros_like(p)
             self.slots["exp_avg_sq"][key] = xp.zeros_like(p)
         v = self.slots["exp_avg_sq"][key]
+        t = self.counts[key]
+        kernels = _compiled(p, g, m, v)
+        if kernels is not None:  # the same arithmetic in one pass
+            kernels[1](*_flat(p, g, m, v), *_scalars(
+                p.dtype, 1.0 - beta1, beta2, 1.0 - beta2, math.sqrt(1.0 - beta2 ** t),
+                self.eps, self.lr / (1.0 - beta1 ** t)))
+            return
         m += (1.0 - beta1) * (g - m)
         v *= beta2
         v += (1.0 - beta2) * (g * g)

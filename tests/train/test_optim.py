@@ -295,3 +295,56 @@ def test_cosine_period():
     assert s.lr_at(6) == pytest.approx(1.0)
     assert s.lr_at(3) == pytest.approx(0.0, abs=1e-15)
     assert math.isclose(s.lr_at(1), s.lr_at(5))
+
+
+# ---- the compiled updates ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda p: SGD(p, lr=0.1),
+    lambda p: SGD(p, lr=0.1, momentum=0.9),
+    lambda p: SGD(p, lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.01),
+    lambda p: SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.02,
+                  decay="weights"),
+    lambda p: Adam(p, lr=0.01),
+    lambda p: Adam(p, lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.05),
+    lambda p: AdamW(p, lr=0.01, weight_decay=0.1),
+], ids=["sgd", "momentum", "dampening", "nesterov", "adam", "adam-decay", "adamw"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_updates_equal_numpys_to_the_bit(make, dtype, monkeypatch):
+    """One compiled pass per parameter (numba) where NumPy makes five to nine: the same
+    operations in the same order in the parameter's dtype, so the same bits, step after
+    step (first steps included: SGD's momentum buffer is made by NumPy)."""
+    pytest.importorskip("numba")
+    from cnnc.ops import fast
+    from cnnc.runtime import optim
+
+    if not fast.ENABLED:
+        pytest.skip("the compiled kernels are off (CNNC_FAST=0)")
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(fast, "ENABLED", enabled)
+        params = fresh_params(dtype=dtype)
+        opt = make(params)
+        for grads in grad_sequence():
+            opt.step({k: g.astype(dtype) for k, g in grads.items()})
+        results.append((params, opt.state_dict()))
+    assert optim._KERNELS, "the compiled updates ran"
+    (compiled, c_state), (plain, p_state) = results
+    for key in SHAPES:
+        assert compiled[key].dtype == dtype
+        np.testing.assert_array_equal(compiled[key], plain[key], err_msg=key)
+    for name, slots in p_state["slots"].items():
+        for key, value in slots.items():
+            np.testing.assert_array_equal(c_state["slots"][name][key], value,
+                                          err_msg=f"{name} {key}")
+
+
+def test_compiled_updates_leave_strided_parameters_to_numpy():
+    pytest.importorskip("numba")
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    params = {"w": base[:, ::2]}  # a strided view: updated in place all the same
+    opt = Adam(params, lr=0.1)
+    opt.step({"w": np.ones((4, 3), np.float32)})
+    np.testing.assert_allclose(base[:, ::2], np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2]
+                               - 0.1, rtol=1e-6)
+    np.testing.assert_array_equal(base[:, 1::2], np.arange(24).reshape(4, 6)[:, 1::2])
