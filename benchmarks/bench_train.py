@@ -213,6 +213,8 @@ def memory_child(torch, args, fw):
     Both frameworks keep their gradients and momentum between steps, so the later steps'
     figure holds those, the memory their allocators kept, and each step's peak."""
     model, opt, x, labels, steps = resnet_steps(torch, args, which=(fw,))
+    if fw not in steps:
+        raise SystemExit(f"{fw} is not installed")
     step = steps[fw]
     rest = _rss_kib("VmRSS")
     peaks = []
@@ -230,7 +232,10 @@ def memory(args):
     """`memory_child` for cnnc and PyTorch, each alone in a fresh process."""
     for fw in ("cnnc", "torch"):
         cmd = [sys.executable, __file__, "--memory-child", fw, "--steps", str(args.steps),
-               "--resnet-batch", str(args.resnet_batch)]
+               "--resnet-batch", str(args.resnet_batch), "--seed", str(args.seed),
+               "--cnnc-threads", args.cnnc_threads]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0 or not done.stdout.strip():
             print(f"{fw}: no figure ({done.stderr.strip().splitlines()[-1:]})")

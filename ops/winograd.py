@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fast import (act_code, borrow, constants, finish_row, get_threads, jit, keep, parallel,
+from .fast import (act_code, borrow, constants, finish_row, jit, keep, parallel,
                    usable)
 
 # False turns the kernel off: ``winograd_conv2d`` returns False and the caller runs its
@@ -486,14 +486,17 @@ def _weight_from_transform(grad_u):
 def takes_weight_grad(x, w, geometry, out_hw) -> bool:
     """Whether `weight_grad` computes this layer's weight gradient (conv2d_backward asks;
     else the column path): where the forward would run Winograd (`applies`,
-    `worthwhile`), on maps of at least ``MIN_MAP``, at one thread. A ResNet-18 SGD step at
-    batch 8 took 0.89-0.93 of the time at one thread, and 1.02-1.08 at two (its 16 products
-    a chunk share two BLAS threads worse than the column path's one long product); 512 ->
-    512 at 7x7 ran 1.3x slower (128 tiles: products too short)."""
+    `worthwhile`), on maps of at least ``MIN_MAP``. A ResNet-18 SGD step at batch 8 took
+    0.89-0.93 of the time at one thread; at two threads inside each product it was 1.02-1.08
+    (its 16 products a chunk share two BLAS threads worse than the column path's one long
+    product), but a training step now runs large convolutions a share of the images a
+    thread (`Model._lanes`), and the rule does not depend on the thread count, so that a
+    step computes the same at any count. 512 -> 512 at 7x7 ran 1.3x slower (128 tiles:
+    products too short)."""
     stride, dilation, _, groups = geometry
     n, c = x.shape[:2]
     ho, wo = out_hw
-    return (GRADIENT and get_threads() == 1 and min(ho, wo) >= MIN_MAP
+    return (GRADIENT and min(ho, wo) >= MIN_MAP
             and applies(x, w, stride, dilation, groups)
             and worthwhile(n, c, w.shape[0], ho, wo, x.itemsize))
 

@@ -87,7 +87,7 @@ class Model:
             _ = self.executor  # refuses now: no onnxruntime, or a dtype it does not run
         self._tape = None  # what the last forward(...) kept for backward
         self._free = None  # buffers whose gradient no parameter needs (_grad_free)
-        self._lane_cache = None  # ((batch, threads), the training steps' lanes: _lanes)
+        self._lane_cache = None  # ((batch, cores), the training steps' shares: _shares)
         self._last = None  # per step, the buffers read for the last time (_last_readers)
         # Dropout masks in training; its state is part of a training checkpoint.
         self.rng = self.xp.random.default_rng(seed)
@@ -286,13 +286,14 @@ class Model:
         values = self._inputs(x)
         self._tape = None
         self.mark_changed()  # batchnorm's running statistics move in training
-        lanes = self._lanes(next(iter(values.values())).shape[0], threads)
+        shares = self._shares(next(iter(values.values())).shape[0])
         heads = self._heads(logits)
         shapes = {name: a.shape for name, a in values.items()}
-        with _blas_for(lanes):
-            tape = self._run_forward(values, shapes, set(heads.values()), train, lanes)
+        with _blas_for(shares):
+            tape = self._run_forward(values, shapes, set(heads.values()), train, shares,
+                                     threads)
         outputs = {name: values[buf] for name, buf in heads.items()}
-        self._tape = (tape, heads, shapes, bool(lanes))
+        self._tape = (tape, heads, shapes, bool(shares))
         return _one_or_dict(outputs)
 
     def _last_readers(self) -> list:
@@ -309,7 +310,7 @@ class Model:
         return self._last
 
     def _run_forward(self, values: dict, shapes: dict, heads: set, train: bool,
-                     lanes: dict) -> list:
+                     shares: dict, threads: int) -> list:
         """Each step's training forward, its output into ``values`` and its shape into
         ``shapes``; the tape of what each keeps. A buffer that no later step reads leaves
         ``values`` (unless an output): what a backward needs is in the tape, and the rest
@@ -322,13 +323,13 @@ class Model:
             forward, _ = table[step.op]
             args = [values[i] for i in step.inputs] + [self.params[p] for p in step.params]
             try:
-                bounds = lanes.get(step.name)
+                bounds = shares.get(step.name)
                 if bounds is None:
                     values[step.name], saved = forward(*args, train=train, rng=self.rng,
                                                        **step.attrs)
                 else:
-                    values[step.name], saved = _forward_in_lanes(
-                        forward, args, len(step.inputs), bounds, self.xp,
+                    values[step.name], saved = _forward_in_shares(
+                        forward, args, len(step.inputs), bounds, threads, self.xp,
                         dict(step.attrs, train=train, rng=self.rng))
             except ValueError as err:
                 raise at_layer(step, self.plan.file, err) from err
@@ -383,34 +384,38 @@ class Model:
         gradients alone (a GEMM convolution skips half its backward pass; a depthwise one
         computes the input's in the same loops and drops it).
         """
-        with self._thread_limit():
-            return self._backward(dy, input_grad)
+        with self._thread_limit() as count:
+            return self._backward(dy, input_grad, count or 1)
 
-    def _lanes(self, n: int, threads: int) -> dict:
-        """Where a training call cuts the batch of ``n`` images into shares, one a thread
-        (`threads.in_lanes`): step name -> ``[0, ..., n]``, for the steps whose training
-        pair treats each image alone (``Primitive.per_image``: the convolutions), with
-        ``threads`` threads and as many images, and at least ``LANE_MIN_VALUES`` input
-        values a share. Empty: every step runs whole, its kernels on ``threads`` threads.
-        The BLAS threads of one product wait for each other at every barrier and the
-        compiled transforms between the products ran on one thread; a share of the images
-        a thread took a ResNet-18 SGD step (batch 8, two threads) in about 0.8 of the time
-        (docs/performance.md)."""
-        if threads < 2 or n < 2 or not self.backend.per_image:
+    def _shares(self, n: int) -> dict:
+        """Where a training call cuts the batch of ``n`` images into shares: step name ->
+        ``[0, ..., n]``, for the steps whose training pair treats each image alone
+        (``Primitive.per_image``: the convolutions), as many shares as the process has
+        usable cores (and images), each with at least ``LANE_MIN_VALUES`` input values.
+        Empty: every step runs whole. The threads of a call take the shares in turn
+        (`_on_threads`): the BLAS threads of one product wait for each other at every
+        barrier and the compiled transforms between the products ran on one thread; a share
+        of the images a thread took a ResNet-18 SGD step (batch 8, two threads) in about 0.8
+        of the time (docs/performance.md). The shares follow the machine, never the thread
+        count of the call (``auto`` moves with the load), so a step computes the same at any
+        count: the same products on the same images, summed in the same order."""
+        if n < 2 or not self.backend.per_image:
             return {}
-        key = (n, threads)
+        from .threads import usable_cores
+
+        key = (n, usable_cores(max_age=1.0))
         if self._lane_cache is None or self._lane_cache[0] != key:
             shapes = dict(self.plan.inputs)
             shapes.update((step.name, step.shape) for step in self.plan.steps)
-            lanes = {}
+            shares = {}
             for step in self.plan.steps:
                 if step.op not in self.backend.per_image:
                     continue
                 values = n * math.prod(shapes[step.inputs[0]])
-                count = min(threads, n, values // LANE_MIN_VALUES)
+                count = min(key[1], n, values // LANE_MIN_VALUES)
                 if count >= 2:
-                    lanes[step.name] = [n * i // count for i in range(count + 1)]
-            self._lane_cache = (key, lanes)
+                    shares[step.name] = [n * i // count for i in range(count + 1)]
+            self._lane_cache = (key, shares)
         return self._lane_cache[1]
 
     def _grad_free(self) -> frozenset:
@@ -424,14 +429,16 @@ class Model:
             self._free = frozenset(free)
         return self._free
 
-    def _backward(self, dy, input_grad=True):
+    def _backward(self, dy, input_grad=True, threads=1):
         if self._tape is None:
-            raise RuntimeError("backward() needs a forward(x) first (model(x) keeps nothing)")
+            raise RuntimeError("backward() needs a forward(x) first: model(x) keeps nothing, "
+                               "and each backward uses up its forward's tape (an error "
+                               "inside one too)")
         tape, heads, shapes, split = self._tape
         with _blas_for(split):
-            return self._run_backward(tape, heads, shapes, dy, input_grad)
+            return self._run_backward(tape, heads, shapes, dy, input_grad, threads)
 
-    def _run_backward(self, tape, heads, shapes, dy, input_grad):
+    def _run_backward(self, tape, heads, shapes, dy, input_grad, threads):
         table = self.backend.grads
         if not isinstance(dy, dict):
             if len(heads) != 1:
@@ -466,9 +473,9 @@ class Model:
                      and step.op in self.backend.skips_input_grad)
             options = {"input_grad": False} if alone else {}
             try:
-                if isinstance(saved, _Lanes):
-                    dinputs, dparams = _backward_in_lanes(backward, saved, g, self.xp,
-                                                          options)
+                if isinstance(saved, _Shares):
+                    dinputs, dparams = _backward_in_shares(backward, saved, g, threads,
+                                                           self.xp, options)
                 else:
                     dinputs, dparams = backward(saved, g, **options)
             except ValueError as err:
@@ -683,51 +690,62 @@ def _root(a):
     return a
 
 
-# a training step's share of the batch a thread has at least this many input values
-# (`Model._lanes`): the digits example's 16 x 8 x 8 maps at batch 32 ran slower in lanes
+# a training step's share of the batch has at least this many input values
+# (`Model._shares`): the digits example's 16 x 8 x 8 maps at batch 32 ran slower in lanes
 LANE_MIN_VALUES = 1 << 16
 
 
-def _blas_for(lanes):
-    """A training call that runs shares of its batch in lanes runs NumPy's BLAS at one
-    thread throughout: a product run at two threads between the lanes leaves OpenBLAS's
-    worker spinning on the core that a lane then wants."""
+def _blas_for(shares):
+    """A training call that runs shares of its batch runs NumPy's BLAS at one thread
+    throughout: a product run at two threads between the lanes leaves OpenBLAS's worker
+    spinning on the core that a lane then wants (and the shares' products are the same
+    whatever the count)."""
     import contextlib
 
     from . import threads as threads_
 
-    return threads_.blas_limit(1) if lanes else contextlib.nullcontext()
+    return threads_.blas_limit(1) if shares else contextlib.nullcontext()
 
 
-class _Lanes(tuple):
-    """What a forward run in lanes keeps: ``(bounds, [each share's saved])``."""
+class _Shares(tuple):
+    """What a forward run in shares keeps: ``(bounds, [each share's saved])``."""
 
 
-def _forward_in_lanes(forward, args, n_inputs, bounds, xp, attrs):
-    """``forward`` on each share ``bounds[i]:bounds[i + 1]`` of the data inputs (the
-    parameters whole), one thread a share; the outputs joined."""
+def _on_threads(work, shares: int, threads: int) -> list:
+    """``[work(0), ..., work(shares - 1)]``: on ``min(threads, shares)`` threads at one
+    thread each (`threads.in_lanes`), thread ``t`` taking shares ``t, t + lanes, ...``; on
+    the calling thread alone when it has one thread."""
     from . import threads as threads_
+
+    lanes = min(threads, shares)
+    if lanes < 2:
+        return [work(i) for i in range(shares)]
+    parts = threads_.in_lanes(lambda t: [work(i) for i in range(t, shares, lanes)], lanes)
+    return [parts[i % lanes][i // lanes] for i in range(shares)]
+
+
+def _forward_in_shares(forward, args, n_inputs, bounds, threads, xp, attrs):
+    """``forward`` on each share ``bounds[i]:bounds[i + 1]`` of the data inputs (the
+    parameters whole), the shares on ``threads`` threads; the outputs joined."""
 
     def share(i):
         a, b = bounds[i], bounds[i + 1]
         return forward(*[x[a:b] for x in args[:n_inputs]], *args[n_inputs:], **attrs)
 
-    parts = threads_.in_lanes(share, len(bounds) - 1)
+    parts = _on_threads(share, len(bounds) - 1, threads)
     y = xp.concatenate([p[0] for p in parts])
-    return y, _Lanes((bounds, [p[1] for p in parts]))
+    return y, _Shares((bounds, [p[1] for p in parts]))
 
 
-def _backward_in_lanes(backward, saved, dy, xp, options):
-    """The backward of `_forward_in_lanes`: each share's input gradients joined, the
-    parameters' summed (None stays None)."""
-    from . import threads as threads_
-
+def _backward_in_shares(backward, saved, dy, threads, xp, options):
+    """The backward of `_forward_in_shares`: each share's input gradients joined, the
+    parameters' summed in the shares' order (None stays None)."""
     bounds, kept = saved
 
     def share(i):
         return backward(kept[i], dy[bounds[i]:bounds[i + 1]], **options)
 
-    parts = threads_.in_lanes(share, len(bounds) - 1)
+    parts = _on_threads(share, len(bounds) - 1, threads)
     dinputs = tuple(None if d[0] is None else xp.concatenate(d)
                     for d in zip(*(p[0] for p in parts)))
     dparams = []

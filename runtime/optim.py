@@ -165,10 +165,15 @@ _KERNELS = []  # [(sgd, adam)] once built
 
 def _compiled(*arrays):
     """The compiled ``(sgd, adam)`` updates where they take these arrays (numba installed
-    and on, NumPy float32 or float64 arrays of one dtype, each contiguous); else None."""
+    and on, NumPy float32 or float64 arrays of one dtype, each contiguous and writable);
+    else None, and NumPy's expressions run: also where NumPy is asked to raise on a
+    floating-point error (``np.errstate``), which compiled loops do not report."""
     from ..ops import fast
 
-    if not fast.usable(*arrays) or not all(a.flags.c_contiguous for a in arrays):
+    if not fast.usable(*arrays) or not all(a.flags.c_contiguous and a.flags.writeable
+                                           for a in arrays):
+        return None
+    if "raise" in np.geterr().values():
         return None
     if not _KERNELS:
         _KERNELS.append(_build(fast))
@@ -240,10 +245,10 @@ class SGD(Optimizer):
 
     def _update(self, key, p, g, wd):
         buffers = self.slots["momentum_buffer"]
-        kernels = _compiled(p, g)
+        # the same arithmetic in one pass (a first step with momentum makes its buffer)
+        buf = buffers.get(key, p) if self.momentum else p  # (p: not read without momentum)
+        kernels = _compiled(p, g, buf)
         if kernels is not None and (not self.momentum or key in buffers):
-            # the same arithmetic in one pass (a first step with momentum makes its buffer)
-            buf = buffers.get(key, p)  # (not read without momentum)
             kernels[0](*_flat(p, g, buf), *_scalars(
                 p.dtype, wd, self.momentum, 1.0 - self.dampening, self.lr),
                 bool(wd), bool(self.momentum), bool(self.dampening), self.nesterov)

@@ -265,16 +265,31 @@ def this_thread_only():
 
 
 def _worker_pool(count: int) -> ThreadPoolExecutor:
-    """The process's worker threads for `in_lanes`, at least ``count`` of them."""
+    """The process's worker threads for `in_lanes`, at least ``count`` of them (the caller
+    holds ``_workers_lock``: a pool grown by another call is shut down only between two
+    calls' submissions, and the work already given to it still runs)."""
     global _workers
-    with _workers_lock:
-        if _workers is None or _workers[0] < count:
-            old = _workers
-            _workers = (count, ThreadPoolExecutor(max_workers=count,
-                                                  thread_name_prefix="cnnc-lane"))
-            if old is not None:
-                old[1].shutdown(wait=False)
-        return _workers[1]
+    if _workers is None or _workers[0] < count:
+        old = _workers
+        _workers = (count, ThreadPoolExecutor(max_workers=count,
+                                              thread_name_prefix="cnnc-lane"))
+        if old is not None:
+            old[1].shutdown(wait=False)
+    return _workers[1]
+
+
+def _forget_workers() -> None:
+    """In a forked child: the parent's worker threads are not there (a pool of them would
+    take work that never runs), and a lock held at the fork would stay held."""
+    global _workers, _workers_lock
+    _workers = None
+    _workers_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers)
+
+_lane = threading.local()  # ``inside``: this thread is running a lane of `in_lanes`
 
 
 def in_lanes(work, lanes: int) -> list:
@@ -283,18 +298,28 @@ def in_lanes(work, lanes: int) -> list:
     one thread for the process and the compiled kernels one on each lane's thread; each
     worker takes the caller's NumPy floating-point error handling (per thread in NumPy: a
     trainer's ``errstate(all="ignore")`` around evaluation, say). Every lane is waited for
-    before the first lane's error, if any, is raised. The split batches of inference
-    (`runtime/executor.py`) and the image lanes of training steps (`runtime/model.py`)."""
+    before the first lane's error, if any, is raised. Called from inside a lane, the lanes
+    run one after the other on that thread (the workers may all be busy with the outer
+    call's lanes). The split batches of inference (`runtime/executor.py`) and the shares of
+    training steps (`runtime/model.py`)."""
     import numpy
 
+    if getattr(_lane, "inside", False):
+        return [work(i) for i in range(lanes)]
     caller_errstate = numpy.geterr()
 
     def lane(i):
-        with this_thread_only(), numpy.errstate(**caller_errstate):
-            return work(i)
+        _lane.inside = True
+        try:
+            with this_thread_only(), numpy.errstate(**caller_errstate):
+                return work(i)
+        finally:
+            _lane.inside = False
 
     with limit(1):
-        futures = [_worker_pool(lanes - 1).submit(lane, i) for i in range(1, lanes)]
+        with _workers_lock:
+            pool = _worker_pool(lanes - 1)
+            futures = [pool.submit(lane, i) for i in range(1, lanes)]
         first = error = None
         try:
             first = lane(0)

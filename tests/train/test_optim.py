@@ -348,3 +348,33 @@ def test_compiled_updates_leave_strided_parameters_to_numpy():
     np.testing.assert_allclose(base[:, ::2], np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2]
                                - 0.1, rtol=1e-6)
     np.testing.assert_array_equal(base[:, 1::2], np.arange(24).reshape(4, 6)[:, 1::2])
+
+
+def test_compiled_updates_follow_numpy_on_odd_layouts_and_errors(monkeypatch):
+    """A Fortran-ordered first gradient makes a Fortran-ordered momentum buffer (its
+    updates must land in it, not in a flattened copy); a read-only parameter and
+    ``errstate(raise)`` get NumPy's errors."""
+    pytest.importorskip("numba")
+    from cnnc.ops import fast
+
+    def run(enabled):
+        monkeypatch.setattr(fast, "ENABLED", enabled)
+        params = {"w": np.ones((3, 4), np.float32)}
+        opt = SGD(params, lr=0.1, momentum=0.9)
+        for _ in range(4):
+            opt.step({"w": np.asfortranarray(np.ones((3, 4), np.float32))})
+        return params["w"], opt.slots["momentum_buffer"]["w"]
+
+    (w, buf), (w_np, buf_np) = run(True), run(False)
+    np.testing.assert_array_equal(buf, buf_np)
+    np.testing.assert_array_equal(w, w_np)
+    assert not np.allclose(buf, 1.0)  # the buffer moved
+
+    monkeypatch.setattr(fast, "ENABLED", True)
+    frozen = np.ones(5, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        Adam({"w": frozen}, lr=0.1).step({"w": np.ones(5, np.float32)})
+    huge = {"w": np.full(4, 3e38, np.float32)}
+    with np.errstate(all="raise"), pytest.raises(FloatingPointError):
+        SGD(huge, lr=1.0).step({"w": np.full(4, -3e38, np.float32)})

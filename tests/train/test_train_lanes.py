@@ -1,9 +1,9 @@
-"""Training steps in image lanes (runtime/model.py ``_lanes``, runtime/threads.py
-``in_lanes``): with two threads or more, the convolutions' training forward and backward run
-each thread's share of the batch on its own thread, their outputs and input gradients
-joined, their weight gradients summed. A step must compute what one thread computes; BLAS
-runs one thread throughout such a step; an error in any share reaches the caller naming its
-layer."""
+"""Training steps in shares of the batch (runtime/model.py ``_shares``, runtime/threads.py
+``in_lanes``): the convolutions' training forward and backward run on shares of the batch,
+one a thread (as many shares as the machine's cores), their outputs and input gradients
+joined, their weight gradients summed in the shares' order. A step computes the same bits
+at any thread count, and what the whole batch computes up to rounding; BLAS runs one thread
+throughout such a step; an error in any share reaches the caller naming its layer."""
 
 import numpy as np
 import pytest
@@ -48,6 +48,7 @@ output logits = f -> global_avgpool -> flatten -> dense(4)
 def clean(monkeypatch):
     threads.set_threads(None)
     monkeypatch.setattr(model_module, "LANE_MIN_VALUES", 1)  # every conv splits
+    monkeypatch.setattr(threads, "usable_cores", lambda max_age=0.0: 2)
     yield
     threads.set_threads(None)
 
@@ -61,52 +62,95 @@ def _step(source, x, labels, count, input_grad):
     return model, logits, dx
 
 
+CONVS = (Op.CONV1D, Op.CONV2D, Op.CONV3D)
+
+
 @pytest.mark.parametrize("source, shape, classes", [
     (SOURCE, (3, 10, 10), 5), (SOURCE_ND, (2, 6, 7, 7), 3), (SOURCE_1D, (3, 40), 4)],
     ids=["2d", "3d", "1d"])
 @pytest.mark.parametrize("batch", [2, 3, 5])
 @pytest.mark.parametrize("input_grad", [True, False])
-def test_lanes_compute_what_one_thread_computes(source, shape, classes, batch, input_grad):
+@pytest.mark.parametrize("cores", [2, 3])
+def test_shares_compute_the_same_at_any_thread_count(source, shape, classes, batch,
+                                                     input_grad, cores, monkeypatch):
+    """The same bits at one, two and three threads (``auto`` moves the count with the
+    machine's load: a run must not), and the whole batch's result up to rounding."""
+    monkeypatch.setattr(threads, "usable_cores", lambda max_age=0.0: cores)
     rng = np.random.default_rng(batch)
     x = rng.standard_normal((batch, *shape))
     labels = rng.integers(0, classes, batch)
-    one, logits1, dx1 = _step(source, x, labels, 1, input_grad)
-    assert not one._lanes(batch, 1)
-    for count in (2, 3):
-        split, logits, dx = _step(source, x, labels, count, input_grad)
-        lanes = split._lanes(batch, count)
-        convs = [s.name for s in split.plan.steps
-                 if s.op in (Op.CONV1D, Op.CONV2D, Op.CONV3D)]
-        assert sorted(lanes) == sorted(convs)  # the convolutions, and nothing else
-        for bounds in lanes.values():
-            assert bounds[0] == 0 and bounds[-1] == batch
-            assert len(bounds) == min(count, batch) + 1
-        np.testing.assert_allclose(logits, logits1, rtol=1e-12, atol=1e-13)
+    runs = [_step(source, x, labels, count, input_grad) for count in (1, 2, 3)]
+    first = runs[0][0]
+    shares = first._shares(batch)
+    convs = [s.name for s in first.plan.steps if s.op in CONVS]
+    assert sorted(shares) == sorted(convs)  # the convolutions, and nothing else
+    for bounds in shares.values():
+        assert bounds[0] == 0 and bounds[-1] == batch
+        assert len(bounds) == min(cores, batch) + 1
+    for model, logits, dx in runs[1:]:
+        np.testing.assert_array_equal(logits, runs[0][1])
         if input_grad:
-            np.testing.assert_allclose(dx, dx1, rtol=1e-10, atol=1e-13)
+            np.testing.assert_array_equal(dx, runs[0][2])
         else:
-            assert dx is None and dx1 is None
-        assert set(split.grads) == set(one.grads)
-        for key in one.grads:
-            np.testing.assert_allclose(split.grads[key], one.grads[key], rtol=1e-10,
-                                       atol=1e-13, err_msg=key)
-        for key, value in one.state().items():  # batchnorm's running statistics too
-            np.testing.assert_allclose(split.state()[key], value, rtol=1e-12, err_msg=key)
+            assert dx is None
+        assert set(model.grads) == set(first.grads)
+        for key in first.grads:
+            np.testing.assert_array_equal(model.grads[key], first.grads[key], err_msg=key)
+        for key, value in first.state().items():  # batchnorm's running statistics too
+            np.testing.assert_array_equal(model.state()[key], value, err_msg=key)
+    monkeypatch.setattr(model_module, "LANE_MIN_VALUES", 10 ** 9)  # the batch whole
+    whole, logits, dx = _step(source, x, labels, 2, input_grad)
+    assert not whole._shares(batch)
+    np.testing.assert_allclose(logits, runs[0][1], rtol=1e-12, atol=1e-13)
+    if input_grad:
+        np.testing.assert_allclose(dx, runs[0][2], rtol=1e-10, atol=1e-13)
+    for key in first.grads:
+        np.testing.assert_allclose(whole.grads[key], first.grads[key], rtol=1e-10,
+                                   atol=1e-13, err_msg=key)
+    for key, value in first.state().items():
+        np.testing.assert_allclose(whole.state()[key], value, rtol=1e-12, err_msg=key)
 
 
-def test_small_shares_one_image_and_one_thread_run_whole(monkeypatch):
+def test_shares_in_float32_stay_close_to_the_whole_batch(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 10, 10)).astype(np.float32)
+    labels = rng.integers(0, 5, 4)
+
+    def run():
+        model = cnnc.compile(SOURCE).build(backend="numpy", dtype="float32", seed=5)
+        threads.set_threads(2)
+        logits = model.forward(x, train=True, logits=True)
+        _, d = softmax_cross_entropy(logits, labels)
+        model.backward(d)
+        return model, logits
+
+    split, logits = run()
+    assert split._shares(4)
+    monkeypatch.setattr(model_module, "LANE_MIN_VALUES", 10 ** 9)
+    whole, want = run()
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+    # (relative to the largest gradient: a bias before a batchnorm has a gradient of
+    # rounding noise alone)
+    scale = max(float(np.abs(g).max()) for g in whole.grads.values())
+    for key, g in whole.grads.items():
+        np.testing.assert_allclose(split.grads[key] / scale, g / scale, atol=1e-5,
+                                   err_msg=key)
+
+
+def test_small_shares_and_one_image_run_whole(monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda max_age=0.0: 4)
     model = cnnc.compile(SOURCE).build(backend="numpy", dtype="float64", seed=5)
     first = model.plan.steps[0]  # the 5x5 convolution of the 300 values of an image
     assert first.op is Op.CONV2D
-    assert model._lanes(1, 2) == {}
-    assert model._lanes(4, 1) == {}
+    assert model._shares(1) == {}
     monkeypatch.setattr(model_module, "LANE_MIN_VALUES", 600)
     model._lane_cache = None
-    assert model._lanes(4, 4)[first.name] == [0, 2, 4]  # 1200 values: two shares of 600
-    assert first.name not in model._lanes(3, 2)  # 900 values: one share
+    assert model._shares(4)[first.name] == [0, 2, 4]  # 1200 values: two shares of 600
+    assert first.name not in model._shares(3)  # 900 values: one share
+    assert model._shares(8)[first.name] == [0, 2, 4, 6, 8]  # four cores: four shares
     monkeypatch.setattr(model_module, "LANE_MIN_VALUES", 10 ** 9)
     model._lane_cache = None
-    assert model._lanes(4, 2) == {}
+    assert model._shares(4) == {}
 
 
 def test_blas_runs_one_thread_through_a_step_in_lanes(monkeypatch):
@@ -153,7 +197,7 @@ def test_an_error_in_one_share_names_its_layer():
     forward, backward = table[Op.CONV2D]
 
     def failing_backward(saved, dy, **options):
-        if dy.shape[0] == 1:  # the last share of three images at two lanes: 1 and 2
+        if dy.shape[0] == 2:  # three images in two shares, 1 and 2: the worker thread's
             raise ValueError("boom in one share")
         return backward(saved, dy, **options)
 
@@ -184,6 +228,18 @@ def test_in_lanes_waits_for_every_lane_before_raising():
     with pytest.raises(ValueError, match="first lane"):
         threads.in_lanes(work, 3)
     assert sorted(done) == [1, 2]
+
+    def worker_fails(i):
+        if i == 2:
+            raise KeyError("a worker's lane")
+        time.sleep(0.05)
+        done.append(i)
+        return i
+
+    done.clear()
+    with pytest.raises(KeyError, match="a worker's lane"):
+        threads.in_lanes(worker_fails, 3)
+    assert sorted(done) == [0, 1]
     assert threads.in_lanes(lambda i: i * i, 3) == [0, 1, 4]
 
 
@@ -209,13 +265,14 @@ def _root(a):
     return a
 
 
-def test_a_step_holds_the_tape_and_lets_the_rest_go():
+def test_a_step_holds_the_tape_and_lets_the_rest_go(monkeypatch):
     """The forward lets each map go once no later step reads it (what the backward needs is
     in the tape), and the backward lets each step's saved arrays go once its backward has
     run: ResNet-18 at batch 8 peaked at 383 MiB in the forward for the 151 its tape keeps.
-    (One thread: the spies below take one call a step.)"""
+    (The batch whole: the spies below take one call a step.)"""
     import weakref
 
+    monkeypatch.setattr(model_module, "LANE_MIN_VALUES", 10 ** 9)
     model = cnnc.compile(SOURCE).build(backend="numpy", dtype="float64", seed=5)
     table = model.backend.grads
     kept = dict(table)
@@ -284,3 +341,37 @@ def test_a_step_holds_the_tape_and_lets_the_rest_go():
         table.update(kept)
     assert not problems, problems
     assert model._tape is None
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")
+def test_a_forked_child_runs_lanes_on_workers_of_its_own():
+    import os
+
+    assert threads.in_lanes(lambda i: i, 2) == [0, 1]  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's worker threads are not there
+        import signal
+
+        signal.alarm(60)  # a child that hangs dies, rather than the test suite waiting
+        code = 1
+        try:
+            code = 0 if threads.in_lanes(lambda i: i + 10, 2) == [10, 11] else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_lanes_inside_a_lane_run_on_that_thread():
+    """A lane that asks for lanes of its own (an inference inside a training share, say)
+    runs them one after the other: the workers may all be taken by the outer call."""
+    import threading
+
+    def inner(i):
+        return threading.get_ident()
+
+    def outer(i):
+        return threads.in_lanes(inner, 3), threading.get_ident()
+
+    for idents, me in threads.in_lanes(outer, 2):
+        assert idents == [me] * 3
