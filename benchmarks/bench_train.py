@@ -55,7 +55,7 @@ from cnnc.runtime import optim, train
 from cnnc.runtime.losses import accuracy_count, softmax_cross_entropy
 
 # the busy neighbours of the inference benchmark (this folder is on the path of a script run)
-from bench_runtime import neighbours  # noqa: E402
+from bench_runtime import _rss_kib, neighbours  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits.cnn"
 RESNET = Path(__file__).resolve().parents[1] / "examples" / "resnet18.cnn"
@@ -196,14 +196,6 @@ def resnet_step(torch, args):
     if args.profile:
         profile_steps(model, opt, x, labels, args)
     return rows
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def memory_child(torch, args, fw):

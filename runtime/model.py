@@ -347,17 +347,10 @@ class Model:
             return 0
         params = {id(_root(a)) for a in self.params.values()}
         seen: dict = {}
-        stack = [saved for _, saved in self._tape[0]]
-        while stack:
-            item = stack.pop()
-            if isinstance(item, (tuple, list)):
-                stack.extend(item)
-            elif isinstance(item, dict):
-                stack.extend(item.values())
-            elif hasattr(item, "nbytes") and hasattr(item, "shape"):
-                root = _root(item)
-                if id(root) not in params:
-                    seen[id(root)] = int(root.nbytes)
+        for item in arrays_in([saved for _, saved in self._tape[0]]):
+            root = _root(item)
+            if id(root) not in params:
+                seen[id(root)] = int(root.nbytes)
         return sum(seen.values())
 
     def _heads(self, logits: bool) -> dict:
@@ -681,6 +674,21 @@ def _training_arrays(plan, dtype, every_output: bool) -> dict:
                 _, what, per_sample, fixed = entry
                 kept[(step.name, what)] = (per_sample, fixed)
     return kept
+
+
+def arrays_in(saved) -> list:
+    """Every array in what a training forward keeps (tuples, lists and dicts of them, a
+    step's shares), repeats included."""
+    found, stack = [], [saved]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (tuple, list)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif hasattr(item, "nbytes") and hasattr(item, "shape"):
+            found.append(item)
+    return found
 
 
 def _root(a):

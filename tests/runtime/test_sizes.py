@@ -19,7 +19,7 @@ from cnnc.compiler.plan import Plan, Step
 from cnnc.ops import PRIMITIVES, Op
 from cnnc.runtime import files
 from cnnc.runtime.model import (
-    Model, TooLargeError, WeightFileError, estimate_saved_bytes,
+    Model, TooLargeError, WeightFileError, arrays_in, estimate_saved_bytes,
     param_bytes,
 )
 
@@ -88,17 +88,11 @@ def _root(a):
 def _kept(saved, params) -> int:
     """Model.saved_bytes over one step's ``saved``."""
     exclude = {id(_root(p)) for p in params if p is not None}
-    seen, stack = {}, [saved]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (tuple, list)):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif hasattr(item, "nbytes") and hasattr(item, "shape"):
-            root = _root(item)
-            if id(root) not in exclude:
-                seen[id(root)] = int(root.nbytes)
+    seen = {}
+    for item in arrays_in(saved):
+        root = _root(item)
+        if id(root) not in exclude:
+            seen[id(root)] = int(root.nbytes)
     return sum(seen.values())
 
 
