@@ -87,7 +87,7 @@ class Model:
             _ = self.executor  # refuses now: no onnxruntime, or a dtype it does not run
         self._tape = None  # what the last forward(...) kept for backward
         self._free = None  # buffers whose gradient no parameter needs (_grad_free)
-        self._lane_cache = None  # ((batch, cores), the training steps' shares: _shares)
+        self._share_cache = None  # ((batch, cores), the training steps' shares: _shares)
         self._last = None  # per step, the buffers read for the last time (_last_readers)
         # Dropout masks in training; its state is part of a training checkpoint.
         self.rng = self.xp.random.default_rng(seed)
@@ -384,7 +384,7 @@ class Model:
         """Where a training call cuts the batch of ``n`` images into shares: step name ->
         ``[0, ..., n]``, for the steps whose training pair treats each image alone
         (``Primitive.per_image``: the convolutions), as many shares as the process has
-        usable cores (and images), each with at least ``LANE_MIN_VALUES`` input values.
+        usable cores (and images), each with at least ``SHARE_MIN_VALUES`` input values.
         Empty: every step runs whole. The threads of a call take the shares in turn
         (`_on_threads`): the BLAS threads of one product wait for each other at every
         barrier and the compiled transforms between the products ran on one thread; a share
@@ -397,7 +397,7 @@ class Model:
         from .threads import usable_cores
 
         key = (n, usable_cores(max_age=1.0))
-        if self._lane_cache is None or self._lane_cache[0] != key:
+        if self._share_cache is None or self._share_cache[0] != key:
             shapes = dict(self.plan.inputs)
             shapes.update((step.name, step.shape) for step in self.plan.steps)
             shares = {}
@@ -405,11 +405,11 @@ class Model:
                 if step.op not in self.backend.per_image:
                     continue
                 values = n * math.prod(shapes[step.inputs[0]])
-                count = min(key[1], n, values // LANE_MIN_VALUES)
+                count = min(key[1], n, values // SHARE_MIN_VALUES)
                 if count >= 2:
                     shares[step.name] = [n * i // count for i in range(count + 1)]
-            self._lane_cache = (key, shares)
-        return self._lane_cache[1]
+            self._share_cache = (key, shares)
+        return self._share_cache[1]
 
     def _grad_free(self) -> frozenset:
         """The buffers whose gradient no parameter's needs: the inputs, and what layers
@@ -700,7 +700,7 @@ def _root(a):
 
 # a training step's share of the batch has at least this many input values
 # (`Model._shares`): the digits example's 16 x 8 x 8 maps at batch 32 ran slower in lanes
-LANE_MIN_VALUES = 1 << 16
+SHARE_MIN_VALUES = 1 << 16
 
 
 def _blas_for(shares):

@@ -255,7 +255,6 @@ class SGD(Optimizer):
             return
         d = g + wd * p if wd else g
         if self.momentum:
-            buffers = self.slots["momentum_buffer"]
             buf = buffers.get(key)
             if buf is None:
                 buf = buffers[key] = d.astype(p.dtype, copy=True)

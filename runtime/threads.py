@@ -208,25 +208,18 @@ def limit(n=None):
     """Within the block, BLAS and the compiled kernels run ``decide(n)`` threads; the
     previous counts come back after it. Yields the count."""
     count = decide(n)
-    pools = _blas_pools()
-    before = [pool.get_num_threads() for pool in pools]
-    for pool, was in zip(pools, before):
-        if was != count:
-            pool.set_num_threads(count)
-    jit = _kernel_threads()
-    jit_before = None
-    if jit is not None:
-        get, put = jit
-        jit_before = get()
-        put(count)
-    try:
-        yield count
-    finally:
-        for pool, was in zip(pools, before):
-            if was != count:
-                pool.set_num_threads(was)
-        if jit_before is not None:
-            jit[1](jit_before)
+    with blas_limit(count):
+        jit = _kernel_threads()
+        jit_before = None
+        if jit is not None:
+            get, put = jit
+            jit_before = get()
+            put(count)
+        try:
+            yield count
+        finally:
+            if jit_before is not None:
+                jit[1](jit_before)
 
 
 @contextlib.contextmanager

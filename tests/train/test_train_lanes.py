@@ -48,7 +48,7 @@ output logits = f -> global_avgpool -> flatten -> dense(4)
 @pytest.fixture(autouse=True)
 def clean(monkeypatch):
     threads.set_threads(None)
-    monkeypatch.setattr(model_module, "LANE_MIN_VALUES", 1)  # every conv splits
+    monkeypatch.setattr(model_module, "SHARE_MIN_VALUES", 1)  # every conv splits
     monkeypatch.setattr(threads, "usable_cores", lambda max_age=0.0: 2)
     yield
     threads.set_threads(None)
@@ -99,7 +99,7 @@ def test_shares_compute_the_same_at_any_thread_count(source, shape, classes, bat
             np.testing.assert_array_equal(model.grads[key], first.grads[key], err_msg=key)
         for key, value in first.state().items():  # batchnorm's running statistics too
             np.testing.assert_array_equal(model.state()[key], value, err_msg=key)
-    monkeypatch.setattr(model_module, "LANE_MIN_VALUES", 10 ** 9)  # the batch whole
+    monkeypatch.setattr(model_module, "SHARE_MIN_VALUES", 10 ** 9)  # the batch whole
     whole, logits, dx = _step(source, x, labels, 2, input_grad)
     assert not whole._shares(batch)
     np.testing.assert_allclose(logits, runs[0][1], rtol=1e-12, atol=1e-13)
@@ -127,7 +127,7 @@ def test_shares_in_float32_stay_close_to_the_whole_batch(monkeypatch):
 
     split, logits = run()
     assert split._shares(4)
-    monkeypatch.setattr(model_module, "LANE_MIN_VALUES", 10 ** 9)
+    monkeypatch.setattr(model_module, "SHARE_MIN_VALUES", 10 ** 9)
     whole, want = run()
     np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
     # (relative to the largest gradient: a bias before a batchnorm has a gradient of
@@ -144,13 +144,13 @@ def test_small_shares_and_one_image_run_whole(monkeypatch):
     first = model.plan.steps[0]  # the 5x5 convolution of the 300 values of an image
     assert first.op is Op.CONV2D
     assert model._shares(1) == {}
-    monkeypatch.setattr(model_module, "LANE_MIN_VALUES", 600)
-    model._lane_cache = None
+    monkeypatch.setattr(model_module, "SHARE_MIN_VALUES", 600)
+    model._share_cache = None
     assert model._shares(4)[first.name] == [0, 2, 4]  # 1200 values: two shares of 600
     assert first.name not in model._shares(3)  # 900 values: one share
     assert model._shares(8)[first.name] == [0, 2, 4, 6, 8]  # four cores: four shares
-    monkeypatch.setattr(model_module, "LANE_MIN_VALUES", 10 ** 9)
-    model._lane_cache = None
+    monkeypatch.setattr(model_module, "SHARE_MIN_VALUES", 10 ** 9)
+    model._share_cache = None
     assert model._shares(4) == {}
 
 
@@ -179,8 +179,8 @@ def test_blas_runs_one_thread_through_a_step_in_lanes(monkeypatch):
         x = np.random.default_rng(0).standard_normal((4, 3, 10, 10))
         logits = model.forward(x, train=True, logits=True)
         model.backward(np.ones_like(logits))
-        monkeypatch.setattr(model_module, "LANE_MIN_VALUES", 10 ** 9)
-        model._lane_cache = None
+        monkeypatch.setattr(model_module, "SHARE_MIN_VALUES", 10 ** 9)
+        model._share_cache = None
         logits = model.forward(x, train=True, logits=True)
         model.backward(np.ones_like(logits))
     finally:
@@ -248,7 +248,7 @@ def test_a_step_holds_the_tape_and_lets_the_rest_go(monkeypatch):
     (The batch whole: the spies below take one call a step.)"""
     import weakref
 
-    monkeypatch.setattr(model_module, "LANE_MIN_VALUES", 10 ** 9)
+    monkeypatch.setattr(model_module, "SHARE_MIN_VALUES", 10 ** 9)
     model = cnnc.compile(SOURCE).build(backend="numpy", dtype="float64", seed=5)
     table = model.backend.grads
     kept = dict(table)
