@@ -523,6 +523,11 @@ BACKWARD_VALUES = 6
 
 
 def _build_maxpool():
+    # the kernels' helpers are the module's globals, not cells of a closure: numba keys its
+    # disk cache on a closure's pickled cells, and a compiled function pickles with an id
+    # of its process, so a kernel closing over one compiled again in every process (the
+    # training forward below: 4 s at the start of every training run)
+    global _start_row, _narrow_rows
     import numba
     import numpy as np
 

@@ -1421,3 +1421,22 @@ def test_global_avgpool_by_matrix_vector_product_is_the_mean(dtype, shape):
     got = pool.global_avgpool(x)
     assert np.isnan(got[0, 1]).all() and np.isposinf(got[1, 2]).all()
     assert np.isfinite(got[0, 0]).all() and np.isfinite(got[1, 0]).all()
+
+
+def test_the_compiled_training_kernels_close_over_no_compiled_function():
+    """numba keys its disk cache on a closure's pickled cells, and a compiled function
+    pickles with an id of its process: a kernel closing over one missed the cache in every
+    process (the training max pool compiled again at the start of every training run)."""
+    numba = pytest.importorskip("numba")
+    from cnnc.ops import fast
+
+    if not fast.ENABLED:
+        pytest.skip("the compiled kernels are off (CNNC_FAST=0)")
+    dispatcher = numba.core.dispatcher.Dispatcher
+    wrappers = pool._compiled_maxpool(np.zeros(1, np.float32))
+    kernels = [cell.cell_contents for f in wrappers for cell in f.__closure__ or ()
+               if isinstance(cell.cell_contents, dispatcher)]
+    assert len(kernels) == 2  # forward and backward
+    for kernel in kernels:
+        cells = [cell.cell_contents for cell in kernel.py_func.__closure__ or ()]
+        assert not [c for c in cells if isinstance(c, dispatcher)], kernel.py_func.__name__
