@@ -302,6 +302,15 @@ def _compiled(*arrays):
 # (Grouped ones, ResNeXt's 4 channels a group, are not measured: they stay GEMMs.)
 DIRECT_CHANNELS = 4
 
+# Ungrouped convolutions of at most this many input channels whose output maps have at most
+# this many pixels cut their column matrix from the image laid out channel-last
+# (`_conv_channels_last`). One thread, 3x3, against the shifted-rows GEMM: 16 -> 32 and
+# 32 -> 64 at 4x4 to 8x8, batch 1 to 32, 0.32-0.76 of the time (the digits example's
+# layers 0.45-0.57); 64 -> 64 0.40-0.69; at 14x14 0.5-1.35, at 28x28 0.8-1.8, and from 128
+# channels (where Winograd runs from 14x14) 0.5-2.8: not taken there.
+CHANNELS_LAST_CHANNELS = 64
+CHANNELS_LAST_MAP = 64
+
 # Whether a GEMM convolution's epilogue runs compiled (ops/fast.py, one pass) where it can;
 # False: NumPy's passes (docs/performance.md has both measured).
 COMPILED_EPILOGUE = True
@@ -416,8 +425,6 @@ def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp, scale=N
     planes = phases.reshape(nb, groups, cg, len(used), plane)
     col = xp.empty((groups, k, nb * span), dtype=x.dtype)
     rows = col.reshape(groups, cg, len(taps), nb, span)
-    bias = None if b is None else b.reshape(1, groups, og, 1, 1)
-    gain = None if scale is None else scale.reshape(1, groups, og, 1, 1)
     y = xp.empty((groups, og, nb * span), dtype=x.dtype)
     fast = _compiled_epilogue(x, w, b, scale, out, gate, act)
     for n0 in range(0, n, nb):
@@ -428,31 +435,92 @@ def _conv_shifted(x, w, b, pads, stride, dilation, groups, act, out, xp, scale=N
             src = planes[:m, :, :, used.index(phase), shift:shift + span]
             rows[:, :, t, :m] = src.transpose(1, 2, 0, 3)
         ym = xp.matmul(wt, col[:, :, :m * span], out=y[:, :, :m * span])
-        if fast is not None and fast.epilogue_(
-                out[n0:n0 + m], ym.reshape(o, m, ho, wq)[..., :wo].transpose(1, 0, 2, 3),
-                scale, b, act, None if gate is None else gate[n0:n0 + m]):
-            continue
         kept = ym.reshape(groups, og, m, ho, wq)[..., :wo].transpose(2, 0, 1, 3, 4)
-        dest = out[n0:n0 + m].reshape(m, groups, og, ho, wo)
-        relu = act == "relu" or (isinstance(act, tuple) and act[0] == "relu")
-        if gain is not None:
-            xp.multiply(kept, gain, out=dest)
-            if bias is not None:
-                dest += bias
-            if relu:
-                xp.maximum(dest, 0, out=dest)
-        elif bias is not None:
-            xp.add(kept, bias, out=dest)
-            if relu:
-                xp.maximum(dest, 0, out=dest)
-        elif relu:
-            xp.maximum(kept, 0, out=dest)
-        else:
-            dest[...] = kept
-        if act is not None and not relu:
-            apply_act_(out[n0:n0 + m], act)
-        if gate is not None:
-            out[n0:n0 + m] *= gate[n0:n0 + m, :, None, None]
+        _store(kept, out[n0:n0 + m], b, scale, act, None if gate is None else gate[n0:n0 + m],
+               fast, xp)
+
+
+def _store(kept, dest, b, scale, act, gate, fast, xp):
+    """``dest (m, O, Ho, Wo)`` = the epilogue (``scale``, ``b``, ``act``, then ``gate (m,
+    O)``) of a GEMM's sums ``kept (m, G, O/G, Ho, Wo)``, a view with contiguous rows: one
+    compiled pass where ``fast`` takes it, else NumPy's passes."""
+    m, groups, og, ho, wo = kept.shape
+    if fast is not None and fast.epilogue_(dest, kept.reshape(m, groups * og, ho, wo), scale,
+                                          b, act, gate):
+        return
+    dest5 = dest.reshape(m, groups, og, ho, wo)
+    bias = None if b is None else b.reshape(1, groups, og, 1, 1)
+    gain = None if scale is None else scale.reshape(1, groups, og, 1, 1)
+    relu = act == "relu" or (isinstance(act, tuple) and act[0] == "relu")
+    if gain is not None:
+        xp.multiply(kept, gain, out=dest5)
+        if bias is not None:
+            dest5 += bias
+        if relu:
+            xp.maximum(dest5, 0, out=dest5)
+    elif bias is not None:
+        xp.add(kept, bias, out=dest5)
+        if relu:
+            xp.maximum(dest5, 0, out=dest5)
+    elif relu:
+        xp.maximum(kept, 0, out=dest5)
+    else:
+        dest5[...] = kept
+    if act is not None and not relu:
+        apply_act_(dest, act)
+    if gate is not None:
+        dest *= gate[:, :, None, None]
+
+
+def _conv_channels_last(x, w, b, pads, stride, dilation, act, out, xp, scale=None,
+                        gate=None):
+    """An ungrouped convolution of small maps as one GEMM over columns cut from the image
+    laid out channel-last: each window row is then one run of ``kw * C`` values (channel
+    first, a column matrix of small maps is copied a few values at a time, and the
+    shifted-rows GEMM computes ``Wp - Wo`` discarded columns a row: a quarter to a half of
+    them on 8x8 and 4x4 maps). The weights reordered to match, ``(O, kh*kw*C)``."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    sh, sw = stride
+    dh, dw = dilation
+    top, bottom, left, right = pads
+    ho, wo = out.shape[2:]
+    k = kh * kw * c
+    wt = w.transpose(0, 2, 3, 1).reshape(o, k)  # (O, kh*kw*C): a copy
+    nb = max(1, min(n, WORKSPACE_BYTES // (k * ho * wo * x.itemsize)))
+    y = xp.empty((o, nb * ho * wo), dtype=x.dtype)
+    fast = _compiled_epilogue(x, w, b, scale, out, gate, act)
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        col = _columns_last(x[n0:n0 + m], (kh, kw), stride, dilation, pads, (ho, wo), xp)
+        ym = xp.matmul(wt, col.T, out=y[:, :m * ho * wo])  # (O, m*Ho*Wo)
+        _store(ym.reshape(1, o, m, ho, wo).transpose(2, 0, 1, 3, 4), out[n0:n0 + m], b,
+               scale, act, None if gate is None else gate[n0:n0 + m], fast, xp)
+
+
+def _channels_last(c, groups, kernel, out_hw) -> bool:
+    """Whether a convolution takes `_conv_channels_last` (and its backward the same
+    columns for the weights' gradient)."""
+    return (groups == 1 and kernel[0] * kernel[1] > 1 and c <= CHANNELS_LAST_CHANNELS
+            and out_hw[0] * out_hw[1] <= CHANNELS_LAST_MAP)
+
+
+def _columns_last(x, kernel, stride, dilation, pads, out_hw, xp):
+    """The column matrix ``(N*Ho*Wo, kh*kw*C)`` of ``x (N, C, H, W)``, its columns ordered
+    ``(kh, kw, C)``: the windows of the zero-padded image laid out channel-last, where each
+    window row is one run of ``kw * C`` values (a fresh array)."""
+    n, c, h, wd = x.shape
+    kh, kw = kernel
+    sh, sw = stride
+    dh, dw = dilation
+    top, bottom, left, right = pads
+    ho, wo = out_hw
+    laid = xp.zeros((n, h + top + bottom, wd + left + right, c), dtype=x.dtype)
+    laid[:, top:top + h, left:left + wd] = x.transpose(0, 2, 3, 1)
+    s_n, s_h, s_w, s_c = laid.strides
+    windows = xp.lib.stride_tricks.as_strided(
+        laid, (n, ho, wo, kh, kw, c), (s_n, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c))
+    return windows.reshape(n * ho * wo, kh * kw * c)
 
 
 def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None,
@@ -527,6 +595,10 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
         target = _target(out, (n, o, ho, wo), dtype, xp)
         if tiles.pointwise_conv2d(x, w, b, scale, act, target, gate, in_gate):
             return target
+    if not pointwise and _channels_last(c, groups, (kh, kw), (ho, wo)):
+        out = _target(out, (n, o, ho, wo), dtype, xp)
+        _conv_channels_last(x, w, b, pads, (sh, sw), (dh, dw), act, out, xp, scale, gate)
+        return out
     if SHIFTED and not pointwise:
         out = _target(out, (n, o, ho, wo), dtype, xp)
         _conv_shifted(x, w, b, pads, (sh, sw), (dh, dw), groups, act, out, xp, scale, gate)
@@ -683,6 +755,17 @@ def conv2d_backward(saved, dy, input_grad=True):
             return _grads(gx, winograd.weight_grad(x, dy, pads), dy, has_bias)
     if not direct:
         gx = xp.empty(x.shape, dtype=x.dtype)
+    elif _channels_last(c, groups, (kh, kw), (ho, wo)):
+        # small maps: the forward's channel-last columns, (nb*Ho*Wo, kh*kw*C) a chunk
+        gW = xp.zeros((o, kh * kw * cg), dtype=x.dtype)
+        chunk = max(1, WORKSPACE_BYTES // (c * kh * kw * spatial * x.itemsize))
+        for n0 in range(0, n, chunk):
+            n1 = min(n, n0 + chunk)
+            col = _columns_last(x[n0:n1], (kh, kw), stride, dilation, pads, (ho, wo), xp)
+            gy2 = dy[n0:n1].reshape(n1 - n0, o, spatial).transpose(1, 0, 2)
+            gW += xp.matmul(gy2.reshape(o, (n1 - n0) * spatial), col)
+        gW = gW.reshape(o, kh, kw, cg).transpose(0, 3, 1, 2)
+        return _grads(gx, xp.ascontiguousarray(gW), dy, has_bias)
     gW = xp.zeros((groups, og, ck), dtype=x.dtype)
 
     pointwise = kh == kw == 1 and stride == (1, 1) and max(pads) == 0
