@@ -224,6 +224,9 @@ def _check_shapes(x, w, b, groups, where="conv2d", n=2):
         )
     channels = x.shape[1]
     out_channels, group_channels = w.shape[:2]
+    if channels == 0 or out_channels == 0:
+        raise ValueError(f"{where}: input {tuple(x.shape)} and weight {tuple(w.shape)} must "
+                         f"have at least one channel each")
     if groups < 1 or channels % groups != 0 or out_channels % groups != 0:
         raise ValueError(
             f"{where}: input channels ({channels}) and output channels ({out_channels}) "
@@ -479,11 +482,8 @@ def _conv_channels_last(x, w, b, pads, stride, dilation, act, out, xp, scale=Non
     first, a column matrix of small maps is copied a few values at a time, and the
     shifted-rows GEMM computes ``Wp - Wo`` discarded columns a row: a quarter to a half of
     them on 8x8 and 4x4 maps). The weights reordered to match, ``(O, kh*kw*C)``."""
-    n, c, h, wd = x.shape
+    n, c = x.shape[:2]
     o, _, kh, kw = w.shape
-    sh, sw = stride
-    dh, dw = dilation
-    top, bottom, left, right = pads
     ho, wo = out.shape[2:]
     k = kh * kw * c
     wt = w.transpose(0, 2, 3, 1).reshape(o, k)  # (O, kh*kw*C): a copy

@@ -89,3 +89,46 @@ def test_the_weight_gradient_equals_the_channel_first_columns(stride, pads, dtyp
     for g, h in zip(got[0] + got[1], want[0] + want[1]):
         assert g.dtype == dtype and g.flags.c_contiguous
         np.testing.assert_allclose(g, h, rtol=tol, atol=tol * np.abs(h).max())
+
+
+def test_the_layers_it_takes(monkeypatch):
+    taken = []
+    real = conv._conv_channels_last
+    monkeypatch.setattr(conv, "_conv_channels_last",
+                        lambda *a, **k: taken.append(a[1].shape) or real(*a, **k))
+    rng = np.random.default_rng(3)
+
+    def run(c, o, hw, k=3, groups=1):
+        x = rng.standard_normal((2, c, hw, hw)).astype(np.float32)
+        conv.conv2d(x, rng.standard_normal((o, c // groups, k, k)).astype(np.float32),
+                    pad=k // 2, groups=groups)
+
+    run(16, 32, 8)  # the digits example's second layer: taken
+    run(64, 64, 8)
+    run(65, 64, 8)  # too many input channels
+    run(16, 32, 9)  # 81 output pixels
+    run(16, 16, 8, k=1)  # 1x1: the GEMM
+    run(16, 16, 8, groups=2)  # grouped
+    run(3, 16, 8)  # the direct loop of few channels
+    assert taken == [(32, 16, 3, 3), (64, 64, 3, 3)]
+
+
+@pytest.mark.parametrize("stride, dilation, input_grad", [
+    ((2, 2), (1, 1), False), ((1, 1), (2, 1), True), ((1, 2), (1, 1), False)])
+def test_the_weight_gradient_at_strides_and_dilations(stride, dilation, input_grad,
+                                                      monkeypatch):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 9, 8, 8))
+    wt = rng.standard_normal((7, 9, 3, 3))
+    y, saved = conv.conv2d_forward(x, wt, None, stride=stride, pad=2, dilation=dilation)
+    dy = rng.standard_normal(y.shape)
+    got, want = _both(monkeypatch,
+                      lambda: conv.conv2d_backward(saved, dy, input_grad=input_grad))
+    assert (got[0][0] is None) == (not input_grad)
+    np.testing.assert_allclose(got[1][0], want[1][0], rtol=1e-11, atol=1e-11)
+
+
+def test_no_channels_is_refused():
+    """(The direct loop ran forever on a convolution of no input channels.)"""
+    with pytest.raises(ValueError, match="at least one channel"):
+        conv.conv2d(np.zeros((1, 0, 8, 8), np.float32), np.zeros((4, 0, 3, 3), np.float32))
