@@ -100,14 +100,21 @@ GATED = [
 ]
 
 
-@pytest.mark.parametrize("body", GATED)
-def test_a_per_channel_gate_after_a_convolution_joins_its_epilogue(body):
+def _the_gated_convolution(body, field):
+    """The plan of ``body`` has no MUL left and one CONV2D that took its gate as ``field``
+    (``gate`` or ``in_gate``), read last among its inputs; and it runs as the interpreter
+    does."""
     eplan = _plan(body)
     assert not [e for e in eplan.execs if e.op is Op.MUL]
-    gated = [e for e in eplan.execs if e.gate is not None]
+    gated = [e for e in eplan.execs if getattr(e, field) is not None]
     assert len(gated) == 1 and gated[0].op is Op.CONV2D
-    assert gated[0].inputs[-1] == gated[0].gate
+    assert gated[0].inputs[-1] == getattr(gated[0], field)
     _check_runs(body)
+
+
+@pytest.mark.parametrize("body", GATED)
+def test_a_per_channel_gate_after_a_convolution_joins_its_epilogue(body):
+    _the_gated_convolution(body, "gate")
 
 
 @pytest.mark.parametrize("body", [
@@ -121,9 +128,15 @@ def test_a_per_channel_gate_after_a_convolution_joins_its_epilogue(body):
     "a = x -> conv(4, 3, pad=1)\noutput y = mul(a, x)\n",
 ])
 def test_a_product_that_is_no_fusable_gate_stays_a_step(body):
+    _the_product_stays(body, "gate")
+
+
+def _the_product_stays(body, field):
+    """The plan of ``body`` keeps its MUL and no step took a gate as ``field``; it runs as
+    the interpreter does."""
     eplan = _plan(body)
     assert [e for e in eplan.execs if e.op is Op.MUL]
-    assert all(e.gate is None for e in eplan.execs)
+    assert all(getattr(e, field) is None for e in eplan.execs)
     _check_runs(body)
 
 
@@ -176,11 +189,7 @@ INPUT_GATED = [
 
 @pytest.mark.parametrize("body", INPUT_GATED)
 def test_a_gate_before_a_1x1_convolution_joins_its_input(body):
-    eplan = _plan(body)
-    assert not [e for e in eplan.execs if e.op is Op.MUL]
-    [conv] = [e for e in eplan.execs if e.in_gate is not None]
-    assert conv.op is Op.CONV2D and conv.inputs[-1] == conv.in_gate
-    _check_runs(body)
+    _the_gated_convolution(body, "in_gate")
 
 
 def test_a_gate_in_and_a_gate_out_of_one_convolution():
@@ -205,10 +214,7 @@ def test_a_gate_in_and_a_gate_out_of_one_convolution():
     "m = mul(a, g)\nb = m -> conv(8, 1)\noutput y = add(m, b)\n",
 ])
 def test_a_gate_that_cannot_join_the_next_input_stays_a_step(body):
-    eplan = _plan(body)
-    assert [e for e in eplan.execs if e.op is Op.MUL]
-    assert all(e.in_gate is None for e in eplan.execs)
-    _check_runs(body)
+    _the_product_stays(body, "in_gate")
 
 
 def test_efficientnet_multiplies_every_squeeze_and_excitation_into_its_projection():
