@@ -51,6 +51,7 @@ Every primitive has a pair ``(forward, backward)`` (each backend's ``GRADS`` tab
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -288,3 +289,47 @@ def elements(shape) -> int:
 def weight_keys(node) -> list[str]:
     """A step's parameter names: the layer's params, then its buffers."""
     return [f"{node.name}.{k}" for k in list(node.params) + list(node.buffers)]
+
+
+class Prepared:
+    """Arrays that kernels derive from a plan's weights (the Winograd transforms of its 3x3
+    convolutions), kept for as long as the weights stay unchanged: the inference executor
+    holds one and replaces it when the parameters change. The layers share ``budget``
+    bytes; past it, a kernel derives what it needs on every call, as without one."""
+
+    def __init__(self, budget: int):
+        self.left = int(budget)
+        self._layers: dict = {}
+        self._lock = threading.Lock()
+
+    def layer(self, name) -> "PreparedLayer":
+        """The arrays of layer ``name`` (the argument a kernel's ``prepared=`` takes)."""
+        with self._lock:
+            got = self._layers.get(name)
+            if got is None:
+                got = self._layers[name] = PreparedLayer(self)
+            return got
+
+
+class PreparedLayer:
+    """One layer's share of a `Prepared`."""
+
+    def __init__(self, plan: Prepared):
+        self._plan = plan
+        self._arrays: dict = {}
+
+    def kept(self, key, nbytes: int, make: Callable):
+        """The array kept under ``key``; else ``make()``, kept, if its ``nbytes`` fit in
+        what is left of the budget; else None (nothing made)."""
+        got = self._arrays.get(key)
+        if got is not None:
+            return got
+        plan = self._plan
+        with plan._lock:
+            if nbytes > plan.left:
+                return None
+            plan.left -= nbytes  # reserved before making it: lanes asking at once
+        array = make()
+        self._arrays[key] = array
+        return array
+

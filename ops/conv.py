@@ -524,7 +524,7 @@ def _columns_last(x, kernel, stride, dilation, pads, out_hw, xp):
 
 
 def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out=None,
-           scale=None, gate=None, in_gate=None):
+           scale=None, gate=None, in_gate=None, prepared=None):
     """Convolve ``x (N, C, H, W)`` with ``w (O, C/groups, kh, kw)``; returns ``(N, O, Ho, Wo)``.
 
     ``pad`` is ``p``, ``(ph, pw)`` or ``(top, bottom, left, right)``; ``stride`` and
@@ -538,6 +538,10 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     a squeeze-and-excitation ``mul`` the memory plan fused in. ``in_gate`` (``(N, C or 1,
     1, 1)``) multiplies each image's input channels first: the ``mul`` before a 1x1
     convolution, which the compiled 1x1 kernel applies as it reads its input.
+    ``prepared``: this layer's `ops.base.PreparedLayer`, which the caller keeps while ``w``
+    stays unchanged (the inference executor, until its parameters change): the kernel
+    keeps there what it derives from the weights (the Winograd transforms), and a 3x3
+    layer on a large map then takes F(4x4, 3x3) (`winograd.tile_for`).
     """
     xp = get_array_module(x, w)
     dtype = float_dtype(xp, x, w)
@@ -587,9 +591,14 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
             and _compiled(x, w, b, scale, out, gate) is not None):
         from . import winograd  # 3x3 at stride 1: 2.25x fewer multiplications
 
-        if winograd.applies(x, w) and winograd.worthwhile(n, c, o, ho, wo, x.itemsize):
+        u, tile = None, 2
+        if (prepared is not None and winograd.applies(x, w)
+                and winograd.worthwhile(n, c, o, ho, wo, x.itemsize, have_u=True)):
+            u, tile = winograd.prepared_transform(w, ho, wo, prepared)  # kept: none to make
+        if winograd.applies(x, w) and winograd.worthwhile(n, c, o, ho, wo, x.itemsize,
+                                                          have_u=u is not None):
             target = _target(out, (n, o, ho, wo), dtype, xp)
-            if winograd.winograd_conv2d(x, w, b, scale, act, target, pads, gate):
+            if winograd.winograd_conv2d(x, w, b, scale, act, target, pads, gate, u, tile):
                 return target
     if tiles is not None:
         target = _target(out, (n, o, ho, wo), dtype, xp)

@@ -67,6 +67,8 @@ WIDE_CHANNELS = 128  # from here on, maps of any size (with fewer, 14 x 14 or la
 MIN_MAP = 14
 MIN_TILES = 64
 U_CACHED_BYTES = 2 << 20
+# F(4x4, 3x3) on maps at least this wide and high (`tile_for`).
+TILE4_MAP = 28
 
 
 # ---- the transforms ---------------------------------------------------------------------------
@@ -264,6 +266,247 @@ def _output_transform(start, stop, mm, n0, m, th, tw, out, scale, bias, has_scal
         keep(pair)
 
 
+# ---- F(4x4, 3x3) ------------------------------------------------------------------------------
+# Each 4x4 block of outputs from the 6x6 block of padded input around it: 36 products per 16
+# outputs (2.25 per output, against F(2x2, 3x3)'s 4), the matrices of the Toom-Cook
+# construction at the points 0, 1, -1, 1/2, -2 and infinity. The usual points 0, +-1, +-2 put
+# the largest error of a float32 layer at about 1e-5 of its largest output; these put it at
+# about 4e-6 (256 -> 256 at 14x14, ReLU inputs; the direct convolution's is about 1e-6), as
+# the error analyses of Winograd convolution that prefer reciprocal pairs of points predict.
+#
+#          | 1   -3/2 -2    3/2  1   0 |          | 1     0     0   |
+#          | 0   -1    1/2  5/2  1   0 |          | 1/3   1/3   1/3 |       | 1  1  1  1    1  0 |
+#   B^T =  | 0    1   -5/2  1/2  1   0 |    G =   | -1/3  1/3  -1/3 | A^T = | 0  1 -1  1/2 -2  0 |
+#          | 0   -2   -1    2    1   0 |          | -16/15 -8/15 -4/15|     | 0  1  1  1/4  4  0 |
+#          | 0    1/2 -1   -1/2  1   0 |          | 1/15 -2/15  4/15|       | 0  1 -1  1/8 -8  1 |
+#          | 0    1   -3/2 -2    3/2 1 |          | 0     0     1   |
+
+_G4 = np.array([[1, 0, 0], [1 / 3, 1 / 3, 1 / 3], [-1 / 3, 1 / 3, -1 / 3],
+                [-16 / 15, -8 / 15, -4 / 15], [1 / 15, -2 / 15, 4 / 15], [0, 0, 1]])
+# the transforms' coefficients other than +-1, as the kernels read them (``_coefficients``)
+_HALF, _ONE_HALF, _TWO, _FIVE_HALVES, _QUARTER, _FOUR, _EIGHTH, _EIGHT = range(8)
+
+
+def _coefficients(dtype):
+    return np.array([0.5, 1.5, 2.0, 2.5, 0.25, 4.0, 0.125, 8.0], dtype=dtype)
+
+
+@jit()
+def _weight_transform4(start, stop, w, u):
+    """``u (36, O, C)`` = ``G g G^T`` of every kernel ``g = w[o, c] (3, 3)`` for F(4x4,
+    3x3), computed in float64 and rounded once (G's thirds and fifteenths are not exact in
+    binary). One job per output channel; the kernels of a channel one after another (the
+    transform runs once per plan, `prepared_transform`)."""
+    c = w.shape[1]
+    w, u = borrow(w), borrow(u)
+    third = 1.0 / 3.0
+    fifteenth = 1.0 / 15.0
+    t = np.empty((6, 3))
+    for oc in range(start, stop):
+        for ic in range(c):
+            g = w[oc, ic]
+            for j in range(3):  # G g, column j
+                a0 = np.float64(g[0, j])
+                a1 = np.float64(g[1, j])
+                a2 = np.float64(g[2, j])
+                t[0, j] = a0
+                t[1, j] = (a0 + a1 + a2) * third
+                t[2, j] = (a1 - a0 - a2) * third
+                t[3, j] = -(16.0 * a0 + 8.0 * a1 + 4.0 * a2) * fifteenth
+                t[4, j] = (a0 - 2.0 * a1 + 4.0 * a2) * fifteenth
+                t[5, j] = a2
+            for i in range(6):  # (G g) G^T, row i
+                a0 = t[i, 0]
+                a1 = t[i, 1]
+                a2 = t[i, 2]
+                u[6 * i, oc, ic] = a0
+                u[6 * i + 1, oc, ic] = (a0 + a1 + a2) * third
+                u[6 * i + 2, oc, ic] = (a1 - a0 - a2) * third
+                u[6 * i + 3, oc, ic] = -(16.0 * a0 + 8.0 * a1 + 4.0 * a2) * fifteenth
+                u[6 * i + 4, oc, ic] = (a0 - 2.0 * a1 + 4.0 * a2) * fifteenth
+                u[6 * i + 5, oc, ic] = a2
+
+
+def weight_transform4(w):
+    """``U (36, O, C)``: ``G g G^T`` of every 3x3 kernel of ``w (O, C, 3, 3)`` for F(4x4,
+    3x3), position ``k = 6*i + j`` of the 6x6 transform at ``u[k]``, in ``w``'s dtype."""
+    w = np.ascontiguousarray(w)
+    o, c = w.shape[:2]
+    u = np.empty((36, o, c), dtype=w.dtype)
+    parallel(_weight_transform4, o, w, u, values=u.size)
+    return u
+
+
+@jit()
+def _input_transform4(start, stop, x, n0, m, top, left, th, tw, v, block, kc):
+    """``v (36, C, m*th*tw)`` = ``B^T d B`` of every 6x6 tile ``d`` (tiles 4 apart) of
+    images ``n0 .. n0+m`` of ``x`` padded by ``top`` and ``left`` (and zeros past its end).
+
+    One job per image and block of channels. Each plane is copied into a zero-padded
+    buffer dealt out to 4 x 4 phases (padded row ``4*a + p``, column ``4*b + k`` at
+    ``[p, k, a*(tw+1) + b]``), so that row ``j`` of every band of tiles, and column ``l`` of
+    every tile, is one run of a phase at a fixed offset: both halves of the transform then
+    run as loops over the whole plane at unit stride (a loop per band and tile column, as
+    F(2x2, 3x3)'s, ran 1.5 to 2.3x slower here: loops of 4 to 14 iterations, read 4 apart).
+    Each phase row carries one column past the tiles, computed and dropped. A channel's 36
+    rows of ``v`` are built in a buffer and copied out whole (written straight, 36 short
+    runs a band, a page apart each, it ran 1.6x slower at 56x56)."""
+    c, h, wd = x.shape[1], x.shape[2], x.shape[3]
+    tw1 = tw + 1
+    span = th * tw1  # a phase's rows of tiles, with the extra column
+    hb = 4 * th + 2
+    wb = 4 * tw + 2
+    tiles = th * tw
+    blocks = (c + block - 1) // block
+    rows = min(h, hb - top)
+    cols = min(wd, wb - left)
+    x, v, kc = borrow(x), borrow(v), borrow(kc)
+    half = kc[_HALF]
+    one_half = kc[_ONE_HALF]
+    two = kc[_TWO]
+    five_halves = kc[_FIVE_HALVES]
+    for job in range(start, stop):  # jobs: m * blocks
+        bi = job // blocks
+        c0 = (job - bi * blocks) * block
+        padded = np.zeros((4, 4, (th + 1) * tw1), dtype=x.dtype)
+        bands = np.zeros((6, 4, span + 1), dtype=x.dtype)  # B^T d: [i, column phase, ...]
+        pad, t = borrow(padded), borrow(bands)
+        for ch in range(c0, min(c, c0 + block)):
+            for r in range(rows):
+                src = x[n0 + bi, ch, r]
+                at = ((r + top) // 4) * tw1
+                for k in range(4):  # padded column 4*q + k is source column 4*q + k - left
+                    lo = max(0, (left - k + 3) // 4)
+                    hi = min(tw1, (cols + left - k + 3) // 4)
+                    dst = pad[(r + top) % 4, k, at:at + tw1]
+                    for q in range(lo, hi):
+                        dst[q] = src[4 * q + k - left]
+            for k in range(4):  # B^T down the columns: band rows 4*a + j, j = 0 .. 5
+                r0 = pad[0, k, :span]
+                r1 = pad[1, k, :span]
+                r2 = pad[2, k, :span]
+                r3 = pad[3, k, :span]
+                r4 = pad[0, k, tw1:tw1 + span]
+                r5 = pad[1, k, tw1:tw1 + span]
+                d = t[0, k]
+                for q in range(span):
+                    d[q] = r0[q] - two * r2[q] + r4[q] + one_half * (r3[q] - r1[q])
+                d = t[1, k]
+                for q in range(span):
+                    d[q] = half * r2[q] + five_halves * r3[q] + r4[q] - r1[q]
+                d = t[2, k]
+                for q in range(span):
+                    d[q] = r1[q] - five_halves * r2[q] + half * r3[q] + r4[q]
+                d = t[3, k]
+                for q in range(span):
+                    d[q] = two * (r3[q] - r1[q]) - r2[q] + r4[q]
+                d = t[4, k]
+                for q in range(span):
+                    d[q] = half * (r1[q] - r3[q]) - r2[q] + r4[q]
+                d = t[5, k]
+                for q in range(span):
+                    d[q] = r1[q] - two * r3[q] + r5[q] + one_half * (r4[q] - r2[q])
+            base = bi * span
+            for i in range(6):  # B along the rows: tile columns 4*b + l, l = 0 .. 5
+                p0 = t[i, 0, :span]
+                p1 = t[i, 1, :span]
+                p2 = t[i, 2, :span]
+                p3 = t[i, 3, :span]
+                p4 = t[i, 0, 1:span + 1]
+                p5 = t[i, 1, 1:span + 1]
+                d = v[6 * i, ch, base:base + span]
+                for q in range(span):
+                    d[q] = p0[q] - two * p2[q] + p4[q] + one_half * (p3[q] - p1[q])
+                d = v[6 * i + 1, ch, base:base + span]
+                for q in range(span):
+                    d[q] = half * p2[q] + five_halves * p3[q] + p4[q] - p1[q]
+                d = v[6 * i + 2, ch, base:base + span]
+                for q in range(span):
+                    d[q] = p1[q] - five_halves * p2[q] + half * p3[q] + p4[q]
+                d = v[6 * i + 3, ch, base:base + span]
+                for q in range(span):
+                    d[q] = two * (p3[q] - p1[q]) - p2[q] + p4[q]
+                d = v[6 * i + 4, ch, base:base + span]
+                for q in range(span):
+                    d[q] = half * (p1[q] - p3[q]) - p2[q] + p4[q]
+                d = v[6 * i + 5, ch, base:base + span]
+                for q in range(span):
+                    d[q] = p1[q] - two * p3[q] + p5[q] + one_half * (p4[q] - p2[q])
+        keep(padded)
+        keep(bands)
+
+
+@jit()
+def _output_transform4(start, stop, mm, n0, m, th, tw, out, scale, bias, has_scale, has_bias,
+                       code, k, gate, has_gate, block, kc):
+    """``out[n0 .. n0+m]`` = the epilogue of ``A^T M A`` of every tile of ``mm (36, O,
+    m*th*tw)``: each band of tiles becomes four output rows (those past the height
+    dropped, the columns past the width cut), through `finish_row`."""
+    o = mm.shape[1]
+    ho, wo = out.shape[2], out.shape[3]
+    tiles = th * (tw + 1)  # each row of tiles carries one more, dropped here
+    blocks = (o + block - 1) // block
+    mm, out, scale, bias = borrow(mm), borrow(out), borrow(scale), borrow(bias)
+    k, gate, kc = borrow(k), borrow(gate), borrow(kc)
+    half = kc[_HALF]
+    two = kc[_TWO]
+    quarter = kc[_QUARTER]
+    four = kc[_FOUR]
+    eighth = kc[_EIGHTH]
+    eight = kc[_EIGHT]
+    for job in range(start, stop):  # jobs: m * blocks
+        bi = job // blocks
+        o0 = (job - bi * blocks) * block
+        b = n0 + bi
+        columns = np.empty((4, 6, tw), dtype=out.dtype)
+        row = np.empty(4 * tw, dtype=out.dtype)
+        plane = np.empty((36, tiles), dtype=out.dtype)  # one channel's M, copied in whole
+        e, y, ml = borrow(columns), borrow(row), borrow(plane)
+        for oc in range(o0, min(o, o0 + block)):
+            g = scale[oc if has_scale else 0]
+            s = bias[oc if has_bias else 0]
+            f = gate[b if has_gate else 0, oc if has_gate else 0]
+            base = bi * tiles
+            for pos in range(36):
+                src = mm[pos, oc, base:base + tiles]
+                dst = ml[pos]
+                for q in range(tiles):
+                    dst[q] = src[q]
+            for ty in range(th):
+                at = ty * (tw + 1)
+                # A^T down the columns of the tiles: e[r, j] = row r of column j
+                for j in range(6):
+                    for tx in range(tw):
+                        m0 = ml[j, at + tx]
+                        m1 = ml[6 + j, at + tx]
+                        m2 = ml[12 + j, at + tx]
+                        m3 = ml[18 + j, at + tx]
+                        m4 = ml[24 + j, at + tx]
+                        m5 = ml[30 + j, at + tx]
+                        e[0, j, tx] = m0 + m1 + m2 + m3 + m4
+                        e[1, j, tx] = m1 - m2 + half * m3 - two * m4
+                        e[2, j, tx] = m1 + m2 + quarter * m3 + four * m4
+                        e[3, j, tx] = m1 - m2 + eighth * m3 - eight * m4 + m5
+                for r in range(min(4, ho - 4 * ty)):
+                    er = e[r]
+                    for tx in range(tw):  # A along the rows
+                        a0 = er[0, tx]
+                        a1 = er[1, tx]
+                        a2 = er[2, tx]
+                        a3 = er[3, tx]
+                        a4 = er[4, tx]
+                        a5 = er[5, tx]
+                        y[4 * tx] = a0 + a1 + a2 + a3 + a4
+                        y[4 * tx + 1] = a1 - a2 + half * a3 - two * a4
+                        y[4 * tx + 2] = a1 + a2 + quarter * a3 + four * a4
+                        y[4 * tx + 3] = a1 - a2 + eighth * a3 - eight * a4 + a5
+                    finish_row(y[:wo], out[b, oc, 4 * ty + r], g, s, has_scale, has_bias,
+                               code, k, f, has_gate)
+        keep(columns)
+        keep(row)
+        keep(plane)
+
+
 # ---- the kernel ------------------------------------------------------------------------------
 
 
@@ -292,6 +535,39 @@ def worthwhile(n, c, o, ho, wo, itemsize=4, have_u=False) -> bool:
     return have_u or tiles >= MIN_TILES or 16 * o * c * itemsize <= U_CACHED_BYTES
 
 
+def tile_for(ho, wo, prepared=False) -> int:
+    """The output tile of a layer's Winograd convolution: 4 (F(4x4, 3x3)) on maps of at
+    least ``TILE4_MAP`` on both sides when the caller keeps the weight transform
+    (``prepared``: an inference plan, see `prepared_transform`), else 2.
+
+    F(4x4, 3x3) multiplies 1.78x less than F(2x2, 3x3), but its transforms cost more per
+    output and a small map wastes more of its tiles (14 wide: 16 columns computed). One
+    thread, batch 4, each the whole layer against F(2x2, 3x3) (`benchmarks/bench_winograd.py
+    --tiles`): 64 -> 64 at 56x56 1.19-1.25x faster, 128 -> 128 at 28x28 1.16-1.28x,
+    96 -> 128 at 28x28 1.10-1.16x; 256 -> 256 at 14x14 0.76-0.99x and 512 -> 512 at 7x7
+    0.83-1.0x, so those keep F(2x2, 3x3). Its weight transform (4x the weights, in float64
+    rounded once) is computed once per plan, not per call, and training, which updates the
+    weights between calls, keeps F(2x2, 3x3): its results do not change."""
+    return 4 if prepared and min(ho, wo) >= TILE4_MAP else 2
+
+
+def prepared_transform(w, ho, wo, prepared):
+    """``(U, tile)`` of a layer of weights ``w`` and output map ``ho x wo``, from the
+    caller's ``prepared`` (an `ops.base.PreparedLayer`): kept there on first use, F(4x4,
+    3x3)'s where `tile_for` picks it, else F(2x2, 3x3)'s, within the plan's budget; past
+    the budget ``(None, 2)`` (computed on every call, as without ``prepared``)."""
+    w = np.ascontiguousarray(w)
+    o, c = w.shape[:2]
+    for tile in (4, 2) if tile_for(ho, wo, True) == 4 else (2,):
+        positions = (tile + 2) ** 2
+        make = weight_transform4 if tile == 4 else weight_transform
+        u = prepared.kept(("winograd", tile, w.dtype.str), positions * o * c * w.itemsize,
+                          lambda: make(w))
+        if u is not None:
+            return u, tile
+    return None, 2
+
+
 def weight_transform(w):
     """``U (16, O, C)``: ``G g G^T`` of every 3x3 kernel of ``w (O, C, 3, 3)``, in ``w``'s
     dtype.
@@ -309,11 +585,11 @@ def weight_transform(w):
     return u
 
 
-def chunk_images(n, c, o, tiles, itemsize, budget=None):
-    """Images per chunk: ``V (16, C, tiles)`` and ``M (16, O, tiles)`` of the chunk within
-    ``budget`` bytes (``WORKSPACE_BYTES``), at least one image."""
+def chunk_images(n, c, o, tiles, itemsize, budget=None, positions=16):
+    """Images per chunk: ``V (positions, C, tiles)`` and ``M (positions, O, tiles)`` of the
+    chunk within ``budget`` bytes (``WORKSPACE_BYTES``), at least one image."""
     budget = WORKSPACE_BYTES if budget is None else budget
-    per_image = 16 * (c + o) * tiles * itemsize
+    per_image = positions * (c + o) * tiles * itemsize
     return max(1, min(n, budget // max(1, per_image)))
 
 
@@ -323,17 +599,23 @@ def _block(jobs_per_block, count):
     return max(1, min(16, (jobs_per_block * count) // 64))
 
 
-def _input_chunk(x, n0, m, top, left, th, tw, vbuf, block):
+def _input_chunk(x, n0, m, top, left, th, tw, vbuf, block, tile=2):
     """``V (16, C, m*th*tw)`` of images ``n0 .. n0+m`` (`_input_transform`), in the start of
-    the flat buffer ``vbuf``."""
+    the flat buffer ``vbuf``; ``tile=4``: ``V (36, ...)`` for F(4x4, 3x3)."""
     c = x.shape[1]
-    v = vbuf[:16 * c * m * th * tw].reshape(16, c, m * th * tw)
-    parallel(_input_transform, m * -(-c // block), x, n0, m, top, left, th, tw, v, block,
-             values=v.size)
+    positions = (tile + 2) ** 2
+    per_image = th * tw if tile == 2 else th * (tw + 1)
+    v = vbuf[:positions * c * m * per_image].reshape(positions, c, m * per_image)
+    if tile == 2:
+        parallel(_input_transform, m * -(-c // block), x, n0, m, top, left, th, tw, v, block,
+                 values=v.size)
+    else:
+        parallel(_input_transform4, m * -(-c // block), x, n0, m, top, left, th, tw, v,
+                 block, _coefficients(x.dtype), values=v.size)
     return v
 
 
-def winograd_conv2d(x, w, b, scale, act, out, pads, gate=None, u=None) -> bool:
+def winograd_conv2d(x, w, b, scale, act, out, pads, gate=None, u=None, tile=2) -> bool:
     """A 3x3, stride-1, dilation-1, ungrouped CONV2D of ``x (N, C, H, W)`` (C-contiguous)
     by ``w (O, C, 3, 3)`` into ``out (N, O, Ho, Wo)`` (contiguous rows: a channel slice of
     a larger array works), padded by ``pads = (top, bottom, left, right)``:
@@ -344,7 +626,8 @@ def winograd_conv2d(x, w, b, scale, act, out, pads, gate=None, u=None) -> bool:
     one the compiled epilogue has (``act_code(act)`` is None), the arrays are not what the
     compiled kernels take (``fast.usable``), the kernel is not 3x3. Else True, with every
     output written. ``u``: ``weight_transform(w)`` computed beforehand by a caller that
-    knows ``w`` has not changed since (None: computed here, every call)."""
+    knows ``w`` has not changed since (None: computed here, every call). ``tile``: 2 for
+    F(2x2, 3x3), 4 for F(4x4, 3x3) (``u`` then from `weight_transform4`)."""
     if not WINOGRAD:
         return False
     if not usable(x, w, b, scale, out, gate):
@@ -366,32 +649,40 @@ def winograd_conv2d(x, w, b, scale, act, out, pads, gate=None, u=None) -> bool:
     if tuple(out.shape) != (n, o, ho, wo):
         raise ValueError(f"winograd_conv2d: out must be {[n, o, ho, wo]}, got "
                          f"{list(out.shape)}")
-    th, tw = (ho + 1) // 2, (wo + 1) // 2
-    tiles = th * tw
+    if tile not in (2, 4):
+        raise ValueError(f"winograd_conv2d: tile must be 2 or 4, got {tile!r}")
+    positions = (tile + 2) ** 2
+    th, tw = -(-ho // tile), -(-wo // tile)
+    tiles = th * tw if tile == 2 else th * (tw + 1)  # (F(4x4, 3x3): `_input_transform4`)
     if u is None:
-        u = weight_transform(np.ascontiguousarray(w))
-    elif u.shape != (16, o, c) or u.dtype != x.dtype:
-        raise ValueError(f"winograd_conv2d: u must be [16, {o}, {c}] {x.dtype}, got "
-                         f"{list(u.shape)} {u.dtype}")
+        w = np.ascontiguousarray(w)
+        u = weight_transform(w) if tile == 2 else weight_transform4(w)
+    elif u.shape != (positions, o, c) or u.dtype != x.dtype:
+        raise ValueError(f"winograd_conv2d: u must be [{positions}, {o}, {c}] {x.dtype}, "
+                         f"got {list(u.shape)} {u.dtype}")
     dtype = x.dtype
-    nb = chunk_images(n, c, o, tiles, x.itemsize)
-    vbuf = np.empty(16 * c * nb * tiles, dtype=dtype)
-    mbuf = np.empty(16 * o * nb * tiles, dtype=dtype)
+    nb = chunk_images(n, c, o, tiles, x.itemsize, positions=positions)
+    vbuf = np.empty(positions * c * nb * tiles, dtype=dtype)
+    mbuf = np.empty(positions * o * nb * tiles, dtype=dtype)
     dummy = np.zeros(1, dtype=dtype)
     k = constants(dtype, alpha, beta)
     in_block = _block(min(n, nb), c)
     out_block = _block(min(n, nb), o)
     has_gate = gate is not None
+    epilogue = (dummy if scale is None else scale, dummy if b is None else b,
+                scale is not None, b is not None, code, k,
+                gate if has_gate else dummy.reshape(1, 1), has_gate, out_block)
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
-        v = _input_chunk(x, n0, m, top, left, th, tw, vbuf, in_block)
-        mm = mbuf[:16 * o * m * tiles].reshape(16, o, m * tiles)
+        v = _input_chunk(x, n0, m, top, left, th, tw, vbuf, in_block, tile)
+        mm = mbuf[:positions * o * m * tiles].reshape(positions, o, m * tiles)
         np.matmul(u, v, out=mm)
-        parallel(_output_transform, m * -(-o // out_block), mm, n0, m, th, tw, out,
-                 dummy if scale is None else scale, dummy if b is None else b,
-                 scale is not None, b is not None, code, k,
-                 gate if has_gate else dummy.reshape(1, 1), has_gate, out_block,
-                 values=mm.size)
+        if tile == 2:
+            parallel(_output_transform, m * -(-o // out_block), mm, n0, m, th, tw, out,
+                     *epilogue, values=mm.size)
+        else:
+            parallel(_output_transform4, m * -(-o // out_block), mm, n0, m, th, tw, out,
+                     *epilogue, _coefficients(dtype), values=mm.size)
     return True
 
 

@@ -5,8 +5,10 @@ size of the call and reused by the next call with the same batch size, so steady
 inference allocates only its outputs and the kernels' small workspaces. Every tensor of the
 plan is a view: of its slot, of its alias target, or of its channel slice in a concat.
 
-Folded parameters (a batchnorm folded into the conv before it) are computed once and kept
-until `invalidate()`; `Model` calls it whenever its parameters may have changed.
+Folded parameters (a batchnorm folded into the conv before it), and what a kernel derives
+from a layer's weights (``prepared=``: the Winograd transforms of the 3x3 convolutions) are
+computed once and kept until `invalidate()`; `Model` calls it whenever its parameters may
+have changed.
 
 Each call runs under `runtime.threads.limit`: the BLAS and the compiled kernels run the
 number of threads cnnc decides (``threads=`` here, else ``set_threads`` or
@@ -34,12 +36,21 @@ from __future__ import annotations
 
 from ..compiler.memory import ExecPlan
 from ..ops import Op, primitive
+from ..ops.base import Prepared
 from . import threads as threads_
 from .backend import Backend
 from .errors import at_layer
 
 
 _ACCEPTS_GATE = frozenset({Op.CONV1D, Op.CONV2D})
+# kernels that keep what they derive from a layer's weights in ``prepared=`` (the layer's
+# share of a `Prepared`, replaced when the parameters change): the NumPy conv2d's Winograd
+# transforms
+_ACCEPTS_PREPARED = frozenset({Op.CONV2D})
+# What a plan keeps so, at most: the transforms of F(4x4, 3x3) are 4x the weights of the
+# layers that take it, F(2x2, 3x3)'s 16/9x (ResNet-18: 72 MiB for 43 MiB of weights; VGG-16
+# about 170). Past it, a layer computes them on every call.
+PREPARED_BYTES = 256 << 20
 
 # Split a batch among the threads (see the module's docstring); False: every kernel runs
 # the threads itself.
@@ -56,16 +67,20 @@ class Executor:
         self.accepts_scale = backend.accepts_scale
         # kernels that multiply a fused gate in as they write (the NumPy convolutions)
         self.accepts_gate = frozenset() if backend.on_device else _ACCEPTS_GATE
+        self.accepts_prepared = frozenset() if backend.on_device else _ACCEPTS_PREPARED
         self.dtype = dtype
         self._arenas = {}  # lane -> (batch, [slot arrays], {tensor: view})
         # the compiled kernels (ops/fast.py and the op families' own: depthwise and
         # Winograd convolutions, GEMM epilogues, exp activations) load with the first call
         self._compiled_loaded = backend.on_device
         self._folded = None
+        self._prepared = Prepared(PREPARED_BYTES)
 
     def invalidate(self) -> None:
-        """Forget folded parameters (after the parameters changed)."""
+        """Forget folded parameters and what kernels derived from the weights (after the
+        parameters changed)."""
         self._folded = None
+        self._prepared = Prepared(PREPARED_BYTES)
 
     # ---- parameters ---------------------------------------------------------------------
     def _params(self, params: dict) -> dict:
@@ -229,6 +244,8 @@ class Executor:
             if e.in_place is not None and primitive(e.op).in_place == "first":
                 out = xs[e.in_place]
             kernel = self.kernels[e.op]
+            if e.op in self.accepts_prepared:
+                attrs = dict(attrs, prepared=self._prepared.layer(e.out))
             if gate is not None and e.op in self.accepts_gate:
                 attrs = dict(attrs, gate=gate)
                 gate = None

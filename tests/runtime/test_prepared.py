@@ -1,0 +1,139 @@
+"""What kernels derive from a plan's weights, kept between calls (ops/base.py `Prepared`): the
+budget, conv2d's Winograd transforms kept per layer (F(4x4, 3x3) on large maps, F(2x2, 3x3)
+on small ones, none past the budget), and the inference executor replacing them when the
+parameters change (a weight file, a training step, `mark_changed`)."""
+
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc.ops.base import Prepared
+from cnnc.ops.conv import conv2d
+from cnnc.runtime import executor
+
+fast = pytest.importorskip("cnnc.ops.fast")
+winograd = pytest.importorskip("cnnc.ops.winograd")
+needs_fast = pytest.mark.skipif(not fast.ENABLED, reason="numba not installed or CNNC_FAST=0")
+
+
+def test_kept_arrays_and_the_budget():
+    plan = Prepared(100)
+    layer = plan.layer("a")
+    assert plan.layer("a") is layer and plan.layer("b") is not layer
+    made = []
+
+    def make(n):
+        def run():
+            made.append(n)
+            return np.zeros(n, dtype=np.uint8)
+        return run
+
+    first = layer.kept("k", 60, make(60))
+    assert first.nbytes == 60 and made == [60] and plan.left == 40
+    assert layer.kept("k", 60, make(60)) is first and made == [60]  # kept: not made again
+    assert plan.layer("b").kept("k", 50, make(50)) is None  # past the budget: not made
+    assert made == [60] and plan.left == 40
+    assert plan.layer("b").kept("k", 40, make(40)).nbytes == 40 and plan.left == 0
+
+
+def _layer(rng, c, o, size, n=2):
+    x = rng.standard_normal((n, c, size, size)).astype(np.float32)
+    w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    return x, w, b
+
+
+def _counted(monkeypatch):
+    calls = []
+    for name in ("weight_transform", "weight_transform4"):
+        real = getattr(winograd, name)
+
+        def spy(w, real=real, name=name):
+            calls.append(name)
+            return real(w)
+
+        monkeypatch.setattr(winograd, name, spy)
+    return calls
+
+
+@needs_fast
+@pytest.mark.parametrize("size, tile", [(winograd.TILE4_MAP, 4), (14, 2)])
+def test_conv2d_keeps_the_transform_of_its_tile(size, tile, monkeypatch):
+    rng = np.random.default_rng(0)
+    x, w, b = _layer(rng, 64, 32, size)
+    want = conv2d(x, w, b, pad=1, act="relu")  # F(2x2, 3x3), its transform made per call
+    calls = _counted(monkeypatch)
+    layer = Prepared(1 << 30).layer("c")
+    for _ in range(3):
+        got = conv2d(x, w, b, pad=1, act="relu", prepared=layer)
+        np.testing.assert_allclose(got, want, rtol=0, atol=3e-5 * np.abs(want).max())
+    name = "weight_transform4" if tile == 4 else "weight_transform"
+    assert calls == [name]  # made once, on the first call
+    (u,) = layer._arrays.values()
+    assert u.shape == ((tile + 2) ** 2, 32, 64)
+
+
+@needs_fast
+def test_past_the_budget_a_layer_makes_its_transform_every_call(monkeypatch):
+    rng = np.random.default_rng(1)
+    x, w, b = _layer(rng, 64, 32, winograd.TILE4_MAP)
+    want = conv2d(x, w, b, pad=1)
+    calls = _counted(monkeypatch)
+    f2_bytes = 16 * 32 * 64 * 4
+    only_f2 = Prepared(f2_bytes).layer("c")  # no room for F(4x4, 3x3)'s: F(2x2, 3x3)'s kept
+    for _ in range(2):
+        np.testing.assert_array_equal(conv2d(x, w, b, pad=1, prepared=only_f2), want)
+    assert calls == ["weight_transform"]
+    calls.clear()
+    nothing = Prepared(f2_bytes - 1).layer("c")
+    for _ in range(2):
+        np.testing.assert_array_equal(conv2d(x, w, b, pad=1, prepared=nothing), want)
+    assert calls == ["weight_transform", "weight_transform"] and not nothing._arrays
+
+
+SOURCE = """
+network wide
+input x: [16, 30, 30]
+output y = x -> conv(64, 3, pad=1) -> batchnorm -> relu -> conv(64, 3, pad=1) -> relu
+    -> global_avgpool -> flatten -> dense(5)
+"""
+
+
+def _model(seed=0):
+    return cnnc.compile(SOURCE).build(backend="numpy", dtype="float32", seed=seed)
+
+
+@needs_fast
+def test_the_executor_remakes_transforms_when_the_weights_change():
+    model = _model()
+    x = np.random.default_rng(2).standard_normal((4, 16, 30, 30)).astype(np.float32)
+    before = model(x)
+    np.testing.assert_allclose(before, model.interpret(x), rtol=1e-4, atol=1e-4)
+    kept = [u.shape for layer in model.executor._prepared._layers.values()
+            for u in layer._arrays.values()]
+    assert kept == [(36, 64, 64)]  # the second convolution's (16 inputs: no Winograd)
+    key = next(k for k in model.params if k.endswith("weight") and model.params[k].ndim == 4
+               and model.params[k].shape[1] == 64)
+    model.params[key] *= -1.5
+    model.mark_changed()
+    after = model(x)
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, model.interpret(x), rtol=1e-4, atol=1e-4)
+
+
+@needs_fast
+def test_a_loaded_weight_file_is_used(tmp_path):
+    a, b = _model(seed=0), _model(seed=1)
+    x = np.random.default_rng(3).standard_normal((2, 16, 30, 30)).astype(np.float32)
+    a(x)  # transforms of seed 0 kept
+    b.save(tmp_path / "b.npz")
+    a.load(tmp_path / "b.npz")
+    np.testing.assert_array_equal(a(x), b(x))
+
+
+def test_the_budget_is_the_executors(monkeypatch):
+    monkeypatch.setattr(executor, "PREPARED_BYTES", 0)
+    model = _model()
+    x = np.random.default_rng(4).standard_normal((2, 16, 30, 30)).astype(np.float32)
+    np.testing.assert_allclose(model(x), model.interpret(x), rtol=1e-4, atol=1e-4)
+    assert not any(layer._arrays for layer in model.executor._prepared._layers.values())
