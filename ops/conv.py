@@ -540,8 +540,9 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     convolution, which the compiled 1x1 kernel applies as it reads its input.
     ``prepared``: this layer's `ops.base.PreparedLayer`, which the caller keeps while ``w``
     stays unchanged (the inference executor, until its parameters change): the kernel
-    keeps there what it derives from the weights (the Winograd transforms), and a 3x3
-    layer on a large map then takes F(4x4, 3x3) (`winograd.tile_for`).
+    keeps there what it derives from the weights (the Winograd transforms, the 1x1 tiles'
+    packed weights), and a 3x3 layer on a large map then takes F(4x4, 3x3)
+    (`winograd.tile_for`).
     """
     xp = get_array_module(x, w)
     dtype = float_dtype(xp, x, w)
@@ -602,7 +603,7 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
                 return target
     if tiles is not None:
         target = _target(out, (n, o, ho, wo), dtype, xp)
-        if tiles.pointwise_conv2d(x, w, b, scale, act, target, gate, in_gate):
+        if tiles.pointwise_conv2d(x, w, b, scale, act, target, gate, in_gate, prepared):
             return target
     if not pointwise and _channels_last(c, groups, (kh, kw), (ho, wo)):
         out = _target(out, (n, o, ho, wo), dtype, xp)

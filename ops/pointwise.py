@@ -573,12 +573,23 @@ def applies(x, w, dtype) -> bool:
             and usable(x, w))
 
 
-def pointwise_conv2d(x, w, b, scale, act, out, gate=None, in_gate=None) -> bool:
+def packed_weights(w):
+    """``w (O, C, 1, 1)`` in the tiles' panels (`_pack_weights`): a flat float32 array."""
+    o, c = w.shape[:2]
+    packed = np.empty(-(-o // MR) * MR * c, dtype=np.float32)
+    _pack_weights(np.ascontiguousarray(w.reshape(o, c)), packed)
+    return packed
+
+
+def pointwise_conv2d(x, w, b, scale, act, out, gate=None, in_gate=None,
+                     prepared=None) -> bool:
     """``out (N, O, H, W)`` (rows contiguous) = the 1x1 convolution of ``x (N, C, H, W)``
     (each image's channels times ``in_gate``, ``(N, C)`` or None, as they are packed) by
     ``w (O, C, 1, 1)``, times ``scale``, plus ``b`` (``(O,)`` or None), through ``act`` and
     times ``gate`` (``(N, O)`` or None). Returns False (nothing written) when the kernel
-    does not take it: the caller runs its GEMM."""
+    does not take it: the caller runs its GEMM. ``prepared``: the layer's
+    `ops.base.PreparedLayer` (conv2d's), where the packed weights are kept (packed on
+    every call without it: 0.1 ms a layer of MobileNet V2, 4 % of its time)."""
     if not applies(x, w, x.dtype):
         return False
     code = act_code(act, x.dtype)
@@ -592,8 +603,11 @@ def pointwise_conv2d(x, w, b, scale, act, out, gate=None, in_gate=None) -> bool:
     if x3.strides[2] != 4 or (hw > 1 and x3.strides[1] < hw * 4):
         x3 = np.ascontiguousarray(x3)
     out3 = out.reshape(n, o, hw) if out.flags.c_contiguous else _rows_view(out, n, o, hw)
-    packed = np.empty(-(-o // MR) * MR * c, dtype=np.float32)
-    _pack_weights(np.ascontiguousarray(w.reshape(o, c)), packed)
+    packed = None
+    if prepared is not None:
+        packed = prepared.kept("pointwise", -(-o // MR) * MR * c * 4, lambda: packed_weights(w))
+    if packed is None:
+        packed = packed_weights(w)
     gain = np.ones(o, np.float32) if scale is None else np.ascontiguousarray(scale)
     shift = np.zeros(o, np.float32) if b is None else np.ascontiguousarray(b)
     # the tile applies the activation where it has it; the rest, and a gate (after the

@@ -137,3 +137,24 @@ def test_the_budget_is_the_executors(monkeypatch):
     x = np.random.default_rng(4).standard_normal((2, 16, 30, 30)).astype(np.float32)
     np.testing.assert_allclose(model(x), model.interpret(x), rtol=1e-4, atol=1e-4)
     assert not any(layer._arrays for layer in model.executor._prepared._layers.values())
+
+
+@needs_fast
+def test_the_1x1_tiles_keep_their_packed_weights(monkeypatch):
+    pointwise = pytest.importorskip("cnnc.ops.pointwise")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 24, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((37, 24, 1, 1)).astype(np.float32)  # a last panel part-filled
+    b = rng.standard_normal(37).astype(np.float32)
+    if not pointwise.applies(x, w, np.float32):
+        pytest.skip("the 1x1 tiles do not run on this CPU")
+    want = conv2d(x, w, b, act="relu")
+    calls = []
+    real = pointwise.packed_weights
+    monkeypatch.setattr(pointwise, "packed_weights", lambda w: calls.append(1) or real(w))
+    layer = Prepared(1 << 20).layer("p")
+    for _ in range(3):
+        np.testing.assert_array_equal(conv2d(x, w, b, act="relu", prepared=layer), want)
+    assert calls == [1]
+    (packed,) = layer._arrays.values()
+    assert packed.size == 40 * 24 and (packed.reshape(10, 24, 4)[-1, :, 1:] == 0).all()
