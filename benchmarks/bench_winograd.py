@@ -4,6 +4,7 @@ layers against cnnc's GEMM ``conv2d`` (Winograd off) and PyTorch.
     python benchmarks/bench_winograd.py                        # batch 8 and 1, 1 and 2 threads
     python benchmarks/bench_winograd.py --batch 8 --threads 1 --repeat 30
     python benchmarks/bench_winograd.py --budgets 2 4 8 16 32  # the workspace budget, MiB
+    python benchmarks/bench_winograd.py --tiles --batch 4 --threads 1  # F(4x4) / F(2x2)
 
 Every layer is ``conv(C -> C, 3x3, pad 1)`` with a folded batchnorm's scale and bias and
 a ReLU, float32, as ResNet-18 runs it. Per layer, batch and thread count (set by
@@ -12,11 +13,18 @@ run interleaved, one call each per round, and the best of ``--repeat`` rounds is
 in milliseconds (the best time is the one least disturbed on a shared machine), with the
 ratio GEMM / Winograd (above 1: Winograd faster) and the largest difference from the GEMM
 result relative to its largest value. ``U ms`` is the weight transform alone, which
-Winograd's time includes (it is recomputed on every call).
+Winograd's time includes here (recomputed on every call, as in training; an inference
+plan keeps it).
 
 ``--budgets`` times the Winograd kernel alone at each workspace budget
 (``winograd.WORKSPACE_BYTES``: bytes of the transformed input and output of one chunk of
 images).
+
+``--tiles`` times F(2x2, 3x3) against F(4x4, 3x3) (``tile=4``), each with its weight
+transform computed beforehand (as an inference plan keeps it), on ResNet-18's layers and
+GoogLeNet's 3x3 layers of 28x28 and 14x14 (their input and output channels differ), with
+the largest difference of each from the GEMM result relative to its largest value: the
+measurements behind ``winograd.tile_for``.
 """
 
 import argparse
@@ -135,6 +143,39 @@ def budgets(args):
         winograd.WORKSPACE_BYTES = was
 
 
+# GoogLeNet's 3x3 convolutions of stride 1 with at least 64 inputs: (in, out, height = width)
+GOOGLENET = [(64, 192, 56), (96, 128, 28), (128, 192, 28), (96, 208, 14), (112, 224, 14),
+             (160, 320, 14), (160, 320, 7), (192, 384, 7)]
+
+
+def tiles(args):
+    rng = np.random.default_rng(0)
+    print(f"{'layer':>14} {'N':>2} {'thr':>3} {'F(2x2)':>8} {'F(4x4)':>8} {'F2/F4':>6} "
+          f"{'F2 diff':>8} {'F4 diff':>8}")
+    shapes = [(c, c, hw) for c, hw in LAYERS] + GOOGLENET
+    for n in args.batch:
+        for c, o, hw in shapes:
+            x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+            w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+            scale = rng.uniform(0.5, 1.5, o).astype(np.float32)
+            b = rng.standard_normal(o).astype(np.float32)
+            outs = {2: np.empty((n, o, hw, hw), np.float32), 4: np.empty((n, o, hw, hw), np.float32)}
+            us = {2: winograd.weight_transform(w), 4: winograd.weight_transform4(w)}
+
+            def run(tile):
+                return lambda: winograd.winograd_conv2d(x, w, b, scale, "relu", outs[tile],
+                                                        (1, 1, 1, 1), u=us[tile], tile=tile)
+
+            for count in args.threads:
+                with threads.limit(count):
+                    t2, t4 = rounds([run(2), run(4)], args.repeat)
+                    want = gemm_conv(x, w, b, scale)
+                top = float(np.abs(want).max())
+                d2, d4 = (float(np.abs(outs[t] - want).max()) / top for t in (2, 4))
+                print(f"{c:>4}->{o:<4}@{hw:<3} {n:>2} {count:>3} {t2:>8.2f} {t4:>8.2f} "
+                      f"{t2 / t4:>6.2f} {d2:>8.1e} {d4:>8.1e}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[8, 1])
@@ -142,8 +183,12 @@ def main():
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--budgets", type=float, nargs="+",
                         help="time the Winograd kernel at these workspace budgets (MiB)")
+    parser.add_argument("--tiles", action="store_true",
+                        help="time F(2x2, 3x3) against F(4x4, 3x3), transforms kept")
     args = parser.parse_args()
-    if args.budgets:
+    if args.tiles:
+        tiles(args)
+    elif args.budgets:
         budgets(args)
     else:
         compare(args)

@@ -199,7 +199,9 @@ class Primitive:
       (``ops.xp.get_array_module``), so it runs on CuPy arrays too. With ``accepts_out``
       it also takes ``out=`` (an array of the output's shape to write into, which may be
       its first input when ``in_place`` allows); with ``accepts_scale``, ``scale=`` (a
-      per-output-channel factor before the bias: a folded batchnorm).
+      per-output-channel factor before the bias: a folded batchnorm); with
+      ``accepts_prepared``, ``prepared=`` (the layer's `PreparedLayer`: what the kernel
+      derives from the weights, kept while they stay unchanged; the NumPy kernel only).
     - ``forward(*xs, *ws, train=True, rng=None, **attrs) -> (y, saved)`` and
       ``backward(saved, dy) -> (input grads, param grads)``: training (the
       contract is at the top of this module).
@@ -236,6 +238,7 @@ class Primitive:
     gpu_backward: Callable | None = None
     accepts_out: bool = False
     accepts_scale: bool = False
+    accepts_prepared: bool = False
     in_place: str | None = None  # None, "first" or "any": which input the output may overwrite
     alias: bool = False  # inference output is the input itself, reshaped (flatten, dropout)
     gemm: bool = False  # may absorb a following batchnorm and activation as its epilogue

@@ -1519,6 +1519,7 @@ CONV2D = Primitive(
     gpu_backward=gpu_conv2d_backward,
     accepts_out=True,
     accepts_scale=True,
+    accepts_prepared=True,
     gemm=True,
     skips_input_grad=True,
     per_image=True,

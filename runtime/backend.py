@@ -25,6 +25,9 @@ class Backend:
     # ops whose training pair a step may run on shares of the batch, one thread each
     # (``Primitive.per_image``; the CPU backend: a GPU runs one op at a time)
     per_image: frozenset = frozenset()
+    # ops whose inference kernel keeps what it derives from the weights in ``prepared=``
+    # (``Primitive.accepts_prepared``; the NumPy kernels)
+    accepts_prepared: frozenset = frozenset()
 
     def __str__(self) -> str:
         return self.name

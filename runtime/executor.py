@@ -43,10 +43,6 @@ from .errors import at_layer
 
 
 _ACCEPTS_GATE = frozenset({Op.CONV1D, Op.CONV2D})
-# kernels that keep what they derive from a layer's weights in ``prepared=`` (the layer's
-# share of a `Prepared`, replaced when the parameters change): the NumPy conv2d's Winograd
-# transforms
-_ACCEPTS_PREPARED = frozenset({Op.CONV2D})
 # What a plan keeps so, at most: the transforms of F(4x4, 3x3) are 4x the weights of the
 # layers that take it, F(2x2, 3x3)'s 16/9x (ResNet-18: 72 MiB for 43 MiB of weights; VGG-16
 # about 170). Past it, a layer computes them on every call.
@@ -67,7 +63,9 @@ class Executor:
         self.accepts_scale = backend.accepts_scale
         # kernels that multiply a fused gate in as they write (the NumPy convolutions)
         self.accepts_gate = frozenset() if backend.on_device else _ACCEPTS_GATE
-        self.accepts_prepared = frozenset() if backend.on_device else _ACCEPTS_PREPARED
+        # kernels that keep what they derive from a layer's weights in ``prepared=`` (the
+        # layer's share of a `Prepared`, replaced when the parameters change)
+        self.accepts_prepared = backend.accepts_prepared
         self.dtype = dtype
         self._arenas = {}  # lane -> (batch, [slot arrays], {tensor: view})
         # the compiled kernels (ops/fast.py and the op families' own: depthwise and

@@ -13,6 +13,7 @@ ACCEPTS_OUT = ops_where("accepts_out")
 ACCEPTS_SCALE = ops_where("accepts_scale")
 SKIPS_INPUT_GRAD = ops_where("skips_input_grad")
 PER_IMAGE = ops_where("per_image")
+ACCEPTS_PREPARED = ops_where("accepts_prepared")
 
 
 def make_backend() -> Backend:
@@ -20,4 +21,4 @@ def make_backend() -> Backend:
 
     return Backend("numpy", numpy, KERNELS, GRADS, ACCEPTS_OUT, ACCEPTS_SCALE,
                    on_device=False, skips_input_grad=SKIPS_INPUT_GRAD,
-                   per_image=PER_IMAGE)
+                   per_image=PER_IMAGE, accepts_prepared=ACCEPTS_PREPARED)
