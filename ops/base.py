@@ -296,9 +296,10 @@ def weight_keys(node) -> list[str]:
 
 class Prepared:
     """Arrays that kernels derive from a plan's weights (the Winograd transforms of its 3x3
-    convolutions), kept for as long as the weights stay unchanged: the inference executor
-    holds one and replaces it when the parameters change. The layers share ``budget``
-    bytes; past it, a kernel derives what it needs on every call, as without one."""
+    convolutions, the 1x1 tiles' packed weights), kept for as long as the weights stay
+    unchanged: the inference executor holds one and replaces it when told the parameters
+    changed (`Model.mark_changed`). The layers share ``budget`` bytes; past it, a kernel
+    derives what it needs on every call, as without one."""
 
     def __init__(self, budget: int):
         self.left = int(budget)
@@ -319,20 +320,27 @@ class PreparedLayer:
 
     def __init__(self, plan: Prepared):
         self._plan = plan
-        self._arrays: dict = {}
+        self._arrays: dict = {}  # key -> (source, array)
 
-    def kept(self, key, nbytes: int, make: Callable):
-        """The array kept under ``key``; else ``make()``, kept, if its ``nbytes`` fit in
-        what is left of the budget; else None (nothing made)."""
-        got = self._arrays.get(key)
-        if got is not None:
-            return got
+    def kept(self, key, nbytes: int, make: Callable, source=None):
+        """The array kept under ``key`` for ``source`` (the weight array it derives from:
+        another array, a parameter replaced rather than changed in place, is made anew);
+        else ``make()``, kept, if its ``nbytes`` fit in what is left of the budget; else
+        None (nothing made). Under the plan's lock, so that lanes asking at once make it
+        once."""
+        tag = None if source is None else (source.__array_interface__["data"][0],
+                                           source.shape, source.strides)
         plan = self._plan
         with plan._lock:
+            got = self._arrays.get(key)
+            if got is not None and got[0] == tag:
+                return got[1]
+            if got is not None:  # made from another array: its bytes come back
+                del self._arrays[key]
+                plan.left += got[1].nbytes
             if nbytes > plan.left:
                 return None
-            plan.left -= nbytes  # reserved before making it: lanes asking at once
-        array = make()
-        self._arrays[key] = array
-        return array
-
+            array = make()
+            plan.left -= array.nbytes
+            self._arrays[key] = (tag, array)
+            return array

@@ -594,6 +594,7 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
 
         u, tile = None, 2
         if (prepared is not None and winograd.applies(x, w)
+                and winograd.act_code(act, dtype) is not None  # else it refuses the layer
                 and winograd.worthwhile(n, c, o, ho, wo, x.itemsize, have_u=True)):
             u, tile = winograd.prepared_transform(w, ho, wo, prepared)  # kept: none to make
         if winograd.applies(x, w) and winograd.worthwhile(n, c, o, ho, wo, x.itemsize,

@@ -605,7 +605,8 @@ def pointwise_conv2d(x, w, b, scale, act, out, gate=None, in_gate=None,
     out3 = out.reshape(n, o, hw) if out.flags.c_contiguous else _rows_view(out, n, o, hw)
     packed = None
     if prepared is not None:
-        packed = prepared.kept("pointwise", -(-o // MR) * MR * c * 4, lambda: packed_weights(w))
+        packed = prepared.kept("pointwise", -(-o // MR) * MR * c * 4, lambda: packed_weights(w),
+                               source=w)
     if packed is None:
         packed = packed_weights(w)
     gain = np.ones(o, np.float32) if scale is None else np.ascontiguousarray(scale)

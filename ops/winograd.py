@@ -1,5 +1,8 @@
-"""Winograd F(2x2, 3x3): a 3x3, stride-1, dilation-1, ungrouped CONV2D in 2.25x fewer
-multiplications than the direct (GEMM) convolution.
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3): a 3x3, stride-1, dilation-1, ungrouped CONV2D in
+2.25x (4x) fewer multiplications than the direct (GEMM) convolution.
+
+F(2x2, 3x3) first; F(4x4, 3x3) (`tile_for`, its section below) works the same way on 4x4
+blocks of outputs from 6x6 blocks of input, with 36 positions and 36 products.
 
 Every 2x2 block of outputs (a tile) is computed from the 4x4 block of padded input around
 it (Lavin and Gray 2015)::
@@ -19,22 +22,26 @@ transforms are compiled (numba, serial loops over (image, channel-block) jobs, w
 output transform applies the epilogue (scale, bias, the activation of ``fast.act_code``,
 the gate) as it writes each output row.
 
-NaN: each output of a tile depends, through the transforms, only on the nine inputs of its
-own window (the rows and columns of ``B`` and ``A`` make a NaN reach exactly the outputs
-whose window holds it), and the padding is zeros, so a NaN in ``x`` gives NaN in the
-outputs whose window holds it and in no other. An infinity may give NaN where the direct
-convolution gives +-inf (the transforms subtract it from itself).
+NaN: in F(2x2, 3x3) each output of a tile depends, through the transforms, only on the
+nine inputs of its own window (the rows and columns of ``B`` and ``A`` make a NaN reach
+exactly the outputs whose window holds it), and the padding is zeros, so a NaN in ``x``
+gives NaN in the outputs whose window holds it and in no other. F(4x4, 3x3)'s matrices mix
+each tile's 36 inputs into all 16 outputs: a NaN also reaches the other outputs of the
+tiles whose input block holds it. An infinity may give NaN where the direct convolution
+gives +-inf (the transforms subtract it from itself).
 
-Threads: one chunk of images joins its threads 18 times (the two compiled transforms and
-the 16 BLAS products, each a parallel region), where the GEMM convolution joins them two or
-three times. With threads to spare that costs little; at a fixed 2 threads on a 2-core
+Threads: one chunk of images joins its threads 18 times (38 for F(4x4, 3x3): the two
+compiled transforms and the 16 or 36 BLAS products, each a parallel region), where the GEMM
+convolution joins them two or three times. With threads to spare that costs little; at a fixed 2 threads on a 2-core
 machine whose cores other processes keep busy, every join waits for a time slice, and the
 kernel ran 2 to 30x slower than at 1 thread (the GEMM path 2 to 8x): the case
 ``runtime/threads.py``'s automatic count avoids by running one thread.
 
 The weight transform ``U`` is recomputed on every call (a compiled pass over the weights)
 unless the caller passes one: the kernel keeps no state, so weights updated in place
-(training) can never meet a stale ``U`` (see ``weight_transform``).
+(training) can never meet a stale ``U`` (see ``weight_transform``). The inference executor
+keeps one per layer (`prepared_transform`) and forgets them when told the weights changed
+(`Model.mark_changed`; a weight file, an optimizer step and a restored checkpoint do so).
 """
 
 from __future__ import annotations
@@ -339,7 +346,7 @@ def weight_transform4(w):
 
 @jit()
 def _input_transform4(start, stop, x, n0, m, top, left, th, tw, v, block, kc):
-    """``v (36, C, m*th*tw)`` = ``B^T d B`` of every 6x6 tile ``d`` (tiles 4 apart) of
+    """``v (36, C, m*th*(tw+1))`` = ``B^T d B`` of every 6x6 tile ``d`` (tiles 4 apart) of
     images ``n0 .. n0+m`` of ``x`` padded by ``top`` and ``left`` (and zeros past its end).
 
     One job per image and block of channels. Each plane is copied into a zero-padded
@@ -440,8 +447,9 @@ def _input_transform4(start, stop, x, n0, m, top, left, th, tw, v, block, kc):
 def _output_transform4(start, stop, mm, n0, m, th, tw, out, scale, bias, has_scale, has_bias,
                        code, k, gate, has_gate, block, kc):
     """``out[n0 .. n0+m]`` = the epilogue of ``A^T M A`` of every tile of ``mm (36, O,
-    m*th*tw)``: each band of tiles becomes four output rows (those past the height
-    dropped, the columns past the width cut), through `finish_row`."""
+    m*th*(tw+1))``: each band of tiles becomes four output rows (those past the height
+    dropped, the columns past the width cut, the extra tile of each row of tiles never
+    read), through `finish_row`."""
     o = mm.shape[1]
     ho, wo = out.shape[2], out.shape[3]
     tiles = th * (tw + 1)  # each row of tiles carries one more, dropped here
@@ -541,7 +549,9 @@ def tile_for(ho, wo, prepared=False) -> int:
     (``prepared``: an inference plan, see `prepared_transform`), else 2.
 
     F(4x4, 3x3) multiplies 1.78x less than F(2x2, 3x3), but its transforms cost more per
-    output and a small map wastes more of its tiles (14 wide: 16 columns computed). One
+    output, each row of tiles carries one more through the products (`_input_transform4`:
+    7 % more at 56x56, 14 % at 28x28) and a small map wastes more of its tiles (14 wide:
+    16 columns and the extra tile, 20 in all). One
     thread, batch 4, each the whole layer against F(2x2, 3x3) (`benchmarks/bench_winograd.py
     --tiles`): 64 -> 64 at 56x56 1.19-1.25x faster, 128 -> 128 at 28x28 1.16-1.28x,
     96 -> 128 at 28x28 1.10-1.16x; 256 -> 256 at 14x14 0.76-0.99x and 512 -> 512 at 7x7
@@ -556,13 +566,12 @@ def prepared_transform(w, ho, wo, prepared):
     caller's ``prepared`` (an `ops.base.PreparedLayer`): kept there on first use, F(4x4,
     3x3)'s where `tile_for` picks it, else F(2x2, 3x3)'s, within the plan's budget; past
     the budget ``(None, 2)`` (computed on every call, as without ``prepared``)."""
-    w = np.ascontiguousarray(w)
     o, c = w.shape[:2]
     for tile in (4, 2) if tile_for(ho, wo, True) == 4 else (2,):
         positions = (tile + 2) ** 2
         make = weight_transform4 if tile == 4 else weight_transform
         u = prepared.kept(("winograd", tile, w.dtype.str), positions * o * c * w.itemsize,
-                          lambda: make(w))
+                          lambda: make(np.ascontiguousarray(w)), source=w)
         if u is not None:
             return u, tile
     return None, 2

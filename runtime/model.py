@@ -108,8 +108,11 @@ class Model:
         return self._executor
 
     def mark_changed(self) -> None:
-        """Tell the model its parameter arrays were changed in place (optimizers call this):
-        inference then refolds batchnorms into the convolutions before them."""
+        """Tell the model its parameter arrays were changed in place (optimizers, `load`
+        and a restored checkpoint call this): inference then refolds batchnorms into the
+        convolutions before them and remakes what its kernels derived from the weights
+        (the Winograd transforms of the 3x3 convolutions, the 1x1 tiles' packed weights),
+        which it otherwise keeps from call to call."""
         if self._executor is not None:
             self._executor.invalidate()
 

@@ -960,6 +960,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path}: {err}") from None
         for key, arr in values.items():
             model.params[key][...] = model.xp.asarray(arr)
+        model.mark_changed()  # inference refolds and remakes what it derived from them
         self.schedule = schedule
         self.batch_size, self.seed, self.label_smoothing = settings
         self.rng = shuffle
