@@ -362,15 +362,22 @@ def _gate_of(gate, n, o, dtype, xp, where="conv2d", name="gate", side="output"):
     return gate if getattr(gate.flags, "writeable", True) else gate.copy()
 
 
-def _flat_view(out, shape, dtype, where):
-    """``out (N, O, Ho, Wo)`` seen as ``(N, O, Ho*Wo)`` without a copy."""
+def _check_out(out, shape, dtype, where):
+    """Refuse an ``out`` that is not ``shape`` and ``dtype`` with contiguous rows."""
     if tuple(out.shape) != shape or out.dtype != dtype:
         raise ValueError(f"{where}: out must be {list(shape)} {dtype}, got "
                          f"{list(out.shape)} {out.dtype}")
-    n, o, ho, wo = shape
-    s_n, s_o, s_h, s_w = out.strides
+    ho, wo = shape[2:]
+    s_h, s_w = out.strides[2:]
     if ho * wo > 1 and (s_w != out.itemsize or (ho > 1 and s_h != wo * out.itemsize)):
         raise ValueError(f"{where}: out must have contiguous rows, got strides {out.strides}")
+
+
+def _flat_view(out, shape, dtype, where):
+    """``out (N, O, Ho, Wo)`` seen as ``(N, O, Ho*Wo)`` without a copy."""
+    _check_out(out, shape, dtype, where)
+    n, o, ho, wo = shape
+    s_n, s_o = out.strides[:2]
     xp = get_array_module(out)
     return xp.lib.stride_tricks.as_strided(out, (n, o, ho * wo), (s_n, s_o, out.itemsize))
 
@@ -380,7 +387,7 @@ def _target(out, shape, dtype, xp):
     contiguous), or a new array."""
     if out is None:
         return xp.empty(shape, dtype=dtype)
-    _flat_view(out, shape, dtype, "conv2d")
+    _check_out(out, shape, dtype, "conv2d")
     return out
 
 
