@@ -362,7 +362,7 @@ def _gate_of(gate, n, o, dtype, xp, where="conv2d", name="gate", side="output"):
     return gate if getattr(gate.flags, "writeable", True) else gate.copy()
 
 
-def _check_out(out, shape, dtype, where):
+def _check_rows_out(out, shape, dtype, where):
     """Refuse an ``out`` that is not ``shape`` and ``dtype`` with contiguous rows."""
     if tuple(out.shape) != shape or out.dtype != dtype:
         raise ValueError(f"{where}: out must be {list(shape)} {dtype}, got "
@@ -375,7 +375,7 @@ def _check_out(out, shape, dtype, where):
 
 def _flat_view(out, shape, dtype, where):
     """``out (N, O, Ho, Wo)`` seen as ``(N, O, Ho*Wo)`` without a copy."""
-    _check_out(out, shape, dtype, where)
+    _check_rows_out(out, shape, dtype, where)
     n, o, ho, wo = shape
     s_n, s_o = out.strides[:2]
     xp = get_array_module(out)
@@ -387,7 +387,7 @@ def _target(out, shape, dtype, xp):
     contiguous), or a new array."""
     if out is None:
         return xp.empty(shape, dtype=dtype)
-    _check_out(out, shape, dtype, "conv2d")
+    _check_rows_out(out, shape, dtype, "conv2d")
     return out
 
 
