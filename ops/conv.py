@@ -599,16 +599,16 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
             and _compiled(x, w, b, scale, out, gate) is not None):
         from . import winograd  # 3x3 at stride 1: 2.25x fewer multiplications
 
-        u, tile = None, 2
-        if (prepared is not None and winograd.applies(x, w)
-                and winograd.act_code(act, dtype) is not None  # else it refuses the layer
-                and winograd.worthwhile(n, c, o, ho, wo, x.itemsize, have_u=True)):
-            u, tile = winograd.prepared_transform(w, ho, wo, prepared)  # kept: none to make
-        if winograd.applies(x, w) and winograd.worthwhile(n, c, o, ho, wo, x.itemsize,
-                                                          have_u=u is not None):
-            target = _target(out, (n, o, ho, wo), dtype, xp)
-            if winograd.winograd_conv2d(x, w, b, scale, act, target, pads, gate, u, tile):
-                return target
+        if winograd.applies(x, w):
+            u, tile = None, 2  # (none kept: made by the kernel, for this call)
+            if (prepared is not None
+                    and winograd.act_code(act, dtype) is not None  # else it refuses the layer
+                    and winograd.worthwhile(n, c, o, ho, wo, x.itemsize, have_u=True)):
+                u, tile = winograd.prepared_transform(w, ho, wo, prepared)
+            if winograd.worthwhile(n, c, o, ho, wo, x.itemsize, have_u=u is not None):
+                target = _target(out, (n, o, ho, wo), dtype, xp)
+                if winograd.winograd_conv2d(x, w, b, scale, act, target, pads, gate, u, tile):
+                    return target
     if tiles is not None:
         target = _target(out, (n, o, ho, wo), dtype, xp)
         if tiles.pointwise_conv2d(x, w, b, scale, act, target, gate, in_gate, prepared):

@@ -554,9 +554,10 @@ def tile_for(ho, wo, prepared=False) -> int:
     7 % more at 56x56, 14 % at 28x28) and a small map wastes more of its tiles (14 wide:
     16 columns and the extra tile, 20 in all). One
     thread, batch 4, each the whole layer against F(2x2, 3x3) (`benchmarks/bench_winograd.py
-    --tiles`): 64 -> 64 at 56x56 1.19-1.25x faster, 128 -> 128 at 28x28 1.16-1.28x,
-    96 -> 128 at 28x28 1.10-1.16x; 256 -> 256 at 14x14 0.76-0.99x and 512 -> 512 at 7x7
-    0.83-1.0x, so those keep F(2x2, 3x3). Its weight transform (4x the weights, in float64
+    --tiles`): 64 -> 64 at 56x56 1.19-1.26x faster, 128 -> 128 at 28x28 1.03-1.28x,
+    96 -> 128 and 128 -> 192 at 28x28 1.10-1.30x, 64 -> 192 at 56x56 1.31x; 256 -> 256 at
+    14x14 0.76-0.99x, 512 -> 512 at 7x7 0.83-1.0x and GoogLeNet's 14x14 and 7x7 layers
+    0.82-0.89x, so those keep F(2x2, 3x3). Its weight transform (4x the weights, in float64
     rounded once) is computed once per plan, not per call, and training, which updates the
     weights between calls, keeps F(2x2, 3x3): its results do not change."""
     return 4 if prepared and min(ho, wo) >= TILE4_MAP else 2

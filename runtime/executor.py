@@ -6,9 +6,9 @@ inference allocates only its outputs and the kernels' small workspaces. Every te
 plan is a view: of its slot, of its alias target, or of its channel slice in a concat.
 
 Folded parameters (a batchnorm folded into the conv before it), and what a kernel derives
-from a layer's weights (``prepared=``: the Winograd transforms of the 3x3 convolutions) are
-computed once and kept until `invalidate()`; `Model` calls it whenever its parameters may
-have changed.
+from a layer's weights (``prepared=``: the Winograd transforms of the 3x3 convolutions, the
+1x1 tiles' packed weights) are computed once and kept until `invalidate()`; `Model` calls
+it whenever its parameters may have changed.
 
 Each call runs under `runtime.threads.limit`: the BLAS and the compiled kernels run the
 number of threads cnnc decides (``threads=`` here, else ``set_threads`` or
