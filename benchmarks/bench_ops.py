@@ -8,7 +8,9 @@ cnnc: every kernel of the inference executor is wrapped with a CPU-time counter 
 calling thread (``time.thread_time``; one thread, so no split batch and no worker threads),
 and the counters are summed by kind: convolutions as ``conv 1x1``, ``conv dw KxK``
 (depthwise) or ``conv KxK``, the other ops by name. ``--layers N`` also prints the N
-costliest convolution shapes, with their strides. ONNX Runtime: ``SessionOptions.enable_profiling`` on cnnc's
+costliest convolution shapes, with their strides, beside ONNX Runtime's time for the same
+shapes (its nodes matched by weight shape and input and output map; a shape that occurs
+several times is summed on both sides). ONNX Runtime: ``SessionOptions.enable_profiling`` on cnnc's
 ONNX export (every graph optimisation on, spinning off); its node events are summed by the
 same kinds, read from each node's input shapes (ORT's fused ``Conv`` with its activation
 counts as a convolution; a separate activation node, such as its ``QuickGelu`` for SiLU,
@@ -48,7 +50,8 @@ def conv_kind(x_shape, w_shape, stride=None) -> str:
 
 
 def cnnc_profile(model, x, reps: int):
-    """``(ms per image by kind, ms per image by conv shape, whole ms per image)``."""
+    """``(ms per image by kind, ms per image by conv shape, whole ms per image)``; a conv
+    shape is ``(kind with stride, input shape, weight shape, output map)``."""
     from cnnc.ops import Op
     from cnnc.runtime import threads
 
@@ -60,17 +63,18 @@ def cnnc_profile(model, x, reps: int):
     def timed(op, kernel):
         def run(*args, **attrs):
             started = time.thread_time()
-            try:
-                return kernel(*args, **attrs)
-            finally:
-                spent = time.thread_time() - started
-                if op in (Op.CONV2D, Op.CONV1D):
-                    kind = conv_kind(args[0].shape, args[1].shape)
-                    strided = conv_kind(args[0].shape, args[1].shape, attrs.get("stride"))
-                    shapes[(strided, tuple(args[0].shape[1:]), tuple(args[1].shape))] += spent
-                else:
-                    kind = op.value
-                kinds[kind] += spent
+            result = kernel(*args, **attrs)
+            spent = time.thread_time() - started
+            if op in (Op.CONV2D, Op.CONV1D):
+                kind = conv_kind(args[0].shape, args[1].shape)
+                strided = conv_kind(args[0].shape, args[1].shape, attrs.get("stride"))
+                made = attrs.get("out") if result is None else result
+                shapes[(strided, tuple(args[0].shape[1:]), tuple(args[1].shape),
+                        tuple(made.shape[2:]))] += spent
+            else:
+                kind = op.value
+            kinds[kind] += spent
+            return result
         return run
 
     executor.kernels = {op: timed(op, k) for op, k in original.items()}
@@ -91,7 +95,8 @@ def cnnc_profile(model, x, reps: int):
 
 
 def ort_profile(model, x, reps: int):
-    """``(ms per image by kind, whole ms per image)`` from ONNX Runtime's profiler."""
+    """``(ms per image by kind, ms per image by conv shape, whole ms per image)`` from ONNX
+    Runtime's profiler; a conv shape is ``(weight shape, input map, output map)``."""
     import onnxruntime as ort
 
     from cnnc.runtime.onnx_export import export
@@ -117,6 +122,7 @@ def ort_profile(model, x, reps: int):
     runs = [e for e in events if e.get("name") == "model_run"]
     first_end = runs[0]["ts"] + runs[0]["dur"] if runs else 0
     kinds: dict = collections.defaultdict(float)
+    shapes: dict = collections.defaultdict(float)
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
             continue
@@ -126,11 +132,16 @@ def ort_profile(model, x, reps: int):
         inputs = [next(iter(s.values())) for s in args.get("input_type_shape", [])]
         if args["op_name"] in ("Conv", "FusedConv") and len(inputs) > 1 and len(inputs[1]) >= 3:
             kind = conv_kind(inputs[0], inputs[1])
+            outputs = [next(iter(s.values())) for s in args.get("output_type_shape", [])]
+            if outputs:  # (maps at [2:4] in NCHW and in ORT's blocked NCHWc alike)
+                key = (tuple(inputs[1]), tuple(inputs[0][2:4]), tuple(outputs[0][2:4]))
+                shapes[key] += e["dur"] / 1e3
         else:
             kind = args["op_name"]
         kinds[kind] += e["dur"] / 1e3  # microseconds -> ms
     per = 1 / (reps * len(x))
-    return {k: v * per for k, v in kinds.items()}, whole * 1e3 * per
+    return ({k: v * per for k, v in kinds.items()}, {k: v * per for k, v in shapes.items()},
+            whole * 1e3 * per)
 
 
 def main() -> None:
@@ -145,10 +156,10 @@ def main() -> None:
     x = bench_runtime._input(model, args.batch)
     kinds, shapes, whole = cnnc_profile(model, x, args.reps)
     try:
-        theirs, their_whole = ort_profile(model, x, args.reps)
+        theirs, their_shapes, their_whole = ort_profile(model, x, args.reps)
     except ImportError:
         print("(onnxruntime not installed: cnnc alone)")
-        theirs, their_whole = {}, None
+        theirs, their_shapes, their_whole = {}, {}, None
     print(f"{args.model}, batch {args.batch}, one thread, ms per image, mean of {args.reps}")
     print(f"{'kind':<22}{'cnnc':>9}{'ORT':>9}")
     for kind in sorted(set(kinds) | set(theirs), key=lambda k: -max(kinds.get(k, 0),
@@ -161,10 +172,15 @@ def main() -> None:
         line += f"{their_whole:9.2f}   cnnc / ORT {whole / their_whole:.2f}"
     print(line)
     if args.layers:
-        print(f"\ncnnc's {args.layers} costliest convolution shapes (input, weight):")
-        for (kind, x_shape, w_shape), ms in sorted(shapes.items(),
-                                                   key=lambda kv: -kv[1])[:args.layers]:
-            print(f"  {kind:<16}{str(list(x_shape)):<18}{str(list(w_shape)):<20}{ms:8.3f}")
+        print(f"\ncnnc's {args.layers} costliest convolution shapes (input, weight), ms per "
+              f"image:")
+        print(f"  {'':<16}{'input':<18}{'weight':<20}{'cnnc':>8}{'ORT':>8}{'ratio':>7}")
+        for (kind, x_shape, w_shape, out_hw), ms in sorted(
+                shapes.items(), key=lambda kv: -kv[1])[:args.layers]:
+            other = their_shapes.get((w_shape, x_shape[1:3], out_hw))
+            versus = f"{other:8.3f}{ms / other:7.2f}" if other else ""
+            print(f"  {kind:<16}{str(list(x_shape)):<18}{str(list(w_shape)):<20}{ms:8.3f}"
+                  f"{versus}")
 
 
 if __name__ == "__main__":
