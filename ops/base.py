@@ -324,16 +324,15 @@ class PreparedLayer:
 
     def kept(self, key, nbytes: int, make: Callable, source=None):
         """The array kept under ``key`` for ``source`` (the weight array it derives from:
-        another array, a parameter replaced rather than changed in place, is made anew);
+        another array, a parameter replaced rather than changed in place, is made anew;
+        the source is held, so that no new array can take its place in memory);
         else ``make()``, kept, if its ``nbytes`` fit in what is left of the budget; else
         None (nothing made). Under the plan's lock, so that lanes asking at once make it
         once."""
-        tag = None if source is None else (source.__array_interface__["data"][0],
-                                           source.shape, source.strides)
         plan = self._plan
         with plan._lock:
             got = self._arrays.get(key)
-            if got is not None and got[0] == tag:
+            if got is not None and got[0] is source:
                 return got[1]
             if got is not None:  # made from another array: its bytes come back
                 del self._arrays[key]
@@ -342,5 +341,5 @@ class PreparedLayer:
                 return None
             array = make()
             plan.left -= array.nbytes
-            self._arrays[key] = (tag, array)
+            self._arrays[key] = (source, array)
             return array
