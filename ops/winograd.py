@@ -450,10 +450,12 @@ def _output_transform4(start, stop, mm, n0, m, th, tw, out, scale, bias, has_sca
     """``out[n0 .. n0+m]`` = the epilogue of ``A^T M A`` of every tile of ``mm (36, O,
     m*th*(tw+1))``: each band of tiles becomes four output rows (those past the height
     dropped, the columns past the width cut, the extra tile of each row of tiles never
-    read), through `finish_row`."""
+    read), through `finish_row`. Each channel's 36 rows of ``mm`` are first copied whole into
+    a buffer (read in place, 36 short runs a band a page apart each, the transform took
+    1.27x the time at 56x56; the same at 28x28)."""
     o = mm.shape[1]
     ho, wo = out.shape[2], out.shape[3]
-    tiles = th * (tw + 1)  # each row of tiles carries one more, dropped here
+    tiles = th * (tw + 1)  # each row of tiles carries one more (`_tiles`), dropped here
     blocks = (o + block - 1) // block
     mm, out, scale, bias = borrow(mm), borrow(out), borrow(scale), borrow(bias)
     k, gate, kc = borrow(k), borrow(gate), borrow(kc)
@@ -469,7 +471,7 @@ def _output_transform4(start, stop, mm, n0, m, th, tw, out, scale, bias, has_sca
         b = n0 + bi
         columns = np.empty((4, 6, tw), dtype=out.dtype)
         row = np.empty(4 * tw, dtype=out.dtype)
-        plane = np.empty((36, tiles), dtype=out.dtype)  # one channel's M, copied in whole
+        plane = np.empty((36, tiles), dtype=out.dtype)  # one channel's M
         e, y, ml = borrow(columns), borrow(row), borrow(plane)
         for oc in range(o0, min(o, o0 + block)):
             g = scale[oc if has_scale else 0]
@@ -563,6 +565,18 @@ def tile_for(ho, wo, prepared=False) -> int:
     return 4 if prepared and min(ho, wo) >= TILE4_MAP else 2
 
 
+def _transform(w, tile):
+    """``U`` of ``w`` for ``tile`` 2 (`weight_transform`) or 4 (`weight_transform4`)."""
+    w = np.ascontiguousarray(w)
+    return weight_transform(w) if tile == 2 else weight_transform4(w)
+
+
+def _tiles(th, tw, tile):
+    """Tiles an image takes in ``V`` and ``M``: F(4x4, 3x3) carries one more a row of tiles
+    (`_input_transform4`)."""
+    return th * tw if tile == 2 else th * (tw + 1)
+
+
 def prepared_transform(w, ho, wo, prepared):
     """``(U, tile)`` of a layer of weights ``w`` and output map ``ho x wo``, from the
     caller's ``prepared`` (an `ops.base.PreparedLayer`): kept there on first use, F(4x4,
@@ -571,9 +585,8 @@ def prepared_transform(w, ho, wo, prepared):
     o, c = w.shape[:2]
     for tile in (4, 2) if tile_for(ho, wo, True) == 4 else (2,):
         positions = (tile + 2) ** 2
-        make = weight_transform4 if tile == 4 else weight_transform
         u = prepared.kept(("winograd", tile, w.dtype.str), positions * o * c * w.itemsize,
-                          lambda: make(np.ascontiguousarray(w)), source=w)
+                          lambda: _transform(w, tile), source=w)
         if u is not None:
             return u, tile
     return None, 2
@@ -615,7 +628,7 @@ def _input_chunk(x, n0, m, top, left, th, tw, vbuf, block, tile=2):
     the flat buffer ``vbuf``; ``tile=4``: ``V (36, ...)`` for F(4x4, 3x3)."""
     c = x.shape[1]
     positions = (tile + 2) ** 2
-    per_image = th * tw if tile == 2 else th * (tw + 1)
+    per_image = _tiles(th, tw, tile)
     v = vbuf[:positions * c * m * per_image].reshape(positions, c, m * per_image)
     if tile == 2:
         parallel(_input_transform, m * -(-c // block), x, n0, m, top, left, th, tw, v, block,
@@ -664,10 +677,9 @@ def winograd_conv2d(x, w, b, scale, act, out, pads, gate=None, u=None, tile=2) -
         raise ValueError(f"winograd_conv2d: tile must be 2 or 4, got {tile!r}")
     positions = (tile + 2) ** 2
     th, tw = -(-ho // tile), -(-wo // tile)
-    tiles = th * tw if tile == 2 else th * (tw + 1)  # (F(4x4, 3x3): `_input_transform4`)
+    tiles = _tiles(th, tw, tile)
     if u is None:
-        w = np.ascontiguousarray(w)
-        u = weight_transform(w) if tile == 2 else weight_transform4(w)
+        u = _transform(w, tile)
     elif u.shape != (positions, o, c) or u.dtype != x.dtype:
         raise ValueError(f"winograd_conv2d: u must be [{positions}, {o}, {c}] {x.dtype}, "
                          f"got {list(u.shape)} {u.dtype}")
