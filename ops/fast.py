@@ -28,7 +28,8 @@ Each kernel is a serial loop over a range of jobs: (image, block of channels) pa
 images for a convolution of several input channels per group, channels for batch norm.
 `parallel` shares the jobs among this module's own threads, as many as
 ``runtime/threads.py`` says for the call (numba's ``parallel=True`` did before: see the
-comment above `parallel` for why not any more).
+comment above `parallel` for why not any more), in pieces that each thread takes as it
+finishes the last, its workers held on cores other than the caller's.
 
 Every kernel is compiled on its first call with ``cache=True`` (numba writes the machine
 code beside this file, or in its user cache where that is read-only), so later processes
@@ -41,6 +42,8 @@ without numba they are off too, and the NumPy kernels run.
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import os
 import threading
 
@@ -120,12 +123,16 @@ def get_threads() -> int:
     """The threads the kernels called from this thread run on: as set (`set_threads`) in
     this thread, else every core this process may use (as BLAS does by default)."""
     count = getattr(_local, "count", None)
-    return usable_cores(max_age=1.0) if count is None else count
+    if count is None:
+        return usable_cores(max_age=1.0)
+    return count() if callable(count) else count
 
 
 def set_threads(count) -> None:
-    """The kernels called from this thread run on ``count`` threads (None: the default)."""
-    _local.count = None if count is None else max(1, int(count))
+    """The kernels called from this thread run on ``count`` threads (None: the default; a
+    function: its answer at each call, as a lane of a split batch asks how many lanes have
+    finished and may help it, ``runtime/threads.py``)."""
+    _local.count = None if count is None else count if callable(count) else max(1, int(count))
 
 
 # A worker left idle this long ends its thread (the pool holds a worker per extra thread
@@ -145,7 +152,10 @@ class _Worker:
         self.done.acquire()
         self.task = None
         self.error = None
-        threading.Thread(target=self._loop, name="cnnc-kernel", daemon=True).start()
+        self.cpu = None  # the core it is held to, if any (`_place`)
+        thread = threading.Thread(target=self._loop, name="cnnc-kernel", daemon=True)
+        thread.start()
+        self.tid = thread.native_id
 
     def _loop(self):
         while True:
@@ -205,15 +215,21 @@ if hasattr(os, "register_at_fork"):
 # it costs about 20 us on the 2-core machine of docs/performance.md (more while the
 # worker's core wakes), the time of some 10^5 values of these loops.
 MIN_PARALLEL_VALUES = 1 << 17
+# A call's jobs are cut into this many pieces per thread, each thread taking the next piece
+# when it has finished its last: a thread on a core shared with another process (or on a
+# slower core of a virtual machine) takes fewer, where equal shares would leave the others
+# waiting for it. (A piece costs a call of the kernel, about 2 us.)
+PIECES = 4
 
 
 def parallel(kernel, jobs: int, *args, values=None) -> None:
-    """``kernel(start, stop, *args)`` over jobs ``0 .. jobs - 1``, cut into as many equal
-    ranges as there are threads to run them (`get_threads`, at most one per job): the
-    calling thread runs the first range, worker threads the others. The kernels release the
-    GIL (``nogil``), so the ranges run at once. ``values``: how much the call computes (see
-    ``MIN_PARALLEL_VALUES``; None: enough). Returns when every range is done; an error in
-    any is raised after all have stopped."""
+    """``kernel(start, stop, *args)`` over jobs ``0 .. jobs - 1``, on as many threads as
+    `get_threads` says (at most one per job): the jobs cut into ``PIECES`` equal pieces a
+    thread, each thread (the calling one and worker threads) taking the next piece until
+    none is left. The kernels release the GIL (``nogil``), so the pieces run at once.
+    ``values``: how much the call computes (see ``MIN_PARALLEL_VALUES``; None: enough).
+    Returns when every piece is done; after an error no piece is handed out, and the error
+    is raised once the pieces already running have stopped."""
     count = min(get_threads(), jobs)
     if values is not None and values < MIN_PARALLEL_VALUES:
         count = 1
@@ -221,20 +237,68 @@ def parallel(kernel, jobs: int, *args, values=None) -> None:
         if jobs > 0:
             kernel(0, jobs, *args)
         return
-    bounds = [jobs * i // count for i in range(count + 1)]
+    pieces = min(jobs, count * PIECES)
+    bounds = [jobs * i // pieces for i in range(pieces + 1)]
+    claim = itertools.count().__next__  # the next piece; atomic under the GIL
+    failed = []
+
+    def share(*args):
+        while not failed:
+            i = claim()
+            if i >= pieces:
+                return
+            try:
+                kernel(bounds[i], bounds[i + 1], *args)
+            except BaseException:
+                failed.append(i)
+                raise
+
     workers = _take_workers(count - 1)
+    if PLACE:
+        _place(workers)
     started = []
     try:
-        for i, worker in enumerate(workers, 1):
-            worker.start(kernel, (bounds[i], bounds[i + 1]) + args)
+        for worker in workers:
+            worker.start(share, args)
             started.append(worker)
-        kernel(0, bounds[1], *args)
+        share(*args)
     finally:
-        errors = [worker.wait() for worker in started]  # every range stops first
+        errors = [worker.wait() for worker in started]  # every piece stops first
         _give_back(workers)
     for error in errors:
         if error is not None:
             raise error
+
+
+# Hold each worker of a call on a core other than the calling thread's (False: leave them
+# to the scheduler). A worker woken for a call of a millisecond was left by Linux on the
+# waking thread's core, the other core idle: two threads ran no faster than one (measured on
+# the 2-core VM of docs/performance.md, MobileNet V2's kernels).
+PLACE = True
+try:
+    _getcpu = ctypes.CDLL(None).sched_getcpu
+    _getcpu.restype = ctypes.c_int
+    _getcpu.argtypes = []
+    _cpus = sorted(os.sched_getaffinity(0))
+except (OSError, AttributeError, TypeError):  # not Linux
+    _getcpu, _cpus = None, []
+
+
+def _place(workers) -> None:
+    """Hold worker ``i`` on the ``i``-th usable core after the calling thread's own (at
+    the call: the calling thread may move between calls; a worker already there is left)."""
+    if _getcpu is None or len(_cpus) < 2:
+        return
+    here = _getcpu()
+    others = [c for c in _cpus if c != here] or _cpus
+    for i, worker in enumerate(workers):
+        cpu = others[i % len(others)]
+        if worker.cpu != cpu:
+            try:
+                os.sched_setaffinity(worker.tid, {cpu})
+            except OSError:  # that core is no longer ours: the scheduler places it
+                cpu = None
+            worker.cpu = cpu
 
 
 def usable(*arrays) -> bool:

@@ -197,7 +197,8 @@ def _kernel_threads():
     compiled kernel, never this module: it imports numba)."""
     import sys
 
-    fast = sys.modules.get("cnnc.ops.fast")
+    # (this package's own, under whatever name it was imported)
+    fast = sys.modules.get(__name__.rsplit(".", 2)[0] + ".ops.fast")
     if fast is None:
         return None
     return fast.get_threads, fast.set_threads
@@ -240,17 +241,18 @@ def blas_limit(n: int):
 
 
 @contextlib.contextmanager
-def this_thread_only():
+def this_thread_only(share=1):
     """Within the block, the compiled kernels called from this thread run on this thread
-    alone (their count is per thread). For the workers of a split batch, whose BLAS count
-    the calling thread has set to 1 for the process with `limit`."""
+    alone (their count is per thread), or on ``share()`` threads where ``share`` is a
+    function. For the workers of a split batch, whose BLAS count the calling thread has set
+    to 1 for the process with `limit`."""
     jit = _kernel_threads()
     if jit is None:
         yield
         return
     get, put = jit
     before = get()
-    put(1)
+    put(share)
     try:
         yield
     finally:
@@ -282,6 +284,9 @@ def _forget_workers() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_workers)
 
+# A lane that finishes first lends its core to the others' compiled kernels (False: each
+# lane runs one thread to its end).
+HELP = True
 _lane = threading.local()  # ``inside``: this thread is running a lane of `in_lanes`
 
 
@@ -300,14 +305,21 @@ def in_lanes(work, lanes: int) -> list:
     if getattr(_lane, "inside", False):
         return [work(i) for i in range(lanes)]
     caller_errstate = numpy.geterr()
+    finished = []  # one entry per lane that has finished
+
+    def share():
+        # this lane's thread and one for each lane that has finished: a lane that ends
+        # early lends its core to the compiled kernels of those still running
+        return min(lanes, 1 + len(finished))
 
     def lane(i):
         _lane.inside = True
         try:
-            with this_thread_only(), numpy.errstate(**caller_errstate):
+            with this_thread_only(share if HELP else 1), numpy.errstate(**caller_errstate):
                 return work(i)
         finally:
             _lane.inside = False
+            finished.append(i)
 
     with limit(1):
         with _workers_lock:

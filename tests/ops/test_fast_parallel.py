@@ -7,9 +7,11 @@ on that count (each job writes its own outputs). numba's own threading layer nev
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -29,63 +31,97 @@ def _default_count():
 
 
 def _recorder(parties):
-    """A kernel that records its range and thread, and waits for ``parties`` ranges to
-    be running at once (a broken barrier, after 30 s, if they never are)."""
+    """A kernel that records each range it gets and the thread running it; a thread's first
+    range waits until ``parties`` threads are running one at once (a broken barrier, after
+    30 s, if they never are), so each of them has taken a range before any takes two."""
     seen = []
     lock = threading.Lock()
     barrier = threading.Barrier(max(1, parties), timeout=30)
+    threads_seen = set()
 
     def kernel(start, stop, tag):
+        ident = threading.get_ident()
         with lock:
-            seen.append((start, stop, tag, threading.get_ident()))
-        barrier.wait()
+            seen.append((start, stop, tag, ident))
+            first = ident not in threads_seen
+            threads_seen.add(ident)
+        if first:
+            barrier.wait()
 
     return kernel, seen
 
 
-@pytest.mark.parametrize("count, jobs", [(1, 5), (2, 5), (3, 7), (4, 2), (8, 1), (3, 0)])
-def test_the_ranges_cover_every_job_once_at_once(count, jobs):
+@pytest.mark.parametrize("count, jobs", [(1, 5), (2, 5), (3, 7), (4, 2), (8, 1), (3, 0),
+                                         (2, 100)])
+def test_the_pieces_cover_every_job_once_on_every_thread_at_once(count, jobs):
     kernel, seen = _recorder(min(count, jobs))
     fast.set_threads(count)
     fast.parallel(kernel, jobs, "t")
     covered = sorted(j for start, stop, _, _ in seen for j in range(start, stop))
     assert covered == list(range(jobs))
-    assert len(seen) == min(count, jobs)  # one range per thread, none empty
+    assert all(stop > start for start, stop, *_ in seen)  # none empty
+    threads_count = min(count, jobs)
+    # one range on one thread; else PIECES a thread, taken as the threads come for them
+    assert len(seen) == (min(jobs, 1) if threads_count <= 1
+                         else min(jobs, threads_count * fast.PIECES))
     assert all(tag == "t" for _, _, tag, _ in seen)
-    if min(count, jobs) > 1:
-        assert len({ident for *_, ident in seen}) == min(count, jobs)
+    if threads_count > 1:
+        assert len({ident for *_, ident in seen}) == threads_count
         assert threading.get_ident() in {ident for *_, ident in seen}  # the caller works too
 
 
-def test_an_error_in_a_worker_range_is_raised_after_every_range_stops():
-    done = []
+def test_a_slow_thread_takes_fewer_pieces():
+    """The pieces go to the threads as they finish the last: one thread held up (a core
+    shared with another process) does not hold up the others' share of the work."""
+    slow = []
 
     def kernel(start, stop):
-        if start > 0:
-            raise ValueError(f"range {start}-{stop}")
-        done.append(start)
+        if not slow:
+            slow.append(threading.get_ident())
+        if threading.get_ident() == slow[0]:
+            time.sleep(0.3)  # the first thread to start is the slow one
+        done.append((start, threading.get_ident()))
+
+    done = []
+    fast.set_threads(2)
+    fast.parallel(kernel, 8)
+    assert sorted(j for j, _ in done) == list(range(8))
+    assert sum(ident == slow[0] for _, ident in done) == 1  # the other took the rest
+
+
+def test_an_error_stops_the_handing_out_and_is_raised_after_every_piece_stops():
+    started, ended = [], []
+
+    def kernel(start, stop):
+        started.append(start)
+        if start == 2:
+            raise ValueError(f"piece {start}-{stop}")
+        time.sleep(0.05)
+        ended.append(start)
 
     fast.set_threads(3)
-    with pytest.raises(ValueError, match="range"):
-        fast.parallel(kernel, 9)
-    assert done == [0]
+    with pytest.raises(ValueError, match="piece 2-3"):
+        fast.parallel(kernel, 12)
+    # every piece that started ran to its end before the call returned; none started after
+    # the failed one ended, beyond the pieces the other threads already held
+    assert sorted(ended) == sorted(j for j in started if j != 2)
+    assert len(started) < 12
 
 
-def test_an_error_in_the_callers_range_waits_for_the_workers():
-    import time
-
+def test_an_error_in_the_callers_piece_waits_for_the_workers():
     done = []
 
     def kernel(start, stop):
-        if start == 0:
-            raise ValueError("the caller's range")
-        time.sleep(0.2)  # still running when the caller's range fails
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(0.05)  # the workers are inside their pieces when it fails
+            raise ValueError("the caller's piece")
+        time.sleep(0.2)
         done.append(start)
 
     fast.set_threads(3)
     with pytest.raises(ValueError, match="caller"):
         fast.parallel(kernel, 9)
-    assert sorted(done) == [3, 6]
+    assert len(done) >= 2  # the two pieces the workers held ran to their end
 
 
 def test_an_idle_worker_holds_no_array_of_the_last_call():
@@ -122,12 +158,11 @@ def test_idle_workers_end_after_a_while_and_new_ones_come_when_needed(monkeypatc
     kernel, seen = _recorder(3)
     fast.parallel(kernel, 3, "again")
     assert sorted(a for a, *_ in seen) == [0, 1, 2]
+    assert len({ident for *_, ident in seen}) == 3
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")
 def test_a_forked_child_makes_workers_of_its_own():
-    import os
-
     kernel, seen = _recorder(2)
     fast.set_threads(2)
     fast.parallel(kernel, 4, "parent")  # the parent's workers exist, idle
@@ -140,7 +175,7 @@ def test_a_forked_child_makes_workers_of_its_own():
         try:
             kernel2, seen2 = _recorder(2)
             fast.parallel(kernel2, 4, "child")
-            code = 0 if sorted(a for a, *_ in seen2) == [0, 2] else 1
+            code = 0 if sorted(a for a, *_ in seen2) == [0, 1, 2, 3] else 1
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
@@ -155,7 +190,7 @@ def test_a_small_call_runs_on_the_calling_thread():
     assert seen[0][3] == threading.get_ident()
     kernel, seen = _recorder(4)
     fast.parallel(kernel, 8, "s", values=fast.MIN_PARALLEL_VALUES)
-    assert len(seen) == 4
+    assert len({ident for *_, ident in seen}) == 4
 
 
 def test_the_count_is_per_thread_and_limit_sets_it():

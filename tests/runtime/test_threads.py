@@ -110,3 +110,57 @@ def test_the_executor_runs_under_the_limit(monkeypatch):
     threads.set_threads(1)
     np.testing.assert_array_equal(model(x), first)
     assert len(seen) == 2
+
+
+def test_a_lane_that_finishes_lends_its_core_to_the_others():
+    """In a split batch each lane's compiled kernels run one thread while every lane runs,
+    and one more for each lane that has finished (its core would idle otherwise)."""
+    fast = pytest.importorskip("cnnc.ops.fast")
+    import threading
+
+    first_done = threading.Event()
+    counts = {}
+
+    def work(i):
+        if i == 0:  # lane 0 finishes once lane 1 has looked
+            while 1 not in counts:
+                first_done.wait(0.01)
+            return "early"
+        counts[1] = fast.get_threads()  # lane 0 is still running
+        deadline = 300
+        while fast.get_threads() == 1 and deadline:  # until lane 0 has finished
+            first_done.wait(0.01)
+            deadline -= 1
+        counts["after"] = fast.get_threads()
+        return "late"
+
+    assert threads.in_lanes(work, 2) == ["early", "late"]
+    assert counts[1] == 1
+    assert counts["after"] == 2
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(threads, "HELP", False)
+    try:
+        counts.clear()
+        seen = threads.in_lanes(lambda i: fast.get_threads(), 3)
+    finally:
+        monkey.undo()
+    assert seen == [1, 1, 1]  # without lending, a lane keeps one thread to its end
+
+
+def test_a_worker_is_held_on_a_core_other_than_the_callers(monkeypatch):
+    fast = pytest.importorskip("cnnc.ops.fast")
+    if fast._getcpu is None or len(fast._cpus) < 2:
+        pytest.skip("needs Linux and two usable cores")
+    import os
+
+    monkeypatch.setattr(fast, "_idle", [])  # workers of this test's own
+    for here, there in ((fast._cpus[0], fast._cpus[1]), (fast._cpus[1], fast._cpus[0])):
+        monkeypatch.setattr(fast, "_getcpu", lambda here=here: here)  # the caller's core
+        fast.set_threads(2)
+        try:
+            fast.parallel(lambda start, stop: None, 2)
+        finally:
+            fast.set_threads(None)
+        (worker,) = fast._idle
+        assert worker.cpu == there
+        assert os.sched_getaffinity(worker.tid) == {there}
