@@ -1,4 +1,4 @@
-"""Depthwise 3x3 and 5x5 convolutions (small maps at stride 1, most maps at stride 2), a
+"""Depthwise 3x3 and 5x5 convolutions (maps up to 112 wide at stride 1, most at stride 2), a
 tile of output rows in vector registers at a time, the epilogue applied before the one
 store.
 
@@ -20,8 +20,7 @@ are stored later (the tiles go through a plane's columns from the last vector to
 first, its rows upwards), so only a vector that would run past the plane's end is stored
 narrower (a masked store: on AMD's Zen 3 one costs as much as the tile's arithmetic).
 Stride 1 or 2, dilation 1, one input channel per output channel, float32, the maps
-``applies`` takes (measured: at stride 1, maps wider than 28 run as fast or faster through
-``ops/fast.py``'s runs).
+``applies`` takes (measured against ``ops/fast.py``'s runs: ``WIDEST``, ``WIDEST_2``).
 """
 
 from __future__ import annotations
@@ -38,10 +37,13 @@ LANES = pointwise.LANES
 ROWS_3 = 8
 ROWS_5 = 4
 ROWS = {3: ROWS_3, 5: ROWS_5}
-# The widest output map each kernel size takes (measured at batch 8, one thread, against
-# ``ops/fast.py``: 3x3 2.5x as fast on 7x7, 1.4x on 14x14 and 28x28, 1.0x on 56x56, 0.75x on
-# 112x112; 5x5 1.7x on 7x7, 1.05x on 14x14, 0.8x on 28x28).
-WIDEST = {3: 28, 5: 14}
+# The widest output map each kernel size takes at stride 1. Measured at batch 4, one thread,
+# in turns against ``ops/fast.py``'s direct kernel (its time over the tiles', two runs;
+# docs/performance.md, ninth session): 3x3 1.27-1.37 on 144 channels of 56x56, 1.09-1.13 on
+# 32 of 112x112, 0.97-0.99 on 96 of 112x112, 1.12-1.22 on 28x28; 5x5 1.24 on 56x56,
+# 1.13-1.27 on 28x28, 1.21-1.24 on 14x14. (The earlier limits, 28 and 14, were measured
+# before the tiles' stores and epilogue were reworked: then the tiles lost at 56 and 112.)
+WIDEST = {3: 112, 5: 56}
 # The same at stride 2, by the output map's width: 3x3 from 224 to 112 wide 1.05x as fast,
 # 112 -> 56 1.1x, 56 -> 28 1.1x, 28 -> 14 2x, 14 -> 7 3x; 5x5 56 -> 28 1.1x, 14 -> 7 2x
 # (its larger maps not measured).

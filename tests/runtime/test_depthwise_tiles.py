@@ -1,5 +1,5 @@
-"""The depthwise tiles of small maps (ops/depthwise.py) against the loop reference and the
-direct compiled kernel they replace there: 3x3 and 5x5, maps from 1x1 to 28x28 (rows and
+"""The depthwise tiles (ops/depthwise.py) against the loop reference and the
+direct compiled kernel they replace there: 3x3 and 5x5, maps from 1x1 to 112x112 (rows and
 columns that are and are not whole tiles), symmetric, one-sided and no padding, every
 compiled epilogue with scale, bias and gate, one and two threads, output into a channel
 slice, NaN, and the cases it refuses. Skipped where the CPU cannot run the tiles; run
@@ -68,7 +68,7 @@ SIZES = [(1, 1), (2, 3), (3, 3), (5, 6), (7, 7), (8, 8), (9, 13), (14, 14), (16,
 @pytest.mark.parametrize("pads", ["same", "none", "one-sided", "odd"])
 def test_sizes_and_pads_match_the_reference(stride, k, pads):
     rng = np.random.default_rng(0)
-    for i, (h, w) in enumerate(SIZES + [(31, 30), (57, 56)]):
+    for i, (h, w) in enumerate(SIZES + [(31, 30), (57, 56), (113, 112)]):
         p = {"same": (k // 2,) * 4, "none": (0, 0, 0, 0), "one-sided": (k - 1, 0, 0, k - 1),
              "odd": (1, 2, 2, 1)}[pads]
         if h + p[0] + p[1] < k or w + p[2] + p[3] < k:
@@ -143,8 +143,9 @@ def test_refusals(monkeypatch):
     assert not depthwise.applies(x, wt, (1, 1), (2, 2), ones, 4)  # dilation
     assert not depthwise.applies(x.astype(np.float64), wt.astype(np.float64), (1, 1), (1, 1),
                                  ones, 4)
-    big, wbig = _inputs(rng, 1, 2, 56, 56, 3)
+    big, wbig = _inputs(rng, 1, 2, 4, depthwise.WIDEST[3] + 1, 3)
     assert not depthwise.applies(big, wbig, (1, 1), (1, 1), ones, 2)  # map too wide
+    assert depthwise.applies(big[..., 1:], wbig, (1, 1), (1, 1), ones, 2)
     x7, w7 = _inputs(rng, 1, 4, 7, 7, 7)
     assert not depthwise.applies(x7, w7, (1, 1), (1, 1), (3, 3, 3, 3), 4)  # 7x7 kernel
     out = np.full((1, 4, 7, 7), np.nan, dtype=np.float32)
