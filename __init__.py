@@ -6,7 +6,17 @@
     module = cnnc.to_torch(net)                     # a torch.nn.Module (PyTorch needed)
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# NumPy's OpenBLAS keeps its threads spinning for about 0.1 s after each product (2^28
+# cycles), where cnnc's compiled kernels run next on the same cores: at batch 1 on two cores
+# that made MobileNet V2 and EfficientNet-B0 slower on two threads than on one. With this
+# (2^12 cycles, read once, when NumPy loads OpenBLAS, so only where cnnc is imported first,
+# as its command line does), two threads ran batch 1 in 0.6-0.95x the time
+# (docs/performance.md, ninth session). A value already set is kept.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "12")
 
 __all__ = ["check", "compile", "CompileError", "to_torch", "__version__"]
 

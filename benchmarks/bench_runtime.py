@@ -46,6 +46,7 @@ import time
 # Before NumPy and PyTorch load their thread pools: idle threads sleep rather than spin.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import cnnc  # noqa: E402,F401 - before NumPy, as cnnc's command line is: OPENBLAS_THREAD_TIMEOUT
 import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
