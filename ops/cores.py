@@ -12,6 +12,12 @@ import time
 CPU_MAX = "/sys/fs/cgroup/cpu.max"
 # (when, count) of the last reading `usable_cores(max_age=...)` may answer with
 _last = None
+# glibc's sched_getcpu, once looked up (False: there is none here)
+_getcpu = None
+try:  # read before any thread of ours is held on one core (`process_cores`)
+    _PROCESS_CORES = sorted(os.sched_getaffinity(0))
+except (AttributeError, OSError):
+    _PROCESS_CORES = []
 
 
 def usable_cores(max_age: float = 0.0) -> int:
@@ -41,3 +47,30 @@ def _read() -> int:
     except (OSError, ValueError):
         pass
     return max(1, cores)
+
+
+def current_core():
+    """The core the calling thread runs on at this moment (it may move after), or None
+    where that cannot be asked (not Linux with glibc). For placing threads on cores of
+    their own: ``ops/fast.py``'s workers, ``runtime/threads.py``'s lanes."""
+    global _getcpu
+    if _getcpu is None:
+        try:
+            import ctypes
+
+            _getcpu = ctypes.CDLL(None).sched_getcpu
+            _getcpu.restype = ctypes.c_int
+            _getcpu.argtypes = []
+        except (OSError, AttributeError, TypeError):
+            _getcpu = False
+    if _getcpu is False:
+        return None
+    core = _getcpu()
+    return core if core >= 0 else None
+
+
+def process_cores() -> list:
+    """The cores this process may run on, as read when cnnc was loaded: a lane or worker
+    thread held on one core for a call (``runtime/threads.py``, ``ops/fast.py``) would
+    report only that one. Empty where affinity cannot be read."""
+    return list(_PROCESS_CORES)

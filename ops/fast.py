@@ -42,14 +42,13 @@ without numba they are off too, and the NumPy kernels run.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
 import threading
 
 import numpy as np
 
-from .cores import usable_cores
+from .cores import current_core, process_cores, usable_cores
 
 try:
     import numba
@@ -275,22 +274,16 @@ def parallel(kernel, jobs: int, *args, values=None) -> None:
 # waking thread's core, the other core idle: two threads ran no faster than one (measured on
 # the 2-core VM of docs/performance.md, MobileNet V2's kernels).
 PLACE = True
-try:
-    _getcpu = ctypes.CDLL(None).sched_getcpu
-    _getcpu.restype = ctypes.c_int
-    _getcpu.argtypes = []
-    _cpus = sorted(os.sched_getaffinity(0))
-except (OSError, AttributeError, TypeError):  # not Linux
-    _getcpu, _cpus = None, []
 
 
 def _place(workers) -> None:
     """Hold worker ``i`` on the ``i``-th usable core after the calling thread's own (at
     the call: the calling thread may move between calls; a worker already there is left)."""
-    if _getcpu is None or len(_cpus) < 2:
+    cpus = process_cores()
+    here = current_core() if len(cpus) > 1 else None
+    if here is None:
         return
-    here = _getcpu()
-    others = [c for c in _cpus if c != here] or _cpus
+    others = [c for c in cpus if c != here]
     for i, worker in enumerate(workers):
         cpu = others[i % len(others)]
         if worker.cpu != cpu:

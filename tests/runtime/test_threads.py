@@ -149,13 +149,16 @@ def test_a_lane_that_finishes_lends_its_core_to_the_others():
 
 def test_a_worker_is_held_on_a_core_other_than_the_callers(monkeypatch):
     fast = pytest.importorskip("cnnc.ops.fast")
-    if fast._getcpu is None or len(fast._cpus) < 2:
+    from cnnc.ops import cores
+
+    usable = cores.process_cores()
+    if len(usable) < 2 or cores.current_core() is None:
         pytest.skip("needs Linux and two usable cores")
     import os
 
     monkeypatch.setattr(fast, "_idle", [])  # workers of this test's own
-    for here, there in ((fast._cpus[0], fast._cpus[1]), (fast._cpus[1], fast._cpus[0])):
-        monkeypatch.setattr(fast, "_getcpu", lambda here=here: here)  # the caller's core
+    for here, there in ((usable[0], usable[1]), (usable[1], usable[0])):
+        monkeypatch.setattr(fast, "current_core", lambda here=here: here)  # the caller's
         fast.set_threads(2)
         try:
             fast.parallel(lambda start, stop: None, 2)
@@ -164,3 +167,12 @@ def test_a_worker_is_held_on_a_core_other_than_the_callers(monkeypatch):
         (worker,) = fast._idle
         assert worker.cpu == there
         assert os.sched_getaffinity(worker.tid) == {there}
+
+
+def test_the_current_core_is_one_of_the_process_cores():
+    from cnnc.ops import cores
+
+    here = cores.current_core()
+    if here is None:
+        pytest.skip("no sched_getcpu here")
+    assert here in cores.process_cores()
