@@ -32,7 +32,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ..ops.cores import usable_cores
+from ..ops.cores import current_core, process_cores, usable_cores
 
 ENV = "CNNC_NUM_THREADS"
 # ``auto`` looks at the machine's load at most this often (the kernel counts CPU time in
@@ -287,6 +287,46 @@ if hasattr(os, "register_at_fork"):
 # A lane that finishes first lends its core to the others' compiled kernels (False: each
 # lane runs one thread to its end).
 HELP = True
+# Each lane runs on a core of its own for the call: lane 0 (the calling thread) on the core
+# it is on, the others on the next usable cores; the calling thread's own set of cores comes
+# back after the call. Left to Linux, two lanes beside a busy process shared one core in 4
+# of 5 calls while the process had the other (it counts two threads against one as
+# balanced): MobileNet V2 at batch 8 took 108-144 ms, held apart 87-100 (docs/performance.md,
+# ninth session). False: the scheduler places them.
+PIN_LANES = True
+
+
+def _lane_cores(lanes: int):
+    """The core for each of ``lanes`` lanes: the calling thread's, then the process's other
+    cores in turn; None where cores cannot be read or set (not Linux), or there is one."""
+    usable = process_cores()
+    here = current_core() if len(usable) > 1 else None
+    if here is None:
+        return None
+    order = ([here] if here in usable else []) + [c for c in usable if c != here]
+    return [order[i % len(order)] for i in range(lanes)]
+
+
+@contextlib.contextmanager
+def _held_on(core):
+    """Within the block, this thread runs on ``core`` only (None: as it was); its set of
+    cores comes back after it."""
+    if core is None:
+        yield
+        return
+    try:
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {core})
+    except OSError:  # (that core is not ours now: the scheduler places the lane)
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            os.sched_setaffinity(0, before)
+        except OSError:
+            pass
 _lane = threading.local()  # ``inside``: this thread is running a lane of `in_lanes`
 
 
@@ -298,7 +338,9 @@ def in_lanes(work, lanes: int) -> list:
     trainer's ``errstate(all="ignore")`` around evaluation, say). Every lane is waited for
     before the first lane's error, if any, is raised. Called from inside a lane, the lanes
     run one after the other on that thread (the workers may all be busy with the outer
-    call's lanes). The split batches of inference (`runtime/executor.py`) and the shares of
+    call's lanes). Each lane is held on a core of its own for the call (``PIN_LANES``), and
+    a lane that finishes lends its core to the compiled kernels of those still running
+    (``HELP``). The split batches of inference (`runtime/executor.py`) and the shares of
     training steps (`runtime/model.py`)."""
     import numpy
 
@@ -312,10 +354,13 @@ def in_lanes(work, lanes: int) -> list:
         # early lends its core to the compiled kernels of those still running
         return min(lanes, 1 + len(finished))
 
+    cores = _lane_cores(lanes) if PIN_LANES else None
+
     def lane(i):
         _lane.inside = True
         try:
-            with this_thread_only(share if HELP else 1), numpy.errstate(**caller_errstate):
+            with _held_on(None if cores is None else cores[i]), \
+                    this_thread_only(share if HELP else 1), numpy.errstate(**caller_errstate):
                 return work(i)
         finally:
             _lane.inside = False

@@ -176,3 +176,27 @@ def test_the_current_core_is_one_of_the_process_cores():
     if here is None:
         pytest.skip("no sched_getcpu here")
     assert here in cores.process_cores()
+
+
+def test_each_lane_runs_on_a_core_of_its_own_and_the_callers_cores_come_back(monkeypatch):
+    import os
+
+    from cnnc.ops import cores
+
+    usable = cores.process_cores()
+    if len(usable) < 2 or cores.current_core() is None:
+        pytest.skip("needs Linux and two usable cores")
+    before = os.sched_getaffinity(0)
+    seen = threads.in_lanes(lambda i: os.sched_getaffinity(0), 2)
+    assert all(len(s) == 1 for s in seen)
+    assert seen[0] != seen[1]  # two cores, one lane each
+    assert os.sched_getaffinity(0) == before
+
+    def fails(i):
+        raise ValueError(f"lane {i}")
+
+    with pytest.raises(ValueError, match="lane"):
+        threads.in_lanes(fails, 2)
+    assert os.sched_getaffinity(0) == before  # given back after an error too
+    monkeypatch.setattr(threads, "PIN_LANES", False)
+    assert threads.in_lanes(lambda i: os.sched_getaffinity(0), 2) == [before, before]
