@@ -170,3 +170,86 @@ def test_nothing_is_written_past_the_output():
         _run(x, wt, pads, act="relu", out=out, stride=stride)
         _close(out, _expected(x, wt, pads, act="relu", stride=stride))
         assert np.isnan(buf[size:]).all()
+
+
+# ---- blocks of eight channels (layers whose channels come in whole blocks of eight) ----
+
+
+def _both(x, wt, pads, stride=1, **kw):
+    """The blocks' result and the one-plane tiles' on the same layer."""
+    depthwise.CHANNEL_BLOCKS = True
+    try:
+        blocks = _run(x, wt, pads, stride=stride, **kw)
+        depthwise.CHANNEL_BLOCKS = False
+        tiles = _run(x, wt, pads, stride=stride, **kw)
+    finally:
+        depthwise.CHANNEL_BLOCKS = True
+    return blocks, tiles
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("pads", ["same", "none", "one-sided", "odd"])
+def test_channel_blocks_give_the_tiles_bits(stride, k, pads):
+    rng = np.random.default_rng(10)
+    for i, (h, w) in enumerate(SIZES + [(31, 30), (57, 56)]):
+        p = {"same": (k // 2,) * 4, "none": (0, 0, 0, 0), "one-sided": (k - 1, 0, 0, k - 1),
+             "odd": (1, 2, 2, 1)}[pads]
+        if h + p[0] + p[1] < k or w + p[2] + p[3] < k:
+            continue
+        widest = (depthwise.WIDEST if stride == 1 else depthwise.WIDEST_2)[k]
+        if (w + p[2] + p[3] - k) // stride + 1 > widest:
+            continue
+        x, wt = _inputs(rng, 1 + i % 3, 8 * (1 + i % 3), h, w, k)
+        blocks, tiles = _both(x, wt, p, stride=stride, act="relu6")
+        np.testing.assert_array_equal(blocks, tiles)  # the same sums in the same order
+        _close(blocks, _expected(x, wt, p, act="relu6", stride=stride))
+
+
+@pytest.mark.parametrize("act", ACTS, ids=str)
+def test_channel_blocks_apply_every_epilogue(act):
+    rng = np.random.default_rng(11)
+    for n, c, h, w, k, stride in [(2, 16, 7, 7, 3, 1), (3, 8, 14, 14, 5, 1),
+                                  (2, 24, 10, 9, 3, 2)]:
+        x, wt = _inputs(rng, n, c, h, w, k)
+        pads = (k // 2,) * 4
+        b = rng.standard_normal(c).astype(np.float32)
+        scale = rng.uniform(0.5, 2, c).astype(np.float32)
+        gate = rng.uniform(0, 1, (n, c)).astype(np.float32)
+        for kw in ({}, {"b": b, "scale": scale}, {"scale": scale, "gate": gate}):
+            blocks, tiles = _both(x, wt, pads, stride=stride, act=act, **kw)
+            np.testing.assert_array_equal(blocks, tiles)
+            _close(blocks, _expected(x, wt, pads, act=act, stride=stride, **kw))
+
+
+def test_channel_blocks_write_nothing_past_the_output_and_keep_nan_in_place():
+    rng = np.random.default_rng(12)
+    for n, c, h, w, k, stride in [(2, 8, 1, 1, 3, 1), (1, 16, 2, 3, 3, 1), (2, 8, 6, 7, 5, 1),
+                                  (2, 8, 5, 6, 3, 2), (1, 8, 13, 9, 5, 2)]:
+        x, wt = _inputs(rng, n, c, h, w, k)
+        pads = (k // 2,) * 4
+        ho, wo = (h + 2 * (k // 2) - k) // stride + 1, (w + 2 * (k // 2) - k) // stride + 1
+        size = n * c * ho * wo
+        buf = np.full(size + 64, np.nan, dtype=np.float32)
+        out = buf[:size].reshape(n, c, ho, wo)
+        _run(x, wt, pads, act="relu", out=out, stride=stride)
+        _close(out, _expected(x, wt, pads, act="relu", stride=stride))
+        assert np.isnan(buf[size:]).all()
+    x, wt = _inputs(rng, 2, 8, 9, 9, 3)
+    x[1, 2, 4, 8] = np.nan
+    nan = np.isnan(_run(x, wt, (1, 1, 1, 1), act="silu"))
+    assert nan[1, 2, 3:6, 7:9].all() and nan.sum() == 6
+    full = np.full((2, 12, 9, 9), np.nan, dtype=np.float32)  # into a channel slice
+    x, wt = _inputs(rng, 2, 8, 9, 9, 3)
+    _run(x, wt, (1, 1, 1, 1), act="relu", out=full[:, 2:10])
+    _close(full[:, 2:10], _expected(x, wt, (1, 1, 1, 1), act="relu"))
+    assert np.isnan(full[:, :2]).all() and np.isnan(full[:, 10:]).all()
+
+
+def test_channel_blocks_on_one_and_two_threads_agree_exactly():
+    rng = np.random.default_rng(13)
+    x, wt = _inputs(rng, 4, 40, 14, 14, 3)
+    fast.set_threads(1)
+    one = _run(x, wt, (1, 1, 1, 1), act="silu")
+    fast.set_threads(2)
+    np.testing.assert_array_equal(one, _run(x, wt, (1, 1, 1, 1), act="silu"))
