@@ -1,11 +1,15 @@
-"""How many cores this process may use: the one reader of the CPU affinity and the cgroup
-CPU quota, for the compiled kernels' default thread count (``ops/fast.py``) and for
-``runtime/threads.py``'s decisions (ops may not import ``runtime/``, so it lives here).
-Nothing heavy is imported: ``cnnc check`` may load it."""
+"""How many cores this process may use, and which: the one reader of the CPU affinity and the
+cgroup CPU quota, for the compiled kernels' default thread count (``ops/fast.py``) and for
+``runtime/threads.py``'s decisions (ops may not import ``runtime/``, so it lives here); and
+the one place that holds a thread on a core (`held_on`: the lanes of a split batch) and
+says which cores a helper should take (`spare_cores`, `current_core`). Nothing heavy is
+imported: ``cnnc check`` may load it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 
 # cgroup v2's CPU limit: "<quota> <period>" in microseconds, or "max <period>"
@@ -14,10 +18,7 @@ CPU_MAX = "/sys/fs/cgroup/cpu.max"
 _last = None
 # glibc's sched_getcpu, once looked up (False: there is none here)
 _getcpu = None
-try:  # read before any thread of ours is held on one core (`process_cores`)
-    _PROCESS_CORES = sorted(os.sched_getaffinity(0))
-except (AttributeError, OSError):
-    _PROCESS_CORES = []
+_held = threading.local()  # ``cores``: this thread's own set, while `held_on` holds it
 
 
 def usable_cores(max_age: float = 0.0) -> int:
@@ -35,10 +36,7 @@ def usable_cores(max_age: float = 0.0) -> int:
 
 
 def _read() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
+    cores = len(allowed_cores()) or os.cpu_count() or 1
     try:
         with open(CPU_MAX) as f:
             quota, period = f.read().split()[:2]
@@ -69,8 +67,63 @@ def current_core():
     return core if core >= 0 else None
 
 
-def process_cores() -> list:
-    """The cores this process may run on, as read when cnnc was loaded: a lane or worker
-    thread held on one core for a call (``runtime/threads.py``, ``ops/fast.py``) would
-    report only that one. Empty where affinity cannot be read."""
-    return list(_PROCESS_CORES)
+def allowed_cores() -> list:
+    """The cores the calling thread may run on, sorted: its own set, or while `held_on`
+    holds it on one core, the set it had before. Empty where that cannot be read."""
+    saved = getattr(_held, "cores", None)
+    if saved is not None:
+        return sorted(saved)
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return []
+
+
+def is_held() -> bool:
+    """Whether `held_on` holds the calling thread on one core now."""
+    return getattr(_held, "cores", None) is not None
+
+
+@contextlib.contextmanager
+def held_on(core):
+    """Within the block, the calling thread runs on ``core`` only (None, or a core it may
+    not use: as it was); its own set of cores comes back after it, also after an error."""
+    if core is None or getattr(_held, "cores", None) is not None:
+        yield
+        return
+    try:
+        before = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        yield
+        return
+    try:
+        try:
+            os.sched_setaffinity(0, {core})
+        except OSError:  # (not ours now: the scheduler places the thread)
+            pass
+        _held.cores = before
+        yield
+    finally:
+        _held.cores = None
+        try:
+            os.sched_setaffinity(0, before)
+        except OSError:
+            pass
+
+
+def spare_cores() -> list:
+    """The cores the calling thread's helpers should take (those of lanes that have
+    finished, `runtime.threads.in_lanes`), or [] where nothing says."""
+    spare = getattr(_held, "spare", None)
+    return list(spare()) if spare is not None else []
+
+
+@contextlib.contextmanager
+def spares(function):
+    """Within the block, `spare_cores` asks ``function`` (on this thread)."""
+    before = getattr(_held, "spare", None)
+    _held.spare = function
+    try:
+        yield
+    finally:
+        _held.spare = before

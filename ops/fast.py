@@ -48,7 +48,7 @@ import threading
 
 import numpy as np
 
-from .cores import current_core, process_cores, usable_cores
+from .cores import allowed_cores, current_core, spare_cores, usable_cores
 
 try:
     import numba
@@ -127,6 +127,12 @@ def get_threads() -> int:
     return count() if callable(count) else count
 
 
+def get_setting():
+    """This thread's setting as `set_threads` left it (None, a count or a function), for a
+    caller that sets its own and puts this one back after."""
+    return getattr(_local, "count", None)
+
+
 def set_threads(count) -> None:
     """The kernels called from this thread run on ``count`` threads (None: the default; a
     function: its answer at each call, as a lane of a split batch asks how many lanes have
@@ -140,9 +146,10 @@ IDLE_SECONDS = 60.0
 
 
 class _Worker:
-    """A thread that runs one range at a time: started by releasing ``go``, finished when
-    it releases ``done``. Two bare locks per range, where a pool's queue, future and
-    condition cost 40-60 us a call on a 2-core VM."""
+    """A thread that runs one task at a time (a call's `parallel` share: pieces until none
+    is left): started by releasing ``go``, finished when it releases ``done``. Two bare
+    locks per task, where a pool's queue, future and condition cost 40-60 us a call on a
+    2-core VM."""
 
     def __init__(self):
         self.go = threading.Lock()
@@ -151,7 +158,9 @@ class _Worker:
         self.done.acquire()
         self.task = None
         self.error = None
-        self.cpu = None  # the core it is held to, if any (`_place`)
+        # the core `_place` holds it on; None: free on the allowed cores; -1: not yet set
+        # (a thread made inside a lane held on one core starts on that core alone)
+        self.cpu = -1
         thread = threading.Thread(target=self._loop, name="cnnc-kernel", daemon=True)
         thread.start()
         self.tid = thread.native_id
@@ -178,7 +187,7 @@ class _Worker:
         self.go.release()
 
     def wait(self):
-        """The range's error, or None, once it has finished."""
+        """The task's error, or None, once it has finished."""
         self.done.acquire()
         self.task = None
         error, self.error = self.error, None
@@ -242,19 +251,18 @@ def parallel(kernel, jobs: int, *args, values=None) -> None:
     failed = []
 
     def share(*args):
-        while not failed:
-            i = claim()
-            if i >= pieces:
-                return
-            try:
+        try:
+            while not failed:
+                i = claim()
+                if i >= pieces:
+                    return
                 kernel(bounds[i], bounds[i + 1], *args)
-            except BaseException:
-                failed.append(i)
-                raise
+        except BaseException:
+            failed.append(True)  # no piece is handed out after it
+            raise
 
     workers = _take_workers(count - 1)
-    if PLACE:
-        _place(workers)
+    _place(workers)
     started = []
     try:
         for worker in workers:
@@ -277,21 +285,35 @@ PLACE = True
 
 
 def _place(workers) -> None:
-    """Hold worker ``i`` on the ``i``-th usable core after the calling thread's own (at
-    the call: the calling thread may move between calls; a worker already there is left)."""
-    cpus = process_cores()
-    here = current_core() if len(cpus) > 1 else None
-    if here is None:
-        return
-    others = [c for c in cpus if c != here]
+    """Hold each worker on a core of its own for the call: the cores of lanes that have
+    finished (`cores.spare_cores`) where there are some, else the calling thread's allowed
+    cores other than the one it is on, in turn. Each worker is set only when its core
+    changes; with ``PLACE`` off, or where cores cannot be read, a held worker is let go on
+    the allowed cores."""
+    allowed = allowed_cores()
+    here = current_core() if PLACE and len(allowed) > 1 else None
+    others = []
+    if here is not None:
+        others = [c for c in spare_cores() if c in allowed and c != here] or \
+            [c for c in allowed if c != here]
     for i, worker in enumerate(workers):
-        cpu = others[i % len(others)]
-        if worker.cpu != cpu:
+        cpu = others[i % len(others)] if others else None
+        if worker.cpu == cpu:
+            continue
+        if not allowed:  # (nothing to set a thread to)
+            worker.cpu = None
+            continue
+        try:
+            os.sched_setaffinity(worker.tid, allowed if cpu is None else {cpu})
+        except OSError:  # that core is no longer ours: free on the allowed ones
+            cpu = None
             try:
-                os.sched_setaffinity(worker.tid, {cpu})
-            except OSError:  # that core is no longer ours: the scheduler places it
-                cpu = None
-            worker.cpu = cpu
+                os.sched_setaffinity(worker.tid, allowed)
+            except OSError:
+                pass
+        except AttributeError:  # not Linux
+            cpu = None
+        worker.cpu = cpu
 
 
 def usable(*arrays) -> bool:

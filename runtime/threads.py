@@ -32,7 +32,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ..ops.cores import current_core, process_cores, usable_cores
+from ..ops import cores as cores_
+from ..ops.cores import usable_cores
 
 ENV = "CNNC_NUM_THREADS"
 # ``auto`` looks at the machine's load at most this often (the kernel counts CPU time in
@@ -192,7 +193,7 @@ def blas_threads() -> list:
 
 
 def _kernel_threads():
-    """The compiled kernels' ``(get_threads, set_threads)`` (``ops/fast.py``, per thread)
+    """The compiled kernels' ``(get_setting, set_threads)`` (``ops/fast.py``, per thread)
     once that module is loaded; None before (the op families load it with their first
     compiled kernel, never this module: it imports numba)."""
     import sys
@@ -201,7 +202,7 @@ def _kernel_threads():
     fast = sys.modules.get(__name__.rsplit(".", 2)[0] + ".ops.fast")
     if fast is None:
         return None
-    return fast.get_threads, fast.set_threads
+    return fast.get_setting, fast.set_threads
 
 
 @contextlib.contextmanager
@@ -211,16 +212,15 @@ def limit(n=None):
     count = decide(n)
     with blas_limit(count):
         jit = _kernel_threads()
-        jit_before = None
         if jit is not None:
             get, put = jit
-            jit_before = get()
+            jit_before = get()  # (the setting itself: None stays the default)
             put(count)
         try:
             yield count
         finally:
-            if jit_before is not None:
-                jit[1](jit_before)
+            if jit is not None:
+                put(jit_before)
 
 
 @contextlib.contextmanager
@@ -297,69 +297,55 @@ PIN_LANES = True
 
 
 def _lane_cores(lanes: int):
-    """The core for each of ``lanes`` lanes: the calling thread's, then the process's other
-    cores in turn; None where cores cannot be read or set (not Linux), or there is one."""
-    usable = process_cores()
-    here = current_core() if len(usable) > 1 else None
+    """The core for each of ``lanes`` lanes: the calling thread's, then its other allowed
+    cores in turn (round again where there are more lanes than cores); None where cores
+    cannot be read (not Linux), or there is one."""
+    usable = cores_.allowed_cores()
+    here = cores_.current_core() if len(usable) > 1 else None
     if here is None:
         return None
     order = ([here] if here in usable else []) + [c for c in usable if c != here]
     return [order[i % len(order)] for i in range(lanes)]
 
 
-@contextlib.contextmanager
-def _held_on(core):
-    """Within the block, this thread runs on ``core`` only (None: as it was); its set of
-    cores comes back after it."""
-    if core is None:
-        yield
-        return
-    try:
-        before = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {core})
-    except OSError:  # (that core is not ours now: the scheduler places the lane)
-        yield
-        return
-    try:
-        yield
-    finally:
-        try:
-            os.sched_setaffinity(0, before)
-        except OSError:
-            pass
 _lane = threading.local()  # ``inside``: this thread is running a lane of `in_lanes`
 
 
 def in_lanes(work, lanes: int) -> list:
     """``[work(0), ..., work(lanes - 1)]``, each on a thread of its own: lane 0 on the
     calling thread, the others on the process's worker threads. Meanwhile NumPy's BLAS runs
-    one thread for the process and the compiled kernels one on each lane's thread; each
+    one thread for the process and the compiled kernels one on each lane's thread (more
+    once lanes have finished, below); each
     worker takes the caller's NumPy floating-point error handling (per thread in NumPy: a
     trainer's ``errstate(all="ignore")`` around evaluation, say). Every lane is waited for
     before the first lane's error, if any, is raised. Called from inside a lane, the lanes
     run one after the other on that thread (the workers may all be busy with the outer
-    call's lanes). Each lane is held on a core of its own for the call (``PIN_LANES``), and
-    a lane that finishes lends its core to the compiled kernels of those still running
-    (``HELP``). The split batches of inference (`runtime/executor.py`) and the shares of
+    call's lanes). Each lane is held on one core for the call (``PIN_LANES``: a core of its
+    own where there are as many cores as lanes), and the cores of lanes that finish are lent
+    to the compiled kernels of those still running, shared equally (``HELP``). The split batches of inference (`runtime/executor.py`) and the shares of
     training steps (`runtime/model.py`)."""
     import numpy
 
     if getattr(_lane, "inside", False):
         return [work(i) for i in range(lanes)]
     caller_errstate = numpy.geterr()
-    finished = []  # one entry per lane that has finished
+    finished = []  # the lanes that have finished, in turn
+    cores = _lane_cores(lanes) if PIN_LANES else None
 
     def share():
-        # this lane's thread and one for each lane that has finished: a lane that ends
-        # early lends its core to the compiled kernels of those still running
-        return min(lanes, 1 + len(finished))
+        # this lane's thread and an equal part of the finished lanes' cores: a lane that
+        # ends early lends its core to the compiled kernels of those still running
+        running = lanes - len(finished)
+        return 1 + len(finished) // max(1, running)
 
-    cores = _lane_cores(lanes) if PIN_LANES else None
+    def spare():
+        # the cores the finished lanes leave (where the lanes are held on cores)
+        return [] if cores is None else [cores[i] for i in finished]
 
     def lane(i):
         _lane.inside = True
         try:
-            with _held_on(None if cores is None else cores[i]), \
+            with cores_.held_on(None if cores is None else cores[i]), cores_.spares(spare), \
                     this_thread_only(share if HELP else 1), numpy.errstate(**caller_errstate):
                 return work(i)
         finally:

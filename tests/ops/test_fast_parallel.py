@@ -73,16 +73,22 @@ def test_the_pieces_cover_every_job_once_on_every_thread_at_once(count, jobs):
 def test_a_slow_thread_takes_fewer_pieces():
     """The pieces go to the threads as they finish the last: one thread held up (a core
     shared with another process) does not hold up the others' share of the work."""
+    lock = threading.Lock()
     slow = []
+    rest_done = threading.Event()
+    done = []
 
     def kernel(start, stop):
-        if not slow:
-            slow.append(threading.get_ident())
+        with lock:
+            if not slow:
+                slow.append(threading.get_ident())  # the first thread to start
         if threading.get_ident() == slow[0]:
-            time.sleep(0.3)  # the first thread to start is the slow one
-        done.append((start, threading.get_ident()))
+            assert rest_done.wait(30)  # held until the other thread has done the rest
+        with lock:
+            done.append((start, threading.get_ident()))
+            if len(done) == 7:
+                rest_done.set()
 
-    done = []
     fast.set_threads(2)
     fast.parallel(kernel, 8)
     assert sorted(j for j, _ in done) == list(range(8))
@@ -102,26 +108,29 @@ def test_an_error_stops_the_handing_out_and_is_raised_after_every_piece_stops():
     fast.set_threads(3)
     with pytest.raises(ValueError, match="piece 2-3"):
         fast.parallel(kernel, 12)
-    # every piece that started ran to its end before the call returned; none started after
-    # the failed one ended, beyond the pieces the other threads already held
+    # every piece that started ran to its end before the call returned; after the failure
+    # no thread took another piece (each may have held one then)
     assert sorted(ended) == sorted(j for j in started if j != 2)
     assert len(started) < 12
 
 
 def test_an_error_in_the_callers_piece_waits_for_the_workers():
+    both = threading.Barrier(3, timeout=30)  # the caller's piece and the two workers'
     done = []
 
     def kernel(start, stop):
         if threading.current_thread() is threading.main_thread():
-            time.sleep(0.05)  # the workers are inside their pieces when it fails
+            both.wait()  # the workers are inside their pieces when it fails
             raise ValueError("the caller's piece")
-        time.sleep(0.2)
+        if len(done) < 2 and start < 3:
+            both.wait()
+            time.sleep(0.1)
         done.append(start)
 
     fast.set_threads(3)
     with pytest.raises(ValueError, match="caller"):
-        fast.parallel(kernel, 9)
-    assert len(done) >= 2  # the two pieces the workers held ran to their end
+        fast.parallel(kernel, 3)  # one piece a thread
+    assert len(done) == 2  # the two pieces the workers held ran to their end
 
 
 def test_an_idle_worker_holds_no_array_of_the_last_call():

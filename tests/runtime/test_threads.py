@@ -127,7 +127,7 @@ def test_a_lane_that_finishes_lends_its_core_to_the_others():
                 first_done.wait(0.01)
             return "early"
         counts[1] = fast.get_threads()  # lane 0 is still running
-        deadline = 300
+        deadline = 3000
         while fast.get_threads() == 1 and deadline:  # until lane 0 has finished
             first_done.wait(0.01)
             deadline -= 1
@@ -147,16 +147,64 @@ def test_a_lane_that_finishes_lends_its_core_to_the_others():
     assert seen == [1, 1, 1]  # without lending, a lane keeps one thread to its end
 
 
+def test_finished_lanes_cores_are_shared_equally_among_the_running_ones():
+    """Three lanes: while one has finished, each of the two running ones keeps one thread
+    (a core lent to both would put three threads on two cores); once two have finished,
+    the last runs three. The finished lanes' cores are the helpers' (`spare_cores`)."""
+    fast = pytest.importorskip("cnnc.ops.fast")
+    import threading
+
+    from cnnc.ops import cores
+
+    step = [threading.Event() for _ in range(3)]
+    seen = {}
+
+    def wait_for(event):
+        assert event.wait(30)
+
+    def work(i):
+        if i == 0:
+            return "first"  # finishes at once
+        if i == 1:
+            wait_for(step[0])  # lane 2 has looked with one lane finished
+            seen[1] = fast.get_threads()
+            step[1].set()
+            return "second"
+        for _ in range(3000):  # until lane 0 has finished (seen where lanes are held)
+            if lanes is None or cores.spare_cores():
+                break
+            step[2].wait(0.01)
+        seen["one finished"] = (fast.get_threads(), cores.spare_cores())
+        step[0].set()
+        wait_for(step[1])
+        for _ in range(3000):  # until lane 1 has finished too
+            if fast.get_threads() == 3:
+                break
+            step[2].wait(0.01)
+        seen["two finished"] = (fast.get_threads(), cores.spare_cores())
+        return "third"
+
+    lanes = threads._lane_cores(3)
+    assert threads.in_lanes(work, 3) == ["first", "second", "third"]
+    assert seen[1] == 1
+    assert seen["one finished"][0] == 1
+    assert seen["two finished"][0] == 3
+    if lanes is not None:  # held on cores: the finished lanes' are offered to helpers
+        assert seen["two finished"][1] == [lanes[0], lanes[1]] or \
+            seen["two finished"][1] == [lanes[1], lanes[0]]
+
+
 def test_a_worker_is_held_on_a_core_other_than_the_callers(monkeypatch):
     fast = pytest.importorskip("cnnc.ops.fast")
     from cnnc.ops import cores
 
-    usable = cores.process_cores()
+    usable = cores.allowed_cores()
     if len(usable) < 2 or cores.current_core() is None:
         pytest.skip("needs Linux and two usable cores")
     import os
 
-    monkeypatch.setattr(fast, "_idle", [])  # workers of this test's own
+    monkeypatch.setattr(fast, "_idle", [])  # workers of this test's own, that end soon
+    monkeypatch.setattr(fast, "IDLE_SECONDS", 0.2)
     for here, there in ((usable[0], usable[1]), (usable[1], usable[0])):
         monkeypatch.setattr(fast, "current_core", lambda here=here: here)  # the caller's
         fast.set_threads(2)
@@ -169,13 +217,13 @@ def test_a_worker_is_held_on_a_core_other_than_the_callers(monkeypatch):
         assert os.sched_getaffinity(worker.tid) == {there}
 
 
-def test_the_current_core_is_one_of_the_process_cores():
+def test_the_current_core_is_one_of_the_allowed_cores():
     from cnnc.ops import cores
 
     here = cores.current_core()
     if here is None:
         pytest.skip("no sched_getcpu here")
-    assert here in cores.process_cores()
+    assert here in cores.allowed_cores()
 
 
 def test_each_lane_runs_on_a_core_of_its_own_and_the_callers_cores_come_back(monkeypatch):
@@ -183,7 +231,7 @@ def test_each_lane_runs_on_a_core_of_its_own_and_the_callers_cores_come_back(mon
 
     from cnnc.ops import cores
 
-    usable = cores.process_cores()
+    usable = cores.allowed_cores()
     if len(usable) < 2 or cores.current_core() is None:
         pytest.skip("needs Linux and two usable cores")
     before = os.sched_getaffinity(0)
