@@ -36,6 +36,8 @@ lane held up on a shared or slower core is helped rather than waited for.
 
 from __future__ import annotations
 
+import time
+
 from ..compiler.memory import ExecPlan
 from ..ops import Op, primitive
 from ..ops.base import Prepared
@@ -54,6 +56,35 @@ PREPARED_BYTES = 256 << 20
 # the threads itself.
 SPLIT_BATCH = True
 
+# A split batch is cut unevenly only where the lanes' cores ran this many times apart in
+# recent calls (a core shared with a busy process runs a lane at about half speed); closer
+# speeds are the noise of a shared machine, and the shares stay equal.
+UNEVEN = 1.5
+# A lane's time counts towards its core's speed only when it ran at least this long (a
+# small network's lanes take a millisecond or two, which any hiccup doubles).
+TIMED_SECONDS = 0.01
+
+
+def _shares(n: int, speeds: list) -> list:
+    """The bounds of ``n`` images cut into ``len(speeds)`` shares: equal, or, where every
+    lane's core has a speed and the fastest is ``UNEVEN`` times the slowest, in proportion
+    to them (each share at least one image, where there are enough)."""
+    lanes = len(speeds)
+    if (None in speeds or min(speeds) <= 0 or max(speeds) < UNEVEN * min(speeds)
+            or n < 2 * lanes):
+        return [n * i // lanes for i in range(lanes + 1)]
+    total = sum(speeds)
+    sizes = [max(1, int(round(n * v / total))) for v in speeds]
+    while sum(sizes) > n:  # (rounding) take from the largest share, then give to the fastest
+        sizes[sizes.index(max(sizes))] -= 1
+    while sum(sizes) < n:
+        sizes[speeds.index(max(speeds))] += 1
+    bounds = [0]
+    for size in sizes:
+        bounds.append(bounds[-1] + size)
+    return bounds
+
+
 class Executor:
     def __init__(self, eplan: ExecPlan, backend: Backend, dtype, threads=None):
         self.eplan = eplan
@@ -69,7 +100,9 @@ class Executor:
         # layer's share of a `Prepared`, replaced when the parameters change)
         self.accepts_prepared = backend.accepts_prepared
         self.dtype = dtype
-        self._arenas = {}  # lane -> (batch, [slot arrays], {tensor: view})
+        # lane -> (images it holds, [slot arrays], {tensor: view}, {fewer images: views})
+        self._arenas = {}
+        self._speeds = {}  # core -> images a second a lane held on it ran, lately
         # the compiled kernels (ops/fast.py and the op families' own: depthwise and
         # Winograd convolutions, GEMM epilogues, exp activations) load with the first call
         self._compiled_loaded = backend.on_device
@@ -150,19 +183,29 @@ class Executor:
         cache[name] = v
         return v
 
-    def _views(self, n: int, lane: int = 0) -> tuple:
-        """``(slots, views)`` of ``lane``'s arena for a batch of ``n``."""
+    def _views(self, n: int, lane: int = 0, fewer: bool = False) -> tuple:
+        """``(slots, views)`` of ``lane``'s arena for a batch of ``n``; ``fewer``: an arena
+        made for more images serves (views of its first ``n``), as the uneven shares of a
+        split batch do."""
         arena = self._arenas.get(lane)
         if arena is not None and arena[0] == n:
             return arena[1], arena[2]
+        if arena is not None and fewer and arena[0] > n:
+            views = arena[3].get(n)
+            if views is None:
+                views = arena[3][n] = self._all_views(n, arena[1])
+            return arena[1], views
         self._arenas.pop(lane, None)  # let the previous batch size's arena go first
         slots = [self.xp.empty(n * size, dtype=self.dtype) for size in self.eplan.slots]
+        self._arenas[lane] = (n, slots, self._all_views(n, slots), {})
+        return self._arenas[lane][1], self._arenas[lane][2]
+
+    def _all_views(self, n: int, slots: list) -> dict:
         views: dict = {}
         for name in self.eplan.tensors:
             if name not in self.eplan.plan.inputs:
                 self._resolve(name, n, slots, views, None)
-        self._arenas[lane] = (n, slots, views)
-        return slots, views
+        return views
 
     # ---- running ------------------------------------------------------------------------
     def run(self, inputs: dict, params: dict) -> dict:
@@ -188,20 +231,32 @@ class Executor:
     def _run_split(self, inputs: dict, params: dict, lanes: int) -> dict:
         """The batch cut into ``lanes`` shares, each run by a thread at one thread."""
         n = next(iter(inputs.values())).shape[0]
-        bounds = [n * i // lanes for i in range(lanes + 1)]
+        cores = threads_.lane_cores(lanes)
+        bounds = _shares(n, [self._speeds.get(c) for c in cores] if cores else [None] * lanes)
         self._params(params)  # folded once, before the lanes read them
+        spent = [None] * lanes
 
         def lane(i):
             part = {k: v[bounds[i]:bounds[i + 1]] for k, v in inputs.items()}
-            return self._run(part, params, lane=i)
+            started = time.perf_counter()
+            result = self._run(part, params, lane=i, fewer=True)
+            spent[i] = time.perf_counter() - started
+            return result
 
-        parts = threads_.in_lanes(lane, lanes)
+        parts = threads_.in_lanes(lane, lanes, cores)
+        if cores:
+            for i, core in enumerate(cores):
+                images = bounds[i + 1] - bounds[i]
+                if images and spent[i] and spent[i] >= TIMED_SECONDS:
+                    speed = images / spent[i]
+                    last = self._speeds.get(core)
+                    self._speeds[core] = speed if last is None else (last + speed) / 2
         return {name: self.xp.concatenate([p[name] for p in parts])
                 for name in parts[0]}
 
-    def _run(self, inputs: dict, params: dict, lane: int = 0) -> dict:
+    def _run(self, inputs: dict, params: dict, lane: int = 0, fewer: bool = False) -> dict:
         n = next(iter(inputs.values())).shape[0]
-        slots, arena = self._views(n, lane)
+        slots, arena = self._views(n, lane, fewer)
         tensors = self.eplan.tensors
         values = dict(inputs)
         per_call = dict(arena)

@@ -296,10 +296,12 @@ HELP = True
 PIN_LANES = True
 
 
-def _lane_cores(lanes: int):
+def lane_cores(lanes: int):
     """The core for each of ``lanes`` lanes: the calling thread's, then its other allowed
     cores in turn (round again where there are more lanes than cores); None where cores
-    cannot be read (not Linux), or there is one."""
+    cannot be read (not Linux), or there is one, or lanes are not held (``PIN_LANES``)."""
+    if not PIN_LANES:
+        return None
     usable = cores_.allowed_cores()
     here = cores_.current_core() if len(usable) > 1 else None
     if here is None:
@@ -311,7 +313,7 @@ def _lane_cores(lanes: int):
 _lane = threading.local()  # ``inside``: this thread is running a lane of `in_lanes`
 
 
-def in_lanes(work, lanes: int) -> list:
+def in_lanes(work, lanes: int, cores=None) -> list:
     """``[work(0), ..., work(lanes - 1)]``, each on a thread of its own: lane 0 on the
     calling thread, the others on the process's worker threads. Meanwhile NumPy's BLAS runs
     one thread for the process and the compiled kernels one on each lane's thread (more
@@ -330,7 +332,8 @@ def in_lanes(work, lanes: int) -> list:
         return [work(i) for i in range(lanes)]
     caller_errstate = numpy.geterr()
     finished = []  # the lanes that have finished, in turn
-    cores = _lane_cores(lanes) if PIN_LANES else None
+    if cores is None and PIN_LANES:
+        cores = lane_cores(lanes)
 
     def share():
         # this lane's thread and an equal part of the finished lanes' cores: a lane that

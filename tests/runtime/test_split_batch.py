@@ -49,9 +49,9 @@ def test_split_outputs_equal_one_threads(batch, count, monkeypatch):
     lanes = []
     real = executor.Executor._run
 
-    def spy(self, inputs, params, lane=0):
+    def spy(self, inputs, params, lane=0, **kw):
         lanes.append((lane, next(iter(inputs.values())).shape[0]))
-        return real(self, inputs, params, lane)
+        return real(self, inputs, params, lane, **kw)
 
     monkeypatch.setattr(executor.Executor, "_run", spy)
     threads.set_threads(count)
@@ -149,3 +149,47 @@ def test_auto_splits_over_every_usable_core_even_when_others_keep_them_busy(monk
     threads.set_threads(None)
     model(x[:1])
     assert seen == [3]  # one image: not split
+
+
+def test_shares_are_equal_unless_the_cores_ran_far_apart():
+    assert executor._shares(8, [None, None]) == [0, 4, 8]
+    assert executor._shares(8, [1.0, None]) == [0, 4, 8]  # a core not yet timed
+    assert executor._shares(8, [1.0, 1.3]) == [0, 4, 8]  # within the noise
+    assert executor._shares(8, [2.0, 1.0]) == [0, 5, 8]  # 5.3 / 2.7
+    assert executor._shares(8, [1.0, 2.0]) == [0, 3, 8]
+    assert executor._shares(9, [1.0, 1.0, 3.0]) == [0, 2, 4, 9]
+    assert executor._shares(8, [10.0, 1.0]) == [0, 7, 8]  # each share keeps an image
+    assert executor._shares(3, [10.0, 1.0]) == [0, 1, 3]  # too few images to weigh
+
+
+def test_a_lane_on_a_slower_core_gets_fewer_images_and_keeps_its_arena(monkeypatch):
+    model = _model()
+    x = np.random.default_rng(0).standard_normal((8, 3, 9, 9))
+    threads.set_threads(1)
+    want = model(x)
+    threads.set_threads(2)
+    ex = model.executor
+    monkeypatch.setattr(threads, "lane_cores", lambda lanes: [0, 1][:lanes])
+    monkeypatch.setattr(threads, "PIN_LANES", False)  # (cores named, none held)
+    sizes = []
+    real = executor.Executor._run
+
+    def spy(self, inputs, params, lane=0, **kw):
+        sizes.append((lane, next(iter(inputs.values())).shape[0]))
+        return real(self, inputs, params, lane, **kw)
+
+    monkeypatch.setattr(executor.Executor, "_run", spy)
+    model(x)  # equal shares: 4 and 4, each lane's arena for 4 images
+    slots = [ex._arenas[lane][1] for lane in (0, 1)]
+    ex._speeds = {0: 1.0, 1: 2.0}  # as if core 0 were shared with a busy process
+    sizes.clear()
+    got = model(x)
+    assert sorted(sizes) == [(0, 3), (1, 5)]
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-14)
+    assert ex._arenas[0][1] is slots[0]  # fewer images: the same arena, viewed
+    assert ex._arenas[1][1] is not slots[1]  # more: a larger one
+    monkeypatch.setattr(executor, "TIMED_SECONDS", 0.0)  # (this network's lanes are quick)
+    ex._speeds = {}
+    model(x)
+    assert set(ex._speeds) == {0, 1} and min(ex._speeds.values()) > 0  # each core timed

@@ -184,7 +184,7 @@ def test_finished_lanes_cores_are_shared_equally_among_the_running_ones():
         seen["two finished"] = (fast.get_threads(), cores.spare_cores())
         return "third"
 
-    lanes = threads._lane_cores(3)
+    lanes = threads.lane_cores(3)
     assert threads.in_lanes(work, 3) == ["first", "second", "third"]
     assert seen[1] == 1
     assert seen["one finished"][0] == 1
