@@ -29,9 +29,11 @@ processes keep some of them busy: lanes share nothing until the join, so a lane 
 core runs slower rather than holding the others at a barrier. With one of two cores kept
 busy, batch 8 ran in 0.79-0.88x the time that one lane took (GoogLeNet, ResNet-18,
 MobileNet V2, EfficientNet-B0). A fixed count (``threads=``, ``set_threads``,
-``CNNC_NUM_THREADS``) is the number of lanes as given. A lane that finishes first lends its
-core to the compiled kernels of the lanes still running (`runtime.threads.in_lanes`), so a
-lane held up on a shared or slower core is helped rather than waited for.
+``CNNC_NUM_THREADS``) is the number of lanes as given. Each lane runs on a core of its own,
+and one that finishes first lends its core to the compiled kernels of the lanes still
+running (`runtime.threads.in_lanes`), so a lane held up on a shared or slower core is helped
+rather than waited for; where the lanes' cores ran far apart in recent calls, the shares
+follow their speeds (`_shares`).
 """
 
 from __future__ import annotations
