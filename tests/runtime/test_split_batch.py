@@ -39,6 +39,19 @@ def _model():
     return cnnc.compile(SOURCE).build(backend="numpy", dtype="float64", seed=3)
 
 
+def _shares_seen(monkeypatch) -> list:
+    """A list that gets ``(lane, images)`` for each share the executor runs from now on."""
+    seen = []
+    real = executor.Executor._run
+
+    def spy(self, inputs, params, lane=0, **kw):
+        seen.append((lane, next(iter(inputs.values())).shape[0]))
+        return real(self, inputs, params, lane, **kw)
+
+    monkeypatch.setattr(executor.Executor, "_run", spy)
+    return seen
+
+
 @pytest.mark.parametrize("batch", [2, 3, 5, 7])
 @pytest.mark.parametrize("count", [2, 3])
 def test_split_outputs_equal_one_threads(batch, count, monkeypatch):
@@ -46,14 +59,7 @@ def test_split_outputs_equal_one_threads(batch, count, monkeypatch):
     x = np.random.default_rng(batch).standard_normal((batch, 3, 9, 9))
     threads.set_threads(1)
     want = model(x)
-    lanes = []
-    real = executor.Executor._run
-
-    def spy(self, inputs, params, lane=0, **kw):
-        lanes.append((lane, next(iter(inputs.values())).shape[0]))
-        return real(self, inputs, params, lane, **kw)
-
-    monkeypatch.setattr(executor.Executor, "_run", spy)
+    lanes = _shares_seen(monkeypatch)
     threads.set_threads(count)
     for _ in range(2):  # the second call reuses each lane's arena
         got = model(x)
@@ -171,14 +177,7 @@ def test_a_lane_on_a_slower_core_gets_fewer_images_and_keeps_its_arena(monkeypat
     ex = model.executor
     monkeypatch.setattr(threads, "lane_cores", lambda lanes: [0, 1][:lanes])
     monkeypatch.setattr(threads, "PIN_LANES", False)  # (cores named, none held)
-    sizes = []
-    real = executor.Executor._run
-
-    def spy(self, inputs, params, lane=0, **kw):
-        sizes.append((lane, next(iter(inputs.values())).shape[0]))
-        return real(self, inputs, params, lane, **kw)
-
-    monkeypatch.setattr(executor.Executor, "_run", spy)
+    sizes = _shares_seen(monkeypatch)
     model(x)  # equal shares: 4 and 4, each lane's arena for 4 images
     slots = [ex._arenas[lane][1] for lane in (0, 1)]
     ex._speeds = {0: 1.0, 1: 2.0}  # as if core 0 were shared with a busy process
