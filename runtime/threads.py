@@ -287,6 +287,9 @@ if hasattr(os, "register_at_fork"):
 # A lane that finishes first lends its core to the others' compiled kernels (False: each
 # lane runs one thread to its end).
 HELP = True
+# A lane that finishes moves a lane still running onto its core (the faster one, as it
+# finished first), leaving the running lane's core to its helpers (False: it stays).
+MOVE = True
 # Each lane runs on a core of its own for the call: lane 0 (the calling thread) on the core
 # it is on, the others on the next usable cores; the calling thread's own set of cores comes
 # back after the call. Left to Linux, two lanes beside a busy process shared one core in 4
@@ -341,19 +344,47 @@ def in_lanes(work, lanes: int, cores=None) -> list:
         running = lanes - len(finished)
         return 1 + len(finished) // max(1, running)
 
+    place = None if cores is None else list(cores)  # the core each lane is held on now
+    spares = []  # the cores finished lanes leave to helpers
+    lane_threads = [None] * lanes  # each lane's thread (its native id) and own set of cores
+    moved = set()
+    lock = threading.Lock()
+
     def spare():
-        # the cores the finished lanes leave (where the lanes are held on cores)
-        return [] if cores is None else [cores[i] for i in finished]
+        return list(spares)
+
+    def finish(i):
+        # a finished lane's core (which ran its share first) goes to a lane still running,
+        # whose own core (perhaps shared with a busy process) is left to its helpers
+        with lock:
+            finished.append(i)
+            if place is None:
+                return
+            mine, given = place[i], False
+            for j in range(lanes):
+                if MOVE and j not in finished and lane_threads[j] is not None and place[j] != mine:
+                    try:
+                        os.sched_setaffinity(lane_threads[j][0], {mine})
+                    except OSError:
+                        continue
+                    spares.append(place[j])
+                    place[j], given = mine, True
+                    moved.add(j)
+                    break
+            if not given:
+                spares.append(mine)
 
     def lane(i):
         _lane.inside = True
         try:
-            with cores_.held_on(None if cores is None else cores[i]), cores_.spares(spare), \
+            if place is not None:
+                lane_threads[i] = (threading.get_native_id(), os.sched_getaffinity(0))
+            with cores_.held_on(None if place is None else place[i]), cores_.spares(spare), \
                     this_thread_only(share if HELP else 1), numpy.errstate(**caller_errstate):
                 return work(i)
         finally:
             _lane.inside = False
-            finished.append(i)
+            finish(i)
 
     with limit(1):
         with _workers_lock:
@@ -370,6 +401,11 @@ def in_lanes(work, lanes: int, cores=None) -> list:
                 parts.append(future.result())
             except BaseException as err:  # noqa: BLE001 - the first is raised below
                 error = err if error is None else error
+        for j in moved:  # (a move may have come after the lane gave its set back)
+            try:
+                os.sched_setaffinity(*lane_threads[j])
+            except OSError:
+                pass
     if error is not None:
         raise error
     return parts

@@ -147,7 +147,7 @@ def test_a_lane_that_finishes_lends_its_core_to_the_others():
     assert seen == [1, 1, 1]  # without lending, a lane keeps one thread to its end
 
 
-def test_finished_lanes_cores_are_shared_equally_among_the_running_ones():
+def test_finished_lanes_cores_are_shared_equally_among_the_running_ones(monkeypatch):
     """Three lanes: while one has finished, each of the two running ones keeps one thread
     (a core lent to both would put three threads on two cores); once two have finished,
     the last runs three. The finished lanes' cores are the helpers' (`spare_cores`)."""
@@ -184,8 +184,9 @@ def test_finished_lanes_cores_are_shared_equally_among_the_running_ones():
         seen["two finished"] = (fast.get_threads(), cores.spare_cores())
         return "third"
 
+    monkeypatch.setattr(threads, "MOVE", False)  # (the cores stay where the lanes began)
     lanes = threads.lane_cores(3)
-    assert threads.in_lanes(work, 3) == ["first", "second", "third"]
+    assert threads.in_lanes(work, 3, lanes) == ["first", "second", "third"]
     assert seen[1] == 1
     assert seen["one finished"][0] == 1
     assert seen["two finished"][0] == 3
@@ -248,3 +249,41 @@ def test_each_lane_runs_on_a_core_of_its_own_and_the_callers_cores_come_back(mon
     assert os.sched_getaffinity(0) == before  # given back after an error too
     monkeypatch.setattr(threads, "PIN_LANES", False)
     assert threads.in_lanes(lambda i: os.sched_getaffinity(0), 2) == [before, before]
+
+
+def test_a_finished_lane_moves_a_running_one_onto_its_core_and_all_come_back():
+    import os
+    import threading
+
+    from cnnc.ops import cores
+
+    usable = cores.allowed_cores()
+    if len(usable) < 2 or cores.current_core() is None:
+        pytest.skip("needs Linux and two usable cores")
+    planned = threads.lane_cores(2)
+    first_done = threading.Event()
+    seen = {}
+
+    started = threading.Event()
+
+    def work(i):
+        if i == 0:  # finishes once lane 1 runs
+            assert started.wait(30)
+            return os.sched_getaffinity(0)
+        seen["before"] = os.sched_getaffinity(0)
+        started.set()
+        for _ in range(3000):  # until lane 0 has finished and moved this lane
+            if os.sched_getaffinity(0) != seen["before"]:
+                break
+            first_done.wait(0.01)
+        seen["after"] = os.sched_getaffinity(0)
+        seen["spare"] = cores.spare_cores()
+        return threading.get_native_id()
+
+    before = os.sched_getaffinity(0)
+    first, tid = threads.in_lanes(work, 2, planned)
+    assert first == {planned[0]} and seen["before"] == {planned[1]}
+    assert seen["after"] == {planned[0]}  # onto the finished lane's core
+    assert seen["spare"] == [planned[1]]  # its own left to its helpers
+    assert os.sched_getaffinity(0) == before
+    assert os.sched_getaffinity(tid) == before  # the worker thread's set given back
