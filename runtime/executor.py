@@ -31,8 +31,9 @@ busy, batch 8 ran in 0.79-0.88x the time that one lane took (GoogLeNet, ResNet-1
 MobileNet V2, EfficientNet-B0). A fixed count (``threads=``, ``set_threads``,
 ``CNNC_NUM_THREADS``) is the number of lanes as given. Each lane runs on a core of its own,
 and one that finishes first lends its core to the compiled kernels of the lanes still
-running (`runtime.threads.in_lanes`), so a lane held up on a shared or slower core is helped
-rather than waited for; where the lanes' cores ran far apart in recent calls, the shares
+running and takes over the lanes' slower core, moving a running lane onto its own
+(`runtime.threads.in_lanes`), so a lane held up on a shared or slower core is helped rather
+than waited for; where the lanes' cores ran far apart in recent calls, the shares
 follow their speeds (`_shares`).
 """
 
