@@ -319,16 +319,20 @@ _lane = threading.local()  # ``inside``: this thread is running a lane of `in_la
 def in_lanes(work, lanes: int, cores=None) -> list:
     """``[work(0), ..., work(lanes - 1)]``, each on a thread of its own: lane 0 on the
     calling thread, the others on the process's worker threads. Meanwhile NumPy's BLAS runs
-    one thread for the process and the compiled kernels one on each lane's thread (more
-    once lanes have finished, below); each
-    worker takes the caller's NumPy floating-point error handling (per thread in NumPy: a
-    trainer's ``errstate(all="ignore")`` around evaluation, say). Every lane is waited for
-    before the first lane's error, if any, is raised. Called from inside a lane, the lanes
-    run one after the other on that thread (the workers may all be busy with the outer
-    call's lanes). Each lane is held on one core for the call (``PIN_LANES``: a core of its
-    own where there are as many cores as lanes), and the cores of lanes that finish are lent
-    to the compiled kernels of those still running, shared equally (``HELP``). The split batches of inference (`runtime/executor.py`) and the shares of
-    training steps (`runtime/model.py`)."""
+    one thread for the process and the compiled kernels one on each lane's thread (more once
+    lanes have finished, below); each worker takes the caller's NumPy floating-point error
+    handling (per thread in NumPy: a trainer's ``errstate(all="ignore")`` around evaluation,
+    say). Every lane is waited for before the first lane's error, if any, is raised. Called
+    from inside a lane, the lanes run one after the other on that thread (the workers may
+    all be busy with the outer call's lanes).
+
+    Each lane is held on one core for the call (``PIN_LANES``; ``cores``: the core of each,
+    as `lane_cores` gives them, which a caller may have asked for first): a core of its own
+    where there are as many cores as lanes. A lane that finishes moves a lane still running
+    onto its core (``MOVE``), and the cores finished lanes leave are lent to the compiled
+    kernels of the lanes still running, shared equally (``HELP``). The split batches of
+    inference (`runtime/executor.py`) and the shares of training steps (`runtime/model.py`).
+    """
     import numpy
 
     if getattr(_lane, "inside", False):
