@@ -79,11 +79,6 @@ def allowed_cores() -> list:
         return []
 
 
-def is_held() -> bool:
-    """Whether `held_on` holds the calling thread on one core now."""
-    return getattr(_held, "cores", None) is not None
-
-
 @contextlib.contextmanager
 def held_on(core):
     """Within the block, the calling thread runs on ``core`` only (None, or a core it may

@@ -667,27 +667,25 @@ def depthwise_conv2d(x, w, b, scale, act, out, pads, gate=None, stride=1) -> boo
     x = x if x.flags.c_contiguous and x.flags.writeable else np.array(x, order="C")
     w = w if w.flags.c_contiguous and w.flags.writeable else np.array(w, order="C")
     into = out if out.flags.c_contiguous else np.empty(out.shape, dtype=np.float32)
+    alpha, beta = np.float32(alpha), np.float32(beta)
     if CHANNEL_BLOCKS and c % 8 == 0 and pointwise.LANES == 8:
         k = w.shape[2]
         w8 = np.ascontiguousarray(w.reshape(c // 8, 8, k * k).transpose(0, 2, 1))
         gain = np.ones(c, np.float32) if scale is None else np.ascontiguousarray(scale)
         shift = np.zeros(c, np.float32) if b is None else np.ascontiguousarray(b)
         factor = np.ones((1, 8), np.float32) if gate is None else np.ascontiguousarray(gate)
-        done = pointwise.run_tiles(_depthwise8, n * (c // 8), x, w8, into, gain, shift, factor,
-                                   gate is not None, code, np.float32(alpha), np.float32(beta),
-                                   stride, pads[0], pads[2], k,
-                                   values=out.size * k * k)
-        if done and into is not out:
-            out[...] = into
-        return done
-    dummy = np.zeros(1, dtype=np.float32)
-    block = max(1, min(16, (n * c) // (4 * max(1, get_threads()))))
-    done = pointwise.run_tiles(_depthwise, n * (-(-c // block)), x, w, into,
-             dummy if scale is None else scale, dummy if b is None else b,
-             scale is not None, b is not None,
-             dummy.reshape(1, 1) if gate is None else gate, gate is not None,
-             code, np.float32(alpha), np.float32(beta), stride, pads[0], pads[2], block,
-             values=out.size * w.shape[2] * w.shape[3])
+        kernel, jobs = _depthwise8, n * (c // 8)
+        args = (x, w8, into, gain, shift, factor, gate is not None, code, alpha, beta, stride,
+                pads[0], pads[2], k)
+    else:
+        dummy = np.zeros(1, dtype=np.float32)
+        block = max(1, min(16, (n * c) // (4 * max(1, get_threads()))))
+        kernel, jobs = _depthwise, n * (-(-c // block))
+        args = (x, w, into, dummy if scale is None else scale, dummy if b is None else b,
+                scale is not None, b is not None,
+                dummy.reshape(1, 1) if gate is None else gate, gate is not None,
+                code, alpha, beta, stride, pads[0], pads[2], block)
+    done = pointwise.run_tiles(kernel, jobs, *args, values=out.size * w.shape[2] * w.shape[3])
     if done and into is not out:
         out[...] = into
     return done

@@ -39,6 +39,7 @@ follow their speeds (`_shares`).
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from ..compiler.memory import ExecPlan
@@ -82,10 +83,7 @@ def _shares(n: int, speeds: list) -> list:
         sizes[sizes.index(max(sizes))] -= 1
     while sum(sizes) < n:
         sizes[speeds.index(max(speeds))] += 1
-    bounds = [0]
-    for size in sizes:
-        bounds.append(bounds[-1] + size)
-    return bounds
+    return [0] + list(itertools.accumulate(sizes))
 
 
 class Executor:
@@ -250,7 +248,7 @@ class Executor:
         if cores:
             for i, core in enumerate(cores):
                 images = bounds[i + 1] - bounds[i]
-                if images and spent[i] and spent[i] >= TIMED_SECONDS:
+                if images and (spent[i] or 0) >= TIMED_SECONDS:
                     speed = images / spent[i]
                     last = self._speeds.get(core)
                     self._speeds[core] = speed if last is None else (last + speed) / 2
