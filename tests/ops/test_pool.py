@@ -111,6 +111,57 @@ def test_maxpool2d_matches_reference(rng, assert_close, dtype, kernel, stride, p
         assert_close(y, pool.reference_maxpool2d(x, **args))
 
 
+# Output rows of WIDE_POOL or more at a stride of 2 or more take the compiled kernel (ResNet's
+# and GoogLeNet's stems); it must give the NumPy path's values, bit for bit.
+WIDE_GRID = [
+    case
+    for case in itertools.product([2, 3, (3, 2), (1, 4)], [2, (3, 2), (2, 3)], [0, 1, (1, 0)],
+                                  [1, 2], [False, True])
+    if _pad_fits(case[0], case[2], case[3])
+]
+
+
+def _numpy_maxpool2d(x, **args):
+    geometry = pool._geometry(x, args["kernel"], args["stride"], args["pad"],
+                              args["dilation"], args["ceil"], "maxpool2d")
+    kernel, stride, dilation, pads, out_hw = geometry
+    out = np.empty(x.shape[:2] + out_hw, dtype=x.dtype)
+    return pool._pooled(x, kernel, stride, dilation, pads, out_hw, -np.inf, np.maximum, out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel, stride, pad, dilation, ceil", WIDE_GRID)
+def test_wide_strided_maxpool_is_the_numpy_paths_bit_for_bit(rng, dtype, kernel, stride, pad,
+                                                             dilation, ceil):
+    pytest.importorskip("numba")
+    args = dict(kernel=kernel, stride=stride, pad=pad, dilation=dilation, ceil=ceil)
+    for hw in [(40, 53), (35, 61)]:
+        x = rng.standard_normal((2, 3) + hw).astype(dtype)
+        x[0, 1, 3, 5] = np.nan  # a NaN stays the maximum of every window it is in
+        x[1, 2, 0, 0] = np.inf  # beside the padding
+        x[1, 0, -1, -1] = -np.inf
+        y = pool.maxpool2d(x, **args)
+        assert y.shape[3] >= pool.WIDE_POOL  # (the compiled kernel's rows)
+        np.testing.assert_array_equal(y, _numpy_maxpool2d(x, **args))
+        np.testing.assert_array_equal(y, pool.reference_maxpool2d(x, **args))
+        wide = np.zeros((2, 7) + y.shape[2:], dtype=dtype)
+        pool.maxpool2d(x, **args, out=wide[:, 2:5])  # a concat's channel slice
+        np.testing.assert_array_equal(wide[:, 2:5], y)
+        assert not wide[:, :2].any() and not wide[:, 5:].any()
+
+
+def test_wide_strided_maxpool_runs_compiled_on_each_thread_count(rng):
+    pytest.importorskip("numba")
+    from cnnc.runtime import threads
+
+    x = rng.standard_normal((3, 8, 64, 66)).astype(np.float32)
+    args = dict(kernel=3, stride=2, pad=1, dilation=1, ceil=False)
+    want = _numpy_maxpool2d(x, **args)
+    for count in (1, 2, 3):
+        with threads.limit(count):
+            np.testing.assert_array_equal(pool.maxpool2d(x, **args), want)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel, stride, pad, ceil, count_pad", AVG_GRID)
 def test_avgpool2d_matches_reference(rng, assert_close, dtype, kernel, stride, pad, ceil,
@@ -1426,7 +1477,8 @@ def test_global_avgpool_by_matrix_vector_product_is_the_mean(dtype, shape):
 def test_the_compiled_training_kernels_close_over_no_compiled_function():
     """numba keys its disk cache on a closure's pickled cells, and a compiled function
     pickles with an id of its process: a kernel closing over one missed the cache in every
-    process (the training max pool compiled again at the start of every training run)."""
+    process (the training max pool compiled again at the start of every training run).
+    (The inference kernel is built beside them.)"""
     numba = pytest.importorskip("numba")
     from cnnc.ops import fast
 
@@ -1436,7 +1488,7 @@ def test_the_compiled_training_kernels_close_over_no_compiled_function():
     wrappers = pool._compiled_maxpool(np.zeros(1, np.float32))
     kernels = [cell.cell_contents for f in wrappers for cell in f.__closure__ or ()
                if isinstance(cell.cell_contents, dispatcher)]
-    assert len(kernels) == 2  # forward and backward
+    assert len(kernels) == 3  # forward and backward, and inference's forward
     for kernel in kernels:
         cells = [cell.cell_contents for cell in kernel.py_func.__closure__ or ()]
         assert not [c for c in cells if isinstance(c, dispatcher)], kernel.py_func.__name__
