@@ -51,6 +51,9 @@ WORKSPACE_BYTES = 4 << 20
 # Convolutions other than plain 1x1 ones use the shifted-rows GEMM (`_conv_shifted`); False
 # forces the strided im2col path everywhere (the benchmarks compare the two).
 SHIFTED = True
+# Strided ungrouped convolutions run as register tiles over gathered patches where those
+# run (`ops/patches.py`); False: the shifted-rows GEMM.
+PATCHES = True
 
 
 # ---- the layers -------------------------------------------------------------------------------
@@ -578,6 +581,15 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
     if in_gate is not None and not pointwise:
         x = x * in_gate[:, :, None, None]  # (no plan asks this: the product first)
         in_gate = None
+    if (groups == 1 and max(sh, sw) >= 2 and PATCHES
+            and _compiled(x, w, b, scale, out, gate) is not None):
+        from . import patches  # strided: register tiles over gathered patches
+
+        if patches.applies(x, w, (sh, sw), (ho, wo), gate, act):
+            target = _target(out, (n, o, ho, wo), dtype, xp)
+            if patches.patches_conv2d(x, w, b, scale, act, target, (sh, sw), pads, (dh, dw),
+                                      prepared):
+                return target
     if (groups > 1 and cg == 1) or (groups == 1 and c <= DIRECT_CHANNELS and kw in (3, 5)):
         fast = _compiled(x, w, b, scale, out, gate)
         if fast is not None:  # depthwise, or a stem: a direct compiled loop, no GEMM
