@@ -585,7 +585,7 @@ def conv2d(x, w, b=None, *, stride=1, pad=0, dilation=1, groups=1, act=None, out
             and _compiled(x, w, b, scale, out, gate) is not None):
         from . import patches  # strided: register tiles over gathered patches
 
-        if patches.applies(x, w, (sh, sw), (ho, wo), gate, act):
+        if patches.applies(x, w, (sh, sw), gate, act):
             target = _target(out, (n, o, ho, wo), dtype, xp)
             if patches.patches_conv2d(x, w, b, scale, act, target, (sh, sw), pads, (dh, dw),
                                       prepared):

@@ -16,11 +16,12 @@ values, from a block's patch rows, each gathered as a run of plain copies per ou
 strip (``DEPTH x NR`` values, in L1) meets every panel of ``MR`` output channels in the
 tile of ``ops/pointwise.py`` (`pointwise._tile`), whose sums stay in registers through the
 depth and are added to the stored ones at the next depth; the last applies the scale, the
-bias and the activation. A block of strips keeps its partial sums in the output (in L2).
-An image's last strip, when narrower, goes through a small buffer.
+bias and the activation. A block of strips (output pixels of the flattened batch) keeps its
+partial sums in the output (in L2); a strip that runs across two images, or a block's
+narrower last one, keeps them in a small buffer, scattered into the images at the end.
 
-Jobs are blocks of strips of one image, shared among ``fast.parallel``'s threads; a
-result does not depend on the thread count. Float32, where the tiles run
+Jobs are the blocks, shared among ``fast.parallel``'s threads; a result does not depend
+on the thread count. Float32, where the tiles run
 (``pointwise.CHOSEN_HERE``); the activations the tile applies, no gate. Elsewhere the
 caller keeps its GEMM.
 """
@@ -44,27 +45,23 @@ DEPTH = 256
 # in L2 between depths.
 OUT_BLOCK_BYTES = 1 << 18
 BLOCK_BYTES = 1 << 17
-# Each image's blocks meet every weight: on small output maps (few columns a block) the
-# weights are read again for every image, where the GEMM reads them once for the batch.
-# One thread, batch 4, in turns against the shifted-rows GEMM (ResNet-18's layers): the 7x7
-# stem (112x112 out) 0.57x the time, 64 -> 128 3x3 (28x28 out) 0.83x, the 1x1 shortcuts
-# 0.73x (28x28 out) and 0.81x (14x14, 128 KiB of weights); but 128 -> 256 3x3 (14x14, 1.2
-# MiB) 1.03x and 256 -> 512 (7x7) 1.6x. Output maps of fewer than MIN_PIXELS keep the GEMM,
-# and those of fewer than SMALL_MAP unless their weights fit SMALL_MAP_WEIGHT_BYTES (L2).
-MIN_PIXELS = 14 * 14
-SMALL_MAP = 28 * 28
-SMALL_MAP_WEIGHT_BYTES = 1 << 18
+# Layers of more weights than this keep the GEMM: every block of output pixels meets every
+# weight, which, past L2, is read again from memory for each block, where OpenBLAS's GEMM
+# reads it once a call. One thread, batch 4, in turns against the shifted-rows GEMM
+# (ResNet-18's layers): the 7x7 stem 0.57x the time, 64 -> 128 3x3 at stride 2 0.77-0.83x,
+# 128 -> 256 (1.2 MiB of weights) 0.77-0.88x, the 1x1 shortcuts 0.73-0.88x; but 256 -> 512
+# 3x3 (4.5 MiB) 1.2-1.4x (1.0-1.1x with larger blocks or shallower depths, or each panel
+# meeting every strip).
+WEIGHT_BYTES = 2 << 20
 
 
-def applies(x, w, stride, out_hw, gate, act) -> bool:
+def applies(x, w, stride, gate, act) -> bool:
     """Whether `patches_conv2d` runs this (ungrouped) convolution: float32 where the tiles
-    are chosen, a stride of 2 or more, no gate, an activation the tile applies, an output
-    map large enough (``MIN_PIXELS``, ``SMALL_MAP``)."""
+    are chosen, a stride of 2 or more, no gate, an activation the tile applies, weights of
+    at most ``WEIGHT_BYTES``."""
     if not (PATCHES and pointwise.CHOSEN_HERE and numba is not None and gate is None
-            and max(stride) >= 2 and x.dtype == np.float32 and usable(x, w)):
-        return False
-    pixels = out_hw[0] * out_hw[1]
-    if pixels < MIN_PIXELS or (pixels < SMALL_MAP and w.size * 4 > SMALL_MAP_WEIGHT_BYTES):
+            and max(stride) >= 2 and x.dtype == np.float32 and usable(x, w)
+            and w.size * 4 <= WEIGHT_BYTES):
         return False
     code = pointwise.act_code(act, x.dtype)
     return code is not None and code[0] in pointwise.IN_TILE
@@ -90,30 +87,34 @@ def _layout(start, stop, x, phases, top, left, sh, sw):
 @jit()
 def _patches(start, stop, packed, phases, out, gain, shift, act, alpha, beta, kh, kw, sh, sw,
              dh, dw, ho, wo, per_block, blocks, depth):
-    """Jobs ``start .. stop - 1`` (image ``job // blocks``, its column block ``job %
-    blocks``, ``per_block`` output pixels each): ``out (N, O, Ho*Wo)`` from the phase planes
+    """Column blocks ``start .. stop - 1`` of ``blocks`` (``per_block`` output pixels each
+    of the flattened batch, ``N*Ho*Wo``): ``out (N, O, Ho*Wo)`` from the phase planes
     ``phases (N, C, sh*sw, Hq+1, Wq)`` and the packed weights (``pointwise._pack_weights``
     of ``(O, C*kh*kw)``), ``depth`` rows of the patch at a time."""
-    c, phase_count, rows_q, wq = phases.shape[1], phases.shape[2], phases.shape[3], phases.shape[4]
+    n, c, phase_count = phases.shape[0], phases.shape[1], phases.shape[2]
+    rows_q, wq = phases.shape[3], phases.shape[4]
     o = out.shape[1]
     hw = ho * wo
+    cols = n * hw
     kk_all = c * kh * kw
     panels = (o + MR - 1) // MR
     on, oc = out.strides[0] // 4, out.strides[1] // 4
+    most = per_block // NR + 1
     # (+ NR: a narrower last strip's tile reads NR values of each row)
     buffer = np.empty(depth * per_block + NR, dtype=np.float32)
     buffer[:] = 0.0
-    scratch = np.empty(panels * MR * NR, dtype=np.float32)  # an image's narrower last strip
+    # the sums of strips that run across images or are narrower, (strip, panel, MR, NR),
+    # scattered into the images at the end of their block
+    scratch = np.empty(most * panels * MR * NR, dtype=np.float32)
     buf, tmp = borrow(buffer), borrow(scratch)
     out_data, tmp_data = out.ctypes.data, scratch.ctypes.data
     flat = borrow(phases).reshape(-1)
     out, packed = borrow(out), borrow(packed)
     gain, shift = borrow(gain), borrow(shift)
     plane = rows_q * wq
-    for job in range(start, stop):
-        img = job // blocks
-        c0 = (job - img * blocks) * per_block
-        c1 = min(hw, c0 + per_block)
+    for block in range(start, stop):
+        c0 = block * per_block
+        c1 = min(cols, c0 + per_block)
         width = c1 - c0
         strips = (width + NR - 1) // NR
         for k0 in range(0, kk_all, depth):
@@ -126,45 +127,56 @@ def _patches(start, stop, packed, phases, out, gain, shift, act, alpha, beta, kh
                 i = (k // kw) % kh
                 j = k % kw
                 phase = (i * dh) % sh * sw + (j * dw) % sw
-                base = ((img * c + ch) * phase_count + phase) * plane + (i * dh) // sh * wq \
-                    + (j * dw) // sw
+                tap = phase * plane + (i * dh) // sh * wq + (j * dw) // sw
                 u = 0
-                oy = c0 // wo
-                ox = c0 - oy * wo
                 while u < width:
+                    col = c0 + u
+                    img = col // hw
+                    oy = (col - img * hw) // wo
+                    ox = col - img * hw - oy * wo
                     run = min(wo - ox, width - u)
-                    at = base + oy * wq + ox
+                    at = (img * c + ch) * phase_count * plane + tap + oy * wq + ox
                     to = kk * width + u
                     src = flat[at:at + run]  # (views, indexed from 0: the copy vectorises;
                     dst = buf[to:to + run]  # indexed at an offset, it ran 5x slower)
                     for r in range(run):
                         dst[r] = src[r]
                     u += run
-                    oy += 1
-                    ox = 0
             more = k0 > 0
             last = k0 + kn == kk_all
             for t in range(strips):
                 first = c0 + t * NR
-                direct = first + NR <= c1
+                img = first // hw
+                direct = first - img * hw + NR <= hw and first + NR <= c1
                 for m in range(panels):
                     m0 = m * MR
                     rows = min(MR, o - m0)
                     if direct:
-                        target, at_out, row_step = out_data, img * on + m0 * oc + first, oc
+                        target = out_data
+                        at_out, row_step = img * on + m0 * oc + first - img * hw, oc
                     else:
-                        target, at_out, row_step = tmp_data, m * MR * NR, NR
+                        target, at_out, row_step = tmp_data, (t * panels + m) * MR * NR, NR
                     pointwise._tile(packed, m0 * kk_all + k0 * MR, buf, t * NR, width, kn,
                                     target, at_out, row_step, gain, shift, m0, act, alpha,
                                     beta, rows, more, last)
-        last_first = c0 + (strips - 1) * NR
-        if last_first + NR > c1:  # the narrower last strip, from ``tmp`` into the image
-            valid = c1 - last_first
-            for ch in range(o):
-                src = tmp[ch * NR:ch * NR + valid]
-                dst = out[img, ch, last_first:last_first + valid]
-                for r in range(valid):
-                    dst[r] = src[r]
+        for t in range(strips):  # the strips kept in ``tmp``, into their images
+            first = c0 + t * NR
+            img = first // hw
+            if first - img * hw + NR <= hw and first + NR <= c1:
+                continue
+            valid = min(NR, c1 - first)
+            q = 0
+            while q < valid:
+                im = (first + q) // hw
+                pp = first + q - im * hw
+                run = min(hw - pp, valid - q)
+                for ch in range(o):
+                    at = ((t * panels + ch // MR) * MR + ch % MR) * NR + q
+                    src = tmp[at:at + run]
+                    dst = out[im, ch, pp:pp + run]
+                    for r in range(run):
+                        dst[r] = src[r]
+                q += run
     keep(buffer)
     keep(scratch)
 
@@ -196,7 +208,7 @@ def patches_conv2d(x, w, b, scale, act, out, stride, pads, dilation, prepared=No
     dh, dw = dilation
     top, _, left, _ = pads
     hw = ho * wo
-    if hw < NR or out.strides[3] != 4 or out.strides[2] != wo * 4:
+    if n * hw < NR or out.strides[3] != 4 or out.strides[2] != wo * 4:
         return False
     k = c * kh * kw
     packed = None
@@ -218,9 +230,9 @@ def patches_conv2d(x, w, b, scale, act, out, stride, pads, dilation, prepared=No
     depth = min(k, DEPTH)
     per_block = min(OUT_BLOCK_BYTES // (o * 4), BLOCK_BYTES // (depth * 4))
     per_block = max(NR, per_block // NR * NR)
-    blocks = -(-hw // per_block)
+    blocks = -(-n * hw // per_block)
     out3 = out.reshape(n, o, hw) if out.flags.c_contiguous else np.lib.stride_tricks.as_strided(
         out, (n, o, hw), out.strides[:2] + (4,))
-    return pointwise.run_tiles(_patches, n * blocks, packed, phases, out3, gain, shift, code,
+    return pointwise.run_tiles(_patches, blocks, packed, phases, out3, gain, shift, code,
                                np.float32(alpha), np.float32(beta), kh, kw, sh, sw, dh, dw,
                                ho, wo, per_block, blocks, depth, values=n * hw * o * k)

@@ -28,8 +28,7 @@ ACTS = [None, "relu", "relu6", "silu", "sigmoid", "hardswish", ("leaky_relu", {"
 def _chosen(monkeypatch):
     monkeypatch.setattr(pointwise, "CHOSEN_HERE", True)
     monkeypatch.setattr(patches, "PATCHES", True)
-    monkeypatch.setattr(patches, "MIN_PIXELS", 1)  # the rules have their own test
-    monkeypatch.setattr(patches, "SMALL_MAP", 1)
+    monkeypatch.setattr(patches, "WEIGHT_BYTES", 1 << 40)  # the rule has its own test
     yield
     fast.set_threads(None)
 
@@ -67,13 +66,14 @@ def _close(got, want):
 # (n, c, o, h, w, kernel, stride, pad, dilation): ResNet's and GoogLeNet's 7x7 stem and
 # MobileNet's 3x3 one (scaled down), 1x1 shortcuts, 3x3 with more channels and taps than a
 # depth, strides 3 and unequal, asymmetric padding, dilation, a map of a single strip and
-# maps that end in a narrow strip, channel counts off the tile's 4
+# maps that end in a narrow strip, maps smaller than a strip (strips across images), channel
+# counts off the tile's 4
 CASES = [
     (2, 3, 64, 40, 38, 7, 2, 3, 1), (2, 3, 32, 33, 35, 3, 2, 1, 1), (3, 16, 24, 30, 30, 1, 2, 0, 1),
     (2, 40, 37, 29, 31, 3, 2, 1, 1), (1, 30, 9, 20, 22, 3, 2, (1, 0, 2, 1), 1),
     (2, 5, 6, 25, 27, (3, 2), (2, 3), 1, 1), (2, 4, 5, 31, 30, 5, 3, 2, 1),
     (1, 6, 11, 33, 33, 3, 2, 2, 2), (2, 3, 1, 14, 14, 3, 2, 1, 1), (1, 1, 3, 16, 17, 2, 2, 0, 1),
-    (2, 7, 13, 40, 13, 3, (2, 1), 1, 1),
+    (2, 7, 13, 40, 13, 3, (2, 1), 1, 1), (3, 5, 7, 9, 11, 3, 2, 1, 1),
 ]
 
 
@@ -183,32 +183,30 @@ def test_refusals_write_nothing(monkeypatch):
     (sh, sw), dil, pads, (ho, wo) = _geometry(x, wt, 2, 1, 1)
     out = np.full((2, 4, ho, wo), np.nan, dtype=np.float32)
     assert not patches.patches_conv2d(x, wt, None, None, "tanh", out, (sh, sw), pads, dil)
-    assert not patches.applies(x, wt, (2, 2), (ho, wo), None, "tanh")  # not in the tile
-    assert not patches.applies(x, wt, (1, 1), (ho, wo), None, None)  # stride 1
-    assert not patches.applies(x, wt, (2, 2), (ho, wo), np.ones((2, 4), np.float32), None)
+    assert not patches.applies(x, wt, (2, 2), None, "tanh")  # not in the tile
+    assert not patches.applies(x, wt, (1, 1), None, None)  # stride 1
+    assert not patches.applies(x, wt, (2, 2), np.ones((2, 4), np.float32), None)
     x64, w64 = x.astype(np.float64), wt.astype(np.float64)
-    assert not patches.applies(x64, w64, (2, 2), (ho, wo), None, None)
+    assert not patches.applies(x64, w64, (2, 2), None, None)
     small = x[:, :, :4, :4]  # 2x2 outputs: fewer than a strip
     assert not patches.patches_conv2d(small, wt, None, None, None,
                                       np.full((2, 4, 2, 2), np.nan, np.float32), (2, 2),
                                       pads, dil)
     monkeypatch.setattr(patches, "PATCHES", False)
-    assert not patches.applies(x, wt, (2, 2), (ho, wo), None, None)
+    assert not patches.applies(x, wt, (2, 2), None, None)
     monkeypatch.setattr(patches, "PATCHES", True)
     monkeypatch.setattr(pointwise, "CHOSEN_HERE", False)
-    assert not patches.applies(x, wt, (2, 2), (ho, wo), None, None)
+    assert not patches.applies(x, wt, (2, 2), None, None)
     assert np.isnan(out).all()
 
 
 def test_the_layers_it_takes(monkeypatch):
-    monkeypatch.setattr(patches, "MIN_PIXELS", 14 * 14)
-    monkeypatch.setattr(patches, "SMALL_MAP", 28 * 28)
+    monkeypatch.setattr(patches, "WEIGHT_BYTES", 2 << 20)
     rng = np.random.default_rng(9)
-    for (c, o, k, out_hw), taken in [
-            ((3, 64, 7, (112, 112)), True),  # ResNet's stem
-            ((64, 128, 3, (28, 28)), True),
-            ((128, 256, 1, (14, 14)), True),  # a shortcut: 128 KiB of weights
-            ((128, 256, 3, (14, 14)), False),  # 1.2 MiB of weights, read for every image
-            ((256, 512, 1, (7, 7)), False)]:  # too few pixels
+    for (c, o, k), taken in [
+            ((3, 64, 7), True),  # ResNet's stem
+            ((128, 256, 3), True),  # 1.2 MiB of weights
+            ((256, 512, 1), True),
+            ((256, 512, 3), False)]:  # 4.5 MiB: read again for every block
         x, wt = _inputs(rng, 1, c, o, 2, 2, k)
-        assert patches.applies(x, wt, (2, 2), out_hw, None, "relu") is taken, (c, o, k)
+        assert patches.applies(x, wt, (2, 2), None, "relu") is taken, (c, o, k)
