@@ -414,9 +414,9 @@ def maxpool2d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, out=None
     _check_out(out, x.shape[:2] + out_hw, x.dtype, "maxpool2d")
     if out is None:
         out = xp.empty(x.shape[:2] + out_hw, dtype=x.dtype)
-    compiled = (_compiled_maxpool(x) if out_hw[1] >= WIDE_POOL and min(stride) >= 2
+    compiled = (_compiled_maxpool(x) if out_hw[1] >= INFER_WIDE_POOL and min(stride) >= 2
                 else None)
-    if compiled is not None:  # compiled, in parallel over the planes (see WIDE_POOL)
+    if compiled is not None:  # compiled, in parallel over the planes (INFER_WIDE_POOL)
         into = out if out.flags.c_contiguous else numpy.empty(out.shape, dtype=out.dtype)
         planes = x if x.flags.writeable and x.flags.c_contiguous else numpy.array(x, order="C")
         compiled[2](planes, into, *kernel, *stride, *dilation, pads[0], pads[2])
@@ -521,12 +521,14 @@ def _compiled_maxpool(a):
     return _MAXPOOL_COMPILED[0]
 
 
-# Output rows at least this wide take the compiled training forward's phase-plane layout,
-# and at a stride of 2 or more inference's (`_build_maxpool`'s ``infer``). One thread, batch
-# 4, in turns against the NumPy path (`_pooled`): ResNet's 3x3 stride-2 pool of 64 x 112 x
-# 112, 0.44-0.47x the time; GoogLeNet's of 192 x 56 x 56 (ceil), 0.68x. At stride 1 the
-# NumPy path stays: a 3x3 of 256 x 28 x 28 took 1.7x as long compiled.
+# Output rows at least this wide take the compiled training forward's phase-plane layout.
 WIDE_POOL = 16
+# Inference takes it (`_build_maxpool`'s ``infer``, no index) for output rows at least this
+# wide at a stride of 2 or more. One thread, batch 4, in turns against the NumPy path
+# (`_pooled`): ResNet's 3x3 stride-2 pool of 64 x 112 x 112 (56 outputs a row), 0.64-0.77x
+# the time; GoogLeNet's of 192 x 56 x 56 (28), 0.97-1.23x; at stride 1 (256 x 28 x 28)
+# 1.2x: the NumPy path stays there.
+INFER_WIDE_POOL = 32
 # What a tap of a short row (the plane read at the stride, a scalar loop: about 6 ns) and
 # a cell of the backward (a scatter: about 1.3 ns) cost in ``fast.parallel``'s values
 # (``MIN_PARALLEL_VALUES``: about 0.2 ns each): the digits example's pools, 16 and 4 outputs
