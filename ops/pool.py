@@ -694,7 +694,7 @@ def _build_maxpool():
     @jit
     def infer(p0, p1, x, best, kh, kw, sh, sw, dh, dw, top, left):
         """``best (N, C, Ho, Wo)``: max pooling of ``x`` for inference (no index), for rows
-        of ``WIDE_POOL`` outputs or more: each plane laid out as the phase planes of its
+        of ``INFER_WIDE_POOL`` outputs or more: each plane laid out as the phase planes of its
         padded self (as `forward` does; the padding -inf, which never wins), then each
         output row the maxima of its taps' contiguous runs. A NaN, once met, stays the
         maximum (as ``maximum`` propagates it)."""
