@@ -237,3 +237,35 @@ def test_tiles_that_do_not_compile_leave_the_gemm(monkeypatch):
     assert pointwise.CHOSEN_HERE is False and pointwise.BROKEN is not None
     _close(y, _expected(x, wt, act="relu"))
     assert not pointwise.pointwise_conv2d(x, wt, None, None, None, np.empty_like(y))
+
+
+@pytest.mark.parametrize("shape", [(1, 160, 960, 7, 7), (1, 96, 50, 14, 14), (2, 40, 37, 5, 5),
+                                   (1, 30, 9, 7, 7)], ids=str)
+def test_few_blocks_are_cut_by_panels_with_the_same_bits(shape, monkeypatch):
+    """A small map at batch 1 has fewer column blocks than the threads have jobs to share:
+    each block's panels are cut into parts (SPLIT_JOBS). Every output channel, strips
+    across images and their scatter, the activation and gate after the tiles included, is
+    computed as it is whole."""
+    rng = np.random.default_rng(14)
+    x, wt = _inputs(rng, *shape)
+    n, o = shape[0], shape[2]
+    b = rng.standard_normal(o).astype(np.float32)
+    gate = rng.uniform(0, 1, (n, o)).astype(np.float32)
+    for kw in ({"act": "relu6"}, {"act": "silu", "gate": gate}):  # (a gate: the pass after)
+        got = {}
+        for count in (1, 2, 3):
+            fast.set_threads(count)
+            full = np.full((n, o + 5) + shape[3:], np.nan, dtype=np.float32)
+            got[count] = _run(x, wt, b=b, out=full[:, 2:2 + o], **kw)
+            assert np.isnan(full[:, :2]).all() and np.isnan(full[:, 2 + o:]).all()
+        _close(got[1], _expected(x, wt, b=b, **kw))
+        np.testing.assert_array_equal(got[2], got[1])
+        np.testing.assert_array_equal(got[3], got[1])
+    jobs = []
+    real = pointwise.run_tiles
+    monkeypatch.setattr(pointwise, "run_tiles",
+                        lambda kernel, count, *a, **k: jobs.append(count) or real(kernel, count,
+                                                                                   *a, **k))
+    fast.set_threads(2)
+    _run(x, wt)
+    assert jobs[0] > 2  # (one or two blocks, cut)
