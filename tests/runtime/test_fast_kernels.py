@@ -143,7 +143,10 @@ def test_few_channel_convolution_compiled_and_numpy_agree(case, numpy_only):
 
 
 def test_few_channel_direct_convolution_is_taken(monkeypatch):
-    """The stem shapes go to the direct kernel, wider kernels and more channels do not."""
+    """The stem shapes go to the direct kernel, wider kernels and more channels do not; at
+    a stride of 2, where the compiled tiles run, the stem goes to ops/patches.py instead."""
+    from cnnc.ops import patches
+
     taken = []
     real = fast.direct_conv2d
 
@@ -153,12 +156,15 @@ def test_few_channel_direct_convolution_is_taken(monkeypatch):
 
     monkeypatch.setattr(fast, "direct_conv2d", spy)
     x = np.ones((1, 3, 12, 12), np.float32)
-    conv2d(x, np.ones((4, 3, 3, 3), np.float32), None, stride=2, pad=1)
+    stem = np.ones((4, 3, 3, 3), np.float32)
+    conv2d(x, stem, None, stride=1, pad=1)
+    conv2d(x, stem, None, stride=2, pad=1)
     conv2d(x, np.ones((4, 3, 7, 7), np.float32), None, stride=2, pad=3)
     conv2d(np.ones((1, 8, 12, 12), np.float32), np.ones((4, 8, 3, 3), np.float32), None)
     conv2d(np.ones((1, 8, 12, 12), np.float32), np.ones((4, 4, 3, 3), np.float32), None,
            groups=2)  # grouped: a GEMM
-    assert taken == [(4, 3, 3, 3)]
+    strided = patches.applies(x, stem, (2, 2), None, None)
+    assert taken == [(4, 3, 3, 3)] * (1 if strided else 2)
 
 
 def test_depthwise_float32_and_a_channel_slice_as_output():
