@@ -47,12 +47,12 @@ OUT_BLOCK_BYTES = 1 << 18
 BLOCK_BYTES = 1 << 17
 # Layers of more weights than this keep the GEMM: every block of output pixels meets every
 # weight, which, past L2, is read again from memory for each block, where OpenBLAS's GEMM
-# reads it once a call. One thread, batch 4, in turns against the shifted-rows GEMM
-# (ResNet-18's layers): the 7x7 stem 0.57-0.67x the time, 64 -> 128 3x3 at stride 2
-# 0.76-0.83x, 128 -> 256 (1.2 MiB of weights) 0.77-0.92x, the 1x1 shortcuts 0.73-0.88x
-# (1.02x for 256 -> 512); but 256 -> 512 3x3 (4.5 MiB) 1.2-1.7x (1.0-1.1x with larger
-# blocks or shallower depths, or each panel meeting every strip). MobileNet's 3x3 stems,
-# which the direct loop ran before (`conv.DIRECT_CHANNELS`), 0.76-1.0x.
+# reads it once a call. One thread, batch 4, two runs in turns against the shifted-rows GEMM
+# (ResNet-18's layers): the 7x7 stem 0.56-0.67x the time, 64 -> 128 3x3 at stride 2
+# 0.76-0.90x, 128 -> 256 (1.2 MiB of weights) 0.89-0.92x, the 1x1 shortcuts 0.69-0.81x
+# (1.02-1.06x for 256 -> 512); but 256 -> 512 3x3 (4.5 MiB) 1.18-1.70x (1.0-1.1x with
+# larger blocks or shallower depths, or each panel meeting every strip). MobileNet's 3x3
+# stems, which the direct loop ran before (`conv.DIRECT_CHANNELS`), 0.90-1.00x.
 WEIGHT_BYTES = 2 << 20
 
 
