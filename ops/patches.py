@@ -163,21 +163,8 @@ def _patches(start, stop, packed, phases, out, gain, shift, act, alpha, beta, kh
         for t in range(strips):  # the strips kept in ``tmp``, into their images
             first = c0 + t * NR
             img = first // hw
-            if first - img * hw + NR <= hw and first + NR <= c1:
-                continue
-            valid = min(NR, c1 - first)
-            q = 0
-            while q < valid:
-                im = (first + q) // hw
-                pp = first + q - im * hw
-                run = min(hw - pp, valid - q)
-                for ch in range(o):
-                    at = ((t * panels + ch // MR) * MR + ch % MR) * NR + q
-                    src = tmp[at:at + run]
-                    dst = out[im, ch, pp:pp + run]
-                    for r in range(run):
-                        dst[r] = src[r]
-                q += run
+            if first - img * hw + NR > hw or first + NR > c1:
+                pointwise.scatter_strip(tmp, out, t, panels, first, min(NR, c1 - first), 0, o)
     keep(buffer)
     keep(scratch)
 

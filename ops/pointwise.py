@@ -408,6 +408,26 @@ def _pack_weights(w, packed):
 
 
 @jit()
+def scatter_strip(tmp, out, t, panels, first, valid, ch0, ch1):
+    """Strip ``t``'s sums kept in ``tmp`` (``(strip, panel, MR, NR)``), output channels
+    ``ch0 .. ch1 - 1``, into ``out (N, O, HW)``: its ``valid`` columns from column ``first``
+    of the flattened batch, which may run across images."""
+    hw = out.shape[2]
+    q = 0
+    while q < valid:
+        im = (first + q) // hw
+        pp = first + q - im * hw
+        run = min(hw - pp, valid - q)
+        for ch in range(ch0, ch1):
+            at = ((t * panels + ch // MR) * MR + ch % MR) * NR + q
+            dst = out[im, ch, pp:pp + run]
+            src = tmp[at:at + run]
+            for r in range(run):
+                dst[r] = src[r]
+        q += run
+
+
+@jit()
 def _pointwise(start, stop, packed, x, out, gain, shift, act, alpha, beta, post, code, k, gate,
                has_gate, in_gate, has_in_gate, per_block, blocks, depth, by_strip, group,
                split):
@@ -524,22 +544,8 @@ def _pointwise(start, stop, packed, x, out, gain, shift, act, alpha, beta, post,
                 _tile(packed, m0 * c + k0 * MR, buf, at, step, kn, target, at_out, row_step,
                       gain, shift, m0, act, alpha, beta, rows, more, last)
         for t in range(strips):  # the strips kept in ``tmp``, into their images
-            if direct[t]:
-                continue
-            first = starts[t]
-            valid = min(NR, c1 - first)
-            q = 0
-            while q < valid:
-                im = (first + q) // hw
-                pp = first + q - im * hw
-                run = min(hw - pp, valid - q)
-                for ch in range(ch0, ch1):
-                    at = ((t * panels + ch // MR) * MR + ch % MR) * NR + q
-                    dst = out[im, ch, pp:pp + run]
-                    src = tmp[at:at + run]
-                    for r in range(run):
-                        dst[r] = src[r]
-                q += run
+            if not direct[t]:
+                scatter_strip(tmp, out, t, panels, starts[t], min(NR, c1 - starts[t]), ch0, ch1)
         if post:
             col = c0
             while col < c1:
