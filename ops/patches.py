@@ -28,7 +28,6 @@ caller keeps its GEMM.
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -169,15 +168,6 @@ def _patches(start, stop, packed, phases, out, gain, shift, act, alpha, beta, kh
     keep(scratch)
 
 
-def packed_weights(w):
-    """``w (O, C, kh, kw)`` in the tiles' panels over ``K = C*kh*kw``: a flat float32 array."""
-    o = w.shape[0]
-    k = math.prod(w.shape[1:])
-    packed = np.empty(-(-o // MR) * MR * k, dtype=np.float32)
-    pointwise._pack_weights(np.ascontiguousarray(w.reshape(o, k)), packed)
-    return packed
-
-
 def patches_conv2d(x, w, b, scale, act, out, stride, pads, dilation, prepared=None) -> bool:
     """``out (N, O, Ho, Wo)`` (each channel's map contiguous) = the convolution of ``x (N, C,
     H, W)`` by ``w (O, C, kh, kw)`` at ``stride``, zero padding ``pads`` (top, bottom, left,
@@ -199,12 +189,7 @@ def patches_conv2d(x, w, b, scale, act, out, stride, pads, dilation, prepared=No
     if n * hw < NR or out.strides[3] != 4 or out.strides[2] != wo * 4:
         return False
     k = c * kh * kw
-    packed = None
-    if prepared is not None:
-        packed = prepared.kept("patches", -(-o // MR) * MR * k * 4, lambda: packed_weights(w),
-                               source=w)
-    if packed is None:
-        packed = packed_weights(w)
+    packed = pointwise.kept_weights(w, prepared, "patches")
     # the phase planes: every tap of every output pixel inside them
     hq = max(-(-(h + top) // sh), ho + ((kh - 1) * dh) // sh)
     wq = max(-(-(wd + left) // sw), wo + ((kw - 1) * dw) // sw)
