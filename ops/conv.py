@@ -52,7 +52,8 @@ WORKSPACE_BYTES = 4 << 20
 # forces the strided im2col path everywhere (the benchmarks compare the two).
 SHIFTED = True
 # Strided ungrouped convolutions run as register tiles over gathered patches where those
-# run (`ops/patches.py`); False: the shifted-rows GEMM.
+# run (`ops/patches.py`); False: the paths below (the direct loop for a stem of few
+# channels, else a GEMM).
 PATCHES = True
 
 

@@ -318,14 +318,16 @@ def _place(workers) -> None:
 
 def usable(*arrays) -> bool:
     """Whether the compiled kernels take these arrays: numba present and enabled, and every
-    array a NumPy float32 or float64 array of one dtype."""
+    array a NumPy float32 or float64 array of one dtype, in the machine's byte order (numba
+    types no other)."""
     if not ENABLED:
         return False
     dtype = None
     for a in arrays:
         if a is None:
             continue
-        if type(a) is not np.ndarray or a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+        if (type(a) is not np.ndarray or a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8)
+                or not a.dtype.isnative):
             return False
         if dtype is None:
             dtype = a.dtype

@@ -12,13 +12,13 @@ Here each image is first laid out as the phase planes of its zero-padded self
 position ``(R // sh, C // sw)``. Tap ``(i, j)`` of consecutive output pixels of a row then
 reads consecutive values of one phase plane, so a strip of ``NR`` output pixels (the
 flattened map, which may run across rows) reads its patch, ``K = C*kh*kw`` rows of ``NR``
-values, from a block's patch rows, each gathered as a run of plain copies per output row. The input channels and taps come ``DEPTH`` at a time: the
-strip (``DEPTH x NR`` values, in L1) meets every panel of ``MR`` output channels in the
-tile of ``ops/pointwise.py`` (`pointwise._tile`), whose sums stay in registers through the
-depth and are added to the stored ones at the next depth; the last applies the scale, the
-bias and the activation. A block of strips (output pixels of the flattened batch) keeps its
-partial sums in the output (in L2); a strip that runs across two images, or a block's
-narrower last one, keeps them in a small buffer, scattered into the images at the end.
+values, from its block's patch rows, each gathered as a run of plain copies per output row.
+The input channels and taps come ``DEPTH`` at a time: the strip (``DEPTH x NR`` values, in
+L1) meets every panel of ``MR`` output channels in the tile of ``ops/pointwise.py``
+(`pointwise._tile`), whose sums stay in registers through the depth and are added to the
+stored ones at the next depth; the last applies the scale, the bias and the activation. A block of strips (output pixels of the flattened batch) keeps its
+partial sums in the output (in L2); a strip that runs across images, or a block's narrower
+last one, keeps them in a small buffer, scattered into the images at the end.
 
 Jobs are the blocks, shared among ``fast.parallel``'s threads; a result does not depend
 on the thread count. Float32, where the tiles run
@@ -194,7 +194,9 @@ def patches_conv2d(x, w, b, scale, act, out, stride, pads, dilation, prepared=No
     hq = max(-(-(h + top) // sh), ho + ((kh - 1) * dh) // sh)
     wq = max(-(-(wd + left) // sw), wo + ((kw - 1) * dw) // sw)
     phases = np.empty((n, c, sh * sw, hq + 1, wq), dtype=np.float32)
-    x = np.ascontiguousarray(x)
+    # (writable too: numba types `phase_copy` for both directions, and a read-only plane
+    # would not compile, turning the tiles off for the process)
+    x = x if x.flags.c_contiguous and x.flags.writeable else np.array(x, order="C")
     if not pointwise.run_tiles(_layout, n * c, x, phases, top, left, sh, sw,
                                values=phases.size):
         return False

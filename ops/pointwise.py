@@ -579,7 +579,7 @@ def run_tiles(kernel, jobs, *args, values=None) -> bool:
         BROKEN, CHOSEN_HERE = error, False
         import warnings
 
-        warnings.warn(f"cnnc: the compiled 1x1 and depthwise tiles do not compile here "
+        warnings.warn(f"cnnc: the compiled tiles (1x1, depthwise, strided) do not compile here "
                       f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
                       f"the GEMM and direct kernels run instead", RuntimeWarning, stacklevel=3)
         return False
@@ -671,7 +671,8 @@ def pointwise_conv2d(x, w, b, scale, act, out, gate=None, in_gate=None,
     # input each; every output channel is computed as it would be whole)
     threads = fast.get_threads()
     split = 1
-    if threads > 1 and blocks < SPLIT_JOBS * threads:
+    if (threads > 1 and blocks < SPLIT_JOBS * threads
+            and cols * o * c >= fast.MIN_PARALLEL_VALUES):  # (else one thread runs it)
         split = min(-(-o // MR), -(-SPLIT_JOBS * threads // blocks))
     return run_tiles(_pointwise, blocks * split, packed, x3, out3, gain, shift, act,
                      np.float32(alpha), np.float32(beta), post, code,

@@ -730,10 +730,10 @@ def _build_maxpool():
                 for tap in range(1, count):
                     run = phases[taps[tap, 0], oy + taps[tap, 1], taps[tap, 2]:taps[tap, 2] + wo]
                     dst = m if tap == count - 1 else partial[tap % 2]
-                    for ox in range(wo):
-                        v = run[ox]
+                    for ox in range(wo):  # as maximum(mo, v) does: a tie takes v (the
+                        v = run[ox]  # later tap's bits), a NaN in mo (the first) stays
                         mo = src[ox]
-                        dst[ox] = v if (v > mo) | (v != v) else mo
+                        dst[ox] = mo if (mo != mo) | (mo > v) else v
                     src = dst
         fast.keep(pair)
         fast.keep(table)

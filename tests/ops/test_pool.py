@@ -140,14 +140,29 @@ def test_wide_strided_maxpool_is_the_numpy_paths_bit_for_bit(rng, dtype, kernel,
         x[0, 1, 3, 5] = np.nan  # a NaN stays the maximum of every window it is in
         x[1, 2, 0, 0] = np.inf  # beside the padding
         x[1, 0, -1, -1] = -np.inf
+        x[0, 2] = rng.choice(np.array([0.0, -0.0], dtype=dtype), size=hw)  # ties: which zero
         y = pool.maxpool2d(x, **args)
         assert y.shape[3] >= pool.INFER_WIDE_POOL  # (the compiled kernel's rows)
-        np.testing.assert_array_equal(y, _numpy_maxpool2d(x, **args))
+        bits = np.uint32 if dtype == np.float32 else np.uint64
+        np.testing.assert_array_equal(y.view(bits), _numpy_maxpool2d(x, **args).view(bits))
         np.testing.assert_array_equal(y, pool.reference_maxpool2d(x, **args))
         wide = np.zeros((2, 7) + y.shape[2:], dtype=dtype)
         pool.maxpool2d(x, **args, out=wide[:, 2:5])  # a concat's channel slice
         np.testing.assert_array_equal(wide[:, 2:5], y)
         assert not wide[:, :2].any() and not wide[:, 5:].any()
+
+
+def test_wide_strided_maxpool_of_read_only_or_foreign_byte_order_input(rng):
+    """A read-only input (from Ray's object store) is copied before the compiled kernel; one
+    in the other byte order, which numba does not type, takes the NumPy path."""
+    x = rng.standard_normal((1, 4, 20, 80)).astype(np.float32)
+    args = dict(kernel=3, stride=2, pad=1, dilation=1, ceil=False)
+    want = _numpy_maxpool2d(x, **args)
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_array_equal(pool.maxpool2d(frozen, **args), want)
+    swapped = x.astype(x.dtype.newbyteorder())
+    np.testing.assert_array_equal(pool.maxpool2d(swapped, **args), want)
 
 
 def test_wide_strided_maxpool_runs_compiled_on_each_thread_count(rng):

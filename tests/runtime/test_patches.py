@@ -169,6 +169,22 @@ def test_nan_reaches_exactly_the_pixels_whose_windows_hold_it():
     assert nan[1, :, 4:6, 7].all() and nan.sum() == 2 * 10
 
 
+def test_a_read_only_input_is_taken_and_the_tiles_stay_on():
+    """An input from Ray's object store is read-only: it is copied first (numba would not
+    compile the phase planes' copy for it, and that would turn the tiles off for the
+    process), and the result is the reference's."""
+    import warnings
+
+    rng = np.random.default_rng(10)
+    x, wt = _inputs(rng, 2, 3, 8, 32, 32, 3)
+    x.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "do not compile here"
+        got = conv2d(x, wt, None, stride=2, pad=1, act="relu")
+    assert pointwise.CHOSEN_HERE and pointwise.BROKEN is None
+    _close(got, _expected(x, wt, 2, 1, act="relu"))
+
+
 def test_weights_changed_in_place_are_used():
     rng = np.random.default_rng(7)
     x, wt = _inputs(rng, 2, 8, 12, 20, 20, 3)
