@@ -741,7 +741,7 @@ def _build_maxpool():
 
     def infer_all(x, best, *geometry):
         fast.parallel(infer, x.shape[0] * x.shape[1], x, best, *geometry,
-                      values=best.size * (geometry[0] + geometry[1]) + x.size)
+                      values=best.size * geometry[0] * geometry[1] + x.size)
 
     def forward_all(x, best, index, *geometry):
         taps = best.size * geometry[0] * geometry[1]
