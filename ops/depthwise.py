@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import pointwise
-from .fast import act_code, borrow, get_threads, jit, keep, numba, usable
+from .fast import act_code, borrow, contiguous, get_threads, jit, keep, numba, usable
 
 LANES = pointwise.LANES
 # Output rows per tile (``R``) by kernel size: 3x3 keeps its nine weights in registers
@@ -664,8 +664,7 @@ def depthwise_conv2d(x, w, b, scale, act, out, pads, gate=None, stride=1) -> boo
         return False
     code, alpha, beta = code
     n, c = x.shape[:2]
-    x = x if x.flags.c_contiguous and x.flags.writeable else np.array(x, order="C")
-    w = w if w.flags.c_contiguous and w.flags.writeable else np.array(w, order="C")
+    x, w = contiguous(x), contiguous(w)
     into = out if out.flags.c_contiguous else np.empty(out.shape, dtype=np.float32)
     alpha, beta = np.float32(alpha), np.float32(beta)
     if CHANNEL_BLOCKS and c % 8 == 0 and pointwise.LANES == 8:

@@ -608,7 +608,7 @@ def phase_copy(plane, phases, top, left, sh, sw, into):
     Wq)``: padded row ``R`` and column ``C`` are phase ``(R % sh, C % sw)`` at ``(R // sh,
     C // sw)`` (at stride 1, the padded plane itself). ``into``: the plane's values into the
     phase planes (the padding's cells untouched); else the phase planes' values back into
-    the plane (the padding's cells dropped). The plane is writable (`_contiguous`): numba
+    the plane (the padding's cells dropped). The plane is writable (`contiguous`): numba
     would not compile the second direction for a read-only one."""
     h, wd = plane.shape
     for r in range(h):
@@ -1044,7 +1044,7 @@ def direct_conv2d(x, w, b, scale, act, out, stride, pads, dilation, gate=None):
     code, alpha, beta = code if done else (ACT_IDENTITY, 0.0, 0.0)
     dummy = np.zeros(1, dtype=x.dtype)
     use_gate = gate is not None and done
-    x, w = _contiguous(x), _contiguous(w)
+    x, w = contiguous(x), contiguous(w)
     n, o, ho, wo = out.shape
     # the kernel writes whole bands of rows through a contiguous (N, O, Ho*Wo) view: a
     # channel slice of a concat goes through a contiguous array copied after (one more
@@ -1063,7 +1063,7 @@ def direct_conv2d(x, w, b, scale, act, out, stride, pads, dilation, gate=None):
     return done
 
 
-def _contiguous(a):
+def contiguous(a):
     """``a``, or a C-contiguous copy of it where it is read-only (inputs from Ray's object
     store) or strided: numba types those apart and compiles every kernel once more for
     each, 17-24 s for the direct convolution's (a strided input to a depthwise layer is
@@ -1081,7 +1081,7 @@ def _channel_block(n, o):
 
 def depthwise_conv2d_backward(x, w, dy, stride, pads, dilation):
     """``(gx, gW)`` of a depthwise CONV2D."""
-    x, w = _contiguous(x), _contiguous(w)
+    x, w = contiguous(x), contiguous(w)
     gx = np.empty(x.shape, dtype=x.dtype)
     gw = np.empty((x.shape[0],) + w.shape[:1] + w.shape[2:], dtype=x.dtype)
     parallel(_depthwise_backward, x.shape[0] * x.shape[1],

@@ -418,7 +418,9 @@ def maxpool2d(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, out=None
                 else None)
     if compiled is not None:  # compiled, in parallel over the planes (INFER_WIDE_POOL)
         into = out if out.flags.c_contiguous else numpy.empty(out.shape, dtype=out.dtype)
-        planes = x if x.flags.writeable and x.flags.c_contiguous else numpy.array(x, order="C")
+        from .fast import contiguous  # (loaded with the kernel)
+
+        planes = contiguous(x)
         compiled[2](planes, into, *kernel, *stride, *dilation, pads[0], pads[2])
         if into is not out:
             out[...] = into
@@ -451,7 +453,9 @@ def maxpool2d_forward(x, *, kernel, stride=None, pad=0, dilation=1, ceil=False, 
         index = numpy.empty((n, c) + out_hw, dtype=index_dtype(kh * kw))
         # writable and contiguous (a read-only input, from Ray's object store, would not
         # type: fast.phase_copy also writes planes back, in its other direction)
-        planes = x if x.flags.writeable and x.flags.c_contiguous else numpy.array(x, order="C")
+        from .fast import contiguous  # (loaded with the kernel)
+
+        planes = contiguous(x)
         compiled[0](planes, best, index, kh, kw, *stride, *dilation, pads[0], pads[2])
         return best, (index, tuple(x.shape), geometry, x.dtype)
     xpad = _pad_to_windows(x, kernel, stride, dilation, pads, out_hw, -xp.inf, xp)
