@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from . import pointwise
-from .fast import borrow, jit, keep, numba, phase_copy, usable
+from .fast import borrow, contiguous, jit, keep, numba, phase_copy, usable
 from .pointwise import MR, NR
 
 # False (or ``CNNC_PATCHES=0``) turns the kernel off: the caller runs its GEMM.
@@ -70,18 +70,11 @@ def applies(x, w, stride, gate, act) -> bool:
 @jit()
 def _layout(start, stop, x, phases, top, left, sh, sw):
     """Planes ``start .. stop - 1`` of ``x (N, C, H, W)`` into ``phases (N, C, sh*sw, Hq+1,
-    Wq)`` (zero where the padding is)."""
+    Wq)``, zeros from the start (the padding's cells stay so)."""
     c = x.shape[1]
     for p in range(start, stop):
         img = p // c
-        ch = p - img * c
-        plane = phases[img, ch]
-        for q in range(plane.shape[0]):
-            for r in range(plane.shape[1]):
-                row = plane[q, r]
-                for t in range(row.shape[0]):
-                    row[t] = 0.0
-        phase_copy(x[img, ch], plane, top, left, sh, sw, True)
+        phase_copy(x[img, p - img * c], phases[img, p - img * c], top, left, sh, sw, True)
 
 
 @jit()
@@ -193,10 +186,10 @@ def patches_conv2d(x, w, b, scale, act, out, stride, pads, dilation, prepared=No
     # the phase planes: every tap of every output pixel inside them
     hq = max(-(-(h + top) // sh), ho + ((kh - 1) * dh) // sh)
     wq = max(-(-(wd + left) // sw), wo + ((kw - 1) * dw) // sw)
-    phases = np.empty((n, c, sh * sw, hq + 1, wq), dtype=np.float32)
+    phases = np.zeros((n, c, sh * sw, hq + 1, wq), dtype=np.float32)
     # (writable too: numba types `phase_copy` for both directions, and a read-only plane
     # would not compile, turning the tiles off for the process)
-    x = x if x.flags.c_contiguous and x.flags.writeable else np.array(x, order="C")
+    x = contiguous(x)
     if not pointwise.run_tiles(_layout, n * c, x, phases, top, left, sh, sw,
                                values=phases.size):
         return False
