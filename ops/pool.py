@@ -546,7 +546,7 @@ def _build_maxpool():
     # disk cache on a closure's pickled cells, and a compiled function pickles with an id
     # of its process, so a kernel closing over one compiled again in every process (the
     # training forward below: 4 s at the start of every training run)
-    global _start_row, _narrow_rows
+    global _start_row, _narrow_rows, _phase_taps
     import numba
     import numpy as np
 
@@ -564,6 +564,16 @@ def _build_maxpool():
         for ox in range(m.shape[0]):
             m[ox] = -np.inf
             t[ox] = fi * kw + firsts[ox]
+
+    @fast.inline
+    def _phase_taps(taps, kh, kw, sh, sw, dh, dw):
+        """Each tap's phase plane, phase row and phase column (``taps (kh*kw, 3)``): where
+        its run over an output row starts in the phase planes of `fast.phase_copy`."""
+        for i in range(kh):
+            for j in range(kw):
+                taps[i * kw + j, 0] = (i * dh) % sh * sw + (j * dw) % sw
+                taps[i * kw + j, 1] = (i * dh) // sh
+                taps[i * kw + j, 2] = (j * dw) // sw
 
     @fast.inline
     def _narrow_rows(plane, m_rows, t_rows, firsts, spans, kh, kw, sh, sw, dh, top):
@@ -633,18 +643,16 @@ def _build_maxpool():
         # plane, phase row and phase column (long rows)
         table = np.empty((kh * kw, 3), dtype=np.int64)
         taps = fast.borrow(table)
-        for i in range(kh):
-            for j in range(kw):
-                shift = j * dw - left
-                at = i * kw + j
-                if narrow:
+        if narrow:
+            for i in range(kh):
+                for j in range(kw):
+                    shift = j * dw - left
+                    at = i * kw + j
                     taps[at, 0] = max(0, -(shift // sw))  # outputs whose tap j is in the row
                     taps[at, 1] = min(wo, (w - 1 - shift) // sw + 1)
                     taps[at, 2] = shift
-                else:
-                    taps[at, 0] = (i * dh) % sh * sw + (j * dw) % sw
-                    taps[at, 1] = (i * dh) // sh
-                    taps[at, 2] = (j * dw) // sw
+        else:
+            _phase_taps(taps, kh, kw, sh, sw, dh, dw)
         for p in range(p0, p1):  # jobs: n * c
             plane = planes[p]
             if narrow:
@@ -713,11 +721,7 @@ def _build_maxpool():
         phases = fast.borrow(laid)
         table = np.empty((kh * kw, 3), dtype=np.int64)  # per tap: phase, row, column
         taps = fast.borrow(table)
-        for i in range(kh):
-            for j in range(kw):
-                taps[i * kw + j, 0] = (i * dh) % sh * sw + (j * dw) % sw
-                taps[i * kw + j, 1] = (i * dh) // sh
-                taps[i * kw + j, 2] = (j * dw) // sw
+        _phase_taps(taps, kh, kw, sh, sw, dh, dw)
         # partial maxima, ping-ponged: each tap's pass reads one buffer and writes the
         # other (or the output row, the last): an update in place did not vectorise
         pair = np.empty((2, wo), dtype=x.dtype)
